@@ -1,0 +1,109 @@
+//! The validated configuration: every default applied, every reference checked.
+//! Nothing here is `Option` that the engine would have to check again.
+
+use crate::pop3::ClientConfig;
+use crate::sink::maildir::MaildirSettings;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub source: PathBuf,
+    pub state: StateConfig,
+    pub http: HttpConfig,
+    pub limits: Limits,
+    pub mailboxes: Vec<MailboxConfig>,
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+    /// Where messages wait between RETR and delivery (default: `<state dir>/spool`).
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// `/healthz`, `/readyz` (and later `/metrics`) in `run` mode.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Mailbox polls running at once.
+    pub max_concurrent_polls: usize,
+    /// POP3 connections at once to one `host:port`.
+    pub max_connections_per_server: usize,
+    /// Messages in delivery at once within one poll.
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct MailboxConfig {
+    pub name: String,
+    pub pop3: ClientConfig,
+    pub schedule: Schedule,
+    pub delete: DeletePolicy,
+    /// Names of sinks, each checked to exist in `Config::sinks`.
+    pub sinks: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    Every {
+        interval: Duration,
+        jitter: Duration,
+    },
+    Cron {
+        /// The expression as written (5 fields), for messages.
+        expression: String,
+        cron: croner::Cron,
+        jitter: Duration,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeletePolicy {
+    Never,
+    AfterDelivery,
+    AfterDays(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub name: String,
+    pub retry: RetryPolicy,
+    pub kind: SinkKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum SinkKind {
+    Maildir(MaildirSettings),
+}
+
+/// How failed deliveries are retried. Within a poll, a retryable failure is retried up to
+/// `attempts_per_poll` times with exponential backoff and jitter; after that the message stays
+/// on the server and is tried again in later polls until `window` has passed since the first
+/// failure, when it is dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts_per_poll: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub window: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts_per_poll: 3,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
+            window: Duration::from_secs(24 * 3600),
+        }
+    }
+}

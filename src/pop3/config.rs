@@ -1,0 +1,61 @@
+//! Validated settings for one POP3 connection (built by `config`, consumed by `session`).
+
+use crate::secret::Secret;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the connection is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS from the first byte (POP3S, port 995).
+    Implicit,
+    /// Plain connection upgraded with `STLS` (RFC 2595) before any credential is sent.
+    StartTls,
+    /// No TLS at all. Credentials are only sent if `allow_plaintext_auth` is set.
+    None,
+}
+
+/// Which authentication to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SASL PLAIN if advertised, else USER/PASS (APOP is never picked silently: it relies on MD5).
+    Auto,
+    /// RFC 1939 USER/PASS.
+    User,
+    /// RFC 1939 APOP (MD5 of the greeting timestamp and the password).
+    Apop,
+    /// RFC 5034 AUTH PLAIN.
+    Plain,
+    /// RFC 5034 AUTH XOAUTH2, the two-step form Microsoft 365 needs; the secret is the token.
+    XOAuth2,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: String,
+    /// Password, or the OAuth2 access token for `AuthMethod::XOAuth2`.
+    pub secret: Secret,
+    pub auth: AuthMethod,
+    /// Extra CA bundle (PEM) to trust, for private CAs.
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification. Explicit in config, logged as a warning.
+    pub danger_accept_invalid_certs: bool,
+    /// Allow a password over a connection without TLS (`tls: none`).
+    pub allow_plaintext_auth: bool,
+    /// Connect timeout and the timeout of every single read or write.
+    pub timeout: Duration,
+    /// Longest line accepted from the server before the connection is dropped.
+    pub max_line_length: usize,
+    /// Most RETR/DELE commands in flight when the server advertises PIPELINING.
+    pub pipeline_window: usize,
+}
+
+impl ClientConfig {
+    /// `host:port`, the key for the per-server connection cap.
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}

@@ -1,0 +1,6 @@
+//! POP3 client: `codec` (bytes to responses, no I/O) apart from `session` (the connection's
+//! states). RFC 1939, 2449 (CAPA, PIPELINING, RESP-CODES), 2595 (STLS), 5034 (SASL).
+
+pub mod config;
+
+pub use config::{AuthMethod, ClientConfig, TlsMode};

@@ -1,0 +1,9 @@
+//! Maildir sink: one file per message, named from the idempotency key.
+
+mod config;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+pub use config::{MaildirSinkConfig, MaildirSettings};
+pub use sink::MaildirSink;

@@ -1,0 +1,113 @@
+//! Sinks: where a fetched message goes. One trait, keyed by the idempotency key.
+//!
+//! Every sink lives in its own directory with the same file roles: `config.rs` (serde raw
+//! config and validation), `sink.rs` (the [`Sink`] impl), `tests.rs`, and where it has one,
+//! `encoder.rs`/`payload.rs` and `service.rs` (transport).
+
+pub mod maildir;
+
+use crate::key::IdempotencyKey;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One message as fetched from POP3, waiting in a spool file.
+///
+/// The bytes are exactly what the server sent after dot-unstuffing (CRLF line endings as on the
+/// wire). Sinks stream from `path`; none may assume the message fits in memory.
+#[derive(Clone, Debug)]
+pub struct SpooledMessage {
+    /// The config name of the mailbox it came from.
+    pub mailbox: String,
+    /// The POP3 UIDL (or the synthetic one used when the server has no UIDL, see ARCHITECTURE.md).
+    pub uidl: String,
+    /// Spool file holding the raw message.
+    pub path: PathBuf,
+    /// Size in bytes of the spool file.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the spool file.
+    pub sha256: String,
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// Proof that a sink holds the message durably. Stored in the state as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Short, human-readable: a file path, `HTTP 200`, an S3 ETag, `APPENDUID 17 42`.
+    pub detail: String,
+    /// True when the sink found the message already there (a repeat after a crash).
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+impl Receipt {
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            duplicate: false,
+        }
+    }
+
+    pub fn duplicate(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            duplicate: true,
+        }
+    }
+}
+
+/// Why a delivery failed, and whether trying again can help.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth another try later (5xx, timeout, connection refused, disk full).
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        /// The sink was told when to come back (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Trying again will fail the same way (4xx, a rejected message): dead-letter it.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl DeliveryError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable { .. })
+    }
+}
+
+/// A destination for messages.
+///
+/// `deliver` must be idempotent under `key`: delivering the same key twice must leave one copy
+/// (or let the receiver see the same key twice, for webhooks). It returns only once the message
+/// is durable at the sink.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// The sink's config name (a metric label and a state column).
+    fn name(&self) -> &str;
+
+    async fn deliver(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError>;
+
+    /// Cheap check that the sink can accept messages now (`/readyz`, `check --connect`).
+    async fn healthcheck(&self) -> Result<(), DeliveryError>;
+}
