@@ -5,5 +5,5 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use config::{MaildirSinkConfig, MaildirSettings};
+pub use config::{MaildirSettings, MaildirSinkConfig};
 pub use sink::MaildirSink;

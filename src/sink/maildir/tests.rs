@@ -35,7 +35,12 @@ async fn delivers_bytes_unchanged_into_new() {
     assert!(!r.duplicate);
     let file = tmp.path().join("mail/alice/new").join(key.as_str());
     assert_eq!(std::fs::read(&file).unwrap(), body);
-    assert_eq!(std::fs::read_dir(tmp.path().join("mail/alice/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("mail/alice/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

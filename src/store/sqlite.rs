@@ -1,0 +1,481 @@
+//! The embedded SQLite backend (WAL, one file, created 0600).
+
+use super::*;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// SQLite in WAL mode with `synchronous = NORMAL`: a committed transaction survives a kill -9 of
+/// the process (it is in the WAL); [`Store::sync`] checkpoints with fsync before any DELE so
+/// receipts also survive a power loss before the server forgets a message.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        create_private(path).map_err(|source| StoreError::Dir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            // The CLI (`dlq`, `state`) may write while the daemon runs.
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+/// Create the database file with mode 0600 before SQLite does (it would use 0644): it holds
+/// mailbox names and message metadata.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn delivery_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeliveryState, StoreError> {
+    let status: String = row.try_get("status")?;
+    let attempts = to_u32(row.try_get::<i64, _>("attempts")?);
+    let error: Option<String> = row.try_get("last_error")?;
+    Ok(match status.as_str() {
+        "delivered" => {
+            let receipt: Option<String> = row.try_get("receipt")?;
+            DeliveryState::Delivered {
+                at: row.try_get::<Option<i64>, _>("delivered_at")?.unwrap_or(0),
+                receipt: match receipt {
+                    Some(json) => serde_json::from_str(&json)?,
+                    None => Receipt::new(""),
+                },
+            }
+        }
+        "dead" => DeliveryState::Dead {
+            attempts,
+            error: error.unwrap_or_default(),
+        },
+        "dropped" => DeliveryState::Dropped {
+            error: error.unwrap_or_default(),
+        },
+        _ => DeliveryState::Pending {
+            attempts,
+            first_attempt_at: row.try_get("first_attempt_at")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            last_error: error,
+        },
+    })
+}
+
+fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KnownMessage, StoreError> {
+    Ok(KnownMessage {
+        uidl: row.try_get("uidl")?,
+        idem_key: row.try_get("idem_key")?,
+        size: row
+            .try_get::<Option<i64>, _>("size")?
+            .and_then(|s| u64::try_from(s).ok()),
+        sha256: row.try_get("sha256")?,
+        first_seen_at: row.try_get("first_seen_at")?,
+        on_server: row.try_get::<i64, _>("on_server")? != 0,
+        deleted_at: row.try_get("deleted_at")?,
+        replaced_by: row.try_get("replaced_by")?,
+        deliveries: HashMap::new(),
+    })
+}
+
+/// SQLite's default limit on bound parameters is 32766; stay well below it.
+const CHUNK: usize = 500;
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_mailbox(
+        &self,
+        mailbox: &str,
+    ) -> Result<HashMap<String, KnownMessage>, StoreError> {
+        let mut out = HashMap::new();
+        let rows = sqlx::query("SELECT * FROM messages WHERE mailbox = ?")
+            .bind(mailbox)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            let m = message_from_row(row)?;
+            out.insert(m.uidl.clone(), m);
+        }
+        let rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ?")
+            .bind(mailbox)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            let uidl: String = row.try_get("uidl")?;
+            let sink: String = row.try_get("sink")?;
+            if let Some(m) = out.get_mut(&uidl) {
+                m.deliveries.insert(sink, delivery_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn record_listing(
+        &self,
+        mailbox: &str,
+        listed: &[String],
+        _now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE messages SET on_server = 0 WHERE mailbox = ? AND on_server = 1")
+            .bind(mailbox)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in listed.chunks(CHUNK) {
+            let mut q = QueryBuilder::new("UPDATE messages SET on_server = 1 WHERE mailbox = ");
+            q.push_bind(mailbox).push(" AND uidl IN (");
+            let mut sep = q.separated(", ");
+            for uidl in chunk {
+                sep.push_bind(uidl);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_fetched(&self, r: &FetchRecord<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at, on_server)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)
+             ON CONFLICT (mailbox, uidl) DO UPDATE SET
+               size = excluded.size, sha256 = excluded.sha256, fetched_at = excluded.fetched_at, on_server = 1",
+        )
+        .bind(r.mailbox)
+        .bind(r.uidl)
+        .bind(r.idem_key)
+        .bind(i64::try_from(r.size).unwrap_or(i64::MAX))
+        .bind(r.sha256)
+        .bind(r.fetched_at)
+        .execute(&mut *tx)
+        .await?;
+        for sink in r.sinks {
+            sqlx::query(
+                "INSERT INTO deliveries (mailbox, uidl, sink, status) VALUES (?, ?, ?, 'pending')
+                 ON CONFLICT (mailbox, uidl, sink) DO NOTHING",
+            )
+            .bind(r.mailbox)
+            .bind(r.uidl)
+            .bind(sink)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for o in outcomes {
+            let attempts = i64::from(o.attempts_made);
+            let (status, error, next, receipt, delivered_at) = match &o.result {
+                OutcomeResult::Delivered(r) => (
+                    "delivered",
+                    None,
+                    None,
+                    Some(serde_json::to_string(r)?),
+                    Some(o.at),
+                ),
+                OutcomeResult::Retry {
+                    error,
+                    next_attempt_at,
+                } => (
+                    "pending",
+                    Some(error.as_str()),
+                    Some(*next_attempt_at),
+                    None,
+                    None,
+                ),
+                OutcomeResult::Dead { error } => ("dead", Some(error.as_str()), None, None, None),
+            };
+            sqlx::query(
+                "INSERT INTO deliveries (mailbox, uidl, sink, status, attempts, first_attempt_at,
+                    last_attempt_at, next_attempt_at, last_error, receipt, delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (mailbox, uidl, sink) DO UPDATE SET
+                    status = excluded.status,
+                    attempts = deliveries.attempts + excluded.attempts,
+                    first_attempt_at = COALESCE(deliveries.first_attempt_at, excluded.first_attempt_at),
+                    last_attempt_at = excluded.last_attempt_at,
+                    next_attempt_at = excluded.next_attempt_at,
+                    last_error = COALESCE(excluded.last_error, deliveries.last_error),
+                    receipt = excluded.receipt,
+                    delivered_at = excluded.delivered_at",
+            )
+            .bind(&o.mailbox)
+            .bind(&o.uidl)
+            .bind(&o.sink)
+            .bind(status)
+            .bind(attempts)
+            .bind(o.at)
+            .bind(next)
+            .bind(error)
+            .bind(receipt)
+            .bind(delivered_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_deleted(
+        &self,
+        mailbox: &str,
+        uidls: &[String],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in uidls.chunks(CHUNK) {
+            let mut q = QueryBuilder::new("UPDATE messages SET on_server = 0, deleted_at = ");
+            q.push_bind(now)
+                .push(" WHERE mailbox = ")
+                .push_bind(mailbox)
+                .push(" AND uidl IN (");
+            let mut sep = q.separated(", ");
+            for uidl in chunk {
+                sep.push_bind(uidl);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_vanished_by_content(
+        &self,
+        mailbox: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Result<Option<KnownMessage>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM messages WHERE mailbox = ? AND sha256 = ? AND size = ?
+               AND on_server = 0 AND deleted_at IS NULL AND replaced_by IS NULL
+             ORDER BY first_seen_at LIMIT 1",
+        )
+        .bind(mailbox)
+        .bind(sha256)
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut m = message_from_row(&row)?;
+        let rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ? AND uidl = ?")
+            .bind(mailbox)
+            .bind(&m.uidl)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            let sink: String = row.try_get("sink")?;
+            m.deliveries.insert(sink, delivery_from_row(row)?);
+        }
+        Ok(Some(m))
+    }
+
+    async fn adopt(
+        &self,
+        mailbox: &str,
+        old_uidl: &str,
+        new_uidl: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at, on_server)
+             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1
+               FROM messages WHERE mailbox = ?1 AND uidl = ?2
+             ON CONFLICT (mailbox, uidl) DO NOTHING",
+        )
+        .bind(mailbox)
+        .bind(old_uidl)
+        .bind(new_uidl)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deliveries (mailbox, uidl, sink, status, attempts, first_attempt_at,
+                last_attempt_at, next_attempt_at, last_error, receipt, delivered_at)
+             SELECT mailbox, ?3, sink, status, attempts, first_attempt_at, last_attempt_at,
+                    next_attempt_at, last_error, receipt, delivered_at
+               FROM deliveries WHERE mailbox = ?1 AND uidl = ?2
+             ON CONFLICT (mailbox, uidl, sink) DO NOTHING",
+        )
+        .bind(mailbox)
+        .bind(old_uidl)
+        .bind(new_uidl)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE messages SET replaced_by = ?3 WHERE mailbox = ?1 AND uidl = ?2")
+            .bind(mailbox)
+            .bind(old_uidl)
+            .bind(new_uidl)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // FULL checkpoint: the WAL's frames are written into the database file and fsynced.
+        sqlx::query("PRAGMA wal_checkpoint(FULL)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, mailbox: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.mailbox, d.uidl, m.idem_key, d.sink, d.attempts, d.last_error, d.last_attempt_at
+               FROM deliveries d JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
+              WHERE d.status = 'dead' AND (?1 IS NULL OR d.mailbox = ?1)
+              ORDER BY d.mailbox, d.last_attempt_at",
+        )
+        .bind(mailbox)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    mailbox: row.try_get("mailbox")?,
+                    uidl: row.try_get("uidl")?,
+                    idem_key: row.try_get("idem_key")?,
+                    sink: row.try_get("sink")?,
+                    attempts: to_u32(row.try_get("attempts")?),
+                    error: row
+                        .try_get::<Option<String>, _>("last_error")?
+                        .unwrap_or_default(),
+                    last_attempt_at: row.try_get("last_attempt_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_dead(
+        &self,
+        mailbox: &str,
+        uidl: Option<&str>,
+        sink: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        // A fresh retry window: the first attempt is forgotten, the history stays in attempts.
+        let r = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, first_attempt_at = NULL
+              WHERE status IN ('dead', 'dropped') AND mailbox = ?1
+                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR sink = ?3)",
+        )
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(sink)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn drop_dead(
+        &self,
+        mailbox: &str,
+        uidl: Option<&str>,
+        sink: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE deliveries SET status = 'dropped'
+              WHERE status = 'dead' AND mailbox = ?1
+                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR sink = ?3)",
+        )
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(sink)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn forget(&self, mailbox: &str, uidl: Option<&str>) -> Result<u64, StoreError> {
+        let r =
+            sqlx::query("DELETE FROM messages WHERE mailbox = ?1 AND (?2 IS NULL OR uidl = ?2)")
+                .bind(mailbox)
+                .bind(uidl)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn counts(&self) -> Result<Vec<MailboxCounts>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.mailbox,
+                    COUNT(*) AS messages,
+                    SUM(m.on_server) AS on_server,
+                    SUM(m.deleted_at IS NOT NULL) AS deleted,
+                    (SELECT COUNT(*) FROM deliveries d WHERE d.mailbox = m.mailbox AND d.status = 'delivered') AS delivered,
+                    (SELECT COUNT(*) FROM deliveries d WHERE d.mailbox = m.mailbox AND d.status = 'pending') AS pending,
+                    (SELECT COUNT(*) FROM deliveries d WHERE d.mailbox = m.mailbox AND d.status = 'dead') AS dead
+               FROM messages m GROUP BY m.mailbox ORDER BY m.mailbox",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let n = |row: &sqlx::sqlite::SqliteRow, col: &str| -> Result<u64, StoreError> {
+            Ok(u64::try_from(row.try_get::<Option<i64>, _>(col)?.unwrap_or(0)).unwrap_or(0))
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(MailboxCounts {
+                    mailbox: row.try_get("mailbox")?,
+                    messages: n(row, "messages")?,
+                    on_server: n(row, "on_server")?,
+                    deleted: n(row, "deleted")?,
+                    delivered: n(row, "delivered")?,
+                    pending: n(row, "pending")?,
+                    dead: n(row, "dead")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
