@@ -7,3 +7,4 @@ pub mod pop3;
 pub mod secret;
 pub mod sink;
 pub mod store;
+pub mod engine;

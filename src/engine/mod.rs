@@ -1,0 +1,3 @@
+//! The delivery engine: one poll of one mailbox, from LIST to QUIT.
+
+pub mod plan;
