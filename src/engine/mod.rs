@@ -1,3 +1,4 @@
 //! The delivery engine: one poll of one mailbox, from LIST to QUIT.
 
+pub mod deliver;
 pub mod plan;

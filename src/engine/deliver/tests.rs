@@ -1,0 +1,117 @@
+use super::*;
+use crate::sink::{Receipt, SpooledMessage};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// A sink that answers from a script, one answer per call, and counts calls.
+struct Scripted {
+    answers: Mutex<Vec<Result<Receipt, DeliveryError>>>,
+    calls: AtomicU32,
+}
+
+impl Scripted {
+    fn new(mut answers: Vec<Result<Receipt, DeliveryError>>) -> Arc<Self> {
+        answers.reverse();
+        Arc::new(Self { answers: Mutex::new(answers), calls: AtomicU32::new(0) })
+    }
+}
+
+#[async_trait]
+impl Sink for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn deliver(&self, _: &SpooledMessage, _: &IdempotencyKey) -> Result<Receipt, DeliveryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.answers.lock().unwrap().pop().unwrap_or_else(|| Err(DeliveryError::retryable("script ran out")))
+    }
+    async fn healthcheck(&self) -> Result<(), DeliveryError> {
+        Ok(())
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts_per_poll: 3,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(20),
+        window: Duration::from_secs(3600),
+    }
+}
+
+fn handle(sink: Arc<Scripted>, retry: RetryPolicy) -> SinkHandle {
+    SinkHandle { name: "s".into(), sink, retry }
+}
+
+fn message() -> SpooledMessage {
+    SpooledMessage {
+        mailbox: "alice".into(),
+        uidl: "u1".into(),
+        path: "/nonexistent".into(),
+        size: 0,
+        sha256: String::new(),
+        fetched_at: chrono::Utc::now(),
+    }
+}
+
+async fn run(sink: Arc<Scripted>, retry: RetryPolicy, first: Option<Millis>) -> Outcome {
+    let key = IdempotencyKey::derive("alice", "u1");
+    deliver_to_sink(&handle(sink, retry), &message(), &key, first, &CancellationToken::new()).await
+}
+
+#[tokio::test]
+async fn retries_on_temporary_error_then_delivers() {
+    let s = Scripted::new(vec![Err(DeliveryError::retryable("503")), Ok(Receipt::new("ok"))]);
+    let o = run(s.clone(), policy(), None).await;
+    assert!(matches!(o.result, OutcomeResult::Delivered(_)), "{o:?}");
+    assert_eq!(o.attempts_made, 2);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn permanent_error_is_dead_lettered_at_once() {
+    let s = Scripted::new(vec![Err(DeliveryError::permanent("HTTP 404"))]);
+    let o = run(s.clone(), policy(), None).await;
+    assert!(matches!(&o.result, OutcomeResult::Dead { error } if error == "HTTP 404"), "{o:?}");
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn exhausted_poll_attempts_leave_it_pending_for_later() {
+    let s = Scripted::new(vec![]);
+    let before = crate::store::now_millis();
+    let o = run(s.clone(), policy(), None).await;
+    match o.result {
+        OutcomeResult::Retry { next_attempt_at, .. } => assert!(next_attempt_at >= before),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn retry_window_exhausted_is_dead_lettered() {
+    let s = Scripted::new(vec![]);
+    let long_ago = crate::store::now_millis() - 7_200_000;
+    let o = run(s, policy(), Some(long_ago)).await;
+    assert!(matches!(&o.result, OutcomeResult::Dead { error } if error.contains("retry window")), "{o:?}");
+}
+
+#[test]
+fn backoff_grows_is_capped_and_honours_retry_after() {
+    let p = RetryPolicy {
+        attempts_per_poll: 3,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        window: Duration::from_secs(60),
+    };
+    for _ in 0..50 {
+        let d1 = backoff(&p, 1, None);
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+        let d3 = backoff(&p, 3, None);
+        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+        assert!(backoff(&p, 20, None) <= Duration::from_secs(1));
+    }
+    assert_eq!(backoff(&p, 1, Some(Duration::from_millis(700))), Duration::from_millis(700));
+    assert_eq!(backoff(&p, 1, Some(Duration::from_secs(3600))), Duration::from_secs(1));
+}
