@@ -61,7 +61,7 @@ pub enum Schedule {
     Cron {
         /// The expression as written (5 fields), for messages.
         expression: String,
-        cron: croner::Cron,
+        cron: Box<croner::Cron>,
         jitter: Duration,
     },
 }

@@ -56,8 +56,13 @@ pub async fn deliver_to_sink(
         attempts += 1;
         let (text, retry_after) = match handle.sink.deliver(message, key).await {
             Ok(receipt) => break OutcomeResult::Delivered(receipt),
-            Err(DeliveryError::Permanent { message }) => break OutcomeResult::Dead { error: message },
-            Err(DeliveryError::Retryable { message, retry_after }) => (message, retry_after),
+            Err(DeliveryError::Permanent { message }) => {
+                break OutcomeResult::Dead { error: message }
+            }
+            Err(DeliveryError::Retryable {
+                message,
+                retry_after,
+            }) => (message, retry_after),
         };
         let now = crate::store::now_millis();
         let delay = backoff(policy, attempts, retry_after);
