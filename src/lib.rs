@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod engine;
 pub mod key;
+pub mod metrics;
 pub mod pop3;
 pub mod scheduler;
 pub mod secret;

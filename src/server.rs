@@ -1,5 +1,5 @@
 //! The daemon's HTTP endpoints: `/healthz` (the process answers) and `/readyz` (state store
-//! reachable, scheduler running, every sink's healthcheck passing).
+//! reachable, scheduler running, every sink's healthcheck passing), `/metrics` (Prometheus).
 
 use crate::engine::deliver::SinkHandle;
 use crate::store::Store;
@@ -83,5 +83,17 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    crate::metrics::render(),
+                )
+            }),
+        )
         .with_state(readiness)
 }

@@ -108,9 +108,26 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         mailbox: ctx.mailbox.name.clone(),
         ..Default::default()
     };
+    let clock = std::time::Instant::now();
     if let Err(e) = poll_inner(ctx, shutdown, &mut report).await {
         tracing::error!(mailbox = %ctx.mailbox.name, kind = e.kind(), error = %e, "Poll failed");
         report.error = Some((e.kind().to_string(), e.to_string()));
+    }
+    crate::metrics::poll_finished(&report, clock.elapsed());
+    match ctx.store.backlog(&ctx.mailbox.name).await {
+        Ok(rows) => {
+            for h in &ctx.sinks {
+                let (p, d) = rows
+                    .iter()
+                    .find(|r| r.sink == h.name)
+                    .map(|r| (r.pending, r.dead))
+                    .unwrap_or((0, 0));
+                crate::metrics::delivery_backlog(&ctx.mailbox.name, &h.name, p, d);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(mailbox = %ctx.mailbox.name, error = %e, "Cannot count the delivery backlog")
+        }
     }
     report
 }

@@ -471,6 +471,31 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sink, SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead
+               FROM deliveries WHERE mailbox = ? GROUP BY sink ORDER BY sink",
+        )
+        .bind(mailbox)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let n = |col: &str| -> Result<u64, StoreError> {
+                    Ok(
+                        u64::try_from(row.try_get::<Option<i64>, _>(col)?.unwrap_or(0))
+                            .unwrap_or(0),
+                    )
+                };
+                Ok(Backlog {
+                    sink: row.try_get("sink")?,
+                    pending: n("pending")?,
+                    dead: n("dead")?,
+                })
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
