@@ -6,3 +6,4 @@ pub mod key;
 pub mod pop3;
 pub mod secret;
 pub mod sink;
+pub mod tls;
