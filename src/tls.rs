@@ -68,7 +68,7 @@ fn read_pem_bundle(path: &Path) -> Result<Vec<native_tls::Certificate>, TlsError
         };
         let end = start + len + END.len();
         let cert =
-            native_tls::Certificate::from_pem(rest[start..end].as_bytes()).map_err(|source| {
+            native_tls::Certificate::from_pem(&rest.as_bytes()[start..end]).map_err(|source| {
                 TlsError::BadCertificate {
                     path: path.to_owned(),
                     source,
@@ -86,6 +86,7 @@ fn read_pem_bundle(path: &Path) -> Result<Vec<native_tls::Certificate>, TlsError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
