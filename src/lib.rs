@@ -14,3 +14,4 @@ pub mod sink;
 pub mod store;
 pub mod summary;
 pub mod telemetry;
+pub mod tls;

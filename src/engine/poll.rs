@@ -8,7 +8,7 @@ use super::deliver::{deliver_to_sink, SinkHandle};
 use super::plan::{self, DeleteItem, FetchItem, Identity, Listed, Plan, Warning};
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
-use crate::pop3::{self, Pop3Error, Retrieved};
+use crate::pop3::{self, ErrorKind, Pop3Error, Retrieved};
 use crate::sink::SpooledMessage;
 use crate::store::{DeliveryState, FetchRecord, KnownMessage, OutcomeResult, Store, StoreError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -47,7 +47,15 @@ impl PollError {
     /// Low-cardinality kind, for summaries and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Pop3(e) => e.kind().as_str(),
+            Self::Pop3(e) => match e.kind() {
+                ErrorKind::Auth => "auth",
+                ErrorKind::Tls => "tls",
+                ErrorKind::Network => "network",
+                ErrorKind::Protocol => "protocol",
+                ErrorKind::Timeout => "timeout",
+                ErrorKind::Temporary => "temporary",
+                ErrorKind::Spool => "spool",
+            },
             Self::Store(_) => "state",
             Self::Spool { .. } => "spool",
         }
