@@ -39,8 +39,11 @@ impl SqliteStore {
             .foreign_keys(true)
             // The CLI (`dlq`, `state`) may write while the daemon runs.
             .busy_timeout(Duration::from_secs(30));
+        // One connection: SQLite has one writer at a time anyway, and queueing in the pool is
+        // cheaper than SQLite's busy handler, which sleeps in milliseconds. Other processes
+        // (`popbridge dlq`) still get in through `busy_timeout`.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_with(options)
             .await
             .map_err(open_err)?;
