@@ -11,16 +11,20 @@ use popbridge::secret::Secret;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 const PASSWORD: &str = "s3cret-pw";
 const CAPS: &[u8] = b"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nUSER\r\n.\r\n";
 
+/// A byte stream the scripted server can talk over: TCP, or TLS after STLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// The server side of one connection.
 struct Peer {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     /// Every byte the client sent.
     seen: Vec<u8>,
     /// Bytes received but not yet returned as lines.
@@ -68,6 +72,15 @@ impl Peer {
         self.send(CAPS).await;
     }
 
+    /// Wraps the connection in TLS (after STLS, or at once for implicit TLS).
+    async fn start_tls(&mut self, acceptor: &async_native_tls::TlsAcceptor) -> Result<(), String> {
+        let (dummy, _) = tokio::io::duplex(1);
+        let tcp = std::mem::replace(&mut self.stream, Box::new(dummy));
+        let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        self.stream = Box::new(tls);
+        Ok(())
+    }
+
     /// Reads until the client closes, so `seen` is complete.
     async fn drain(&mut self) {
         while !self.line().await.is_empty() {}
@@ -85,7 +98,7 @@ where
     let handle = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let peer = script(Peer {
-            stream,
+            stream: Box::new(stream),
             seen: Vec::new(),
             pending: Vec::new(),
         })
@@ -568,4 +581,191 @@ async fn top_keeps_at_most_max_bytes_and_stays_in_step() {
     t.noop().await.unwrap();
     drop(t);
     server.await.unwrap();
+}
+
+/// A private CA and a `localhost` leaf signed by it, made with the openssl CLI (as LAB.md
+/// advises: a self-signed certificate used directly is rejected by some stacks).
+struct Pki {
+    dir: tempfile::TempDir,
+    acceptor: async_native_tls::TlsAcceptor,
+}
+
+impl Pki {
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl CLI is needed for TLS tests");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=popbridge test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.path().join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let cert = std::fs::read(dir.path().join("leaf.pem")).unwrap();
+    let key = std::fs::read(dir.path().join("leaf.key")).unwrap();
+    let identity = native_tls::Identity::from_pkcs8(&cert, &key).unwrap();
+    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap().into();
+    Pki { dir, acceptor }
+}
+
+const STLS_CAPS: &[u8] = b"+OK\r\nUSER\r\nSTLS\r\nSASL PLAIN\r\n.\r\n";
+
+#[tokio::test]
+async fn starttls_with_private_ca_sends_password_only_encrypted() {
+    let pki = pki();
+    let acceptor = pki.acceptor.clone();
+    let (mut cfg, server) = serve(move |mut p| async move {
+        p.send(b"+OK ready\r\n").await;
+        p.expect("CAPA").await;
+        p.send(STLS_CAPS).await;
+        p.expect("STLS").await;
+        p.send(b"+OK begin TLS\r\n").await;
+        let plaintext = p.seen.clone();
+        p.start_tls(&acceptor).await.unwrap();
+        p.expect("CAPA").await;
+        p.send(b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n").await;
+        p.expect("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==").await;
+        p.send(b"+OK\r\n").await;
+        p.expect("CAPA").await;
+        p.send(b"+OK\r\nPIPELINING\r\n.\r\n").await;
+        p.expect("QUIT").await;
+        p.send(b"+OK\r\n").await;
+        p.seen = plaintext;
+        p
+    })
+    .await;
+    cfg.host = "localhost".into();
+    cfg.tls = TlsMode::StartTls;
+    cfg.allow_plaintext_auth = false;
+    cfg.ca_file = Some(pki.ca_file());
+    let t = pop3::connect(&cfg).await.unwrap();
+    assert!(t.capabilities().pipelining());
+    t.quit().await.unwrap();
+    assert_eq!(
+        server.await.unwrap(),
+        "CAPA\r\nSTLS\r\n",
+        "only CAPA and STLS in the clear"
+    );
+}
+
+#[tokio::test]
+async fn implicit_tls_rejects_untrusted_certificate() {
+    let pki = pki();
+    let acceptor = pki.acceptor.clone();
+    let (mut cfg, server) = serve(move |mut p| async move {
+        let _ = p.start_tls(&acceptor).await;
+        p
+    })
+    .await;
+    cfg.host = "localhost".into();
+    cfg.tls = TlsMode::Implicit;
+    let err = pop3::connect(&cfg).await.err().unwrap();
+    assert!(matches!(err, Pop3Error::TlsHandshake { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Tls);
+    assert!(!server.await.unwrap().contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn implicit_tls_with_private_ca_works() {
+    let pki = pki();
+    let acceptor = pki.acceptor.clone();
+    let (mut cfg, server) = serve(move |mut p| async move {
+        p.start_tls(&acceptor).await.unwrap();
+        p.login().await;
+        p.drain().await;
+        p
+    })
+    .await;
+    cfg.host = "localhost".into();
+    cfg.tls = TlsMode::Implicit;
+    cfg.allow_plaintext_auth = false;
+    cfg.ca_file = Some(pki.ca_file());
+    let t = pop3::connect(&cfg).await.unwrap();
+    assert!(t.capabilities().uidl());
+    drop(t);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn data_injected_before_tls_handshake_is_refused() {
+    let (mut cfg, server) = serve(|mut p| async move {
+        p.send(b"+OK ready\r\n").await;
+        p.expect("CAPA").await;
+        p.send(STLS_CAPS).await;
+        p.expect("STLS").await;
+        // A man in the middle appends a plaintext answer to the STLS reply.
+        p.send(b"+OK begin TLS\r\n+OK logged in\r\n").await;
+        p.drain().await;
+        p
+    })
+    .await;
+    cfg.tls = TlsMode::StartTls;
+    let err = pop3::connect(&cfg).await.err().unwrap();
+    // Normally caught before the handshake; if the bytes arrive split, the handshake fails.
+    assert!(
+        matches!(
+            err,
+            Pop3Error::StlsInjection { .. } | Pop3Error::TlsHandshake { .. }
+        ),
+        "{err}"
+    );
+    assert!(!server.await.unwrap().contains("PASS"));
 }
