@@ -769,3 +769,97 @@ async fn data_injected_before_tls_handshake_is_refused() {
     );
     assert!(!server.await.unwrap().contains("PASS"));
 }
+
+#[tokio::test]
+async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
+    let (cfg, server) = serve(|mut p| async move {
+        p.login().await;
+        p.expect("RETR 1").await;
+        p.expect("RETR 2").await;
+        p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
+        p.expect("NOOP").await;
+        p.send(b"+OK\r\n").await;
+        p.drain().await;
+        p
+    })
+    .await;
+    let mut t = pop3::connect(&cfg).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let missing = std::path::Path::new("/nonexistent/spool");
+    t.retr_to_spool(&[1, 2], missing, tx).await.unwrap();
+    for n in [1, 2] {
+        let (got, r) = rx.recv().await.unwrap();
+        let err = r.unwrap_err();
+        assert_eq!((got, err.kind()), (n, ErrorKind::Spool));
+        assert!(err.to_string().contains("/nonexistent/spool"));
+    }
+    t.noop().await.unwrap();
+    drop(t);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
+    let (mut cfg, server) = serve(|mut p| async move {
+        p.login().await;
+        p.expect("RETR 1").await;
+        p.expect("RETR 2").await;
+        p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
+        // RETR 3 must never come: the next command is NOOP.
+        p.expect("NOOP").await;
+        p.send(b"+OK\r\n").await;
+        p.drain().await;
+        p
+    })
+    .await;
+    cfg.pipeline_window = 2;
+    let mut t = pop3::connect(&cfg).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    let dir = tempfile::tempdir().unwrap();
+    t.retr_to_spool(&[1, 2, 3], dir.path(), tx).await.unwrap();
+    t.noop().await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no files left behind"
+    );
+    drop(t);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn without_pipelining_sends_one_command_at_a_time() {
+    let (cfg, server) = serve(|mut p| async move {
+        p.send(b"+OK ready\r\n").await;
+        p.expect("CAPA").await;
+        p.send(b"-ERR no CAPA here\r\n").await;
+        p.expect("USER alice").await;
+        p.send(b"+OK\r\n").await;
+        p.line().await;
+        p.send(b"+OK\r\n").await;
+        p.expect("CAPA").await;
+        p.send(b"-ERR\r\n").await;
+        for n in 1..=3 {
+            p.expect(&format!("DELE {n}")).await;
+            // Nothing else may be waiting: the client must wait for this answer.
+            let mut probe = [0u8; 64];
+            let early =
+                tokio::time::timeout(Duration::from_millis(50), p.stream.read(&mut probe)).await;
+            assert!(
+                p.pending.is_empty() && early.is_err(),
+                "client pipelined without PIPELINING"
+            );
+            p.send(b"+OK\r\n").await;
+        }
+        p.drain().await;
+        p
+    })
+    .await;
+    let mut t = pop3::connect(&cfg).await.unwrap();
+    assert!(!t.capabilities().pipelining());
+    let results = t.dele_many(&[1, 2, 3]).await.unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()));
+    drop(t);
+    server.await.unwrap();
+}
