@@ -71,6 +71,8 @@ pub enum Pop3Error {
     PlaintextRefused { server: String },
     #[error("POP3 server {server} does not advertise STLS; refusing to continue without TLS (use `tls: implicit` on port 995, or fix the server)")]
     StlsNotAdvertised { server: String },
+    #[error("POP3 server {server} refused STLS: {message}; refusing to continue without TLS")]
+    StlsRefused { server: String, message: String },
     #[error("POP3 server {server} sent data before the TLS handshake (possible injection); connection dropped")]
     StlsInjection { server: String },
     #[error("POP3 server {server} rejected the login{code}: {message}; check username and password (not retried)")]
@@ -137,6 +139,7 @@ impl Pop3Error {
             | Self::TlsHandshake { .. }
             | Self::PlaintextRefused { .. }
             | Self::StlsNotAdvertised { .. }
+            | Self::StlsRefused { .. }
             | Self::StlsInjection { .. } => ErrorKind::Tls,
             Self::AuthFailed { .. } | Self::AuthUnavailable { .. } => ErrorKind::Auth,
             Self::Temporary { .. } => ErrorKind::Temporary,

@@ -70,7 +70,7 @@ fn replay(bytes: &[u8], chunk: usize, expect: &[Expect]) -> Result<Vec<Decoded>,
     Ok(out)
 }
 
-const CHUNKS: [usize; 11] = [1, 2, 3, 4, 5, 7, 8, 16, 64, 128, 512];
+const CHUNKS: [usize; 13] = [1, 2, 3, 4, 5, 7, 8, 16, 32, 64, 128, 256, 512];
 
 fn ok(text: &str) -> Decoded {
     Decoded::Status(StatusLine {
@@ -214,4 +214,56 @@ fn parses_status_lines() {
     assert!(parse_status(b"* OK imap\r\n").is_err());
     let s = parse_status(b"-ERR [unterminated code\r\n").unwrap();
     assert_eq!((s.code, s.text.as_str()), (None, "[unterminated code"));
+}
+
+/// What a server does to a message before sending it: add CRLF at the end if missing, double
+/// every leading dot, append the terminator.
+fn stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at_start = true;
+    for &b in body {
+        if at_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_start = b == b'\n';
+    }
+    if !at_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[test]
+fn roundtrips_random_bodies_at_random_chunk_sizes() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1939);
+    // A small alphabet reaches the interesting states: dots, CR, LF at line starts.
+    let alphabet = b".\r\nax\x00\xff";
+    for _ in 0..500 {
+        let len = rng.gen_range(0..200);
+        let mut body: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+            .collect();
+        if !body.is_empty() && !body.ends_with(b"\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        let wire = stuff(&body);
+        let mut dec = BodyDecoder::new(1000);
+        let mut out = Vec::new();
+        let mut rest = &wire[..];
+        let mut done = false;
+        while !rest.is_empty() {
+            let n = rng.gen_range(1..=rest.len().min(16));
+            let p = dec.decode(&rest[..n], &mut out).unwrap();
+            rest = &rest[p.consumed..];
+            if p.done {
+                done = true;
+                break;
+            }
+        }
+        assert!(done && rest.is_empty(), "terminator not found in {wire:?}");
+        assert_eq!(out, body, "wire {wire:?}");
+    }
 }

@@ -17,6 +17,12 @@ pub(crate) async fn stls(
         });
     }
     conn.send("STLS", "STLS").await?;
-    conn.expect_ok("STLS").await?;
+    match conn.expect_ok("STLS").await {
+        Ok(_) => {}
+        Err(Pop3Error::Refused {
+            server, message, ..
+        }) => return Err(Pop3Error::StlsRefused { server, message }),
+        Err(e) => return Err(e),
+    }
     conn.handshake(connector, host).await
 }
