@@ -160,6 +160,9 @@ async fn poll_inner(
     let name = ctx.mailbox.name.as_str();
     reset_spool(&ctx.spool_dir)?;
     let mut session = pop3::connect(&ctx.mailbox.pop3).await?;
+    if let Some(t) = session.certificate_expiry() {
+        crate::metrics::certificate_expiry(name, t);
+    }
     let sizes = session.list().await?;
     let uidls = session.uidl().await?;
     let listing = merge_listing(&sizes, uidls.as_deref());
@@ -178,7 +181,27 @@ async fn poll_inner(
     report.waiting = plan.waiting;
     report.dead_earlier = plan.dead;
 
-    let Plan { fetch, delete, .. } = plan;
+    let Plan {
+        mut fetch, delete, ..
+    } = plan;
+    // Too large to fetch: reported every poll (never skipped in silence), kept on the server.
+    let cap = ctx.mailbox.pop3.max_message_bytes;
+    fetch.retain(|f| {
+        if f.size > cap {
+            let text = format!(
+                "message {} is {} bytes, over max_message_bytes ({cap}); left on the server",
+                f.msgno, f.size
+            );
+            tracing::error!(
+                mailbox = name,
+                msgno = f.msgno,
+                size = f.size,
+                "Message too large, not fetched"
+            );
+            report.failures.push(text);
+        }
+        f.size <= cap
+    });
     let mut to_delete: Vec<DeleteItem> = delete;
     if !fetch.is_empty() {
         let processed =

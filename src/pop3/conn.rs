@@ -84,6 +84,9 @@ pub(crate) struct Conn {
     pub(crate) server: String,
     timeout: Duration,
     pub(crate) max_line: usize,
+    pub(crate) max_message_bytes: u64,
+    /// When the server's certificate expires (Unix seconds), once TLS is up.
+    pub(crate) cert_not_after: Option<i64>,
     broken: bool,
 }
 
@@ -119,6 +122,8 @@ impl Conn {
             server,
             timeout: cfg.timeout,
             max_line: cfg.max_line_length.max(16),
+            max_message_bytes: cfg.max_message_bytes,
+            cert_not_after: None,
             broken: false,
         };
         if let Some(connector) = tls {
@@ -155,6 +160,12 @@ impl Conn {
         self.broken = true;
         match tokio::time::timeout(self.timeout, connector.connect(host, tcp)).await {
             Ok(Ok(tls)) => {
+                self.cert_not_after = tls
+                    .peer_certificate()
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.to_der().ok())
+                    .and_then(|der| crate::tls::not_after_unix(&der));
                 self.stream = Stream::Tls(Box::new(tls));
                 self.broken = false;
                 Ok(())
@@ -165,6 +176,11 @@ impl Conn {
             }),
             Err(_) => Err(self.timeout_err("doing the TLS handshake")),
         }
+    }
+
+    /// Marks the connection unusable after an error in the middle of a response.
+    pub(crate) fn poison(&mut self) {
+        self.broken = true;
     }
 
     fn timeout_err(&mut self, during: &'static str) -> Pop3Error {

@@ -101,6 +101,11 @@ impl Transaction {
     pub fn server(&self) -> &str {
         &self.conn.server
     }
+
+    /// When the server's TLS certificate expires (Unix seconds); `None` without TLS.
+    pub fn certificate_expiry(&self) -> Option<i64> {
+        self.conn.cert_not_after
+    }
 }
 
 /// The `<...>` part of a greeting, if any (RFC 1939 section 7).

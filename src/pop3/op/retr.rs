@@ -103,7 +103,9 @@ impl Transaction {
                 (None, None)
             }
         };
-        let mut dec = BodyDecoder::new(self.conn.max_line);
+        // No line limit inside a message: nothing is held per line, and a real message with a
+        // long line must not become undeliverable. The size cap bounds an endless one.
+        let mut dec = BodyDecoder::new(usize::MAX);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         loop {
@@ -111,6 +113,17 @@ impl Transaction {
             let done = self.conn.body_chunk(&mut dec, out, &command).await?;
             hasher.update(&out[..]);
             size += out.len() as u64;
+            if size > self.conn.max_message_bytes {
+                self.conn.poison();
+                return Err(Pop3Error::Protocol {
+                    server: self.conn.server.clone(),
+                    command: command.clone(),
+                    detail: format!(
+                        "message {msgno} is larger than max_message_bytes ({} bytes); the connection was dropped",
+                        self.conn.max_message_bytes
+                    ),
+                });
+            }
             if let Some(f) = file.as_mut() {
                 if let Err(e) = f.write_all(out).await {
                     failed = Some(e);
