@@ -76,6 +76,7 @@ impl App {
                 store: store.clone(),
                 spool_dir: config.state.spool_dir.join(&m.name),
                 max_in_flight: config.limits.max_in_flight,
+                progress: Default::default(),
             }));
         }
         let servers: Vec<String> = config.mailboxes.iter().map(|m| m.pop3.server()).collect();

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod key;
 pub mod metrics;
 pub mod pop3;
+pub mod progress;
 pub mod scheduler;
 pub mod secret;
 pub mod server;

@@ -239,7 +239,16 @@ async fn once(
         }
     };
     let shutdown = shutdown_token();
+    let renderer = popbridge::progress::spawn_renderer(
+        selected
+            .iter()
+            .map(|m| (m.mailbox.name.clone(), m.progress.clone()))
+            .collect(),
+    );
     let reports = app.run_once(&selected, &shutdown).await;
+    if let Some(r) = renderer {
+        r.finish().await;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

@@ -27,6 +27,8 @@ pub struct MailboxContext {
     /// This mailbox's own spool directory (emptied at the start of each poll).
     pub spool_dir: PathBuf,
     pub max_in_flight: usize,
+    /// Live counters for the terminal progress display.
+    pub progress: Arc<crate::progress::Progress>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,7 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         tracing::error!(mailbox = %ctx.mailbox.name, kind = e.kind(), error = %e, "Poll failed");
         report.error = Some((e.kind().to_string(), e.to_string()));
     }
+    ctx.progress.finish();
     crate::metrics::poll_finished(&report, clock.elapsed());
     match ctx.store.backlog(&ctx.mailbox.name).await {
         Ok(rows) => {
@@ -202,6 +205,8 @@ async fn poll_inner(
         }
         f.size <= cap
     });
+    ctx.progress
+        .plan(fetch.len() as u64, fetch.iter().map(|f| f.size).sum());
     let mut to_delete: Vec<DeleteItem> = delete;
     if !fetch.is_empty() {
         let processed =
@@ -457,6 +462,7 @@ async fn process(
     }))
     .await;
     store.record_outcomes(&outcomes).await?;
+    ctx.progress.message_done(retrieved.size);
     drop(retrieved);
 
     let mut after = state.unwrap_or_else(|| KnownMessage {
