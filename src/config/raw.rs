@@ -114,9 +114,14 @@ pub struct RawPop3 {
     /// Connect and per-read/write timeout (default 60s).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
-    /// Longest line accepted from the server (default 65536).
+    /// Longest status or listing line accepted from the server (default 65536). Lines inside
+    /// messages are not limited: they stream to disk.
     #[serde(default)]
     pub max_line_length: Option<usize>,
+    /// Largest message fetched, in bytes (default 1073741824, 1 GiB). Larger ones are reported
+    /// at every poll and left on the server.
+    #[serde(default)]
+    pub max_message_bytes: Option<u64>,
     /// Most commands in flight with PIPELINING (default 32).
     #[serde(default)]
     pub pipeline_window: Option<usize>,

@@ -23,6 +23,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default longest accepted server line.
 pub const DEFAULT_MAX_LINE_LENGTH: usize = 65_536;
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1 << 30;
 /// RFC 1939 allows response lines of 512 octets; accepting less would break servers.
 const MIN_MAX_LINE_LENGTH: usize = 512;
 /// Default PIPELINING window.
@@ -308,7 +309,7 @@ impl Validator<'_> {
             }
             (None, Some(cron)) => Schedule::Cron {
                 expression: cron.expression,
-                cron: cron.cron,
+                cron: Box::new(cron.cron),
                 jitter,
             },
             (Some(every), Some(_)) => {
@@ -400,6 +401,10 @@ impl Validator<'_> {
                 format!("must be at least {MIN_MAX_LINE_LENGTH} (RFC 1939 line length)"),
             );
         }
+        let max_message_bytes = raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes == 0 {
+            self.problem(format!("{at}.max_message_bytes"), "must be greater than 0");
+        }
         let pipeline_window = raw.pipeline_window.unwrap_or(DEFAULT_PIPELINE_WINDOW);
         if pipeline_window == 0 {
             self.problem(format!("{at}.pipeline_window"), "must be at least 1");
@@ -416,6 +421,7 @@ impl Validator<'_> {
             allow_plaintext_auth,
             timeout,
             max_line_length,
+            max_message_bytes,
             pipeline_window,
         })
     }
