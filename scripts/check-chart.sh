@@ -12,7 +12,7 @@
 #
 # What it checks:
 #   1. yamllint (relaxed rules, warnings fail) on Chart.yaml, values.yaml and ci/*-values.yaml.
-#   2. helm lint --strict with the default values and with every ci/*-values.yaml.
+#   2. helm lint --strict with the default values and with every ci/*-values.yaml; helm package.
 #   3. helm template for each scenario (default values, and each ci/*-values.yaml: monitoring on,
 #      existingClaim, existingSecret, persistence off, ...), then
 #      - kubernetes-validate --strict (unknown fields are errors) on the core objects, against the
@@ -62,12 +62,14 @@ install_tools() {
     fi
     local want=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "yamllint==$YAMLLINT_VERSION"
                 "promql-parser==$PROMQL_PARSER_VERSION")
-    if ! { [ -x "$PY" ] && "$PY" -m pip show kubernetes-validate yamllint promql-parser >/dev/null 2>&1 \
+    # The stamp records the pinned set installed; a change of the pins reinstalls.
+    if ! { [ -x "$PY" ] && [ "$(cat "$VENV/.installed" 2>/dev/null)" = "${want[*]}" ] \
            && "$PY" -c 'import kubernetes_validate, yamllint, promql_parser, yaml' 2>/dev/null; }; then
         say "installing ${want[*]} into $VENV"
         command -v python3 >/dev/null || die "python3 is needed"
         [ -x "$PY" ] || python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
         "$PY" -m pip install --quiet --disable-pip-version-check "${want[@]}"
+        printf '%s' "${want[*]}" >"$VENV/.installed"
     fi
 }
 
@@ -91,6 +93,10 @@ for vf in "$CHART"/ci/*-values.yaml; do
     say "helm lint --strict -f ci/$(basename "$vf")"
     "$HELM" lint --strict "$CHART" -f "$vf" >"$WORK/lint.out" 2>&1 || { cat "$WORK/lint.out"; die "helm lint -f $vf"; }
 done
+
+say "helm package"
+"$HELM" package "$CHART" --destination "$WORK/package" >/dev/null || die "helm package"
+tar -tzf "$WORK"/package/popbridge-*.tgz | grep -qx 'popbridge/values.schema.json' || die "package lacks the schema"
 
 # ------------------------------------------------------------------ 3. render and validate
 # render NAME EXPECTED_KINDS [VALUES_FILE]
