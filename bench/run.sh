@@ -29,7 +29,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/popbridge-bench.XXXXXX)
 trap 'dc_stop; rm -rf "$WORK"' EXIT
-dc_start "$WORK/dovecot"
+dc_start
 
 PASS=bench-$RANDOM$RANDOM
 export PB_BENCH_PASS=$PASS

@@ -18,12 +18,9 @@ echo "==> building popbridge (release)"
 cargo build --release --locked --quiet
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/popbridge
 
-# Dovecot lives under /tmp: its mail user (uid 8) must be able to reach the homes, and a clone
-# under /root is not reachable.
-DC_DIR=$(mktemp -d /tmp/popbridge-demo.XXXXXX)
-trap 'dc_stop; rm -rf "$DC_DIR"' EXIT
+trap dc_stop EXIT
 echo "==> starting a private Dovecot"
-dc_start "$DC_DIR"
+dc_start
 
 DEMO_POP3_PASSWORD=demo-$RANDOM$RANDOM
 export DEMO_POP3_PASSWORD

@@ -3,10 +3,10 @@
 # tests/common/dovecot.rs; both follow the same recipe).
 #
 #   source scripts/lib/dovecot.sh
-#   dc_start DIR            # sets DC_ROOT DC_POP3_PORT DC_POP3S_PORT DC_CA; plain POP3 + POP3S
+#   dc_start                # sets DC_ROOT (a new dir under /tmp) DC_POP3_PORT DC_POP3S_PORT DC_CA
 #   dc_add_user NAME PASS   # prints the user's Maildir
 #   dc_seed MAILDIR COUNT SIZE PREFIX   # COUNT generated messages of about SIZE bytes
-#   dc_stop
+#   dc_stop                 # stops Dovecot and removes DC_ROOT
 #
 # Mail belongs to uid/gid 8 (mail): Dovecot refuses to access mail as root.
 # shellcheck disable=SC2034 # DC_* variables are for the scripts that source this file
@@ -37,7 +37,9 @@ dc_make_certs() {
 }
 
 dc_start() {
-    DC_ROOT=$(mkdir -p "$1" && cd "$1" && pwd)
+    # Under /tmp, mode 755: the mail user must reach the homes (a clone under /root is not
+    # reachable for uid 8).
+    DC_ROOT=$(mktemp -d /tmp/popbridge-dovecot.XXXXXX)
     local ports
     ports=$(dc_free_ports)
     read -r DC_POP3_PORT DC_POP3S_PORT DC_IMAP_PORT <<<"$ports"
@@ -122,12 +124,14 @@ dc_seed() {
 }
 
 dc_stop() {
-    [ -n "${DC_ROOT:-}" ] && [ -f "$DC_ROOT/run/master.pid" ] || return 0
+    [ -n "${DC_ROOT:-}" ] || return 0
     local pid
-    pid=$(cat "$DC_ROOT/run/master.pid")
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
+    if pid=$(cat "$DC_ROOT/run/master.pid" 2>/dev/null) && kill "$pid" 2>/dev/null; then
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
+    rm -rf "$DC_ROOT"
+    DC_ROOT=
 }
