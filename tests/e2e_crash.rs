@@ -1,6 +1,8 @@
 //! Through the binary, against a real Dovecot: SIGKILL at random moments during a run, then a
 //! run to completion, delivers every message exactly once and deletes them all from the server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::{assert_exactly_once, mail, Bridge, Mailbox};
@@ -11,8 +13,14 @@ use std::time::Duration;
 fn kill_9_during_runs_then_a_full_run_delivers_every_message_exactly_once() {
     let dc = dovecot_or_skip!();
     let user = dc.add_user("crash");
+    // About 8 KB each, so a run lasts long enough to be killed in the middle of it.
+    let padding = "All work and no play makes a test run long enough to kill.\r\n".repeat(130);
     let messages: Vec<Vec<u8>> = (0..2000)
-        .map(|i| mail::simple(&format!("crash-{i}"), &format!("message {i}")))
+        .map(|i| {
+            let mut m = mail::simple(&format!("crash-{i}"), &format!("message {i}"));
+            m.extend_from_slice(padding.as_bytes());
+            m
+        })
         .collect();
     dc.seed(&user, &messages);
     let mailbox = Mailbox {
@@ -22,16 +30,26 @@ fn kill_9_during_runs_then_a_full_run_delivers_every_message_exactly_once() {
     let bridge = Bridge::new(dc, &[mailbox]);
 
     let mut rng = rand::thread_rng();
-    for round in 0..5 {
+    let mut kills = 0;
+    for _ in 0..5 {
         let mut child = bridge.spawn(&["once"]);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(50..1500)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..1200)));
         if child.try_wait().expect("poll popbridge").is_some() {
-            eprintln!("round {round}: popbridge finished before the kill");
-            break;
+            break; // it finished: nothing left to interrupt
         }
-        child.kill().expect("SIGKILL popbridge"); // SIGKILL on Unix
+        child.kill().expect("SIGKILL popbridge"); // Child::kill is SIGKILL on Unix
         child.wait().expect("reap popbridge");
+        kills += 1;
     }
+    assert!(
+        kills > 0,
+        "popbridge always finished before the kill: the test proved nothing"
+    );
+    eprintln!(
+        "after {kills} kills: {} delivered, {} still on the server",
+        bridge.delivered("crash").len(),
+        dc.list_server_messages(&user).len()
+    );
 
     let run = bridge.once();
     assert!(

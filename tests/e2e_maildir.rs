@@ -1,6 +1,8 @@
 //! Through the binary, against a real Dovecot: content arrives byte-identical, exactly once,
 //! and each delete policy does what it says to the server mailbox.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::{assert_exactly_once, mail, Bridge, Mailbox};

@@ -1,6 +1,8 @@
 //! Through the binary, against a real Dovecot: each transport security mode works, and
 //! authentication and certificate failures are clear, bounded and leak no secret.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::{assert_exactly_once, mail, Bridge, Dovecot, Mailbox, Tls};
@@ -36,7 +38,7 @@ fn implicit_tls_with_a_private_ca_delivers() {
 #[test]
 fn stls_with_a_private_ca_delivers() {
     let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::StartTls, "stls");
+    delivers_over(dc, Tls::Stls, "stls");
 }
 
 /// Lines of Dovecot's log about a failed password for `user`.
@@ -131,7 +133,7 @@ fn implicit_tls_with_the_wrong_ca_fails_with_a_certificate_error() {
 #[test]
 fn stls_with_the_wrong_ca_fails_with_a_certificate_error() {
     let dc = dovecot_or_skip!();
-    rejects_untrusted_certificate(dc, Tls::StartTls, "wrongcastls");
+    rejects_untrusted_certificate(dc, Tls::Stls, "wrongcastls");
 }
 
 #[test]

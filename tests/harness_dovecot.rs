@@ -1,6 +1,8 @@
 //! The harness's own oracle, without popbridge: the private Dovecot serves what we seed,
 //! byte for byte after dot-unstuffing, and offers what the end-to-end tests rely on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::mail;

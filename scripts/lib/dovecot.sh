@@ -64,6 +64,11 @@ mail_location = maildir:~/Maildir
 pop3_uidl_format = %08Xu%08Xv
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 ssl = yes
 ssl_cert = <$DC_ROOT/tls/server.pem
 ssl_key = <$DC_ROOT/tls/server.key

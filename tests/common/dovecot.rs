@@ -183,10 +183,12 @@ impl Dovecot {
             let _ = fs::write(self.root.join("keep"), "");
             eprintln!("PB_KEEP_DOVECOT=1: keeping {}", self.root.display());
         }
-        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
+        // `( … ) &` so the watchdog is orphaned at once and re-parented to init: nothing of ours
+        // waits on it, and it has its own process group, so a Ctrl-C of the tests spares it.
+        let script = r#"(while kill -0 "$1" 2>/dev/null; do sleep 1; done
             pid=$(cat "$2/run/master.pid" 2>/dev/null) && kill "$pid" 2>/dev/null
-            [ "$3" = 1 ] || { sleep 1; rm -rf "$2"; }"#;
-        Command::new("sh")
+            [ "$3" = 1 ] || { sleep 1; rm -rf "$2"; }) &"#;
+        let status = Command::new("sh")
             .args(["-c", script, "watchdog"])
             .arg(std::process::id().to_string())
             .arg(&self.root)
@@ -195,8 +197,9 @@ impl Dovecot {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
-            .spawn()
-            .expect("spawn the Dovecot watchdog");
+            .status()
+            .expect("start the Dovecot watchdog");
+        assert!(status.success(), "the Dovecot watchdog did not start");
     }
 
     fn wait_listening(&self) {
@@ -307,6 +310,13 @@ pop3_uidl_format = %08Xu%08Xv
 disable_plaintext_auth = no
 auth_mechanisms = plain login apop cram-md5
 auth_verbose = yes
+# Tests share 127.0.0.1: no growing penalty after a failed login, no 2 s failure delay.
+auth_failure_delay = 0
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}

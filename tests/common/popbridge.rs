@@ -18,7 +18,7 @@ const HANG: Duration = Duration::from_secs(600);
 pub enum Tls {
     None,
     Implicit,
-    StartTls,
+    Stls,
 }
 
 /// One mailbox in the config.
@@ -90,7 +90,7 @@ impl Bridge {
             let (host, port, tls) = match m.tls {
                 Tls::None => ("127.0.0.1", dc.pop3_port, "none"),
                 Tls::Implicit => ("127.0.0.1", dc.pop3s_port, "implicit"),
-                Tls::StartTls => ("localhost", dc.pop3_port, "starttls"),
+                Tls::Stls => ("localhost", dc.pop3_port, "starttls"),
             };
             let var = env_name(m.name);
             env.push((
