@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian/Ubuntu machine as root (the README's test command;
+# `.ci/run` calls it).
+#
+# 1. Installs what the tests need if it is missing (Dovecot, openssl, python3, shellcheck, the
+#    C toolchain and OpenSSL headers for the build) with apt; Dovecot's system service is never
+#    started: the tests run their own private instances on free loopback ports.
+# 2. cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck on every script.
+# 3. cargo test --all-targets. We use `cargo test`, not nextest, because the end-to-end tests
+#    start one Dovecot per test binary and share it between that binary's tests (threads);
+#    nextest would start one per test.
+#
+# CI defaults to true here: with everything installed, a test that cannot find Dovecot must
+# fail rather than skip. Set CI=false to allow skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/lib/deps.sh
+source scripts/lib/deps.sh
+ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 shellcheck \
+    ca-certificates build-essential pkg-config libssl-dev
+
+export CI=${CI:-true}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+start=$SECONDS
+step() { echo "==> $* ($((SECONDS - start))s)" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "shellcheck"
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+shellcheck -x "${scripts[@]}"
+
+step "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --locked --all-targets
+
+step "all passed"

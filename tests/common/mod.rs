@@ -1,0 +1,97 @@
+//! Shared harness for the end-to-end tests: a real Dovecot started once per test binary, a
+//! message corpus, and a runner for the `popbridge` binary.
+//!
+//! Each test creates its own Dovecot users and its own popbridge directory, so tests in one
+//! binary run in parallel. Without Dovecot (or root) the tests print why and pass, except with
+//! `CI=true`, where they fail: CI must never go green by skipping.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod certs;
+pub mod dovecot;
+pub mod mail;
+pub mod popbridge;
+
+pub use dovecot::{Dovecot, User};
+#[allow(unused_imports)] // not every test binary uses every type
+pub use popbridge::{Bridge, Mailbox, Run, Tls};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+static DOVECOT: OnceLock<Option<Dovecot>> = OnceLock::new();
+
+/// The shared Dovecot, or `None` (after printing why) when it cannot run outside CI.
+pub fn dovecot() -> Option<&'static Dovecot> {
+    DOVECOT
+        .get_or_init(|| match dovecot::unavailable() {
+            None => Some(Dovecot::start()),
+            Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true and {why}")
+            }
+            Some(why) => {
+                eprintln!("SKIPPED: {why}; run scripts/test.sh (as root) to run these tests");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// `let dc = dovecot_or_skip!();` at the top of a test.
+#[macro_export]
+macro_rules! dovecot_or_skip {
+    () => {
+        match common::dovecot() {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
+/// Files in `dir/new` and `dir/cur`, by file name (without a `:2,` flag suffix).
+pub fn read_maildir(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let name = name.split(':').next().unwrap_or_default().to_string();
+            let body = std::fs::read(entry.path()).expect("read Maildir file");
+            out.push((name, body));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts `delivered` holds each of `expected` exactly once, byte for byte, and nothing else.
+/// Reports by `X-Pb-Id` so a failure names the messages.
+pub fn assert_exactly_once(expected: &[Vec<u8>], delivered: &[Vec<u8>]) {
+    let mut counts: BTreeMap<&[u8], i64> = BTreeMap::new();
+    for m in expected {
+        *counts.entry(m).or_default() += 1;
+    }
+    for m in delivered {
+        *counts.entry(m).or_default() -= 1;
+    }
+    let (mut missing, mut extra) = (Vec::new(), Vec::new());
+    for (m, n) in counts {
+        match n {
+            0 => {}
+            n if n > 0 => missing.push(format!("{} x{n}", mail::id_of(m))),
+            n => extra.push(format!("{} x{}", mail::id_of(m), -n)),
+        }
+    }
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "expected {} messages, got {}\nmissing or altered ({}): {:?}\nduplicated or unexpected ({}): {:?}",
+        expected.len(),
+        delivered.len(),
+        missing.len(),
+        missing.iter().take(10).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(10).collect::<Vec<_>>(),
+    );
+}
