@@ -447,3 +447,49 @@ fn example_config_loads() {
     assert_eq!(c.mailboxes[2].pop3.secret.expose(), "carol-secret");
     assert!(!c.sinks.is_empty());
 }
+
+#[test]
+fn unused_sinks_are_warned_about() {
+    let text = format!("{MINIMAL}  - name: spare\n    type: maildir\n    path: spare\n");
+    let warnings = load(&text).unwrap().warnings;
+    assert_eq!(warnings, ["sinks[spare]: not used by any mailbox"]);
+}
+
+#[test]
+fn retry_policy_is_checked() {
+    let text = format!(
+        "{MINIMAL}    retry: {{ attempts_per_poll: 0, initial_backoff: 10s, max_backoff: 1s }}\n"
+    );
+    let shown = invalid(&text);
+    assert!(
+        shown.contains("sinks[archive].retry.attempts_per_poll: must be at least 1"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("sinks[archive].retry.max_backoff: must not be shorter"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn empty_password_and_empty_sink_list_are_errors() {
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", "''");
+    assert!(invalid(&text).contains("mailboxes[alice].pop3.password: is empty"));
+    let text = MINIMAL.replace("sinks: [archive]", "sinks: []");
+    assert!(invalid(&text).contains("mailboxes[alice].sinks: at least one sink is required"));
+}
+
+#[test]
+fn load_reads_a_file_and_reports_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let e = super::load(&path).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e
+        .to_string()
+        .starts_with(&format!("{}: cannot read", path.display())));
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", "pw");
+    std::fs::write(&path, text).unwrap();
+    let c = super::load(&path).unwrap().config;
+    assert_eq!(c.state.path, dir.path().join("state/popbridge.db"));
+}
