@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn finds_keys_in_flow_style_and_quotes() {
         let text = "sinks:\n  - {name: a, type: maildir, \"bogus\": 1}\n";
-        assert_eq!(locate_unknown_field(text, (2, 3), "bogus"), Some((2, 32)));
+        assert_eq!(locate_unknown_field(text, (2, 3), "bogus"), Some((2, 30)));
         let text = "x:\n  - name: a\n    retry: { attempts: 3 }\n";
         assert_eq!(
             locate_unknown_field(text, (2, 3), "attempts"),

@@ -319,11 +319,35 @@ impl RawSinkKind {
 
 impl<'de> Deserialize<'de> for RawSink {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(SinkVisitor)
+    }
+}
+
+struct SinkVisitor;
+
+impl<'de> Visitor<'de> for SinkVisitor {
+    type Value = RawSink;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sink: a mapping with `name`, `type` and the keys of that type")
+    }
+
+    // Everything happens inside `visit_map`, so yaml_serde locates errors at this entry (not
+    // at the start of the `sinks` list); `super::error` then moves "unknown field" errors to
+    // the key's own line.
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawSink, A::Error> {
         use yaml_serde::{Mapping, Value};
+        let mut map = Mapping::new();
+        while let Some(key) = access.next_key::<Value>()? {
+            if map.contains_key(&key) {
+                let shown = key.as_str().unwrap_or("?").to_owned();
+                return Err(de::Error::custom(format!("duplicate key `{shown}`")));
+            }
+            let value = access.next_value::<Value>()?;
+            map.insert(key, value);
+        }
         // Take the common keys out, then let the tagged enum (and the variant's own
-        // `deny_unknown_fields`) read the rest. Errors in here are located at the entry;
-        // `super::error` moves "unknown field" errors to the key's own line.
-        let mut map = Mapping::deserialize(deserializer)?;
+        // `deny_unknown_fields`) read the rest.
         let name = map
             .remove("name")
             .ok_or_else(|| de::Error::missing_field("name"))?;
