@@ -85,6 +85,14 @@ fn read_pem_bundle(path: &Path) -> Result<Vec<native_tls::Certificate>, TlsError
     Ok(certs)
 }
 
+/// The `notAfter` of a DER certificate as Unix seconds, for the expiry metric.
+pub fn not_after_unix(der: &[u8]) -> Option<i64> {
+    let cert = openssl::x509::X509::from_der(der).ok()?;
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(cert.not_after()).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -110,12 +118,4 @@ mod tests {
     fn builds_with_system_roots() {
         assert!(connector(None, false).is_ok());
     }
-}
-
-/// The `notAfter` of a DER certificate as Unix seconds, for the expiry metric.
-pub fn not_after_unix(der: &[u8]) -> Option<i64> {
-    let cert = openssl::x509::X509::from_der(der).ok()?;
-    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
-    let diff = epoch.diff(cert.not_after()).ok()?;
-    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
 }

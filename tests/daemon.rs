@@ -1,5 +1,6 @@
 //! `popbridge run`: the HTTP endpoints, the metrics passing `promtool check metrics`, and a
 //! clean exit on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

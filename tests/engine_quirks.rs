@@ -1,6 +1,7 @@
 //! The engine against POP3 servers that misbehave in ways a real server will not: each test
 //! runs whole polls through `App` into a real Maildir and checks what arrived, what the server
 //! still holds, and that nothing is skipped in silence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
