@@ -253,6 +253,16 @@ impl Dovecot {
         let tmp = self.root.join(format!("passwd.{}", seq()));
         fs::write(&tmp, lines.concat()).expect("write passwd");
         fs::rename(&tmp, self.root.join("passwd")).expect("rename passwd");
+        drop(lines);
+        // Dovecot's passwd-file re-reads the file at most once per second (it skips the stat when
+        // the last check was in the same second), so a user added now is only visible from the
+        // next second on.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(
+            1_050 - u64::from(now.subsec_millis()),
+        ));
         User {
             name,
             password,
