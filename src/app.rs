@@ -6,6 +6,7 @@ use crate::engine::deliver::SinkHandle;
 use crate::engine::poll::{MailboxContext, PollReport};
 use crate::scheduler::{poll_limited, Limiter};
 use crate::sink::maildir::MaildirSink;
+use crate::sink::webhook::WebhookSink;
 use crate::sink::Sink;
 use crate::store::{SqliteStore, Store, StoreError};
 use std::sync::Arc;
@@ -37,6 +38,14 @@ pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
         SinkKind::Maildir(settings) => {
             Arc::new(MaildirSink::new(cfg.name.clone(), settings.clone()))
         }
+        SinkKind::Webhook(settings) => Arc::new(
+            WebhookSink::new(cfg.name.clone(), (**settings).clone()).map_err(|message| {
+                BuildError::Sink {
+                    name: cfg.name.clone(),
+                    message,
+                }
+            })?,
+        ),
     })
 }
 

@@ -3,6 +3,7 @@
 
 use crate::pop3::ClientConfig;
 use crate::sink::maildir::MaildirSettings;
+use crate::sink::webhook::WebhookSettings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,6 +87,7 @@ pub struct SinkConfig {
 #[derive(Clone, Debug)]
 pub enum SinkKind {
     Maildir(MaildirSettings),
+    Webhook(Box<WebhookSettings>),
 }
 
 /// How failed deliveries are retried. Within a poll, a retryable failure is retried up to

@@ -305,6 +305,8 @@ pub struct RawSink {
 pub enum RawSinkKind {
     /// `type: maildir`.
     Maildir(MaildirSinkConfig),
+    /// `type: webhook`.
+    Webhook(crate::sink::webhook::WebhookSinkConfig),
 }
 
 impl RawSinkKind {
@@ -313,6 +315,7 @@ impl RawSinkKind {
         use crate::config::SinkKind;
         match self {
             RawSinkKind::Maildir(c) => c.validate(base).map(SinkKind::Maildir),
+            RawSinkKind::Webhook(c) => c.validate(base).map(|s| SinkKind::Webhook(Box::new(s))),
         }
     }
 }

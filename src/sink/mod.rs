@@ -5,6 +5,7 @@
 //! `encoder.rs`/`payload.rs` and `service.rs` (transport).
 
 pub mod maildir;
+pub mod webhook;
 
 use crate::key::IdempotencyKey;
 use async_trait::async_trait;

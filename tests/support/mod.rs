@@ -2,3 +2,4 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_pop3;
+pub mod receiver;

@@ -1,0 +1,10 @@
+//! Webhook sink: one signed POST per message, JSON or the raw message (Standard Webhooks v1).
+
+pub mod config;
+pub mod payload;
+pub mod service;
+pub mod signature;
+mod sink;
+
+pub use config::{Format, WebhookSettings, WebhookSinkConfig};
+pub use sink::WebhookSink;

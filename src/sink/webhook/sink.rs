@@ -1,0 +1,256 @@
+//! The webhook [`Sink`]: build the body (JSON into a spool file, or the raw spool file itself),
+//! sign it, stream it in one POST, classify the answer.
+
+use super::config::{Format, WebhookSettings};
+use super::payload::{self, Meta, Options};
+use super::service::{build_client, classify, classify_error};
+use super::signature::sign;
+use crate::key::IdempotencyKey;
+use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub struct WebhookSink {
+    name: String,
+    settings: Arc<WebhookSettings>,
+    client: reqwest::Client,
+    /// Requests in flight to this endpoint.
+    limit: Arc<Semaphore>,
+}
+
+/// The request body on disk: the raw spool file, or a JSON file removed when dropped.
+enum Body {
+    Raw(PathBuf),
+    Json(tempfile::TempPath),
+}
+
+impl Body {
+    fn path(&self) -> &Path {
+        match self {
+            Body::Raw(p) => p,
+            Body::Json(t) => t,
+        }
+    }
+}
+
+fn spool_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
+    // The spool is ours: a failure here (disk full) may pass.
+    DeliveryError::retryable(format!("webhook: cannot {what}: {e}"))
+}
+
+fn header(value: &str) -> Result<HeaderValue, DeliveryError> {
+    HeaderValue::from_str(value)
+        .map_err(|_| DeliveryError::permanent(format!("not a valid header value: {value:?}")))
+}
+
+impl WebhookSink {
+    pub fn new(name: impl Into<String>, settings: WebhookSettings) -> Result<Self, String> {
+        let client = build_client(&settings)?;
+        Ok(Self {
+            name: name.into(),
+            limit: Arc::new(Semaphore::new(settings.concurrency)),
+            settings: Arc::new(settings),
+            client,
+        })
+    }
+
+    async fn body(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Body, DeliveryError> {
+        if self.settings.format == Format::Raw {
+            return Ok(Body::Raw(message.path.clone()));
+        }
+        let (message, key, settings) = (message.clone(), key.clone(), self.settings.clone());
+        tokio::task::spawn_blocking(move || -> Result<Body, DeliveryError> {
+            let raw = std::fs::read(&message.path)
+                .map_err(|e| spool_error("read the spooled message", e))?;
+            let dir = message.path.parent().unwrap_or_else(|| Path::new("."));
+            let file = tempfile::Builder::new()
+                .prefix(".webhook-")
+                .suffix(".json")
+                .tempfile_in(dir)
+                .map_err(|e| spool_error("create the JSON body file", e))?;
+            let (file, path) = file.into_parts();
+            let mut out = std::io::BufWriter::new(file);
+            let meta = Meta {
+                key: key.as_str(),
+                mailbox: &message.mailbox,
+                uidl: &message.uidl,
+                size: message.size,
+                sha256: &message.sha256,
+                fetched_at: message.fetched_at,
+            };
+            let opts = Options {
+                max_inline_attachment_bytes: settings.max_inline_attachment_bytes,
+                include_raw: settings.include_raw,
+            };
+            payload::write_json(&raw, &meta, opts, &mut out)
+                .map_err(|e| spool_error("write the JSON body", e))?;
+            std::io::Write::flush(&mut out).map_err(|e| spool_error("write the JSON body", e))?;
+            Ok(Body::Json(path))
+        })
+        .await
+        .map_err(|e| spool_error("build the body", e))?
+    }
+
+    fn headers(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+        timestamp: i64,
+        signature: Option<String>,
+        len: u64,
+    ) -> Result<HeaderMap, DeliveryError> {
+        let mut h = HeaderMap::new();
+        for (name, value) in &self.settings.headers {
+            h.insert(name.clone(), header(value.expose())?);
+        }
+        let content_type = match self.settings.format {
+            Format::Json => "application/json",
+            Format::Raw => "message/rfc822",
+        };
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(HeaderName::from_static("webhook-id"), header(key.as_str())?);
+        h.insert(
+            HeaderName::from_static("webhook-timestamp"),
+            HeaderValue::from(timestamp),
+        );
+        if let Some(sig) = signature {
+            h.insert(HeaderName::from_static("webhook-signature"), header(&sig)?);
+        }
+        if self.settings.format == Format::Raw {
+            h.insert(
+                HeaderName::from_static("popbridge-mailbox"),
+                header(&message.mailbox)?,
+            );
+            h.insert(
+                HeaderName::from_static("popbridge-uidl"),
+                header(&message.uidl)?,
+            );
+            h.insert(
+                HeaderName::from_static("popbridge-sha256"),
+                header(&message.sha256)?,
+            );
+            h.insert(
+                HeaderName::from_static("popbridge-size"),
+                HeaderValue::from(message.size),
+            );
+            h.insert(
+                HeaderName::from_static("popbridge-fetched-at"),
+                header(
+                    &message
+                        .fetched_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )?,
+            );
+        }
+        Ok(h)
+    }
+}
+
+#[async_trait]
+impl Sink for WebhookSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|e| DeliveryError::retryable(format!("webhook limiter closed: {e}")))?;
+        let body = self.body(message, key).await?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let path = body.path().to_path_buf();
+        let len = std::fs::metadata(&path)
+            .map_err(|e| spool_error("stat the body", e))?
+            .len();
+        let signature = if self.settings.keys.is_empty() {
+            None
+        } else {
+            let (keys, id, p) = (
+                self.settings.keys.clone(),
+                key.as_str().to_string(),
+                path.clone(),
+            );
+            let sig = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&p)?;
+                sign(&keys, &id, timestamp, std::io::BufReader::new(file))
+            })
+            .await
+            .map_err(|e| spool_error("sign the body", e))?
+            .map_err(|e| spool_error("sign the body", e))?;
+            Some(sig)
+        };
+        let headers = self.headers(message, key, timestamp, signature, len)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| spool_error("open the body", e))?;
+        // Streamed from disk: a 100 MB raw message never sits in memory.
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        let response = self
+            .client
+            .post(self.settings.url.clone())
+            .headers(headers)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(|e| classify_error(&e))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // A short, bounded piece of the answer, for the dead-letter record.
+        let snippet = if status.is_success() {
+            String::new()
+        } else {
+            let bytes = response.bytes().await.unwrap_or_default();
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                .trim()
+                .to_string()
+        };
+        drop(body);
+        let code = classify(status, retry_after.as_deref(), &snippet)?;
+        Ok(Receipt::new(format!(
+            "HTTP {code} at {}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )))
+    }
+
+    /// Can we reach the endpoint? A TCP connect to its host and port; it never POSTs, so the
+    /// receiver sees no test traffic.
+    async fn healthcheck(&self) -> Result<(), DeliveryError> {
+        let url = &self.settings.url;
+        let host = url
+            .host_str()
+            .ok_or_else(|| DeliveryError::permanent("webhook url has no host"))?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        match tokio::time::timeout(
+            self.settings.timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(DeliveryError::retryable(format!(
+                "cannot connect to {host}:{port}: {e}"
+            ))),
+            Err(_) => Err(DeliveryError::retryable(format!(
+                "connecting to {host}:{port} timed out"
+            ))),
+        }
+    }
+}
