@@ -42,6 +42,8 @@ pub struct Shared {
     pub max_in_flight: AtomicUsize,
     /// Delay applied to every request (for the concurrency test).
     pub delay: Mutex<Option<Duration>>,
+    /// Answer this percentage of unscripted requests with 503 (a flaky receiver).
+    pub fail_percent: AtomicUsize,
 }
 
 pub struct Receiver {
@@ -54,16 +56,22 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
     let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map(|b| b.to_vec())
-        .unwrap_or_default();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            // The client went away mid-body (killed): an incomplete request is never accepted.
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return (StatusCode::BAD_REQUEST, "incomplete body").into_response();
+        }
+    };
     let delay = *s.delay.lock().unwrap();
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     let reply = s.script.lock().unwrap().pop_front();
+    let flaky = rand::random::<u32>() % 100 < s.fail_percent.load(Ordering::SeqCst) as u32;
     let (status, retry_after) = match reply {
+        None if flaky => (503, None),
         None => (200, None),
         Some(Reply::Status(code, ra)) => (code, ra),
         Some(Reply::SleepThen(d, code)) => {
