@@ -103,7 +103,9 @@ fn minimal_config_gets_defaults() {
     ));
     let sink = &config.sinks[0];
     assert_eq!(sink.retry, RetryPolicy::default());
-    let SinkKind::Maildir(m) = &sink.kind;
+    let SinkKind::Maildir(m) = &sink.kind else {
+        panic!("expected a maildir sink")
+    };
     assert_eq!(m.path, "/etc/popbridge/mail/{mailbox}");
     assert!(m.fsync);
 }

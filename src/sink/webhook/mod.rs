@@ -5,6 +5,8 @@ pub mod payload;
 pub mod service;
 pub mod signature;
 mod sink;
+#[cfg(test)]
+mod tests;
 
 pub use config::{Format, WebhookSettings, WebhookSinkConfig};
 pub use sink::WebhookSink;
