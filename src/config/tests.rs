@@ -435,7 +435,10 @@ fn example_config_loads() {
         "example must use a password_file"
     );
     let loaded = load_str_with_env(&text, &path, |name| match name {
-        "ALICE_POP3_PASSWORD" | "BOB_POP3_PASSWORD" => Some(format!("pw-{name}")),
+        "ALICE_POP3_PASSWORD" | "BOB_POP3_PASSWORD" | "APP_WEBHOOK_TOKEN" => {
+            Some(format!("pw-{name}"))
+        }
+        "APP_WEBHOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
         _ => None,
     })
     .unwrap_or_else(|e| panic!("{e}"));

@@ -5,11 +5,15 @@ const BASE: &str = "state:\n  path: /tmp/pb.db\nmailboxes:\n  - name: a\n    pop
 
 fn load(extra: &str) -> Result<crate::config::Loaded, crate::config::ConfigError> {
     let text = format!("{BASE}{extra}");
-    load_str_with_env(&text, Path::new("/etc/popbridge/config.yaml"), |name| match name {
-        "HOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
-        "HOOK_TOKEN" => Some("Bearer sekrit-token".into()),
-        _ => None,
-    })
+    load_str_with_env(
+        &text,
+        Path::new("/etc/popbridge/config.yaml"),
+        |name| match name {
+            "HOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            "HOOK_TOKEN" => Some("Bearer sekrit-token".into()),
+            _ => None,
+        },
+    )
 }
 
 #[test]
@@ -27,21 +31,31 @@ fn webhook_sink_loads_with_secrets_from_the_environment() {
     assert_eq!(w.headers[0].1.expose(), "Bearer sekrit-token");
     assert_eq!(w.timeout, std::time::Duration::from_secs(10));
     assert_eq!(w.concurrency, 2);
-    assert_eq!(w.ca_file.as_deref(), Some(Path::new("/etc/popbridge/ca.pem")));
+    assert_eq!(
+        w.ca_file.as_deref(),
+        Some(Path::new("/etc/popbridge/ca.pem"))
+    );
     let debug = format!("{:?}", loaded.config);
-    assert!(!debug.contains("sekrit") && !debug.contains("MfKQ9r8"), "{debug}");
+    assert!(
+        !debug.contains("sekrit") && !debug.contains("MfKQ9r8"),
+        "{debug}"
+    );
 }
 
 #[test]
 fn unknown_webhook_key_is_located() {
-    let err = load("    url: https://h/x\n    retries: 3\n").unwrap_err().to_string();
+    let err = load("    url: https://h/x\n    retries: 3\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("config.yaml:15:5"), "{err}");
     assert!(err.contains("unknown field `retries`"), "{err}");
 }
 
 #[test]
 fn bad_secret_and_url_are_clear_errors_without_the_value() {
-    let err = load("    url: https://h/x\n    secret: not-base64-$$$\n").unwrap_err().to_string();
+    let err = load("    url: https://h/x\n    secret: not-base64-$$$\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("whsec_"), "{err}");
     assert!(!err.contains("not-base64"), "{err}");
     let err = load("    url: ftp://h/x\n").unwrap_err().to_string();
