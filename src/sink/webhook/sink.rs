@@ -1,5 +1,5 @@
-//! The webhook [`Sink`]: build the body (JSON into a spool file, or the raw spool file itself),
-//! sign it, stream it in one POST, classify the answer.
+//! The webhook [`Sink`]: build the body (small ones in memory; large ones as a JSON spool file
+//! or the raw spool file itself), sign it, send it in one POST, classify the answer.
 
 use super::config::{Format, WebhookSettings};
 use super::payload::{self, Meta, Options};
@@ -21,19 +21,15 @@ pub struct WebhookSink {
     limit: Arc<Semaphore>,
 }
 
-/// The request body on disk: the raw spool file, or a JSON file removed when dropped.
+/// Bodies up to this size are built and sent from memory; larger ones stream from disk.
+const IN_MEMORY_BODY: u64 = 1 << 20;
+
+/// The request body: small ones in memory, large ones on disk (the raw spool file, or a JSON
+/// file removed when dropped), so memory stays bounded whatever the message size.
 enum Body {
+    Memory(bytes::Bytes),
     Raw(PathBuf),
     Json(tempfile::TempPath),
-}
-
-impl Body {
-    fn path(&self) -> &Path {
-        match self {
-            Body::Raw(p) => p,
-            Body::Json(t) => t,
-        }
-    }
 }
 
 fn spool_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
@@ -62,21 +58,20 @@ impl WebhookSink {
         message: &SpooledMessage,
         key: &IdempotencyKey,
     ) -> Result<Body, DeliveryError> {
+        let small = message.size <= IN_MEMORY_BODY;
         if self.settings.format == Format::Raw {
-            return Ok(Body::Raw(message.path.clone()));
+            if !small {
+                return Ok(Body::Raw(message.path.clone()));
+            }
+            let raw = tokio::fs::read(&message.path)
+                .await
+                .map_err(|e| spool_error("read the spooled message", e))?;
+            return Ok(Body::Memory(raw.into()));
         }
         let (message, key, settings) = (message.clone(), key.clone(), self.settings.clone());
         tokio::task::spawn_blocking(move || -> Result<Body, DeliveryError> {
             let raw = std::fs::read(&message.path)
                 .map_err(|e| spool_error("read the spooled message", e))?;
-            let dir = message.path.parent().unwrap_or_else(|| Path::new("."));
-            let file = tempfile::Builder::new()
-                .prefix(".webhook-")
-                .suffix(".json")
-                .tempfile_in(dir)
-                .map_err(|e| spool_error("create the JSON body file", e))?;
-            let (file, path) = file.into_parts();
-            let mut out = std::io::BufWriter::new(file);
             let meta = Meta {
                 key: key.as_str(),
                 mailbox: &message.mailbox,
@@ -89,13 +84,73 @@ impl WebhookSink {
                 max_inline_attachment_bytes: settings.max_inline_attachment_bytes,
                 include_raw: settings.include_raw,
             };
-            payload::write_json(&raw, &meta, opts, &mut out)
-                .map_err(|e| spool_error("write the JSON body", e))?;
-            std::io::Write::flush(&mut out).map_err(|e| spool_error("write the JSON body", e))?;
+            let json_err = |e| spool_error("write the JSON body", e);
+            if small {
+                let mut out = Vec::with_capacity(raw.len() * 2 + 1024);
+                payload::write_json(&raw, &meta, opts, &mut out).map_err(json_err)?;
+                return Ok(Body::Memory(out.into()));
+            }
+            let dir = message.path.parent().unwrap_or_else(|| Path::new("."));
+            let file = tempfile::Builder::new()
+                .prefix(".webhook-")
+                .suffix(".json")
+                .tempfile_in(dir)
+                .map_err(|e| spool_error("create the JSON body file", e))?;
+            let (file, path) = file.into_parts();
+            let mut out = std::io::BufWriter::new(file);
+            payload::write_json(&raw, &meta, opts, &mut out).map_err(json_err)?;
+            std::io::Write::flush(&mut out).map_err(json_err)?;
             Ok(Body::Json(path))
         })
         .await
         .map_err(|e| spool_error("build the body", e))?
+    }
+
+    /// Length, signature and the reqwest body: from memory, or streamed from the file.
+    async fn prepare(
+        &self,
+        body: &Body,
+        key: &IdempotencyKey,
+        timestamp: i64,
+    ) -> Result<(u64, Option<String>, reqwest::Body), DeliveryError> {
+        let keys = &self.settings.keys;
+        let path = match body {
+            Body::Memory(bytes) => {
+                let sig = if keys.is_empty() {
+                    None
+                } else {
+                    Some(
+                        sign(keys, key.as_str(), timestamp, &bytes[..])
+                            .map_err(|e| spool_error("sign the body", e))?,
+                    )
+                };
+                return Ok((bytes.len() as u64, sig, reqwest::Body::from(bytes.clone())));
+            }
+            Body::Raw(p) => p.clone(),
+            Body::Json(t) => t.to_path_buf(),
+        };
+        let len = std::fs::metadata(&path)
+            .map_err(|e| spool_error("stat the body", e))?
+            .len();
+        let sig = if keys.is_empty() {
+            None
+        } else {
+            let (keys, id, p) = (keys.clone(), key.as_str().to_string(), path.clone());
+            let sig = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&p)?;
+                sign(&keys, &id, timestamp, std::io::BufReader::new(file))
+            })
+            .await
+            .map_err(|e| spool_error("sign the body", e))?
+            .map_err(|e| spool_error("sign the body", e))?;
+            Some(sig)
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| spool_error("open the body", e))?;
+        // Streamed from disk: a 100 MB message never sits in memory.
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        Ok((len, sig, reqwest::Body::wrap_stream(stream)))
     }
 
     fn headers(
@@ -172,38 +227,13 @@ impl Sink for WebhookSink {
             .map_err(|e| DeliveryError::retryable(format!("webhook limiter closed: {e}")))?;
         let body = self.body(message, key).await?;
         let timestamp = chrono::Utc::now().timestamp();
-        let path = body.path().to_path_buf();
-        let len = std::fs::metadata(&path)
-            .map_err(|e| spool_error("stat the body", e))?
-            .len();
-        let signature = if self.settings.keys.is_empty() {
-            None
-        } else {
-            let (keys, id, p) = (
-                self.settings.keys.clone(),
-                key.as_str().to_string(),
-                path.clone(),
-            );
-            let sig = tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::open(&p)?;
-                sign(&keys, &id, timestamp, std::io::BufReader::new(file))
-            })
-            .await
-            .map_err(|e| spool_error("sign the body", e))?
-            .map_err(|e| spool_error("sign the body", e))?;
-            Some(sig)
-        };
+        let (len, signature, request_body) = self.prepare(&body, key, timestamp).await?;
         let headers = self.headers(message, key, timestamp, signature, len)?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| spool_error("open the body", e))?;
-        // Streamed from disk: a 100 MB raw message never sits in memory.
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
         let response = self
             .client
             .post(self.settings.url.clone())
             .headers(headers)
-            .body(reqwest::Body::wrap_stream(stream))
+            .body(request_body)
             .send()
             .await
             .map_err(|e| classify_error(&e))?;

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Webhook throughput: 1000 x 5 KB from a private Dovecot to a local receiver, json and raw,
+# beside the receiver's own ceiling measured with wrk (plain HTTP load, same body size) in the
+# same run. The receiver is bench/receiver.py (Python ThreadingHTTPServer, keep-alive).
+#
+# Usage: bench/webhook.sh   (as root; installs dovecot, wrk, python3, time if missing)
+# Output: a markdown table on stdout and in bench/out/webhook.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+REPS=${REPS:-3}
+
+# shellcheck source=scripts/lib/deps.sh
+source scripts/lib/deps.sh
+# shellcheck source=scripts/lib/dovecot.sh
+source scripts/lib/dovecot.sh
+ensure_packages dovecot-core dovecot-pop3d openssl python3 wrk time
+
+echo "building popbridge (release)..." >&2
+cargo build --release --quiet
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/popbridge
+OUT=$REPO/bench/out
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/popbridge-webhook-bench.XXXXXX)
+RECEIVER_PID=
+cleanup() {
+    if [ -n "$RECEIVER_PID" ]; then kill "$RECEIVER_PID" 2>/dev/null || true; fi
+    dc_stop
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+dc_start
+
+PASS=bench-$RANDOM$RANDOM
+export PB_BENCH_PASS=$PASS
+PB_HOOK_SECRET=whsec_$(head -c 24 /dev/urandom | base64)
+export PB_HOOK_SECRET
+USER_NAME=hook1000
+MAILDIR=$(dc_add_user "$USER_NAME" "$PASS")
+dc_seed "$MAILDIR" 1000 5120 "$USER_NAME"
+
+read -r PORT _ < <(dc_free_ports)
+python3 bench/receiver.py "$PORT" &
+RECEIVER_PID=$!
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+URL=http://127.0.0.1:$PORT/hook
+
+# The receiver's ceiling: wrk POSTing 5 KB bodies over keep-alive connections.
+head -c 5120 /dev/zero | tr '\0' 'x' >"$WORK/body"
+cat >"$WORK/post.lua" <<'LUA'
+local f = io.open(os.getenv("BODY_FILE"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+wrk.headers["Content-Type"] = "application/json"
+LUA
+CEILING=$(BODY_FILE=$WORK/body wrk -t2 -c8 -d5s -s "$WORK/post.lua" "$URL" | awk '/Requests\/sec/ { printf "%.0f", $2 }')
+
+# run FORMAT: one timed `popbridge once`; prints the wall time.
+run() {
+    local format=$1 dir
+    dir=$(mktemp -d "$WORK/run.XXXXXX")
+    cat >"$dir/popbridge.yaml" <<YAML
+state:
+  path: ./state/popbridge.db
+mailboxes:
+  - name: bench
+    pop3:
+      host: 127.0.0.1
+      port: $DC_POP3_PORT
+      tls: none
+      allow_plaintext_auth: true
+      username: $USER_NAME
+      password: \${PB_BENCH_PASS}
+    schedule: { every: 60s }
+    delete: never
+    sinks: [hook]
+sinks:
+  - name: hook
+    type: webhook
+    url: $URL
+    format: $format
+    secret: \${PB_HOOK_SECRET}
+    concurrency: 8
+YAML
+    (cd "$dir" && /usr/bin/time -f '%e %M' -o "$dir/time" "$BIN" once -c popbridge.yaml >"$dir/out" 2>&1) || {
+        cat "$dir/out" >&2
+        return 1
+    }
+    grep -q ' 1000 .* ok$' "$dir/out" || {
+        cat "$dir/out" >&2
+        echo "popbridge did not deliver all 1000 messages" >&2
+        return 1
+    }
+    cat "$dir/time"
+    rm -rf "$dir"
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+{
+    echo "Webhook: 1000 x 5 KB from Dovecot $(dovecot --version | awk '{print $1}') to bench/receiver.py, $(nproc) cores, median of $REPS runs, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "| mode | wall s | msg/s | peak RSS MB | receiver ceiling (wrk) req/s | popbridge / ceiling |"
+    echo "|---|---|---|---|---|---|"
+    for format in json raw; do
+        : >"$WORK/$format.times"
+        run "$format" >/dev/null # warm-up
+        for _ in $(seq "$REPS"); do
+            run "$format" >>"$WORK/$format.times"
+        done
+        wall=$(awk '{print $1}' "$WORK/$format.times" | median)
+        rss=$(awk '{print $2}' "$WORK/$format.times" | median)
+        rate=$(awk -v w="$wall" 'BEGIN { printf "%.0f", 1000 / w }')
+        ratio=$(awk -v r="$rate" -v c="$CEILING" 'BEGIN { printf "%.2f", r / c }')
+        echo "| $format | $wall | $rate | $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') | $CEILING | **$ratio** |"
+    done
+} | tee "$OUT/webhook.md"
