@@ -1,6 +1,6 @@
 //! A private Dovecot (POP3, POP3S, IMAP with STARTTLS) for one test binary.
 //!
-//! Everything lives under one instance directory: config, passwd-file, certificates, homes,
+//! Everything lives under one instance directory: config, passwd-files, certificates, homes,
 //! `base_dir`, `state_dir` and the log. Mail is owned by uid/gid 8 (`mail`) because Dovecot
 //! refuses uid 0. A detached watchdog stops Dovecot and removes the directory when the test
 //! process ends (however it ends); instances left behind by a killed watchdog are swept at the
@@ -14,7 +14,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The uid and gid that own all mail (Debian's `mail` user).
@@ -29,7 +28,6 @@ pub struct Dovecot {
     pub ca_file: PathBuf,
     /// A CA that did not: trusting only this one must fail verification.
     pub other_ca_file: PathBuf,
-    passwd: Mutex<Vec<String>>,
 }
 
 /// A mailbox on the server.
@@ -128,7 +126,7 @@ impl Dovecot {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let root = parent.join(format!("dovecot-{}-{nanos}", std::process::id()));
-        for sub in ["run", "state", "home", "tls"] {
+        for sub in ["run", "state", "home", "tls", "users"] {
             fs::create_dir_all(root.join(sub)).expect("create instance dir");
         }
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -139,7 +137,6 @@ impl Dovecot {
         let ca = certs::make_ca(&tls, "ca");
         let other = certs::make_ca(&tls, "other-ca");
         let leaf = certs::make_leaf(&tls, &ca, "server");
-        fs::write(root.join("passwd"), "").expect("passwd");
 
         let [pop3_port, pop3s_port, imap_port] = free_ports::<3>();
         let conf = root.join("dovecot.conf");
@@ -163,7 +160,6 @@ impl Dovecot {
             imap_port,
             ca_file: ca.cert,
             other_ca_file: other.cert,
-            passwd: Mutex::new(Vec::new()),
             root,
         };
         dovecot.watch();
@@ -244,15 +240,11 @@ impl Dovecot {
         for sub in ["cur", "new", "tmp"] {
             chown_mail(&maildir.join(sub));
         }
-        let mut lines = self.passwd.lock().expect("passwd lock");
-        lines.push(format!(
+        let line = format!(
             "{name}:{{PLAIN}}{password}:{MAIL_UID}:{MAIL_UID}::{}::\n",
             home.display()
-        ));
-        // Write-then-rename: Dovecot re-reads the file when it changes and never sees half of it.
-        let tmp = self.root.join(format!("passwd.{}", seq()));
-        fs::write(&tmp, lines.concat()).expect("write passwd");
-        fs::rename(&tmp, self.root.join("passwd")).expect("rename passwd");
+        );
+        fs::write(self.root.join("users").join(&name), line).expect("write passwd-file");
         User {
             name,
             password,
@@ -320,13 +312,15 @@ service anvil {{
 ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
+# One passwd-file per user: Dovecot re-reads a changed file at most once a second, so users
+# added to one shared file mid-run would be unknown for up to a second.
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN {r}/passwd
+  args = scheme=PLAIN {r}/users/%u
 }}
 userdb {{
   driver = passwd-file
-  args = {r}/passwd
+  args = {r}/users/%u
 }}
 protocol pop3 {{
   mail_max_userip_connections = 200
