@@ -29,7 +29,7 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "shellcheck"
-mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+mapfile -t scripts < <(find scripts bench .ci -type f \( -name '*.sh' -o -path .ci/run \) | sort)
 shellcheck -x "${scripts[@]}"
 
 step "cargo clippy"
