@@ -36,6 +36,6 @@ step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
 
 step "all passed"
