@@ -22,6 +22,11 @@ impl IdempotencyKey {
         Self(format!("pb1_{}", hex::encode(&digest[..16])))
     }
 
+    /// A key read back from the state (a message adopted under a new UIDL keeps its first key).
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,10 +1,18 @@
 //! popbridge: pull mail from POP3 mailboxes and forward every message, effectively once, to
 //! sinks. See ARCHITECTURE.md for the modules and the life of one message.
 
+pub mod app;
 pub mod config;
+pub mod engine;
 pub mod key;
+pub mod metrics;
 pub mod pop3;
+pub mod progress;
+pub mod scheduler;
 pub mod secret;
+pub mod server;
 pub mod sink;
 pub mod store;
-pub mod engine;
+pub mod summary;
+pub mod telemetry;
+pub mod tls;

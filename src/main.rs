@@ -1,1 +1,458 @@
-fn main() {}
+//! The `popbridge` command line. The only place that uses `anyhow`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use popbridge::app::App;
+use popbridge::server::{router, Readiness};
+use popbridge::telemetry::{self, LogFormat};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes (documented in the README).
+mod exit {
+    /// Everything asked for was done.
+    pub const OK: u8 = 0;
+    /// Ran, but some message did not reach every sink (or a check failed).
+    pub const INCOMPLETE: u8 = 1;
+    /// The command line or the config is invalid.
+    pub const CONFIG: u8 = 2;
+    /// Could not start: state database, spool, HTTP listener.
+    pub const STARTUP: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "popbridge",
+    version,
+    about = "Pull mail from POP3 mailboxes and forward every message, effectively once, to sinks."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "POPBRIDGE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `popbridge=debug`); RUST_LOG wins.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "POPBRIDGE_LOG_LEVEL"
+    )]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The YAML config file.
+    #[arg(short, long, env = "POPBRIDGE_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as a daemon: poll every mailbox on its schedule and serve /healthz and /readyz.
+    Run(ConfigArg),
+    /// One pass over each mailbox. Exit 0 only if every new message reached every sink.
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this mailbox.
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config; with --connect also log in to every server and check every sink.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Dead letters: deliveries that failed permanently or ran out of retries.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// What the state database knows.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        mailbox: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make dead letters pending again; the next poll retries them.
+    Retry(Selector),
+    /// Give up on dead letters for good (the messages stay on the server).
+    Drop(Selector),
+}
+
+#[derive(clap::Args)]
+struct Selector {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[arg(long)]
+    mailbox: String,
+    #[arg(long)]
+    uidl: Option<String>,
+    #[arg(long)]
+    sink: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Counts per mailbox.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a message (or a whole mailbox): it will be delivered again, on purpose.
+    Forget {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        mailbox: String,
+        #[arg(long)]
+        uidl: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::STARTUP);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::STARTUP)
+        }
+    }
+}
+
+/// Load and validate the config, printing errors the way a person needs them.
+fn load_config(path: &Path) -> Result<popbridge::config::Config, u8> {
+    match popbridge::config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+macro_rules! config_or_exit {
+    ($path:expr) => {
+        match load_config($path) {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        }
+    };
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Run(c) => run(config_or_exit!(&c.config)).await,
+        Command::Once {
+            config,
+            mailbox,
+            json,
+        } => once(config_or_exit!(&config.config), mailbox, json).await,
+        Command::Check { config, connect } => check(config_or_exit!(&config.config), connect).await,
+        Command::Dlq { action } => dlq(action).await,
+        Command::State { action } => state(action).await,
+    }
+}
+
+/// Cancelled on SIGINT or SIGTERM: polls stop at a clean point.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("Shutting down: finishing deliveries in flight");
+        t.cancel();
+    });
+    token
+}
+
+async fn once(
+    config: popbridge::config::Config,
+    mailbox: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let app = App::build(config).await.context("cannot start")?;
+    let selected = match app.select(mailbox.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let shutdown = shutdown_token();
+    let renderer = popbridge::progress::spawn_renderer(
+        selected
+            .iter()
+            .map(|m| (m.mailbox.name.clone(), m.progress.clone()))
+            .collect(),
+    );
+    let reports = app.run_once(&selected, &shutdown).await;
+    if let Some(r) = renderer {
+        r.finish().await;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", popbridge::summary::table(&reports));
+    }
+    Ok(if reports.iter().all(|r| r.complete()) {
+        exit::OK
+    } else {
+        exit::INCOMPLETE
+    })
+}
+
+async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
+    let listen = config.http.listen;
+    let app = App::build(config).await.context("cannot start")?;
+    let shutdown = shutdown_token();
+    let readiness = Arc::new(Readiness {
+        store: app.store.clone(),
+        sinks: app.sinks.clone(),
+        scheduler_running: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
+    tracing::info!(listen = %listen, mailboxes = app.mailboxes.len(), "Serving /healthz and /readyz");
+    let server_shutdown = shutdown.clone();
+    let served = readiness.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(served))
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await
+    });
+    let on_report: Arc<dyn Fn(&popbridge::engine::poll::PollReport) + Send + Sync> = Arc::new(
+        |r| {
+            if r.error.is_none() {
+                tracing::info!(mailbox = %r.mailbox, listed = r.listed, fetched = r.fetched, delivered = r.delivered,
+                retry = r.retry_later, dead = r.dead_lettered, deleted = r.deleted, "Poll finished");
+            }
+        },
+    );
+    let tasks: Vec<_> = app
+        .mailboxes
+        .iter()
+        .map(|ctx| {
+            tokio::spawn(popbridge::scheduler::run_mailbox(
+                ctx.clone(),
+                app.limiter.clone(),
+                shutdown.clone(),
+                on_report.clone(),
+            ))
+        })
+        .collect();
+    readiness.scheduler_running.store(true, Ordering::SeqCst);
+    for t in tasks {
+        if let Err(e) = t.await {
+            tracing::error!(error = %e, "Mailbox task failed");
+        }
+    }
+    readiness.scheduler_running.store(false, Ordering::SeqCst);
+    shutdown.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    }
+    tracing::info!("Stopped");
+    Ok(exit::OK)
+}
+
+async fn check(config: popbridge::config::Config, connect: bool) -> anyhow::Result<u8> {
+    println!(
+        "config {}: ok ({} mailboxes, {} sinks)",
+        config.source.display(),
+        config.mailboxes.len(),
+        config.sinks.len()
+    );
+    if !connect {
+        return Ok(exit::OK);
+    }
+    let mut failed = false;
+    for m in &config.mailboxes {
+        match popbridge::pop3::connect(&m.pop3).await {
+            Ok(session) => {
+                let _ = session.quit().await;
+                println!("mailbox {} ({}): login ok", m.name, m.pop3.server());
+            }
+            Err(e) => {
+                failed = true;
+                println!("mailbox {} ({}): FAILED: {e}", m.name, m.pop3.server());
+            }
+        }
+    }
+    for s in &config.sinks {
+        let result = match popbridge::app::build_sink(s) {
+            Ok(sink) => sink.healthcheck().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => println!("sink {}: ok", s.name),
+            Err(e) => {
+                failed = true;
+                println!("sink {}: FAILED: {e}", s.name);
+            }
+        }
+    }
+    Ok(if failed { exit::INCOMPLETE } else { exit::OK })
+}
+
+async fn open_store(path: &Path) -> Result<popbridge::store::SqliteStore, u8> {
+    let config = load_config(path)?;
+    popbridge::store::SqliteStore::open(&config.state.path)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::STARTUP
+        })
+}
+
+macro_rules! store_or_exit {
+    ($path:expr) => {
+        match open_store($path).await {
+            Ok(s) => s,
+            Err(code) => return Ok(code),
+        }
+    };
+}
+
+async fn dlq(action: DlqAction) -> anyhow::Result<u8> {
+    use popbridge::store::Store;
+    match action {
+        DlqAction::List {
+            config,
+            mailbox,
+            json,
+        } => {
+            let store = store_or_exit!(&config.config);
+            let letters = store.dead_letters(mailbox.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                for d in letters {
+                    println!(
+                        "{}\t{}\t{}\t{}\tattempts={}\t{}",
+                        d.mailbox, d.uidl, d.sink, d.idem_key, d.attempts, d.error
+                    );
+                }
+            }
+        }
+        DlqAction::Retry(s) => {
+            let store = store_or_exit!(&s.config.config);
+            let n = store
+                .retry_dead(&s.mailbox, s.uidl.as_deref(), s.sink.as_deref())
+                .await?;
+            println!("{n} dead letter(s) will be retried at the next poll");
+        }
+        DlqAction::Drop(s) => {
+            let store = store_or_exit!(&s.config.config);
+            let n = store
+                .drop_dead(&s.mailbox, s.uidl.as_deref(), s.sink.as_deref())
+                .await?;
+            println!("{n} dead letter(s) dropped; their messages stay on the server");
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn state(action: StateAction) -> anyhow::Result<u8> {
+    use popbridge::store::Store;
+    match action {
+        StateAction::Show { config, json } => {
+            let store = store_or_exit!(&config.config);
+            let counts = store.counts().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counts)?);
+            } else {
+                println!(
+                    "{:<20} {:>9} {:>9} {:>8} {:>9} {:>8} {:>6}",
+                    "mailbox", "messages", "on_server", "deleted", "delivered", "pending", "dead"
+                );
+                for c in counts {
+                    println!(
+                        "{:<20} {:>9} {:>9} {:>8} {:>9} {:>8} {:>6}",
+                        c.mailbox,
+                        c.messages,
+                        c.on_server,
+                        c.deleted,
+                        c.delivered,
+                        c.pending,
+                        c.dead
+                    );
+                }
+            }
+        }
+        StateAction::Forget {
+            config,
+            mailbox,
+            uidl,
+        } => {
+            let store = store_or_exit!(&config.config);
+            let n = store.forget(&mailbox, uidl.as_deref()).await?;
+            println!("forgot {n} message(s) of {mailbox}; they will be delivered again if still on the server");
+        }
+    }
+    Ok(exit::OK)
+}

@@ -52,6 +52,9 @@ pub struct MailboxConfig {
     pub sinks: Vec<String>,
 }
 
+/// When a mailbox is polled.
+// Built once per mailbox at startup; boxing the cron pattern would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Schedule {
     Every {
@@ -61,7 +64,7 @@ pub enum Schedule {
     Cron {
         /// The expression as written (5 fields), for messages.
         expression: String,
-        cron: croner::Cron,
+        cron: Box<croner::Cron>,
         jitter: Duration,
     },
 }

@@ -5,6 +5,7 @@
 
 use crate::config::RetryPolicy;
 use crate::key::IdempotencyKey;
+use crate::metrics;
 use crate::sink::{DeliveryError, Sink, SpooledMessage};
 use crate::store::{Millis, Outcome, OutcomeResult};
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub async fn deliver_to_sink(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let policy = &handle.retry;
+    let clock = std::time::Instant::now();
     let started = crate::store::now_millis();
     let first = first_attempt_at.unwrap_or(started);
     let mut attempts = 0u32;
@@ -56,8 +58,13 @@ pub async fn deliver_to_sink(
         attempts += 1;
         let (text, retry_after) = match handle.sink.deliver(message, key).await {
             Ok(receipt) => break OutcomeResult::Delivered(receipt),
-            Err(DeliveryError::Permanent { message }) => break OutcomeResult::Dead { error: message },
-            Err(DeliveryError::Retryable { message, retry_after }) => (message, retry_after),
+            Err(DeliveryError::Permanent { message }) => {
+                break OutcomeResult::Dead { error: message }
+            }
+            Err(DeliveryError::Retryable {
+                message,
+                retry_after,
+            }) => (message, retry_after),
         };
         let now = crate::store::now_millis();
         let delay = backoff(policy, attempts, retry_after);
@@ -87,6 +94,13 @@ pub async fn deliver_to_sink(
             }
         }
     };
+    let kind = match &result {
+        OutcomeResult::Delivered(r) if r.duplicate => metrics::Outcome::Duplicate,
+        OutcomeResult::Delivered(_) => metrics::Outcome::Delivered,
+        OutcomeResult::Retry { .. } => metrics::Outcome::Retried,
+        OutcomeResult::Dead { .. } => metrics::Outcome::DeadLettered,
+    };
+    metrics::delivery(&message.mailbox, &handle.name, kind, clock.elapsed());
     Outcome {
         mailbox: message.mailbox.clone(),
         uidl: message.uidl.clone(),

@@ -77,7 +77,11 @@ pub struct Plan {
 }
 
 /// Sinks of `sinks` that still need this message now.
-pub fn pending_sinks(known: Option<&KnownMessage>, sinks: &[String], now: Millis) -> (Vec<String>, usize, usize) {
+pub fn pending_sinks(
+    known: Option<&KnownMessage>,
+    sinks: &[String],
+    now: Millis,
+) -> (Vec<String>, usize, usize) {
     let mut pending = Vec::new();
     let (mut waiting, mut dead) = (0, 0);
     for sink in sinks {
@@ -85,7 +89,9 @@ pub fn pending_sinks(known: Option<&KnownMessage>, sinks: &[String], now: Millis
             None => pending.push(sink.clone()),
             Some(DeliveryState::Delivered { .. }) => {}
             Some(DeliveryState::Dead { .. } | DeliveryState::Dropped { .. }) => dead += 1,
-            Some(DeliveryState::Pending { next_attempt_at, .. }) => match next_attempt_at {
+            Some(DeliveryState::Pending {
+                next_attempt_at, ..
+            }) => match next_attempt_at {
                 Some(t) if *t > now => waiting += 1,
                 _ => pending.push(sink.clone()),
             },
@@ -95,7 +101,12 @@ pub fn pending_sinks(known: Option<&KnownMessage>, sinks: &[String], now: Millis
 }
 
 /// True when every sink holds the message and the policy says it may go.
-pub fn deletable(known: &KnownMessage, sinks: &[String], policy: DeletePolicy, now: Millis) -> bool {
+pub fn deletable(
+    known: &KnownMessage,
+    sinks: &[String],
+    policy: DeletePolicy,
+    now: Millis,
+) -> bool {
     let mut last_delivery = 0;
     for sink in sinks {
         match known.deliveries.get(sink) {
@@ -127,10 +138,17 @@ pub fn plan(
     if listing.iter().any(|l| l.uidl.is_none()) {
         out.warnings.push(Warning::NoUidl);
     }
-    let mut dups: Vec<(&str, usize)> = counts.iter().filter(|(_, c)| **c > 1).map(|(u, c)| (*u, *c)).collect();
+    let mut dups: Vec<(&str, usize)> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(u, c)| (*u, *c))
+        .collect();
     dups.sort();
     for (uidl, count) in dups {
-        out.warnings.push(Warning::DuplicateUidl { uidl: uidl.to_string(), count });
+        out.warnings.push(Warning::DuplicateUidl {
+            uidl: uidl.to_string(),
+            count,
+        });
     }
 
     for l in listing {
@@ -141,7 +159,9 @@ pub fn plan(
                 out.fetch.push(FetchItem {
                     msgno: l.msgno,
                     size: l.size,
-                    identity: Identity::ByContent { uidl: other.clone() },
+                    identity: Identity::ByContent {
+                        uidl: other.clone(),
+                    },
                     sinks: sinks.to_vec(),
                 });
                 continue;
@@ -161,7 +181,10 @@ pub fn plan(
             });
         } else if let Some(k) = k {
             if deletable(k, sinks, policy, now) {
-                out.delete.push(DeleteItem { msgno: l.msgno, uidl: uidl.clone() });
+                out.delete.push(DeleteItem {
+                    msgno: l.msgno,
+                    uidl: uidl.clone(),
+                });
             }
         }
     }
@@ -173,7 +196,10 @@ pub fn plan(
     let still_listed = out.listed.iter().filter(|u| known.contains_key(*u)).count();
     let new = out.listed.len() - still_listed;
     if was_on_server > 0 && still_listed == 0 && new > 0 {
-        out.warnings.push(Warning::UidlReset { known: was_on_server, new });
+        out.warnings.push(Warning::UidlReset {
+            known: was_on_server,
+            new,
+        });
     }
     out
 }

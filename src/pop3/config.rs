@@ -47,8 +47,12 @@ pub struct ClientConfig {
     pub allow_plaintext_auth: bool,
     /// Connect timeout and the timeout of every single read or write.
     pub timeout: Duration,
-    /// Longest line accepted from the server before the connection is dropped.
+    /// Longest status or listing line accepted from the server before the connection is dropped.
+    /// Lines inside a message are not limited: they stream to the spool file.
     pub max_line_length: usize,
+    /// Largest message accepted. Larger ones (by LIST size) are not fetched but reported; a
+    /// message that keeps coming past this size ends the connection with an error.
+    pub max_message_bytes: u64,
     /// Most RETR/DELE commands in flight when the server advertises PIPELINING.
     pub pipeline_window: usize,
 }

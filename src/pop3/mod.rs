@@ -1,6 +1,18 @@
 //! POP3 client: `codec` (bytes to responses, no I/O) apart from `session` (the connection's
-//! states). RFC 1939, 2449 (CAPA, PIPELINING, RESP-CODES), 2595 (STLS), 5034 (SASL).
+//! states), with one module per operation under `op`. RFC 1939, 2449 (CAPA, PIPELINING,
+//! RESP-CODES), 2595 (STLS), 5034 (SASL).
 
+pub mod codec;
 pub mod config;
+mod conn;
+pub mod error;
+pub mod op;
+pub mod response;
+pub mod session;
 
 pub use config::{AuthMethod, ClientConfig, TlsMode};
+pub use error::{ErrorKind, Pop3Error};
+pub use op::retr::Retrieved;
+pub use op::sasl::SaslMechanism;
+pub use response::{Capabilities, RespCode, Status, StatusLine};
+pub use session::{connect, Authorization, Transaction};

@@ -54,6 +54,7 @@ pub async fn run_all(s: &dyn Store) {
     retries_accumulate_attempts_and_keep_first_attempt(s).await;
     dead_letters_can_be_listed_retried_and_dropped(s).await;
     listing_marks_vanished_and_content_match_adopts(s).await;
+    backlog_counts_pending_and_dead_by_sink(s).await;
     deleted_messages_are_marked(s).await;
     forget_removes_message_and_deliveries(s).await;
     s.sync().await.unwrap();
@@ -181,6 +182,24 @@ async fn listing_marks_vanished_and_content_match_adopts(s: &dyn Store) {
         .await
         .unwrap()
         .is_none_or(|m| m.uidl != "u1"));
+}
+
+async fn backlog_counts_pending_and_dead_by_sink(s: &dyn Store) {
+    let sinks = vec!["hook".to_string()];
+    s.record_fetched(&fetch("b1", &sinks)).await.unwrap();
+    s.record_fetched(&fetch("b2", &sinks)).await.unwrap();
+    s.record_outcomes(&[outcome(
+        "b2",
+        "hook",
+        OutcomeResult::Dead {
+            error: "410".into(),
+        },
+    )])
+    .await
+    .unwrap();
+    let b = s.backlog("alice").await.unwrap();
+    let hook = b.iter().find(|b| b.sink == "hook").unwrap();
+    assert_eq!((hook.pending, hook.dead), (1, 1));
 }
 
 async fn deleted_messages_are_marked(s: &dyn Store) {

@@ -142,6 +142,14 @@ pub struct MailboxCounts {
     pub dead: u64,
 }
 
+/// Deliveries of one mailbox to one sink that are not done, for metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Backlog {
+    pub sink: String,
+    pub pending: u64,
+    pub dead: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Everything known about a mailbox's messages, by UIDL.
@@ -216,6 +224,9 @@ pub trait Store: Send + Sync {
     async fn forget(&self, mailbox: &str, uidl: Option<&str>) -> Result<u64, StoreError>;
 
     async fn counts(&self) -> Result<Vec<MailboxCounts>, StoreError>;
+
+    /// Pending and dead deliveries of a mailbox, by sink.
+    async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError>;
 
     /// Cheap liveness query for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

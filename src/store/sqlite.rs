@@ -39,8 +39,11 @@ impl SqliteStore {
             .foreign_keys(true)
             // The CLI (`dlq`, `state`) may write while the daemon runs.
             .busy_timeout(Duration::from_secs(30));
+        // One connection: SQLite has one writer at a time anyway, and queueing in the pool is
+        // cheaper than SQLite's busy handler, which sleeps in milliseconds. Other processes
+        // (`popbridge dlq`) still get in through `busy_timeout`.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_with(options)
             .await
             .map_err(open_err)?;
@@ -466,6 +469,31 @@ impl Store for SqliteStore {
                     delivered: n(row, "delivered")?,
                     pending: n(row, "pending")?,
                     dead: n(row, "dead")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sink, SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead
+               FROM deliveries WHERE mailbox = ? GROUP BY sink ORDER BY sink",
+        )
+        .bind(mailbox)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let n = |col: &str| -> Result<u64, StoreError> {
+                    Ok(
+                        u64::try_from(row.try_get::<Option<i64>, _>(col)?.unwrap_or(0))
+                            .unwrap_or(0),
+                    )
+                };
+                Ok(Backlog {
+                    sink: row.try_get("sink")?,
+                    pending: n("pending")?,
+                    dead: n("dead")?,
                 })
             })
             .collect()

@@ -13,7 +13,10 @@ struct Scripted {
 impl Scripted {
     fn new(mut answers: Vec<Result<Receipt, DeliveryError>>) -> Arc<Self> {
         answers.reverse();
-        Arc::new(Self { answers: Mutex::new(answers), calls: AtomicU32::new(0) })
+        Arc::new(Self {
+            answers: Mutex::new(answers),
+            calls: AtomicU32::new(0),
+        })
     }
 }
 
@@ -22,9 +25,17 @@ impl Sink for Scripted {
     fn name(&self) -> &str {
         "scripted"
     }
-    async fn deliver(&self, _: &SpooledMessage, _: &IdempotencyKey) -> Result<Receipt, DeliveryError> {
+    async fn deliver(
+        &self,
+        _: &SpooledMessage,
+        _: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.answers.lock().unwrap().pop().unwrap_or_else(|| Err(DeliveryError::retryable("script ran out")))
+        self.answers
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| Err(DeliveryError::retryable("script ran out")))
     }
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         Ok(())
@@ -41,7 +52,11 @@ fn policy() -> RetryPolicy {
 }
 
 fn handle(sink: Arc<Scripted>, retry: RetryPolicy) -> SinkHandle {
-    SinkHandle { name: "s".into(), sink, retry }
+    SinkHandle {
+        name: "s".into(),
+        sink,
+        retry,
+    }
 }
 
 fn message() -> SpooledMessage {
@@ -57,12 +72,22 @@ fn message() -> SpooledMessage {
 
 async fn run(sink: Arc<Scripted>, retry: RetryPolicy, first: Option<Millis>) -> Outcome {
     let key = IdempotencyKey::derive("alice", "u1");
-    deliver_to_sink(&handle(sink, retry), &message(), &key, first, &CancellationToken::new()).await
+    deliver_to_sink(
+        &handle(sink, retry),
+        &message(),
+        &key,
+        first,
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn retries_on_temporary_error_then_delivers() {
-    let s = Scripted::new(vec![Err(DeliveryError::retryable("503")), Ok(Receipt::new("ok"))]);
+    let s = Scripted::new(vec![
+        Err(DeliveryError::retryable("503")),
+        Ok(Receipt::new("ok")),
+    ]);
     let o = run(s.clone(), policy(), None).await;
     assert!(matches!(o.result, OutcomeResult::Delivered(_)), "{o:?}");
     assert_eq!(o.attempts_made, 2);
@@ -73,7 +98,10 @@ async fn retries_on_temporary_error_then_delivers() {
 async fn permanent_error_is_dead_lettered_at_once() {
     let s = Scripted::new(vec![Err(DeliveryError::permanent("HTTP 404"))]);
     let o = run(s.clone(), policy(), None).await;
-    assert!(matches!(&o.result, OutcomeResult::Dead { error } if error == "HTTP 404"), "{o:?}");
+    assert!(
+        matches!(&o.result, OutcomeResult::Dead { error } if error == "HTTP 404"),
+        "{o:?}"
+    );
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
 }
 
@@ -83,7 +111,9 @@ async fn exhausted_poll_attempts_leave_it_pending_for_later() {
     let before = crate::store::now_millis();
     let o = run(s.clone(), policy(), None).await;
     match o.result {
-        OutcomeResult::Retry { next_attempt_at, .. } => assert!(next_attempt_at >= before),
+        OutcomeResult::Retry {
+            next_attempt_at, ..
+        } => assert!(next_attempt_at >= before),
         other => panic!("{other:?}"),
     }
     assert_eq!(s.calls.load(Ordering::SeqCst), 3);
@@ -94,7 +124,10 @@ async fn retry_window_exhausted_is_dead_lettered() {
     let s = Scripted::new(vec![]);
     let long_ago = crate::store::now_millis() - 7_200_000;
     let o = run(s, policy(), Some(long_ago)).await;
-    assert!(matches!(&o.result, OutcomeResult::Dead { error } if error.contains("retry window")), "{o:?}");
+    assert!(
+        matches!(&o.result, OutcomeResult::Dead { error } if error.contains("retry window")),
+        "{o:?}"
+    );
 }
 
 #[test]
@@ -107,11 +140,23 @@ fn backoff_grows_is_capped_and_honours_retry_after() {
     };
     for _ in 0..50 {
         let d1 = backoff(&p, 1, None);
-        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+            "{d1:?}"
+        );
         let d3 = backoff(&p, 3, None);
-        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+        assert!(
+            d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+            "{d3:?}"
+        );
         assert!(backoff(&p, 20, None) <= Duration::from_secs(1));
     }
-    assert_eq!(backoff(&p, 1, Some(Duration::from_millis(700))), Duration::from_millis(700));
-    assert_eq!(backoff(&p, 1, Some(Duration::from_secs(3600))), Duration::from_secs(1));
+    assert_eq!(
+        backoff(&p, 1, Some(Duration::from_millis(700))),
+        Duration::from_millis(700)
+    );
+    assert_eq!(
+        backoff(&p, 1, Some(Duration::from_secs(3600))),
+        Duration::from_secs(1)
+    );
 }

@@ -4,7 +4,11 @@ use crate::sink::Receipt;
 const NOW: Millis = 100 * DAY_MS;
 
 fn listed(msgno: u32, uidl: &str) -> Listed {
-    Listed { msgno, size: 10, uidl: Some(uidl.into()) }
+    Listed {
+        msgno,
+        size: 10,
+        uidl: Some(uidl.into()),
+    }
 }
 
 fn sinks() -> Vec<String> {
@@ -21,12 +25,18 @@ fn known(uidl: &str, states: &[(&str, DeliveryState)]) -> KnownMessage {
         on_server: true,
         deleted_at: None,
         replaced_by: None,
-        deliveries: states.iter().map(|(s, d)| (s.to_string(), d.clone())).collect(),
+        deliveries: states
+            .iter()
+            .map(|(s, d)| (s.to_string(), d.clone()))
+            .collect(),
     }
 }
 
 fn delivered(at: Millis) -> DeliveryState {
-    DeliveryState::Delivered { at, receipt: Receipt::new("x") }
+    DeliveryState::Delivered {
+        at,
+        receipt: Receipt::new("x"),
+    }
 }
 
 fn map(ms: Vec<KnownMessage>) -> HashMap<String, KnownMessage> {
@@ -35,7 +45,13 @@ fn map(ms: Vec<KnownMessage>) -> HashMap<String, KnownMessage> {
 
 #[test]
 fn new_messages_are_fetched_for_every_sink() {
-    let p = plan(&[listed(1, "u1"), listed(2, "u2")], &HashMap::new(), &sinks(), DeletePolicy::AfterDelivery, NOW);
+    let p = plan(
+        &[listed(1, "u1"), listed(2, "u2")],
+        &HashMap::new(),
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
     assert_eq!(p.fetch.len(), 2);
     assert_eq!(p.fetch[0].sinks, sinks());
     assert!(p.delete.is_empty());
@@ -50,37 +66,90 @@ fn only_missing_sinks_are_retried_and_only_when_due() {
             "u2",
             &[
                 ("a", delivered(1)),
-                ("b", DeliveryState::Pending { attempts: 1, first_attempt_at: Some(1), next_attempt_at: Some(NOW + 1), last_error: None }),
+                (
+                    "b",
+                    DeliveryState::Pending {
+                        attempts: 1,
+                        first_attempt_at: Some(1),
+                        next_attempt_at: Some(NOW + 1),
+                        last_error: None,
+                    },
+                ),
             ],
         ),
     ]);
-    let p = plan(&[listed(1, "u1"), listed(2, "u2")], &k, &sinks(), DeletePolicy::AfterDelivery, NOW);
+    let p = plan(
+        &[listed(1, "u1"), listed(2, "u2")],
+        &k,
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
     assert_eq!(p.fetch.len(), 1);
     assert_eq!(p.fetch[0].identity, Identity::Uidl("u1".into()));
     assert_eq!(p.fetch[0].sinks, vec!["b".to_string()]);
     assert_eq!(p.waiting, 1);
-    assert!(p.delete.is_empty(), "nothing is deleted before every sink has a receipt");
+    assert!(
+        p.delete.is_empty(),
+        "nothing is deleted before every sink has a receipt"
+    );
 }
 
 #[test]
 fn fully_delivered_messages_are_deleted_per_policy() {
-    let k = map(vec![known("u1", &[("a", delivered(NOW - 2 * DAY_MS)), ("b", delivered(NOW - DAY_MS))])]);
+    let k = map(vec![known(
+        "u1",
+        &[
+            ("a", delivered(NOW - 2 * DAY_MS)),
+            ("b", delivered(NOW - DAY_MS)),
+        ],
+    )]);
     let l = [listed(7, "u1")];
     let p = plan(&l, &k, &sinks(), DeletePolicy::AfterDelivery, NOW);
-    assert_eq!(p.delete, vec![DeleteItem { msgno: 7, uidl: "u1".into() }]);
-    assert!(plan(&l, &k, &sinks(), DeletePolicy::Never, NOW).delete.is_empty());
+    assert_eq!(
+        p.delete,
+        vec![DeleteItem {
+            msgno: 7,
+            uidl: "u1".into()
+        }]
+    );
+    assert!(plan(&l, &k, &sinks(), DeletePolicy::Never, NOW)
+        .delete
+        .is_empty());
     // after_days counts from the last sink's receipt (one day ago).
-    assert!(plan(&l, &k, &sinks(), DeletePolicy::AfterDays(2), NOW).delete.is_empty());
-    assert_eq!(plan(&l, &k, &sinks(), DeletePolicy::AfterDays(1), NOW).delete.len(), 1);
+    assert!(plan(&l, &k, &sinks(), DeletePolicy::AfterDays(2), NOW)
+        .delete
+        .is_empty());
+    assert_eq!(
+        plan(&l, &k, &sinks(), DeletePolicy::AfterDays(1), NOW)
+            .delete
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn dead_letters_are_never_deleted_nor_refetched() {
     let k = map(vec![known(
         "u1",
-        &[("a", delivered(1)), ("b", DeliveryState::Dead { attempts: 3, error: "404".into() })],
+        &[
+            ("a", delivered(1)),
+            (
+                "b",
+                DeliveryState::Dead {
+                    attempts: 3,
+                    error: "404".into(),
+                },
+            ),
+        ],
     )]);
-    let p = plan(&[listed(1, "u1")], &k, &sinks(), DeletePolicy::AfterDelivery, NOW);
+    let p = plan(
+        &[listed(1, "u1")],
+        &k,
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
     assert!(p.fetch.is_empty());
     assert!(p.delete.is_empty());
     assert_eq!(p.dead, 1);
@@ -88,8 +157,20 @@ fn dead_letters_are_never_deleted_nor_refetched() {
 
 #[test]
 fn duplicate_uidls_are_identified_by_content_and_warned_about() {
-    let p = plan(&[listed(1, "x"), listed(2, "x"), listed(3, "y")], &HashMap::new(), &sinks(), DeletePolicy::Never, NOW);
-    assert_eq!(p.warnings, vec![Warning::DuplicateUidl { uidl: "x".into(), count: 2 }]);
+    let p = plan(
+        &[listed(1, "x"), listed(2, "x"), listed(3, "y")],
+        &HashMap::new(),
+        &sinks(),
+        DeletePolicy::Never,
+        NOW,
+    );
+    assert_eq!(
+        p.warnings,
+        vec![Warning::DuplicateUidl {
+            uidl: "x".into(),
+            count: 2
+        }]
+    );
     let by_content: Vec<u32> = p
         .fetch
         .iter()
@@ -102,7 +183,11 @@ fn duplicate_uidls_are_identified_by_content_and_warned_about() {
 
 #[test]
 fn a_server_without_uidl_is_fetched_by_content() {
-    let l = [Listed { msgno: 1, size: 5, uidl: None }];
+    let l = [Listed {
+        msgno: 1,
+        size: 5,
+        uidl: None,
+    }];
     let p = plan(&l, &HashMap::new(), &sinks(), DeletePolicy::Never, NOW);
     assert_eq!(p.warnings, vec![Warning::NoUidl]);
     assert_eq!(p.fetch[0].identity, Identity::ByContent { uidl: None });
@@ -110,16 +195,39 @@ fn a_server_without_uidl_is_fetched_by_content() {
 
 #[test]
 fn all_known_gone_and_all_listed_new_is_a_uidl_reset() {
-    let k = map(vec![known("old1", &[("a", delivered(1)), ("b", delivered(1))]), known("old2", &[])]);
-    let p = plan(&[listed(1, "new1"), listed(2, "new2")], &k, &sinks(), DeletePolicy::Never, NOW);
-    assert!(p.warnings.contains(&Warning::UidlReset { known: 2, new: 2 }));
+    let k = map(vec![
+        known("old1", &[("a", delivered(1)), ("b", delivered(1))]),
+        known("old2", &[]),
+    ]);
+    let p = plan(
+        &[listed(1, "new1"), listed(2, "new2")],
+        &k,
+        &sinks(),
+        DeletePolicy::Never,
+        NOW,
+    );
+    assert!(p
+        .warnings
+        .contains(&Warning::UidlReset { known: 2, new: 2 }));
     // An ordinary poll with one known message still listed is not a reset.
-    let p = plan(&[listed(1, "old1"), listed(2, "new2")], &k, &sinks(), DeletePolicy::Never, NOW);
+    let p = plan(
+        &[listed(1, "old1"), listed(2, "new2")],
+        &k,
+        &sinks(),
+        DeletePolicy::Never,
+        NOW,
+    );
     assert!(p.warnings.is_empty());
 }
 
 #[test]
 fn content_uidl_is_stable() {
-    assert_eq!(Identity::content_uidl(Some("x"), "0123456789abcdef0123"), "x#0123456789abcdef");
-    assert_eq!(Identity::content_uidl(None, "0123456789abcdef0123"), "sha256:0123456789abcdef");
+    assert_eq!(
+        Identity::content_uidl(Some("x"), "0123456789abcdef0123"),
+        "x#0123456789abcdef"
+    );
+    assert_eq!(
+        Identity::content_uidl(None, "0123456789abcdef0123"),
+        "sha256:0123456789abcdef"
+    );
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// File name in the Maildir: the idempotency key itself, so a repeat delivery finds the file.
 ///
@@ -17,6 +17,11 @@ use std::sync::Mutex;
 /// and the state commit, a window of milliseconds, so a full scan of `cur/` is not worth its cost.
 pub struct MaildirSink {
     name: String,
+    inner: Arc<Inner>,
+}
+
+/// What the blocking delivery thread needs.
+struct Inner {
     settings: MaildirSettings,
     /// Maildirs whose `tmp/new/cur` we already created.
     ready: Mutex<HashSet<PathBuf>>,
@@ -26,11 +31,20 @@ impl MaildirSink {
     pub fn new(name: impl Into<String>, settings: MaildirSettings) -> Self {
         Self {
             name: name.into(),
-            settings,
-            ready: Mutex::new(HashSet::new()),
+            inner: Arc::new(Inner {
+                settings,
+                ready: Mutex::new(HashSet::new()),
+            }),
         }
     }
 
+    /// The Maildir for a mailbox, with `{mailbox}` expanded.
+    pub fn dir_for(&self, mailbox: &str) -> PathBuf {
+        self.inner.dir_for(mailbox)
+    }
+}
+
+impl Inner {
     /// The Maildir for a mailbox, with `{mailbox}` expanded.
     pub fn dir_for(&self, mailbox: &str) -> PathBuf {
         PathBuf::from(self.settings.path.replace("{mailbox}", mailbox))
@@ -131,12 +145,18 @@ impl Sink for MaildirSink {
         message: &SpooledMessage,
         key: &IdempotencyKey,
     ) -> Result<Receipt, DeliveryError> {
-        tokio::task::block_in_place(|| self.deliver_blocking(message, key))
+        // A blocking-pool thread per delivery, so concurrent deliveries overlap their fsyncs.
+        let inner = self.inner.clone();
+        let (message, key) = (message.clone(), key.clone());
+        tokio::task::spawn_blocking(move || inner.deliver_blocking(&message, &key))
+            .await
+            .map_err(|e| DeliveryError::retryable(format!("maildir delivery task failed: {e}")))?
     }
 
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         // The template's fixed prefix must be creatable and writable.
         let base = self
+            .inner
             .settings
             .path
             .split("{mailbox}")

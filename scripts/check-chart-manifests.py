@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Semantic checks of manifests rendered from charts/popbridge, for scripts/check-chart.sh.
+
+  check-chart-manifests.py render RENDERED.yaml CORE_OUT.yaml KIND,KIND,... VALUES.yaml [MORE.yaml...]
+      Checks what the chart promises (one replica, Recreate, mounts, probes, security context,
+      config checksum, Secret, PVC, monitoring objects, alert expressions) and writes the core
+      Kubernetes objects to CORE_OUT.yaml for kubernetes-validate. The monitoring.coreos.com
+      objects (ServiceMonitor, PrometheusRule) are CRDs kubernetes-validate has no schema for:
+      they are checked here instead (structure, selectors, PromQL parsed, metric names known).
+  check-chart-manifests.py notes NOTES.txt
+      Checks the rendered NOTES mention readiness, dead letters and metrics.
+  check-chart-manifests.py consistency ROOT
+      Checks the Dockerfile and the systemd unit agree with the chart (uid, port, paths).
+
+Needs PyYAML and promql_parser (installed by check-chart.sh). Exits 1 with every failure listed.
+"""
+
+import hashlib
+import json
+import re
+import sys
+
+import yaml
+
+ERRORS = []
+
+# The metric names popbridge exports (see the operations issue). Histograms also export
+# _bucket/_sum/_count series.
+KNOWN_METRICS = {
+    "popbridge_messages_fetched_total",
+    "popbridge_fetched_bytes_total",
+    "popbridge_deliveries_total",
+    "popbridge_delivery_duration_seconds",
+    "popbridge_poll_duration_seconds",
+    "popbridge_poll_errors_total",
+    "popbridge_pending_deliveries",
+    "popbridge_dead_letters",
+    "popbridge_last_successful_poll_timestamp_seconds",
+    "popbridge_messages_on_server",
+    "popbridge_tls_certificate_expiry_timestamp_seconds",
+    "popbridge_build_info",
+}
+HISTOGRAMS = {"popbridge_delivery_duration_seconds", "popbridge_poll_duration_seconds"}
+UID = 10001
+PORT = 9898
+CONFIG_PATH = "/etc/popbridge/config.yaml"
+STATE_DIR = "/var/lib/popbridge"
+
+
+def check(cond, msg):
+    if not cond:
+        ERRORS.append(msg)
+    return cond
+
+
+def finish(what):
+    if ERRORS:
+        for e in ERRORS:
+            print(f"FAIL {what}: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok   {what}")
+
+
+def one(docs, kind):
+    found = [d for d in docs if d.get("kind") == kind]
+    return found[0] if len(found) == 1 else None
+
+
+def container_of(dep):
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def check_deployment(dep, docs, values):
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    check(spec.get("replicas") == values.get("replicaCount", 1), f"replicas is {spec.get('replicas')}")
+    check(spec.get("replicas") in (0, 1), "more than one replica")
+    check(spec.get("strategy") == {"type": "Recreate"}, f"strategy is {spec.get('strategy')}, not Recreate")
+    sel = spec["selector"]["matchLabels"]
+    labels = spec["template"]["metadata"]["labels"]
+    check(all(labels.get(k) == v for k, v in sel.items()), "pod labels do not match the selector")
+
+    check(len(pod["containers"]) == 1, "expected one container")
+    c = container_of(dep)
+    args = c.get("args", [])
+    check(args[:3] == ["run", "-c", CONFIG_PATH], f"args start {args[:3]}")
+    check("--log-format" in args, "no --log-format")
+    check(not c.get("command"), "command overrides the image's ENTRYPOINT")
+
+    ports = {p["name"]: p for p in c.get("ports", [])}
+    check("http" in ports and ports["http"]["containerPort"] == PORT, f"no container port http/{PORT}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        get = (c.get(probe) or {}).get("httpGet", {})
+        check(get.get("path") == path and get.get("port") in ("http", PORT), f"{probe} is not GET {path} on http")
+
+    # Security context: pod level and container level.
+    psc = pod.get("securityContext", {})
+    csc = c.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True, "pod runAsNonRoot")
+    for k in ("runAsUser", "runAsGroup", "fsGroup"):
+        check(psc.get(k) == UID, f"pod {k} is {psc.get(k)}, not {UID}")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod seccompProfile")
+    check(csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+    check(csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation")
+    check(csc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities drop ALL")
+    check(csc.get("runAsNonRoot") is True, "container runAsNonRoot")
+    check(csc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "container seccompProfile")
+    check(pod.get("automountServiceAccountToken") is False, "service account token mounted")
+    res = c.get("resources", {})
+    check("requests" in res and "memory" in res.get("limits", {}), "resources: requests and a memory limit")
+
+    # Volumes and mounts.
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    cm = one(docs, "ConfigMap")
+    for path in ("/etc/popbridge", STATE_DIR, "/tmp"):
+        check(path in mounts, f"nothing mounted at {path}")
+    if "/etc/popbridge" in mounts:
+        v = vols.get(mounts["/etc/popbridge"]["name"], {})
+        check(mounts["/etc/popbridge"].get("readOnly") is True, "config mount not read-only")
+        check(cm is not None and v.get("configMap", {}).get("name") == cm["metadata"]["name"],
+              "/etc/popbridge is not the chart's ConfigMap")
+    if "/tmp" in mounts:
+        check("emptyDir" in vols.get(mounts["/tmp"]["name"], {}), "/tmp is not an emptyDir")
+    if STATE_DIR in mounts:
+        v = vols.get(mounts[STATE_DIR]["name"], {})
+        p = values["persistence"]
+        if not p["enabled"]:
+            check("emptyDir" in v, f"{STATE_DIR} should be an emptyDir with persistence disabled")
+        elif p.get("existingClaim"):
+            check(v.get("persistentVolumeClaim", {}).get("claimName") == p["existingClaim"],
+                  f"{STATE_DIR} is not the existing claim {p['existingClaim']}")
+        else:
+            pvc = one(docs, "PersistentVolumeClaim")
+            check(pvc is not None and v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"],
+                  f"{STATE_DIR} is not the chart's PVC")
+
+    # Credentials: the existing Secret, as environment variables.
+    env_from = c.get("envFrom", [])
+    if values.get("existingSecret"):
+        check(env_from == [{"secretRef": {"name": values["existingSecret"]}}], f"envFrom is {env_from}")
+    else:
+        check(not env_from, "envFrom without existingSecret")
+
+    # The checksum annotation is the hash of exactly the config file in the ConfigMap.
+    ann = spec["template"]["metadata"].get("annotations") or {}
+    if check("checksum/config" in ann, "no checksum/config annotation") and cm is not None:
+        text = cm["data"]["config.yaml"]
+        digests = {hashlib.sha256(t.encode()).hexdigest() for t in (text, text.rstrip("\n"))}
+        check(ann["checksum/config"] in digests, "checksum/config is not the hash of the ConfigMap's config.yaml")
+
+    sa = one(docs, "ServiceAccount")
+    if values["serviceAccount"]["create"]:
+        check(sa is not None and pod.get("serviceAccountName") == sa["metadata"]["name"], "ServiceAccount not used")
+
+
+def check_config(cm, values):
+    text = cm["data"]["config.yaml"]
+    check("${" in text or not values["config"].get("mailboxes"), "mailboxes without ${VAR} secrets?")
+    cfg = yaml.safe_load(text)
+    check(cfg == values["config"], "config.yaml in the ConfigMap differs from .Values.config")
+    check(str(cfg["state"]["path"]).startswith(STATE_DIR + "/"), f"state.path {cfg['state']['path']} off the volume")
+    check(str(cfg["http"]["listen"]).endswith(f":{PORT}"), f"http.listen {cfg['http']['listen']}")
+    for sink in cfg.get("sinks") or []:
+        if sink.get("type") == "maildir":
+            check(str(sink.get("path", "")).startswith(STATE_DIR + "/"),
+                  f"maildir sink {sink.get('name')} writes off the volume (read-only root filesystem)")
+    for mb in cfg.get("mailboxes") or []:
+        pw = (mb.get("pop3") or {}).get("password")
+        if pw is not None:
+            check(re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", str(pw)) is not None,
+                  f"mailbox {mb.get('name')}: a literal password in the ConfigMap")
+
+
+def check_service(svc, dep):
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    check("http" in ports and ports["http"].get("targetPort") in ("http", PORT), "Service has no port http")
+    check(svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"], "Service selector != Deployment selector")
+
+
+def check_servicemonitor(sm, svc):
+    spec = sm["spec"]
+    ml = spec["selector"]["matchLabels"]
+    check(all(svc["metadata"]["labels"].get(k) == v for k, v in ml.items()), "ServiceMonitor selects no Service")
+    check(spec["namespaceSelector"]["matchNames"] == [svc["metadata"]["namespace"]], "ServiceMonitor namespace")
+    eps = spec["endpoints"]
+    names = {p["name"] for p in svc["spec"]["ports"]}
+    check(len(eps) == 1 and eps[0]["port"] in names and eps[0]["path"] == "/metrics", f"endpoints {eps}")
+
+
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+
+def check_prometheusrule(pr, values):
+    import promql_parser
+
+    groups = pr["spec"]["groups"]
+    check(len(groups) >= 1, "no rule group")
+    alerts = []
+    for g in groups:
+        check(bool(g.get("name")), "group without a name")
+        for r in g["rules"]:
+            name = r.get("alert") or r.get("record")
+            if not check(name and "expr" in r, f"rule without alert/record or expr: {r}"):
+                continue
+            alerts.append(name)
+            expr = str(r["expr"])
+            try:
+                promql_parser.parse(expr)
+            except Exception as e:  # the binding raises ValueError on a syntax error
+                check(False, f"{name}: PromQL does not parse ({e}): {expr}")
+            for m in re.findall(r"\bpopbridge_[a-z_]+", expr):
+                base = re.sub(r"_(bucket|sum|count)$", "", m) if m.endswith(("_bucket", "_sum", "_count")) else m
+                check(m in KNOWN_METRICS or (base in HISTOGRAMS and base != m),
+                      f"{name}: unknown metric {m}")
+            if "for" in r:
+                check(DURATION.match(str(r["for"])) is not None, f"{name}: bad for: {r['for']}")
+            if "alert" in r:
+                check((r.get("labels") or {}).get("severity") in ("critical", "warning", "info"), f"{name}: severity")
+                for k, v in (r.get("annotations") or {}).items():
+                    check(str(v).count("{{") == str(v).count("}}"), f"{name}: unbalanced template in {k}")
+                for k, v in values["prometheusRule"].get("alertLabels", {}).items():
+                    if r in values["prometheusRule"].get("extraRules", []):
+                        continue
+                    check((r.get("labels") or {}).get(k) == v, f"{name}: alert label {k} missing")
+    check(len(alerts) == len(set(alerts)), "duplicate alert names")
+    for required in ("PopbridgePollStale", "PopbridgeDeadLetters", "PopbridgeDeadLettersGrowing",
+                     "PopbridgeTLSCertificateExpiring", "PopbridgePollErrors"):
+        check(required in alerts, f"alert {required} missing")
+
+
+def merge(base, over):
+    """Helm's coalescing of values files: maps merge, anything else replaces, null deletes."""
+    out = dict(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def cmd_render(rendered, core_out, expect_kinds, values_files):
+    values = {}
+    for vf in values_files:
+        with open(vf) as f:
+            values = merge(values, yaml.safe_load(f) or {})
+    with open(rendered) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    check(kinds == sorted(expect_kinds), f"kinds {kinds}, expected {sorted(expect_kinds)}")
+    for d in docs:
+        md = d.get("metadata", {})
+        check(bool(md.get("name")) and bool(md.get("namespace")), f"{d['kind']} without name/namespace")
+        lb = md.get("labels", {})
+        check(lb.get("app.kubernetes.io/name") and lb.get("app.kubernetes.io/instance"), f"{d['kind']} labels")
+    dep, cm, svc = one(docs, "Deployment"), one(docs, "ConfigMap"), one(docs, "Service")
+    if check(dep is not None and cm is not None and svc is not None, "Deployment, ConfigMap and Service expected"):
+        check_deployment(dep, docs, values)
+        check_config(cm, values)
+        check_service(svc, dep)
+    pvc = one(docs, "PersistentVolumeClaim")
+    if pvc is not None:
+        keep = pvc["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"
+        check(keep == values["persistence"]["keep"], "PVC resource-policy keep")
+    sm = one(docs, "ServiceMonitor")
+    if sm is not None and svc is not None:
+        check(sm["apiVersion"] == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion")
+        check_servicemonitor(sm, svc)
+    pr = one(docs, "PrometheusRule")
+    if pr is not None:
+        check(pr["apiVersion"] == "monitoring.coreos.com/v1", "PrometheusRule apiVersion")
+        check_prometheusrule(pr, values)
+    core = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+    with open(core_out, "w") as f:
+        yaml.safe_dump_all(core, f, sort_keys=False)
+    finish(f"manifests {rendered}: {', '.join(kinds)}")
+
+
+def cmd_notes(path):
+    with open(path) as f:
+        text = f.read()
+    for needle in ("rollout status", "/readyz", "popbridge dlq list -c /etc/popbridge/config.yaml",
+                   "/metrics", "kubectl", "exec"):
+        check(needle in text, f"NOTES do not mention {needle!r}")
+    check("{{" not in text and "<no value>" not in text, "NOTES contain unrendered template text")
+    finish(f"NOTES {path}")
+
+
+def cmd_consistency(root):
+    with open(f"{root}/Dockerfile") as f:
+        df = f.read()
+    lines = [ln.strip() for ln in df.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    froms = [ln.split()[1] for ln in lines if ln.startswith("FROM ")]
+    check(len(froms) == 2 and froms[0].startswith("rust:1.95") and froms[1] == "debian:bookworm-slim",
+          f"Dockerfile stages {froms}")
+    check(f"USER {UID}:{UID}" in lines, f"Dockerfile: no USER {UID}:{UID}")
+    check(f"--uid {UID}" in df and f"--gid {UID}" in df, f"Dockerfile: user not created with uid/gid {UID}")
+    check(f"EXPOSE {PORT}" in lines, f"Dockerfile: no EXPOSE {PORT}")
+    check(f"VOLUME {STATE_DIR}" in lines, f"Dockerfile: no VOLUME {STATE_DIR}")
+    check('ENTRYPOINT ["popbridge"]' in lines, "Dockerfile: ENTRYPOINT")
+    cmd = [ln for ln in lines if ln.startswith("CMD ")]
+    check(len(cmd) == 1 and json.loads(cmd[0][4:]) == ["run", "-c", CONFIG_PATH, "--log-format", "json"],
+          f"Dockerfile: CMD {cmd}")
+    check("cargo build --release --locked" in df, "Dockerfile: cargo build --release --locked")
+    with open(f"{root}/.dockerignore") as f:
+        ign = f.read().split()
+    check("target/" in ign and ".git" in ign, ".dockerignore must exclude target/ and .git")
+
+    with open(f"{root}/charts/popbridge/values.yaml") as f:
+        values = yaml.safe_load(f)
+    for k in ("runAsUser", "runAsGroup", "fsGroup"):
+        check(values["podSecurityContext"][k] == UID, f"values podSecurityContext.{k}")
+    check(values["config"]["http"]["listen"].endswith(f":{PORT}"), "values config.http.listen")
+    with open(f"{root}/charts/popbridge/Chart.yaml") as f:
+        chart = yaml.safe_load(f)
+    check(f'org.opencontainers.image.version="{chart["appVersion"]}"' in df, "Dockerfile version label != appVersion")
+
+    with open(f"{root}/packaging/systemd/popbridge.service") as f:
+        unit = f.read()
+    ulines = [ln.strip() for ln in unit.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    for want in (f"ExecStart=/usr/local/bin/popbridge run -c {CONFIG_PATH}", "StateDirectory=popbridge",
+                 "EnvironmentFile=-/etc/popbridge/env", "Type=simple", "Restart=on-failure",
+                 "KillSignal=SIGTERM", "TimeoutStopSec=60", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                 "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX"):
+        check(want in ulines, f"systemd unit: no {want!r}")
+    finish("Dockerfile, systemd unit and chart agree")
+
+
+def main(argv):
+    if len(argv) >= 6 and argv[1] == "render":
+        cmd_render(argv[2], argv[3], [k for k in argv[4].split(",") if k], argv[5:])
+    elif len(argv) == 3 and argv[1] == "notes":
+        cmd_notes(argv[2])
+    elif len(argv) == 3 and argv[1] == "consistency":
+        cmd_consistency(argv[2])
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,130 @@
+//! Building the running service from a validated config: the store, the sinks, one context per
+//! mailbox, the shared caps.
+
+use crate::config::{Config, SinkConfig, SinkKind};
+use crate::engine::deliver::SinkHandle;
+use crate::engine::poll::{MailboxContext, PollReport};
+use crate::scheduler::{poll_limited, Limiter};
+use crate::sink::maildir::MaildirSink;
+use crate::sink::Sink;
+use crate::store::{SqliteStore, Store, StoreError};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sink {name}: {message}")]
+    Sink { name: String, message: String },
+    #[error("mailbox {mailbox} names sink {sink}, which is not defined")]
+    UnknownSink { mailbox: String, sink: String },
+    #[error("no mailbox named {0:?} in the config")]
+    UnknownMailbox(String),
+}
+
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub sinks: Vec<SinkHandle>,
+    pub mailboxes: Vec<Arc<MailboxContext>>,
+    pub limiter: Arc<Limiter>,
+}
+
+/// One ready sink from its config.
+pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
+    Ok(match &cfg.kind {
+        SinkKind::Maildir(settings) => {
+            Arc::new(MaildirSink::new(cfg.name.clone(), settings.clone()))
+        }
+    })
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).await?);
+        let sinks = config
+            .sinks
+            .iter()
+            .map(|s| {
+                Ok(SinkHandle {
+                    name: s.name.clone(),
+                    sink: build_sink(s)?,
+                    retry: s.retry.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
+        let mut mailboxes = Vec::new();
+        for m in &config.mailboxes {
+            let handles = m
+                .sinks
+                .iter()
+                .map(|name| {
+                    sinks
+                        .iter()
+                        .find(|h| &h.name == name)
+                        .cloned()
+                        .ok_or_else(|| BuildError::UnknownSink {
+                            mailbox: m.name.clone(),
+                            sink: name.clone(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            mailboxes.push(Arc::new(MailboxContext {
+                mailbox: m.clone(),
+                sinks: handles,
+                store: store.clone(),
+                spool_dir: config.state.spool_dir.join(&m.name),
+                max_in_flight: config.limits.max_in_flight,
+                progress: Default::default(),
+            }));
+        }
+        let servers: Vec<String> = config.mailboxes.iter().map(|m| m.pop3.server()).collect();
+        let limiter = Arc::new(Limiter::new(
+            config.limits.max_concurrent_polls,
+            config.limits.max_connections_per_server,
+            servers.iter().map(String::as_str),
+        ));
+        Ok(Self {
+            config,
+            store,
+            sinks,
+            mailboxes,
+            limiter,
+        })
+    }
+
+    /// Mailboxes selected by `--mailbox` (all when `None`).
+    pub fn select(&self, only: Option<&str>) -> Result<Vec<Arc<MailboxContext>>, BuildError> {
+        match only {
+            None => Ok(self.mailboxes.clone()),
+            Some(name) => self
+                .mailboxes
+                .iter()
+                .find(|m| m.mailbox.name == name)
+                .map(|m| vec![m.clone()])
+                .ok_or_else(|| BuildError::UnknownMailbox(name.to_string())),
+        }
+    }
+
+    /// One pass over the given mailboxes, concurrently within the caps.
+    pub async fn run_once(
+        &self,
+        mailboxes: &[Arc<MailboxContext>],
+        shutdown: &CancellationToken,
+    ) -> Vec<PollReport> {
+        let polls = mailboxes.iter().map(|ctx| {
+            let limiter = self.limiter.clone();
+            async move {
+                poll_limited(ctx, &limiter, shutdown)
+                    .await
+                    .unwrap_or_else(|| PollReport {
+                        mailbox: ctx.mailbox.name.clone(),
+                        error: Some(("shutdown".into(), "stopped before the poll began".into())),
+                        ..Default::default()
+                    })
+            }
+        });
+        futures_util::future::join_all(polls).await
+    }
+}

@@ -1,0 +1,495 @@
+//! Loader tests: located errors, interpolation, secrets, defaults, the example file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::pop3::{AuthMethod, TlsMode};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const PASSWORD: &str = "s3cr3t-Hunter2";
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "ALICE_POP3_PASSWORD" => Some(PASSWORD.to_owned()),
+        "POP_HOST" => Some("pop.example.com".to_owned()),
+        _ => None,
+    }
+}
+
+fn origin() -> PathBuf {
+    PathBuf::from("/etc/popbridge/config.yaml")
+}
+
+fn load(text: &str) -> Result<Loaded, ConfigError> {
+    load_str_with_env(text, &origin(), env)
+}
+
+fn err(text: &str) -> ConfigError {
+    match load(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => {
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains(PASSWORD), "secret leaked: {shown}");
+            e
+        }
+    }
+}
+
+/// (line, column) of a parse error, and its message.
+fn parse_err(text: &str) -> ((usize, usize), String) {
+    match err(text) {
+        ConfigError::Parse {
+            location: Some(at),
+            message,
+            ..
+        } => (at, message),
+        other => panic!("expected a located parse error, got {other}"),
+    }
+}
+
+fn invalid(text: &str) -> String {
+    match err(text) {
+        e @ ConfigError::Invalid { .. } => e.to_string(),
+        other => panic!("expected a validation error, got {other}"),
+    }
+}
+
+const MINIMAL: &str = "\
+state:
+  path: state/popbridge.db
+mailboxes:
+  - name: alice
+    pop3:
+      host: pop.example.com
+      username: alice@example.com
+      password: ${ALICE_POP3_PASSWORD}
+    sinks: [archive]
+sinks:
+  - name: archive
+    type: maildir
+    path: mail/{mailbox}
+";
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let Loaded { config, warnings } = load(MINIMAL).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.source, origin());
+    assert_eq!(
+        config.state.path,
+        PathBuf::from("/etc/popbridge/state/popbridge.db")
+    );
+    assert_eq!(
+        config.state.spool_dir,
+        PathBuf::from("/etc/popbridge/state/spool")
+    );
+    assert_eq!(config.http.listen.to_string(), "127.0.0.1:9898");
+    assert_eq!(config.limits.max_concurrent_polls, 4);
+    assert_eq!(config.limits.max_connections_per_server, 2);
+    assert_eq!(config.limits.max_in_flight, 32);
+    let mb = &config.mailboxes[0];
+    assert_eq!(mb.pop3.host, "pop.example.com");
+    assert_eq!(mb.pop3.port, 995);
+    assert_eq!(mb.pop3.tls, TlsMode::Implicit);
+    assert_eq!(mb.pop3.auth, AuthMethod::Auto);
+    assert_eq!(mb.pop3.secret.expose(), PASSWORD);
+    assert!(!mb.pop3.danger_accept_invalid_certs);
+    assert_eq!(mb.pop3.timeout, Duration::from_secs(60));
+    assert_eq!(mb.delete, DeletePolicy::Never);
+    assert!(matches!(
+        mb.schedule,
+        Schedule::Every { interval, jitter } if interval == Duration::from_secs(60) && jitter.is_zero()
+    ));
+    let sink = &config.sinks[0];
+    assert_eq!(sink.retry, RetryPolicy::default());
+    let SinkKind::Maildir(m) = &sink.kind;
+    assert_eq!(m.path, "/etc/popbridge/mail/{mailbox}");
+    assert!(m.fsync);
+}
+
+#[test]
+fn unknown_top_level_key_is_located() {
+    let text = format!("{MINIMAL}logging: debug\n");
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (14, 1), "{msg}");
+    assert!(msg.contains("unknown field `logging`"), "{msg}");
+    let shown = err(&text).to_string();
+    assert!(
+        shown.starts_with("/etc/popbridge/config.yaml:14:1: "),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_nested_key_is_located() {
+    let text = MINIMAL.replace("      username:", "      usrname: x\n      username:");
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (7, 7), "{msg}");
+    assert!(msg.contains("unknown field `usrname`"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_a_sink_entry_is_located_at_the_key() {
+    let text = format!("{MINIMAL}    fsnyc: true\n");
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (14, 5), "{msg}");
+    assert!(msg.contains("unknown field `fsnyc`"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_a_later_sink_entry_is_located_at_the_key() {
+    let text = format!(
+        "{MINIMAL}  - name: other\n    type: maildir\n    path: x\n    # comment\n\n    colour: blue\n"
+    );
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (19, 5), "{msg}");
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_sink_retry_is_located_at_the_key() {
+    let text = format!("{MINIMAL}    retry:\n      attempts: 3\n");
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (15, 7), "{msg}");
+    assert!(msg.contains("unknown field `attempts`"), "{msg}");
+}
+
+#[test]
+fn unknown_sink_type_is_an_error() {
+    let text = MINIMAL.replace("type: maildir", "type: maildirr");
+    let (_, msg) = parse_err(&text);
+    assert!(msg.contains("unknown variant `maildirr`"), "{msg}");
+}
+
+#[test]
+fn missing_env_var_is_named_and_located() {
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", "${BOB_POP3_PASSWORD}");
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at.0, 8, "{msg}");
+    assert!(
+        msg.contains("environment variable `BOB_POP3_PASSWORD` is not set"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn env_vars_interpolate_in_plain_strings_and_dollar_dollar_escapes() {
+    let text = MINIMAL
+        .replace("host: pop.example.com", "host: ${POP_HOST}")
+        .replace("username: alice@example.com", "username: a$${b}");
+    let config = load(&text).unwrap().config;
+    assert_eq!(config.mailboxes[0].pop3.host, "pop.example.com");
+    assert_eq!(config.mailboxes[0].pop3.username, "a${b}");
+}
+
+#[test]
+fn password_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), format!("{PASSWORD}\n")).unwrap();
+    let text = MINIMAL.replace("password: ${ALICE_POP3_PASSWORD}", "password_file: pw");
+    let loaded = load_str_with_env(&text, &dir.path().join("config.yaml"), env).unwrap();
+    assert_eq!(loaded.config.mailboxes[0].pop3.secret.expose(), PASSWORD);
+}
+
+#[test]
+fn password_file_that_is_missing_is_reported_with_its_path() {
+    let text = MINIMAL.replace(
+        "password: ${ALICE_POP3_PASSWORD}",
+        "password_file: nope.txt",
+    );
+    let shown = invalid(&text);
+    assert!(
+        shown.starts_with("/etc/popbridge/config.yaml: mailboxes[alice].pop3.password_file: cannot read /etc/popbridge/nope.txt"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn exactly_one_of_password_and_password_file() {
+    let both = MINIMAL.replace(
+        "password: ${ALICE_POP3_PASSWORD}",
+        "password: ${ALICE_POP3_PASSWORD}\n      password_file: pw",
+    );
+    assert!(
+        invalid(&both).contains("mailboxes[alice].pop3: give either `password` or `password_file`")
+    );
+    let neither = MINIMAL.replace("      password: ${ALICE_POP3_PASSWORD}\n", "");
+    assert!(invalid(&neither).contains("mailboxes[alice].pop3: missing `password`"));
+}
+
+#[test]
+fn bad_duration_is_located_and_named() {
+    let text = MINIMAL.replace(
+        "    sinks: [archive]",
+        "    schedule: { every: 5x }\n    sinks: [archive]",
+    );
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at.0, 9, "{msg}");
+    assert!(msg.contains("invalid duration `5x`"), "{msg}");
+    let text = MINIMAL.replace(
+        "    sinks: [archive]",
+        "    schedule: { every: 60 }\n    sinks: [archive]",
+    );
+    let (_, msg) = parse_err(&text);
+    assert!(msg.contains("missing unit"), "{msg}");
+}
+
+fn with_schedule(schedule: &str) -> String {
+    MINIMAL.replace(
+        "    sinks: [archive]",
+        &format!("    schedule: {schedule}\n    sinks: [archive]"),
+    )
+}
+
+#[test]
+fn every_and_cron_schedules() {
+    let c = load(&with_schedule("{ every: 5m, jitter: 10s }"))
+        .unwrap()
+        .config;
+    assert!(matches!(
+        c.mailboxes[0].schedule,
+        Schedule::Every { interval, jitter }
+            if interval == Duration::from_secs(300) && jitter == Duration::from_secs(10)
+    ));
+    let c = load(&with_schedule("{ cron: \"*/5 * * * *\", jitter: 10s }"))
+        .unwrap()
+        .config;
+    match &c.mailboxes[0].schedule {
+        Schedule::Cron {
+            expression, jitter, ..
+        } => {
+            assert_eq!(expression, "*/5 * * * *");
+            assert_eq!(*jitter, Duration::from_secs(10));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_cron_is_located() {
+    let (at, msg) = parse_err(&with_schedule("{ cron: \"61 * * * *\" }"));
+    assert_eq!(at.0, 9, "{msg}");
+    assert!(
+        msg.contains("invalid cron expression \"61 * * * *\""),
+        "{msg}"
+    );
+    let (_, msg) = parse_err(&with_schedule("{ cron: \"0 */5 * * * *\" }"));
+    assert!(msg.contains("expected 5 fields"), "{msg}");
+}
+
+#[test]
+fn schedule_needs_exactly_one_positive_interval() {
+    assert!(invalid(&with_schedule("{ every: 0s }"))
+        .contains("mailboxes[alice].schedule.every: must be greater than 0"));
+    assert!(invalid(&with_schedule("{ every: 1m, cron: \"* * * * *\" }")).contains("not both"));
+    assert!(invalid(&with_schedule("{ jitter: 1s }")).contains("needs `every"));
+    assert!(invalid(&with_schedule("{ every: 10s, jitter: 10s }")).contains("schedule.jitter"));
+}
+
+fn with_delete(delete: &str) -> String {
+    MINIMAL.replace(
+        "    sinks: [archive]",
+        &format!("    delete: {delete}\n    sinks: [archive]"),
+    )
+}
+
+#[test]
+fn each_delete_form() {
+    let policy = |d: &str| load(&with_delete(d)).unwrap().config.mailboxes[0].delete;
+    assert_eq!(policy("never"), DeletePolicy::Never);
+    assert_eq!(policy("after_delivery"), DeletePolicy::AfterDelivery);
+    assert_eq!(policy("{ after_days: 14 }"), DeletePolicy::AfterDays(14));
+    assert_eq!(policy("\n      after_days: 7"), DeletePolicy::AfterDays(7));
+}
+
+#[test]
+fn bad_delete_forms_are_located() {
+    let (at, msg) = parse_err(&with_delete("sometimes"));
+    assert_eq!(at.0, 9, "{msg}");
+    assert!(msg.contains("unknown variant `sometimes`"), "{msg}");
+    let (at, msg) = parse_err(&with_delete("{ after_dayz: 3 }"));
+    assert_eq!(at, (9, 15), "{msg}");
+    assert!(msg.contains("unknown field `after_dayz`"), "{msg}");
+    let (_, msg) = parse_err(&with_delete("{ after_days: 0 }"));
+    assert!(msg.contains("use `after_delivery`"), "{msg}");
+}
+
+#[test]
+fn unknown_sink_reference_lists_the_defined_ones() {
+    let text = MINIMAL.replace("sinks: [archive]", "sinks: [archiv]");
+    assert_eq!(
+        invalid(&text),
+        "/etc/popbridge/config.yaml: mailboxes[alice].sinks: unknown sink \"archiv\" (defined: archive)"
+    );
+}
+
+#[test]
+fn duplicate_and_malformed_names_are_errors() {
+    let text = MINIMAL.replace(
+        "sinks:\n  - name: archive",
+        "sinks:\n  - name: archive\n    type: maildir\n    path: x\n  - name: archive",
+    );
+    assert!(invalid(&text).contains("sinks[archive].name: duplicate name \"archive\""));
+    let text = MINIMAL.replace("name: alice", "name: al ice");
+    assert!(invalid(&text).contains("mailboxes[0].name: invalid name \"al ice\""));
+}
+
+#[test]
+fn tls_none_with_a_password_needs_allow_plaintext_auth() {
+    let text = MINIMAL.replace("      username:", "      tls: none\n      username:");
+    let shown = invalid(&text);
+    assert!(
+        shown
+            .contains("mailboxes[alice].pop3.tls: `tls: none` would send the password unencrypted"),
+        "{shown}"
+    );
+    assert!(shown.contains("allow_plaintext_auth: true"), "{shown}");
+    let text = text.replace(
+        "      tls: none\n",
+        "      tls: none\n      allow_plaintext_auth: true\n",
+    );
+    let c = load(&text).unwrap().config;
+    assert_eq!(c.mailboxes[0].pop3.tls, TlsMode::None);
+    assert_eq!(c.mailboxes[0].pop3.port, 110);
+}
+
+#[test]
+fn tls_verify_false_is_allowed_with_a_warning() {
+    let text = MINIMAL.replace(
+        "      username:",
+        "      tls: starttls\n      tls_verify: false\n      username:",
+    );
+    let loaded = load(&text).unwrap();
+    assert!(loaded.config.mailboxes[0].pop3.danger_accept_invalid_certs);
+    assert_eq!(loaded.config.mailboxes[0].pop3.port, 110);
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].starts_with("mailboxes[alice].pop3.tls_verify"));
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_debug() {
+    // The helpers assert on every error's Display and Debug; here: the Config itself, and a
+    // password that has the wrong type.
+    let loaded = load(MINIMAL).unwrap();
+    assert!(!format!("{loaded:?}").contains(PASSWORD));
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", "31415926535");
+    let e = err(&text);
+    assert!(!format!("{e} {e:?}").contains("31415926535"), "{e}");
+    // A validation error elsewhere in a config holding a literal password.
+    let text = MINIMAL
+        .replace("${ALICE_POP3_PASSWORD}", PASSWORD)
+        .replace("sinks: [archive]", "sinks: [archiv]");
+    invalid(&text);
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", &format!("\"{PASSWORD}${{X\""));
+    parse_err(&text);
+}
+
+#[test]
+fn bad_listen_address_and_zero_limits_are_errors() {
+    let text = format!("{MINIMAL}http:\n  listen: localhost\nlimits:\n  max_in_flight: 0\n");
+    let shown = invalid(&text);
+    assert!(
+        shown.contains("http.listen: invalid address \"localhost\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("limits.max_in_flight: must be at least 1"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn retry_overrides_keep_other_defaults() {
+    let text = format!("{MINIMAL}    retry: {{ attempts_per_poll: 5, window: 2d }}\n");
+    let c = load(&text).unwrap().config;
+    let r = &c.sinks[0].retry;
+    assert_eq!(r.attempts_per_poll, 5);
+    assert_eq!(r.window, Duration::from_secs(2 * 86_400));
+    assert_eq!(r.initial_backoff, RetryPolicy::default().initial_backoff);
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let text = MINIMAL.replace("    sinks: [archive]", "    sinks: [archive");
+    let (at, _) = parse_err(&text);
+    assert!(at.0 >= 9, "{at:?}");
+}
+
+#[test]
+fn example_config_loads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The example's password_file is absolute; point it at a temporary file instead.
+    let secret_file = dir.path().join("carol-password");
+    std::fs::write(&secret_file, "carol-secret\n").unwrap();
+    let text = text.replace(
+        "/run/secrets/carol-pop3-password",
+        &secret_file.to_string_lossy(),
+    );
+    assert!(
+        text.contains(&*secret_file.to_string_lossy()),
+        "example must use a password_file"
+    );
+    let loaded = load_str_with_env(&text, &path, |name| match name {
+        "ALICE_POP3_PASSWORD" | "BOB_POP3_PASSWORD" => Some(format!("pw-{name}")),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = loaded.config;
+    assert_eq!(c.mailboxes.len(), 3);
+    let tls: Vec<TlsMode> = c.mailboxes.iter().map(|m| m.pop3.tls).collect();
+    assert_eq!(
+        tls,
+        [TlsMode::Implicit, TlsMode::StartTls, TlsMode::Implicit]
+    );
+    assert_eq!(c.mailboxes[2].pop3.secret.expose(), "carol-secret");
+    assert!(!c.sinks.is_empty());
+}
+
+#[test]
+fn unused_sinks_are_warned_about() {
+    let text = format!("{MINIMAL}  - name: spare\n    type: maildir\n    path: spare\n");
+    let warnings = load(&text).unwrap().warnings;
+    assert_eq!(warnings, ["sinks[spare]: not used by any mailbox"]);
+}
+
+#[test]
+fn retry_policy_is_checked() {
+    let text = format!(
+        "{MINIMAL}    retry: {{ attempts_per_poll: 0, initial_backoff: 10s, max_backoff: 1s }}\n"
+    );
+    let shown = invalid(&text);
+    assert!(
+        shown.contains("sinks[archive].retry.attempts_per_poll: must be at least 1"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("sinks[archive].retry.max_backoff: must not be shorter"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn empty_password_and_empty_sink_list_are_errors() {
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", "''");
+    assert!(invalid(&text).contains("mailboxes[alice].pop3.password: is empty"));
+    let text = MINIMAL.replace("sinks: [archive]", "sinks: []");
+    assert!(invalid(&text).contains("mailboxes[alice].sinks: at least one sink is required"));
+}
+
+#[test]
+fn load_reads_a_file_and_reports_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let e = super::load(&path).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e
+        .to_string()
+        .starts_with(&format!("{}: cannot read", path.display())));
+    let text = MINIMAL.replace("${ALICE_POP3_PASSWORD}", "pw");
+    std::fs::write(&path, text).unwrap();
+    let c = super::load(&path).unwrap().config;
+    assert_eq!(c.state.path, dir.path().join("state/popbridge.db"));
+}

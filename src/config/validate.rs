@@ -1,0 +1,468 @@
+//! Raw configuration to the validated model: defaults applied, paths resolved, references and
+//! secrets checked. Collects every problem instead of stopping at the first.
+
+use super::error::Problem;
+use super::model::{
+    Config, DeletePolicy, HttpConfig, Limits, MailboxConfig, RetryPolicy, Schedule, SinkConfig,
+    StateConfig,
+};
+use super::raw::{
+    RawAuth, RawConfig, RawDelete, RawHttp, RawLimits, RawMailbox, RawPop3, RawRetry, RawSchedule,
+    RawSink, RawTls,
+};
+use crate::pop3::{AuthMethod, ClientConfig, TlsMode};
+use crate::secret::Secret;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default `http.listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
+/// Default POP3 timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default longest accepted server line.
+pub const DEFAULT_MAX_LINE_LENGTH: usize = 65_536;
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1 << 30;
+/// RFC 1939 allows response lines of 512 octets; accepting less would break servers.
+const MIN_MAX_LINE_LENGTH: usize = 512;
+/// Default PIPELINING window.
+pub const DEFAULT_PIPELINE_WINDOW: usize = 32;
+/// Default poll interval when `schedule` is absent.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Validated configuration plus warnings the caller should log.
+pub(crate) type Validated = (Config, Vec<String>);
+
+/// Validate `raw`; `origin` is the config file (relative paths resolve against its directory).
+pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<Problem>> {
+    let base = origin.parent().unwrap_or(Path::new(""));
+    let mut v = Validator {
+        base,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    let state_path = resolve(base, raw.state.path.as_str());
+    if raw.state.path.as_str().trim().is_empty() {
+        v.problem("state.path", "must not be empty");
+    }
+    let spool_dir = match raw.state.spool_dir {
+        Some(dir) => resolve(base, dir.as_str()),
+        None => state_path.parent().unwrap_or(Path::new("")).join("spool"),
+    };
+    let state = StateConfig {
+        path: state_path,
+        spool_dir,
+    };
+    let http = v.http(raw.http);
+    let limits = v.limits(raw.limits);
+
+    let sinks = v.sinks(raw.sinks);
+    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+    let mailboxes = v.mailboxes(raw.mailboxes, &sink_names);
+
+    let used: BTreeSet<&str> = mailboxes
+        .iter()
+        .flat_map(|m| m.sinks.iter().map(String::as_str))
+        .collect();
+    for s in &sinks {
+        if !used.contains(s.name.as_str()) {
+            v.warnings
+                .push(format!("sinks[{}]: not used by any mailbox", s.name));
+        }
+    }
+
+    if v.problems.is_empty() {
+        let config = Config {
+            source: origin.to_path_buf(),
+            state,
+            http,
+            limits,
+            mailboxes,
+            sinks,
+        };
+        Ok((config, v.warnings))
+    } else {
+        Err(v.problems)
+    }
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// `[A-Za-z0-9._-]+`.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+struct Validator<'a> {
+    base: &'a Path,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, at: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            at: at.into(),
+            message: message.into(),
+        });
+    }
+
+    fn http(&mut self, raw: RawHttp) -> HttpConfig {
+        let text = raw.listen.map(|l| l.into_string());
+        let text = text.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = match text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    "http.listen",
+                    format!(
+                        "invalid address \"{text}\": expected ip:port such as {DEFAULT_LISTEN}"
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 9898))
+            }
+        };
+        HttpConfig { listen }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let mut positive = |key: &str, value: Option<usize>, default: usize| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                self.problem(format!("limits.{key}"), "must be at least 1");
+            }
+            value
+        };
+        Limits {
+            max_concurrent_polls: positive("max_concurrent_polls", raw.max_concurrent_polls, 4),
+            max_connections_per_server: positive(
+                "max_connections_per_server",
+                raw.max_connections_per_server,
+                2,
+            ),
+            max_in_flight: positive("max_in_flight", raw.max_in_flight, 32),
+        }
+    }
+
+    /// `sinks[name]`, or `sinks[index]` when the name itself is unusable.
+    fn item_path(list: &str, index: usize, name: &str) -> String {
+        if is_valid_name(name) {
+            format!("{list}[{name}]")
+        } else {
+            format!("{list}[{index}]")
+        }
+    }
+
+    fn check_name(&mut self, list: &str, index: usize, name: &str, seen: &mut BTreeSet<String>) {
+        let at = Self::item_path(list, index, name);
+        if !is_valid_name(name) {
+            self.problem(
+                format!("{at}.name"),
+                format!("invalid name \"{name}\": use letters, digits, `.`, `_` and `-` only"),
+            );
+        } else if !seen.insert(name.to_owned()) {
+            self.problem(format!("{at}.name"), format!("duplicate name \"{name}\""));
+        }
+    }
+
+    fn sinks(&mut self, raw: Vec<RawSink>) -> Vec<SinkConfig> {
+        if raw.is_empty() {
+            self.problem("sinks", "at least one sink is required");
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, sink) in raw.into_iter().enumerate() {
+            self.check_name("sinks", i, &sink.name, &mut seen);
+            let at = Self::item_path("sinks", i, &sink.name);
+            let retry = self.retry(&at, sink.retry.unwrap_or_default());
+            match sink.kind.validate(self.base) {
+                Ok(kind) => out.push(SinkConfig {
+                    name: sink.name,
+                    retry,
+                    kind,
+                }),
+                Err(message) => self.problem(at, message),
+            }
+        }
+        out
+    }
+
+    fn retry(&mut self, at: &str, raw: RawRetry) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        let policy = RetryPolicy {
+            attempts_per_poll: raw.attempts_per_poll.unwrap_or(d.attempts_per_poll),
+            initial_backoff: raw.initial_backoff.map_or(d.initial_backoff, Into::into),
+            max_backoff: raw.max_backoff.map_or(d.max_backoff, Into::into),
+            window: raw.window.map_or(d.window, Into::into),
+        };
+        if policy.attempts_per_poll == 0 {
+            self.problem(
+                format!("{at}.retry.attempts_per_poll"),
+                "must be at least 1",
+            );
+        }
+        if policy.initial_backoff.is_zero() {
+            self.problem(
+                format!("{at}.retry.initial_backoff"),
+                "must be greater than 0",
+            );
+        }
+        if policy.max_backoff < policy.initial_backoff {
+            self.problem(
+                format!("{at}.retry.max_backoff"),
+                "must not be shorter than `initial_backoff`",
+            );
+        }
+        if policy.window.is_zero() {
+            self.problem(format!("{at}.retry.window"), "must be greater than 0");
+        }
+        policy
+    }
+
+    fn mailboxes(&mut self, raw: Vec<RawMailbox>, sink_names: &[&str]) -> Vec<MailboxConfig> {
+        if raw.is_empty() {
+            self.problem("mailboxes", "at least one mailbox is required");
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, mb) in raw.into_iter().enumerate() {
+            self.check_name("mailboxes", i, &mb.name, &mut seen);
+            let at = Self::item_path("mailboxes", i, &mb.name);
+            let pop3 = self.pop3(&at, mb.pop3);
+            let schedule = self.schedule(&at, mb.schedule);
+            let delete = match mb.delete.unwrap_or(RawDelete::Never) {
+                RawDelete::Never => DeletePolicy::Never,
+                RawDelete::AfterDelivery => DeletePolicy::AfterDelivery,
+                RawDelete::AfterDays(n) => DeletePolicy::AfterDays(n),
+            };
+            self.mailbox_sinks(&at, &mb.sinks, sink_names);
+            if let Some(pop3) = pop3 {
+                out.push(MailboxConfig {
+                    name: mb.name,
+                    pop3,
+                    schedule,
+                    delete,
+                    sinks: mb.sinks,
+                });
+            }
+        }
+        out
+    }
+
+    fn mailbox_sinks(&mut self, at: &str, names: &[String], defined: &[&str]) {
+        if names.is_empty() {
+            self.problem(format!("{at}.sinks"), "at least one sink is required");
+        }
+        let mut seen = BTreeSet::new();
+        for name in names {
+            if !defined.contains(&name.as_str()) {
+                let list = if defined.is_empty() {
+                    "none".to_owned()
+                } else {
+                    defined.join(", ")
+                };
+                self.problem(
+                    format!("{at}.sinks"),
+                    format!("unknown sink \"{name}\" (defined: {list})"),
+                );
+            } else if !seen.insert(name.as_str()) {
+                self.problem(
+                    format!("{at}.sinks"),
+                    format!("sink \"{name}\" listed twice"),
+                );
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: &str, raw: Option<RawSchedule>) -> Schedule {
+        let Some(raw) = raw else {
+            return Schedule::Every {
+                interval: DEFAULT_INTERVAL,
+                jitter: Duration::ZERO,
+            };
+        };
+        let jitter = raw.jitter.map_or(Duration::ZERO, Into::into);
+        match (raw.every, raw.cron) {
+            (Some(every), None) => {
+                let interval = Duration::from(every);
+                if interval.is_zero() {
+                    self.problem(format!("{at}.schedule.every"), "must be greater than 0");
+                } else if jitter >= interval {
+                    self.problem(
+                        format!("{at}.schedule.jitter"),
+                        "must be shorter than the interval `every`",
+                    );
+                }
+                Schedule::Every { interval, jitter }
+            }
+            (None, Some(cron)) => Schedule::Cron {
+                expression: cron.expression,
+                cron: Box::new(cron.cron),
+                jitter,
+            },
+            (Some(every), Some(_)) => {
+                self.problem(
+                    format!("{at}.schedule"),
+                    "give either `every` or `cron`, not both",
+                );
+                Schedule::Every {
+                    interval: every.into(),
+                    jitter,
+                }
+            }
+            (None, None) => {
+                self.problem(
+                    format!("{at}.schedule"),
+                    "needs `every: <duration>` or `cron: \"<5 fields>\"`",
+                );
+                Schedule::Every {
+                    interval: DEFAULT_INTERVAL,
+                    jitter,
+                }
+            }
+        }
+    }
+
+    fn pop3(&mut self, at: &str, raw: RawPop3) -> Option<ClientConfig> {
+        let at = format!("{at}.pop3");
+        let tls = match raw.tls.unwrap_or(RawTls::Implicit) {
+            RawTls::Implicit => TlsMode::Implicit,
+            RawTls::Starttls => TlsMode::StartTls,
+            RawTls::None => TlsMode::None,
+        };
+        let port = raw.port.unwrap_or(match tls {
+            TlsMode::Implicit => 995,
+            TlsMode::StartTls | TlsMode::None => 110,
+        });
+        if port == 0 {
+            self.problem(format!("{at}.port"), "must be between 1 and 65535");
+        }
+        let host = raw.host.into_string();
+        if host.trim().is_empty() {
+            self.problem(format!("{at}.host"), "must not be empty");
+        }
+        let username = raw.username.into_string();
+        if username.is_empty() {
+            self.problem(format!("{at}.username"), "must not be empty");
+        }
+        let auth = match raw.auth.unwrap_or(RawAuth::Auto) {
+            RawAuth::Auto => AuthMethod::Auto,
+            RawAuth::User => AuthMethod::User,
+            RawAuth::Apop => AuthMethod::Apop,
+            RawAuth::Plain => AuthMethod::Plain,
+            RawAuth::Xoauth2 => AuthMethod::XOAuth2,
+        };
+        let secret = self.secret(&at, raw.password, raw.password_file);
+        let allow_plaintext_auth = raw.allow_plaintext_auth.unwrap_or(false);
+        if tls == TlsMode::None && !allow_plaintext_auth {
+            self.problem(
+                format!("{at}.tls"),
+                "`tls: none` would send the password unencrypted; use `tls: implicit` or \
+                 `tls: starttls`, or set `allow_plaintext_auth: true` if the network is trusted",
+            );
+        }
+        if tls != TlsMode::None && allow_plaintext_auth {
+            self.warnings.push(format!(
+                "{at}.allow_plaintext_auth: has no effect unless `tls: none`"
+            ));
+        }
+        let tls_verify = raw.tls_verify.unwrap_or(true);
+        if !tls_verify {
+            if tls == TlsMode::None {
+                self.warnings
+                    .push(format!("{at}.tls_verify: has no effect with `tls: none`"));
+            } else {
+                self.warnings.push(format!(
+                    "{at}.tls_verify: false: server certificates are NOT verified; \
+                     anyone on the path can read the password (use `ca_file` for a private CA)"
+                ));
+            }
+        }
+        let timeout = raw.timeout.map_or(DEFAULT_TIMEOUT, Into::into);
+        if timeout.is_zero() {
+            self.problem(format!("{at}.timeout"), "must be greater than 0");
+        }
+        let max_line_length = raw.max_line_length.unwrap_or(DEFAULT_MAX_LINE_LENGTH);
+        if max_line_length < MIN_MAX_LINE_LENGTH {
+            self.problem(
+                format!("{at}.max_line_length"),
+                format!("must be at least {MIN_MAX_LINE_LENGTH} (RFC 1939 line length)"),
+            );
+        }
+        let max_message_bytes = raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes == 0 {
+            self.problem(format!("{at}.max_message_bytes"), "must be greater than 0");
+        }
+        let pipeline_window = raw.pipeline_window.unwrap_or(DEFAULT_PIPELINE_WINDOW);
+        if pipeline_window == 0 {
+            self.problem(format!("{at}.pipeline_window"), "must be at least 1");
+        }
+        Some(ClientConfig {
+            host,
+            port,
+            tls,
+            username,
+            secret: secret?,
+            auth,
+            ca_file: raw.ca_file.map(|p| resolve(self.base, p.as_str())),
+            danger_accept_invalid_certs: !tls_verify,
+            allow_plaintext_auth,
+            timeout,
+            max_line_length,
+            max_message_bytes,
+            pipeline_window,
+        })
+    }
+
+    fn secret(
+        &mut self,
+        at: &str,
+        password: Option<super::interpolate::SecretValue>,
+        password_file: Option<super::interpolate::Interpolated>,
+    ) -> Option<Secret> {
+        let secret = match (password, password_file) {
+            (Some(p), None) => p.into_secret(),
+            (None, Some(file)) => {
+                let path = resolve(self.base, file.as_str());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Secret::new(text.trim_end_matches(['\n', '\r'])),
+                    Err(e) => {
+                        self.problem(
+                            format!("{at}.password_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                self.problem(at, "give either `password` or `password_file`, not both");
+                return None;
+            }
+            (None, None) => {
+                self.problem(
+                    at,
+                    "missing `password` (e.g. `password: ${MY_PASSWORD}`) or `password_file`",
+                );
+                return None;
+            }
+        };
+        if secret.is_empty() {
+            self.problem(format!("{at}.password"), "is empty");
+            return None;
+        }
+        Some(secret)
+    }
+}

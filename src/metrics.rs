@@ -1,0 +1,273 @@
+//! Prometheus metrics: every name defined here once, recorded through typed events.
+//!
+//! Labels are low-cardinality only: mailbox, sink, outcome, error kind. Never a UIDL, a
+//! Message-ID, an address or a key.
+
+use crate::engine::poll::PollReport;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub struct Metrics {
+    registry: Registry,
+    messages_fetched: IntCounterVec,
+    bytes_fetched: IntCounterVec,
+    deliveries: IntCounterVec,
+    delivery_duration: HistogramVec,
+    poll_duration: HistogramVec,
+    poll_errors: IntCounterVec,
+    pending: IntGaugeVec,
+    dead_letters: IntGaugeVec,
+    last_success: GaugeVec,
+    on_server: IntGaugeVec,
+    cert_expiry: GaugeVec,
+}
+
+/// Delivery outcomes, the values of the `outcome` label.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    Delivered,
+    Duplicate,
+    Retried,
+    DeadLettered,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Duplicate => "duplicate",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let counter =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+    let int_gauge =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+    let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+        let g = GaugeVec::new(Opts::new(name, help), labels)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let histogram = |name: &str,
+                     help: &str,
+                     labels: &[&str],
+                     buckets: Vec<f64>|
+     -> Result<HistogramVec, prometheus::Error> {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+        registry.register(Box::new(h.clone()))?;
+        Ok(h)
+    };
+    let build_info = IntGaugeVec::new(
+        Opts::new(
+            "popbridge_build_info",
+            "Always 1; the version is in the label.",
+        ),
+        &["version"],
+    )?;
+    registry.register(Box::new(build_info.clone()))?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    Ok(Metrics {
+        messages_fetched: counter(
+            "popbridge_messages_fetched_total",
+            "Messages retrieved from POP3.",
+            &["mailbox"],
+        )?,
+        bytes_fetched: counter(
+            "popbridge_fetched_bytes_total",
+            "Bytes of messages retrieved from POP3.",
+            &["mailbox"],
+        )?,
+        deliveries: counter(
+            "popbridge_deliveries_total",
+            "Delivery attempts that ended a poll, by outcome.",
+            &["mailbox", "sink", "outcome"],
+        )?,
+        delivery_duration: histogram(
+            "popbridge_delivery_duration_seconds",
+            "Time to deliver one message to one sink, retries within the poll included.",
+            &["sink"],
+            prometheus::exponential_buckets(0.001, 4.0, 10)?,
+        )?,
+        poll_duration: histogram(
+            "popbridge_poll_duration_seconds",
+            "Time of one poll of one mailbox, from connect to QUIT.",
+            &["mailbox"],
+            prometheus::exponential_buckets(0.05, 3.0, 10)?,
+        )?,
+        poll_errors: counter(
+            "popbridge_poll_errors_total",
+            "Polls that failed, by kind.",
+            &["mailbox", "kind"],
+        )?,
+        pending: int_gauge(
+            "popbridge_pending_deliveries",
+            "Deliveries waiting for a retry, after the last poll.",
+            &["mailbox", "sink"],
+        )?,
+        dead_letters: int_gauge(
+            "popbridge_dead_letters",
+            "Dead-lettered deliveries, after the last poll.",
+            &["mailbox", "sink"],
+        )?,
+        last_success: gauge(
+            "popbridge_last_successful_poll_timestamp_seconds",
+            "Unix time of the last poll that completed without a poll error.",
+            &["mailbox"],
+        )?,
+        on_server: int_gauge(
+            "popbridge_messages_on_server",
+            "Messages the server listed at the last poll.",
+            &["mailbox"],
+        )?,
+        cert_expiry: gauge(
+            "popbridge_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the POP3 server's TLS certificate expires.",
+            &["mailbox"],
+        )?,
+        registry,
+    })
+}
+
+/// The process-wide metrics. `None` only if registration failed, which is a bug in this module
+/// (caught by its tests); the service then runs without metrics rather than not at all.
+pub fn get() -> Option<&'static Metrics> {
+    static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+    METRICS
+        .get_or_init(|| match build() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot register metrics");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// One delivery to one sink ended (with its in-poll retries).
+pub fn delivery(mailbox: &str, sink: &str, outcome: Outcome, took: Duration) {
+    if let Some(m) = get() {
+        m.deliveries
+            .with_label_values(&[mailbox, sink, outcome.as_str()])
+            .inc();
+        m.delivery_duration
+            .with_label_values(&[sink])
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// A poll ended.
+pub fn poll_finished(report: &PollReport, took: Duration) {
+    let Some(m) = get() else { return };
+    let mb = report.mailbox.as_str();
+    m.poll_duration
+        .with_label_values(&[mb])
+        .observe(took.as_secs_f64());
+    m.messages_fetched
+        .with_label_values(&[mb])
+        .inc_by(report.fetched as u64);
+    m.bytes_fetched
+        .with_label_values(&[mb])
+        .inc_by(report.bytes);
+    match &report.error {
+        Some((kind, _)) => m.poll_errors.with_label_values(&[mb, kind]).inc(),
+        None => {
+            m.on_server
+                .with_label_values(&[mb])
+                .set(report.listed as i64);
+            m.last_success
+                .with_label_values(&[mb])
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+}
+
+/// Pending and dead-lettered deliveries per (mailbox, sink), as the store counts them.
+pub fn delivery_backlog(mailbox: &str, sink: &str, pending: u64, dead: u64) {
+    if let Some(m) = get() {
+        m.pending
+            .with_label_values(&[mailbox, sink])
+            .set(pending as i64);
+        m.dead_letters
+            .with_label_values(&[mailbox, sink])
+            .set(dead as i64);
+    }
+}
+
+/// The POP3 server's certificate expiry, seen at the TLS handshake.
+pub fn certificate_expiry(mailbox: &str, not_after_unix: i64) {
+    if let Some(m) = get() {
+        m.cert_expiry
+            .with_label_values(&[mailbox])
+            .set(not_after_unix as f64);
+    }
+}
+
+/// The text exposition format, for `/metrics`.
+pub fn render() -> String {
+    let Some(m) = get() else { return String::new() };
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "Cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_render_with_their_documented_names() {
+        delivery(
+            "alice",
+            "archive",
+            Outcome::Delivered,
+            Duration::from_millis(3),
+        );
+        poll_finished(
+            &PollReport {
+                mailbox: "alice".into(),
+                listed: 4,
+                fetched: 2,
+                bytes: 10,
+                ..Default::default()
+            },
+            Duration::from_millis(20),
+        );
+        delivery_backlog("alice", "archive", 1, 2);
+        let text = render();
+        for name in [
+            "popbridge_build_info",
+            "popbridge_deliveries_total{mailbox=\"alice\",outcome=\"delivered\",sink=\"archive\"} 1",
+            "popbridge_messages_fetched_total{mailbox=\"alice\"} 2",
+            "popbridge_fetched_bytes_total{mailbox=\"alice\"} 10",
+            "popbridge_messages_on_server{mailbox=\"alice\"} 4",
+            "popbridge_pending_deliveries{mailbox=\"alice\",sink=\"archive\"} 1",
+            "popbridge_dead_letters{mailbox=\"alice\",sink=\"archive\"} 2",
+            "popbridge_poll_duration_seconds_bucket",
+            "popbridge_delivery_duration_seconds_bucket",
+            "popbridge_last_successful_poll_timestamp_seconds{mailbox=\"alice\"}",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! RETR into spool files: pipelined within the window, each message streamed through the
+//! dot-unstuffing decoder straight to a temp file while its SHA-256 and size are computed, so
+//! a message of any size costs one read buffer of memory.
+
+use crate::pop3::codec::BodyDecoder;
+use crate::pop3::conn::refusal;
+use crate::pop3::error::Pop3Error;
+use crate::pop3::response::Status;
+use crate::pop3::session::Transaction;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::Sender;
+
+/// One retrieved message, byte-identical to what the server sent after unstuffing.
+#[derive(Debug)]
+pub struct Retrieved {
+    /// The spool file; deleted when dropped unless persisted or kept by the caller.
+    pub file: tempfile::TempPath,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the file's content.
+    pub sha256: String,
+}
+
+impl Transaction {
+    /// Pipelined RETR of `msgnos` (window = `pipeline_window` when PIPELINING is advertised,
+    /// else 1), each message streamed with dot-unstuffing into a new temp file in `spool_dir`,
+    /// SHA-256 and size computed while streaming. Each result is sent on `tx` in order as soon
+    /// as it is complete (`tx.send().await` gives backpressure). A per-message `-ERR` (or a
+    /// spool write failure) yields Err for that message only and the rest continue; a
+    /// connection-level error ends the call with Err. If the receiver is dropped, no new RETR
+    /// is sent, the ones in flight are read to keep the session usable, and the call returns Ok.
+    pub async fn retr_to_spool(
+        &mut self,
+        msgnos: &[u32],
+        spool_dir: &Path,
+        tx: Sender<(u32, Result<Retrieved, Pop3Error>)>,
+    ) -> Result<(), Pop3Error> {
+        let mut sent = 0;
+        let mut receiver_gone = false;
+        let mut out = Vec::new();
+        for (i, &msgno) in msgnos.iter().enumerate() {
+            if !receiver_gone {
+                let upto = msgnos.len().min(i + self.window);
+                if sent < upto {
+                    let batch: String = msgnos[sent..upto]
+                        .iter()
+                        .map(|n| format!("RETR {n}\r\n"))
+                        .collect();
+                    tracing::debug!(server = %self.conn.server, count = upto - sent, "Sending RETR commands");
+                    self.conn.write(batch.as_bytes(), "sending RETR").await?;
+                    sent = upto;
+                }
+            }
+            if i >= sent {
+                break;
+            }
+            let result = self.retr_one(msgno, spool_dir, &mut out).await?;
+            if !receiver_gone && tx.send((msgno, result)).await.is_err() {
+                receiver_gone = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one RETR answer. The outer error is the connection's, the inner this message's.
+    async fn retr_one(
+        &mut self,
+        msgno: u32,
+        spool_dir: &Path,
+        out: &mut Vec<u8>,
+    ) -> Result<Result<Retrieved, Pop3Error>, Pop3Error> {
+        let command = format!("RETR {msgno}");
+        match self.conn.read_status(&command).await? {
+            s if s.status == Status::Err => {
+                return Ok(Err(refusal(&self.conn.server, &command, s)))
+            }
+            s if s.status == Status::Continue => {
+                return Err(Pop3Error::Protocol {
+                    server: self.conn.server.clone(),
+                    command,
+                    detail: "unexpected `+` continuation".into(),
+                })
+            }
+            _ => {}
+        }
+        let spool_err = |source| Pop3Error::Spool {
+            dir: spool_dir.display().to_string(),
+            source,
+        };
+        // A spool failure must not desynchronise the session: keep reading, drop the bytes.
+        let mut failed: Option<std::io::Error> = None;
+        let (mut file, path) = match tempfile::Builder::new()
+            .prefix(".pop3-")
+            .tempfile_in(spool_dir)
+        {
+            Ok(named) => {
+                let (file, path) = named.into_parts();
+                (Some(tokio::fs::File::from_std(file)), Some(path))
+            }
+            Err(e) => {
+                failed = Some(e);
+                (None, None)
+            }
+        };
+        // No line limit inside a message: nothing is held per line, and a real message with a
+        // long line must not become undeliverable. The size cap bounds an endless one.
+        let mut dec = BodyDecoder::new(usize::MAX);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            out.clear();
+            let done = self.conn.body_chunk(&mut dec, out, &command).await?;
+            hasher.update(&out[..]);
+            size += out.len() as u64;
+            if size > self.conn.max_message_bytes {
+                self.conn.poison();
+                return Err(Pop3Error::Protocol {
+                    server: self.conn.server.clone(),
+                    command: command.clone(),
+                    detail: format!(
+                        "message {msgno} is larger than max_message_bytes ({} bytes); the connection was dropped",
+                        self.conn.max_message_bytes
+                    ),
+                });
+            }
+            if let Some(f) = file.as_mut() {
+                if let Err(e) = f.write_all(out).await {
+                    failed = Some(e);
+                    file = None;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if let Some(mut f) = file {
+            // tokio writes in the background; flush so the file is complete when we hand it over.
+            if let Err(e) = f.flush().await {
+                failed = Some(e);
+            }
+        }
+        tracing::debug!(server = %self.conn.server, msgno, size, "Retrieved message");
+        Ok(match (failed, path) {
+            (None, Some(file)) => Ok(Retrieved {
+                file,
+                size,
+                sha256: hex::encode(hasher.finalize()),
+            }),
+            (Some(e), _) => Err(spool_err(e)),
+            (None, None) => Err(spool_err(std::io::Error::other("no spool file"))),
+        })
+    }
+}

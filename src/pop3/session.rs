@@ -1,0 +1,132 @@
+//! The states of a POP3 connection as types: [`Authorization`] (greeted, TLS settled, not
+//! logged in) and [`Transaction`] (logged in, mailbox locked). Commands of one state do not
+//! exist on the other, and the only way from the first to the second is a successful login.
+
+use super::conn::{refusal, Conn};
+use super::error::Pop3Error;
+use super::op;
+use super::response::{Capabilities, Status};
+use super::{ClientConfig, TlsMode};
+
+/// Greeted, TLS in place as configured, credentials not sent yet.
+pub struct Authorization {
+    conn: Conn,
+    caps: Capabilities,
+    /// The `<...>` timestamp of the greeting, needed by APOP.
+    apop_stamp: Option<String>,
+}
+
+/// Logged in: the RFC 1939 TRANSACTION state. Dropping it without [`Transaction::quit`]
+/// closes the connection, and the server rolls back every DELE.
+pub struct Transaction {
+    pub(crate) conn: Conn,
+    pub(crate) caps: Capabilities,
+    /// Commands in flight at once: `pipeline_window` with PIPELINING, else 1.
+    pub(crate) window: usize,
+}
+
+/// Connects, reads the greeting, settles TLS (implicit, or STLS), and logs in.
+pub async fn connect(cfg: &ClientConfig) -> Result<Transaction, Pop3Error> {
+    Authorization::open(cfg).await?.login(cfg).await
+}
+
+impl Authorization {
+    /// Greeting, CAPA, and for `starttls` STLS then CAPA again (the first list was unprotected).
+    pub async fn open(cfg: &ClientConfig) -> Result<Self, Pop3Error> {
+        let connector = match cfg.tls {
+            TlsMode::None => None,
+            TlsMode::Implicit | TlsMode::StartTls => Some(
+                crate::tls::connector(cfg.ca_file.as_deref(), cfg.danger_accept_invalid_certs)
+                    .map_err(|source| Pop3Error::TlsSetup {
+                        server: cfg.server(),
+                        source,
+                    })?,
+            ),
+        };
+        let implicit = connector.as_ref().filter(|_| cfg.tls == TlsMode::Implicit);
+        let mut conn = Conn::open(cfg, implicit).await?;
+        let greeting = conn.read_status("greeting").await?;
+        if greeting.status != Status::Ok {
+            return Err(refusal(&conn.server, "greeting", greeting));
+        }
+        let apop_stamp = apop_stamp(&greeting.text);
+        let mut caps = op::capa::capa(&mut conn).await?;
+        if cfg.tls == TlsMode::StartTls {
+            if let Some(connector) = &connector {
+                op::stls::stls(&mut conn, &caps, connector, &cfg.host).await?;
+                caps = op::capa::capa(&mut conn).await?;
+            }
+        }
+        Ok(Self {
+            conn,
+            caps,
+            apop_stamp,
+        })
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Authenticates as configured; on success the mailbox is locked for this session.
+    pub async fn login(mut self, cfg: &ClientConfig) -> Result<Transaction, Pop3Error> {
+        op::auth::authenticate(&mut self.conn, &self.caps, self.apop_stamp.as_deref(), cfg).await?;
+        // Capabilities may change after login (RFC 2449); keep the old ones if CAPA fails.
+        let after = op::capa::capa(&mut self.conn).await?;
+        let caps = if after == Capabilities::default() {
+            self.caps
+        } else {
+            after
+        };
+        let window = if caps.pipelining() {
+            cfg.pipeline_window.max(1)
+        } else {
+            1
+        };
+        tracing::debug!(server = %self.conn.server, window, "Logged in to POP3 server");
+        Ok(Transaction {
+            conn: self.conn,
+            caps,
+            window,
+        })
+    }
+}
+
+impl Transaction {
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// `host:port` of the server.
+    pub fn server(&self) -> &str {
+        &self.conn.server
+    }
+
+    /// When the server's TLS certificate expires (Unix seconds); `None` without TLS.
+    pub fn certificate_expiry(&self) -> Option<i64> {
+        self.conn.cert_not_after
+    }
+}
+
+/// The `<...>` part of a greeting, if any (RFC 1939 section 7).
+fn apop_stamp(text: &str) -> Option<String> {
+    let start = text.find('<')?;
+    let len = text[start..].find('>')?;
+    let stamp = &text[start..=start + len];
+    stamp.contains('@').then(|| stamp.to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_apop_timestamp_in_greeting() {
+        assert_eq!(
+            apop_stamp("Dovecot ready. <1896.697170952@dbc.mtview.ca.us>").as_deref(),
+            Some("<1896.697170952@dbc.mtview.ca.us>")
+        );
+        assert_eq!(apop_stamp("Dovecot ready."), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The daemon's HTTP endpoints: `/healthz` (the process answers) and `/readyz` (state store
+//! reachable, scheduler running, every sink's healthcheck passing), `/metrics` (Prometheus).
+
+use crate::engine::deliver::SinkHandle;
+use crate::store::Store;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Readiness {
+    pub store: Arc<dyn Store>,
+    pub sinks: Vec<SinkHandle>,
+    pub scheduler_running: AtomicBool,
+}
+
+#[derive(Serialize)]
+struct Check {
+    name: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    ready: bool,
+    checks: Vec<Check>,
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, Json<Report>) {
+    let mut checks = vec![
+        Check {
+            name: "config".into(),
+            ok: true,
+            error: None,
+        },
+        Check {
+            name: "scheduler".into(),
+            ok: r.scheduler_running.load(Ordering::SeqCst),
+            error: None,
+        },
+    ];
+    let store = tokio::time::timeout(CHECK_TIMEOUT, r.store.ping()).await;
+    checks.push(Check {
+        name: "state".into(),
+        ok: matches!(store, Ok(Ok(()))),
+        error: match store {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("timed out".into()),
+        },
+    });
+    let sink_checks = r.sinks.iter().map(|h| async move {
+        let res = tokio::time::timeout(CHECK_TIMEOUT, h.sink.healthcheck()).await;
+        Check {
+            name: format!("sink:{}", h.name),
+            ok: matches!(res, Ok(Ok(()))),
+            error: match res {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".into()),
+            },
+        }
+    });
+    checks.extend(futures_util::future::join_all(sink_checks).await);
+    let ready = checks.iter().all(|c| c.ok);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Report { ready, checks }))
+}
+
+pub fn router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    crate::metrics::render(),
+                )
+            }),
+        )
+        .with_state(readiness)
+}

@@ -1,0 +1,94 @@
+//! The end-of-run table `popbridge once` prints, for people; JSON for machines.
+
+use crate::engine::poll::PollReport;
+use std::fmt::Write;
+
+/// A fixed-width table, one row per mailbox, then one line per failure and warning.
+pub fn table(reports: &[PollReport]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:>7} {:>7} {:>10} {:>9} {:>5} {:>6} {:>5} {:>7}  status",
+        "mailbox", "listed", "fetched", "bytes", "delivered", "dup", "retry", "dead", "deleted"
+    );
+    for r in reports {
+        let status = match (&r.error, r.complete()) {
+            (Some((kind, _)), _) => format!("FAILED ({kind})"),
+            (None, true) => "ok".to_string(),
+            (None, false) => "INCOMPLETE".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:>7} {:>7} {:>10} {:>9} {:>5} {:>6} {:>5} {:>7}  {}",
+            r.mailbox,
+            r.listed,
+            r.fetched,
+            r.bytes,
+            r.delivered,
+            r.duplicates,
+            r.retry_later + r.waiting,
+            r.dead_lettered + r.dead_earlier,
+            r.deleted,
+            status
+        );
+    }
+    for r in reports {
+        if let Some((_, message)) = &r.error {
+            let _ = writeln!(out, "{}: {}", r.mailbox, message);
+        }
+        for f in &r.failures {
+            let _ = writeln!(out, "{}: {}", r.mailbox, f);
+        }
+        if r.dead_earlier > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} earlier dead letter(s) keep messages on the server; see `popbridge dlq list`",
+                r.mailbox, r.dead_earlier
+            );
+        }
+        if r.waiting > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} delivery(ies) wait for their next retry time",
+                r.mailbox, r.waiting
+            );
+        }
+        for w in &r.warnings {
+            let _ = writeln!(out, "{}: warning: {}", r.mailbox, w);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_marks_incomplete_and_failed_mailboxes_and_lists_why() {
+        let ok = PollReport {
+            mailbox: "alice".into(),
+            listed: 3,
+            fetched: 3,
+            delivered: 3,
+            ..Default::default()
+        };
+        let partial = PollReport {
+            mailbox: "bob".into(),
+            retry_later: 1,
+            failures: vec!["u1 -> hook: will retry: HTTP 503".into()],
+            ..Default::default()
+        };
+        let failed = PollReport {
+            mailbox: "carol".into(),
+            error: Some(("auth".into(), "login refused".into())),
+            ..Default::default()
+        };
+        let t = table(&[ok, partial, failed]);
+        assert!(t.lines().nth(1).unwrap().ends_with("ok"), "{t}");
+        assert!(t.contains("INCOMPLETE"), "{t}");
+        assert!(t.contains("FAILED (auth)"), "{t}");
+        assert!(t.contains("bob: u1 -> hook: will retry: HTTP 503"), "{t}");
+        assert!(t.contains("carol: login refused"), "{t}");
+    }
+}

@@ -1,0 +1,254 @@
+//! The engine against POP3 servers that misbehave in ways a real server will not: each test
+//! runs whole polls through `App` into a real Maildir and checks what arrived, what the server
+//! still holds, and that nothing is skipped in silence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use popbridge::app::App;
+use popbridge::config::*;
+use popbridge::pop3::{AuthMethod, ClientConfig, TlsMode};
+use popbridge::secret::Secret;
+use popbridge::sink::maildir::MaildirSettings;
+use std::path::Path;
+use std::time::Duration;
+use support::fake_pop3::{FakePop3, Msg, Quirks};
+use tokio_util::sync::CancellationToken;
+
+fn msg(uidl: &str, subject: &str) -> Msg {
+    Msg {
+        uidl: uidl.into(),
+        body: format!("Subject: {subject}\r\n\r\n.dot-stuffed line\r\nbody of {subject}\r\n")
+            .into_bytes(),
+    }
+}
+
+fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
+    Config {
+        source: root.join("config.yaml"),
+        state: StateConfig {
+            path: root.join("state/db.sqlite"),
+            spool_dir: root.join("state/spool"),
+        },
+        http: HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        limits: Limits {
+            max_concurrent_polls: 2,
+            max_connections_per_server: 1,
+            max_in_flight: 8,
+        },
+        mailboxes: vec![MailboxConfig {
+            name: "alice".into(),
+            pop3: ClientConfig {
+                host: "127.0.0.1".into(),
+                port,
+                tls: TlsMode::None,
+                username: "alice".into(),
+                secret: Secret::new("pw"),
+                auth: AuthMethod::User,
+                ca_file: None,
+                danger_accept_invalid_certs: false,
+                allow_plaintext_auth: true,
+                timeout: Duration::from_secs(2),
+                max_line_length: 8192,
+                max_message_bytes: 1 << 20,
+                pipeline_window: 4,
+            },
+            schedule: Schedule::Every {
+                interval: Duration::from_secs(60),
+                jitter: Duration::ZERO,
+            },
+            delete,
+            sinks: vec!["archive".into()],
+        }],
+        sinks: vec![SinkConfig {
+            name: "archive".into(),
+            retry: RetryPolicy::default(),
+            kind: SinkKind::Maildir(MaildirSettings {
+                path: root.join("mail/{mailbox}").to_string_lossy().into_owned(),
+                fsync: true,
+            }),
+        }],
+    }
+}
+
+/// Bodies in the Maildir's new/, sorted.
+fn delivered(root: &Path) -> Vec<Vec<u8>> {
+    let dir = root.join("mail/alice/new");
+    let mut out: Vec<Vec<u8>> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
+
+async fn once(root: &Path, port: u16, delete: DeletePolicy) -> popbridge::engine::poll::PollReport {
+    let app = App::build(config(root, port, delete)).await.unwrap();
+    let mut reports = app
+        .run_once(&app.mailboxes, &CancellationToken::new())
+        .await;
+    reports.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_uidls_deliver_each_message_once_and_warn() {
+    let server = FakePop3::start(
+        vec![msg("same", "one"), msg("same", "two"), msg("u3", "three")],
+        Quirks::default(),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert!(r.complete(), "{r:?}");
+    assert_eq!(
+        delivered(root.path()).len(),
+        3,
+        "both messages sharing a UIDL arrive"
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("\"same\"")),
+        "{:?}",
+        r.warnings
+    );
+    let again = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert_eq!(
+        (again.delivered, delivered(root.path()).len()),
+        (0, 3),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_without_uidl_is_tracked_by_content() {
+    let server = FakePop3::start(
+        vec![msg("a", "one"), msg("b", "two")],
+        Quirks {
+            no_uidl: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert!(r.complete(), "{r:?}");
+    assert_eq!(r.deleted, 2);
+    assert_eq!(delivered(root.path()).len(), 2);
+    assert!(server.uidls_on_server().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_dele_keeps_the_message_and_says_so() {
+    let server = FakePop3::start(
+        vec![msg("u1", "one"), msg("u2", "two")],
+        Quirks {
+            refuse_dele: vec!["u2".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert_eq!(r.deleted, 1, "{r:?}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("u2")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(server.uidls_on_server(), vec!["u2".to_string()]);
+    // The next poll tries the DELE again and delivers nothing twice.
+    let again = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert_eq!(again.delivered, 0, "{again:?}");
+    assert_eq!(delivered(root.path()).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disconnect_mid_retr_fails_the_poll_and_the_next_poll_finishes() {
+    let messages: Vec<Msg> = (0..6)
+        .map(|i| msg(&format!("u{i}"), &format!("m{i}")))
+        .collect();
+    let server = FakePop3::start(
+        messages,
+        Quirks {
+            disconnect_in_retr: Some("u3".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert!(!r.complete());
+    assert_eq!(
+        r.error.as_ref().map(|e| e.0.as_str()),
+        Some("network"),
+        "{r:?}"
+    );
+    assert!(r.deleted == 0, "no DELE on a broken connection");
+    assert_eq!(server.uidls_on_server().len(), 6);
+    let again = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert!(again.complete(), "{again:?}");
+    assert_eq!(delivered(root.path()).len(), 6);
+    assert!(server.uidls_on_server().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uidl_reset_is_warned_and_nothing_is_sent_twice() {
+    let server = FakePop3::start(
+        vec![msg("old1", "one"), msg("old2", "two")],
+        Quirks::default(),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    assert!(once(root.path(), server.port, DeletePolicy::Never)
+        .await
+        .complete());
+    // The server loses its UIDL state: same messages, new UIDLs, plus one genuinely new message.
+    {
+        let mut s = server.state.lock().unwrap();
+        for (m, u) in s.messages.iter_mut().zip(["new1", "new2"]) {
+            m.uidl = u.into();
+        }
+        s.messages.push(msg("new3", "three"));
+    }
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert!(r.complete(), "{r:?}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("lost its UIDL state")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(r.matched_by_content, 2, "{r:?}");
+    assert_eq!(r.delivered, 1, "only the new message is delivered");
+    assert_eq!(delivered(root.path()).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_message_is_reported_not_fetched_and_does_not_block_others() {
+    let big = Msg {
+        uidl: "big".into(),
+        body: vec![b'x'; 2 << 20],
+    };
+    let server = FakePop3::start(
+        vec![msg("u1", "one"), big, msg("u3", "three")],
+        Quirks::default(),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert!(!r.complete());
+    assert!(
+        r.failures.iter().any(|f| f.contains("max_message_bytes")),
+        "{r:?}"
+    );
+    assert_eq!(delivered(root.path()).len(), 2);
+    assert_eq!(server.uidls_on_server(), vec!["big".to_string()]);
+    assert!(!server
+        .state
+        .lock()
+        .unwrap()
+        .retrieved
+        .contains(&"big".to_string()));
+}
