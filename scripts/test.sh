@@ -2,13 +2,15 @@
 # The whole test suite, on a fresh Debian/Ubuntu machine as root (the README's test command;
 # `.ci/run` calls it).
 #
-# 1. Installs what the tests need if it is missing (Dovecot, openssl, python3, shellcheck, the
-#    C toolchain and OpenSSL headers for the build) with apt; Dovecot's system service is never
-#    started: the tests run their own private instances on free loopback ports.
-# 2. cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck on every script.
-# 3. cargo test --all-targets. We use `cargo test`, not nextest, because the end-to-end tests
-#    start one Dovecot per test binary and share it between that binary's tests (threads);
-#    nextest would start one per test.
+# 1. Installs what the tests need if it is missing, with apt: Dovecot, openssl, python3, the
+#    script linter, promtool (package prometheus, for tests/daemon.rs), npm and python3-venv
+#    (for scripts/check-chart.sh), the C toolchain and OpenSSL headers. No service is started
+#    (policy-rc.d): the tests run their own private Dovecot instances on free loopback ports.
+# 2. cargo fmt --check, shellcheck on every script, cargo clippy --all-targets -D warnings.
+# 3. cargo test --all-targets (every test binary, even after a failure). We use `cargo test`,
+#    not nextest, because the end-to-end tests start one Dovecot per test binary and share it
+#    between that binary's tests (threads); nextest would start one per test.
+# 4. scripts/check-chart.sh (the Helm chart, Dockerfile and systemd unit, offline).
 #
 # CI defaults to true here: with everything installed, a test that cannot find Dovecot must
 # fail rather than skip. Set CI=false to allow skips.
@@ -17,8 +19,8 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
-ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 shellcheck \
-    ca-certificates build-essential pkg-config libssl-dev
+ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv \
+    shellcheck prometheus npm ca-certificates build-essential pkg-config libssl-dev
 
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -37,5 +39,8 @@ cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --locked --all-targets --no-fail-fast
+
+step "scripts/check-chart.sh"
+scripts/check-chart.sh
 
 step "all passed"
