@@ -19,8 +19,13 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
-ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv \
-    shellcheck prometheus npm ca-certificates build-essential pkg-config libssl-dev
+packages=(dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv shellcheck
+    ca-certificates build-essential pkg-config libssl-dev)
+# By command: a machine may have them from elsewhere (NodeSource's nodejs ships npm and
+# conflicts with Debian's npm package).
+command -v npm >/dev/null || packages+=(npm)
+command -v promtool >/dev/null || packages+=(prometheus)
+ensure_packages "${packages[@]}"
 
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
