@@ -122,6 +122,17 @@ impl Dovecot {
         fs::create_dir_all(&parent).expect("create temp dir");
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).expect("chmod");
         sweep_stale(&parent);
+        // The free ports are only free until Dovecot binds them: someone may take one first.
+        for _ in 0..2 {
+            match Self::try_start(&parent) {
+                Ok(dovecot) => return dovecot,
+                Err(why) => eprintln!("dovecot did not start, retrying with other ports:\n{why}"),
+            }
+        }
+        Self::try_start(&parent).unwrap_or_else(|why| panic!("dovecot did not start:\n{why}"))
+    }
+
+    fn try_start(parent: &Path) -> Result<Dovecot, String> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -163,13 +174,17 @@ impl Dovecot {
             root,
         };
         dovecot.watch();
-        assert!(
-            status.success(),
-            "dovecot failed to start:\n{}",
-            dovecot.diagnostics()
-        );
-        dovecot.wait_listening();
-        dovecot
+        if !status.success() {
+            return Err(dovecot.diagnostics());
+        }
+        if let Err(why) = dovecot.wait_listening() {
+            let master = read_trim(&dovecot.root.join("run/master.pid"));
+            if pid_alive(&master) {
+                let _ = Command::new("kill").arg(&master).status();
+            }
+            return Err(why);
+        }
+        Ok(dovecot)
     }
 
     /// A detached shell that outlives us: when this process is gone, stop Dovecot and clean up.
@@ -198,18 +213,17 @@ impl Dovecot {
         assert!(status.success(), "the Dovecot watchdog did not start");
     }
 
-    fn wait_listening(&self) {
+    fn wait_listening(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         for port in [self.pop3_port, self.pop3s_port, self.imap_port] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "dovecot is not listening on {port}:\n{}",
-                    self.diagnostics()
-                );
+                if Instant::now() > deadline {
+                    return Err(format!("not listening on {port}:\n{}", self.diagnostics()));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Ok(())
     }
 
     fn diagnostics(&self) -> String {
