@@ -27,6 +27,17 @@ command -v npm >/dev/null || packages+=(npm)
 command -v promtool >/dev/null || packages+=(prometheus)
 ensure_packages "${packages[@]}"
 
+command -v cargo >/dev/null || {
+    echo "cargo not found: install Rust 1.95 (https://rustup.rs), then rerun" >&2
+    exit 1
+}
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || { echo "cargo $component is missing" >&2; exit 1; }
+        rustup component add "$component"
+    fi
+done
+
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 start=$SECONDS
