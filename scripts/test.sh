@@ -6,6 +6,7 @@
 #    script linter, promtool (package prometheus, for tests/daemon.rs), npm and python3-venv
 #    (for scripts/check-chart.sh), the C toolchain and OpenSSL headers. No service is started
 #    (policy-rc.d): the tests run their own private Dovecot instances on free loopback ports.
+#    The Python test oracles (standardwebhooks, jsonschema) go into a venv with pip.
 # 2. cargo fmt --check, shellcheck on every script, cargo clippy --all-targets -D warnings.
 # 3. cargo test --all-targets (every test binary, even after a failure). We use `cargo test`,
 #    not nextest, because the end-to-end tests start one Dovecot per test binary and share it
@@ -37,6 +38,17 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# Python test oracles (tests/support/receiver.rs): the reference Standard Webhooks
+# implementation and jsonschema, pinned, in a venv whose python3 comes first in PATH.
+ORACLES=${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/test-venv
+if ! "$ORACLES/bin/python3" -c 'import standardwebhooks, jsonschema' 2>/dev/null; then
+    echo "installing the Python test oracles into $ORACLES" >&2
+    python3 -m venv "$ORACLES"
+    "$ORACLES/bin/pip" install --quiet --disable-pip-version-check \
+        standardwebhooks==1.1.0 jsonschema==4.23.0
+fi
+export PATH="$ORACLES/bin:$PATH"
 
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
