@@ -2,13 +2,16 @@
 # The whole test suite, on a fresh Debian/Ubuntu machine as root (the README's test command;
 # `.ci/run` calls it).
 #
-# 1. Installs what the tests need if it is missing (Dovecot, openssl, python3, shellcheck, the
-#    C toolchain and OpenSSL headers for the build) with apt; Dovecot's system service is never
-#    started: the tests run their own private instances on free loopback ports.
-# 2. cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck on every script.
-# 3. cargo test --all-targets. We use `cargo test`, not nextest, because the end-to-end tests
-#    start one Dovecot per test binary and share it between that binary's tests (threads);
-#    nextest would start one per test.
+# 1. Installs what the tests need if it is missing, with apt: Dovecot, openssl, python3, the
+#    script linter, promtool (package prometheus, for tests/daemon.rs), npm and python3-venv
+#    (for scripts/check-chart.sh), the C toolchain and OpenSSL headers. No service is started
+#    (policy-rc.d): the tests run their own private Dovecot instances on free loopback ports.
+#    The Python test oracles (standardwebhooks, jsonschema) go into a venv with pip.
+# 2. cargo fmt --check, shellcheck on every script, cargo clippy --all-targets -D warnings.
+# 3. cargo test --all-targets (every test binary, even after a failure). We use `cargo test`,
+#    not nextest, because the end-to-end tests start one Dovecot per test binary and share it
+#    between that binary's tests (threads); nextest would start one per test.
+# 4. scripts/check-chart.sh (the Helm chart, Dockerfile and systemd unit, offline).
 #
 # CI defaults to true here: with everything installed, a test that cannot find Dovecot must
 # fail rather than skip. Set CI=false to allow skips.
@@ -17,8 +20,35 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
-ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 shellcheck \
-    ca-certificates build-essential pkg-config libssl-dev
+packages=(dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv shellcheck
+    ca-certificates build-essential pkg-config libssl-dev)
+# By command: a machine may have them from elsewhere (NodeSource's nodejs ships npm and
+# conflicts with Debian's npm package).
+command -v npm >/dev/null || packages+=(npm)
+command -v promtool >/dev/null || packages+=(prometheus)
+ensure_packages "${packages[@]}"
+
+command -v cargo >/dev/null || {
+    echo "cargo not found: install Rust 1.95 (https://rustup.rs), then rerun" >&2
+    exit 1
+}
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || { echo "cargo $component is missing" >&2; exit 1; }
+        rustup component add "$component"
+    fi
+done
+
+# Python test oracles (tests/support/receiver.rs): the reference Standard Webhooks
+# implementation and jsonschema, pinned, in a venv whose python3 comes first in PATH.
+ORACLES=${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/test-venv
+if ! "$ORACLES/bin/python3" -c 'import standardwebhooks, jsonschema' 2>/dev/null; then
+    echo "installing the Python test oracles into $ORACLES" >&2
+    python3 -m venv "$ORACLES"
+    "$ORACLES/bin/pip" install --quiet --disable-pip-version-check \
+        standardwebhooks==1.1.0 jsonschema==4.23.0
+fi
+export PATH="$ORACLES/bin:$PATH"
 
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -29,13 +59,16 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "shellcheck"
-mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+mapfile -t scripts < <(find scripts bench .ci -type f \( -name '*.sh' -o -path .ci/run \) | sort)
 shellcheck -x "${scripts[@]}"
 
 step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
+
+step "scripts/check-chart.sh"
+scripts/check-chart.sh
 
 step "all passed"

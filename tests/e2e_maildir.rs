@@ -45,6 +45,29 @@ fn mail_arriving_between_runs_is_delivered_on_the_next_run() {
 }
 
 #[test]
+fn mailboxes_stay_apart_and_mailbox_selects_one() {
+    let dc = dovecot_or_skip!();
+    let (ua, ub) = (dc.add_user("apart"), dc.add_user("apart"));
+    let (ma, mb) = (mail::corpus("apart-a", 6), mail::corpus("apart-b", 7));
+    dc.seed(&ua, &ma);
+    dc.seed(&ub, &mb);
+    let bridge = Bridge::new(dc, &[Mailbox::new("a", &ua), Mailbox::new("b", &ub)]);
+
+    let run = bridge.run(&["once", "--mailbox", "b"]);
+    assert!(run.ok(), "{}", run.output());
+    assert!(
+        bridge.delivered("a").is_empty(),
+        "--mailbox b also polled a"
+    );
+    assert_exactly_once(&mb, &bridge.delivered("b"));
+
+    let run = bridge.once();
+    assert!(run.ok(), "{}", run.output());
+    assert_exactly_once(&ma, &bridge.delivered("a"));
+    assert_exactly_once(&mb, &bridge.delivered("b"));
+}
+
+#[test]
 fn delete_after_delivery_empties_the_server_mailbox() {
     let dc = dovecot_or_skip!();
     let user = dc.add_user("dele");

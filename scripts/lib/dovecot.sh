@@ -43,10 +43,9 @@ dc_start() {
     local ports
     ports=$(dc_free_ports)
     read -r DC_POP3_PORT DC_POP3S_PORT DC_IMAP_PORT <<<"$ports"
-    mkdir -p "$DC_ROOT"/{run,state,home,tls}
+    mkdir -p "$DC_ROOT"/{run,state,home,tls,users}
     chmod 755 "$DC_ROOT"
     chown "$DC_MAIL_UID:$DC_MAIL_UID" "$DC_ROOT/home"
-    : >"$DC_ROOT/passwd"
     dc_make_certs "$DC_ROOT/tls"
     DC_CA=$DC_ROOT/tls/ca.pem
     cat >"$DC_ROOT/dovecot.conf" <<CONF
@@ -72,13 +71,14 @@ service anvil {
 ssl = yes
 ssl_cert = <$DC_ROOT/tls/server.pem
 ssl_key = <$DC_ROOT/tls/server.key
+# One passwd-file per user: Dovecot re-reads a changed file at most once a second.
 passdb {
   driver = passwd-file
-  args = scheme=PLAIN $DC_ROOT/passwd
+  args = scheme=PLAIN $DC_ROOT/users/%u
 }
 userdb {
   driver = passwd-file
-  args = $DC_ROOT/passwd
+  args = $DC_ROOT/users/%u
 }
 protocol pop3 {
   mail_max_userip_connections = 100
@@ -120,7 +120,7 @@ dc_add_user() {
     local name=$1 pass=$2 home=$DC_ROOT/home/$1
     mkdir -p "$home/Maildir"/{cur,new,tmp}
     chown -R "$DC_MAIL_UID:$DC_MAIL_UID" "$home"
-    echo "$name:{PLAIN}$pass:$DC_MAIL_UID:$DC_MAIL_UID::$home::" >>"$DC_ROOT/passwd"
+    echo "$name:{PLAIN}$pass:$DC_MAIL_UID:$DC_MAIL_UID::$home::" >"$DC_ROOT/users/$name"
     echo "$home/Maildir"
 }
 

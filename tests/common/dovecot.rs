@@ -1,6 +1,6 @@
 //! A private Dovecot (POP3, POP3S, IMAP with STARTTLS) for one test binary.
 //!
-//! Everything lives under one instance directory: config, passwd-file, certificates, homes,
+//! Everything lives under one instance directory: config, passwd-files, certificates, homes,
 //! `base_dir`, `state_dir` and the log. Mail is owned by uid/gid 8 (`mail`) because Dovecot
 //! refuses uid 0. A detached watchdog stops Dovecot and removes the directory when the test
 //! process ends (however it ends); instances left behind by a killed watchdog are swept at the
@@ -14,7 +14,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The uid and gid that own all mail (Debian's `mail` user).
@@ -29,7 +28,6 @@ pub struct Dovecot {
     pub ca_file: PathBuf,
     /// A CA that did not: trusting only this one must fail verification.
     pub other_ca_file: PathBuf,
-    passwd: Mutex<Vec<String>>,
 }
 
 /// A mailbox on the server.
@@ -124,11 +122,22 @@ impl Dovecot {
         fs::create_dir_all(&parent).expect("create temp dir");
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).expect("chmod");
         sweep_stale(&parent);
+        // The free ports are only free until Dovecot binds them: someone may take one first.
+        for _ in 0..2 {
+            match Self::try_start(&parent) {
+                Ok(dovecot) => return dovecot,
+                Err(why) => eprintln!("dovecot did not start, retrying with other ports:\n{why}"),
+            }
+        }
+        Self::try_start(&parent).unwrap_or_else(|why| panic!("dovecot did not start:\n{why}"))
+    }
+
+    fn try_start(parent: &Path) -> Result<Dovecot, String> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let root = parent.join(format!("dovecot-{}-{nanos}", std::process::id()));
-        for sub in ["run", "state", "home", "tls"] {
+        for sub in ["run", "state", "home", "tls", "users"] {
             fs::create_dir_all(root.join(sub)).expect("create instance dir");
         }
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -139,7 +148,6 @@ impl Dovecot {
         let ca = certs::make_ca(&tls, "ca");
         let other = certs::make_ca(&tls, "other-ca");
         let leaf = certs::make_leaf(&tls, &ca, "server");
-        fs::write(root.join("passwd"), "").expect("passwd");
 
         let [pop3_port, pop3s_port, imap_port] = free_ports::<3>();
         let conf = root.join("dovecot.conf");
@@ -163,17 +171,20 @@ impl Dovecot {
             imap_port,
             ca_file: ca.cert,
             other_ca_file: other.cert,
-            passwd: Mutex::new(Vec::new()),
             root,
         };
         dovecot.watch();
-        assert!(
-            status.success(),
-            "dovecot failed to start:\n{}",
-            dovecot.diagnostics()
-        );
-        dovecot.wait_listening();
-        dovecot
+        if !status.success() {
+            return Err(dovecot.diagnostics());
+        }
+        if let Err(why) = dovecot.wait_listening() {
+            let master = read_trim(&dovecot.root.join("run/master.pid"));
+            if pid_alive(&master) {
+                let _ = Command::new("kill").arg(&master).status();
+            }
+            return Err(why);
+        }
+        Ok(dovecot)
     }
 
     /// A detached shell that outlives us: when this process is gone, stop Dovecot and clean up.
@@ -202,18 +213,17 @@ impl Dovecot {
         assert!(status.success(), "the Dovecot watchdog did not start");
     }
 
-    fn wait_listening(&self) {
+    fn wait_listening(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         for port in [self.pop3_port, self.pop3s_port, self.imap_port] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "dovecot is not listening on {port}:\n{}",
-                    self.diagnostics()
-                );
+                if Instant::now() > deadline {
+                    return Err(format!("not listening on {port}:\n{}", self.diagnostics()));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Ok(())
     }
 
     fn diagnostics(&self) -> String {
@@ -244,25 +254,11 @@ impl Dovecot {
         for sub in ["cur", "new", "tmp"] {
             chown_mail(&maildir.join(sub));
         }
-        let mut lines = self.passwd.lock().expect("passwd lock");
-        lines.push(format!(
+        let line = format!(
             "{name}:{{PLAIN}}{password}:{MAIL_UID}:{MAIL_UID}::{}::\n",
             home.display()
-        ));
-        // Write-then-rename: Dovecot re-reads the file when it changes and never sees half of it.
-        let tmp = self.root.join(format!("passwd.{}", seq()));
-        fs::write(&tmp, lines.concat()).expect("write passwd");
-        fs::rename(&tmp, self.root.join("passwd")).expect("rename passwd");
-        drop(lines);
-        // Dovecot's passwd-file re-reads the file at most once per second (it skips the stat when
-        // the last check was in the same second), so a user added now is only visible from the
-        // next second on.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        std::thread::sleep(std::time::Duration::from_millis(
-            1_050 - u64::from(now.subsec_millis()),
-        ));
+        );
+        fs::write(self.root.join("users").join(&name), line).expect("write passwd-file");
         User {
             name,
             password,
@@ -330,13 +326,15 @@ service anvil {{
 ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
+# One passwd-file per user: Dovecot re-reads a changed file at most once a second, so users
+# added to one shared file mid-run would be unknown for up to a second.
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN {r}/passwd
+  args = scheme=PLAIN {r}/users/%u
 }}
 userdb {{
   driver = passwd-file
-  args = {r}/passwd
+  args = {r}/users/%u
 }}
 protocol pop3 {{
   mail_max_userip_connections = 200

@@ -16,6 +16,7 @@ pub use dovecot::{Dovecot, User};
 pub use popbridge::{Bridge, Mailbox, Run, Tls};
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -30,7 +31,11 @@ pub fn dovecot() -> Option<&'static Dovecot> {
                 panic!("CI=true and {why}")
             }
             Some(why) => {
-                eprintln!("SKIPPED: {why}; run scripts/test.sh (as root) to run these tests");
+                // Straight to the stream: eprintln! in a passing test is captured and never shown.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: {why}; run scripts/test.sh (as root) to run these tests"
+                );
                 None
             }
         })

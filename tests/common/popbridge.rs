@@ -4,6 +4,7 @@
 //! run asserts that no password appears in its stdout or stderr.
 
 use super::{Dovecot, User};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -30,6 +31,8 @@ pub struct Mailbox<'a> {
     pub ca_file: Option<&'a Path>,
     /// YAML for `delete:` (`never`, `after_delivery`, `{ after_days: 2 }`).
     pub delete: &'a str,
+    /// `schedule: { every: … }` (only `run` uses it).
+    pub every: &'a str,
     /// Overrides the user's real password.
     pub password: Option<&'a str>,
 }
@@ -43,6 +46,7 @@ impl<'a> Mailbox<'a> {
             tls: Tls::None,
             ca_file: None,
             delete: "never",
+            every: "60s",
             password: None,
         }
     }
@@ -83,8 +87,17 @@ fn env_name(mailbox: &str) -> String {
 
 impl Bridge {
     pub fn new(dc: &Dovecot, mailboxes: &[Mailbox]) -> Bridge {
+        Self::with_http(dc, mailboxes, None)
+    }
+
+    /// With `http.listen` for the daemon's endpoints.
+    pub fn with_http(dc: &Dovecot, mailboxes: &[Mailbox], listen: Option<SocketAddr>) -> Bridge {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut yaml = String::from("state:\n  path: ./state/popbridge.db\nmailboxes:\n");
+        let mut yaml = String::from("state:\n  path: ./state/popbridge.db\n");
+        if let Some(addr) = listen {
+            yaml.push_str(&format!("http:\n  listen: {addr}\n"));
+        }
+        yaml.push_str("mailboxes:\n");
         let mut env = Vec::new();
         for m in mailboxes {
             let (host, port, tls) = match m.tls {
@@ -110,8 +123,8 @@ impl Bridge {
                 yaml.push_str(&format!("      ca_file: {}\n", ca.display()));
             }
             yaml.push_str(&format!(
-                "    schedule: {{ every: 60s }}\n    delete: {}\n    sinks: [archive]\n",
-                m.delete
+                "    schedule: {{ every: {} }}\n    delete: {}\n    sinks: [archive]\n",
+                m.every, m.delete
             ));
         }
         yaml.push_str("sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n");
