@@ -39,6 +39,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("state database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// A grouped write failed; every writer in the group gets the same text.
+    #[error("state database write failed: {0}")]
+    Batch(String),
     #[error("state database holds an unreadable receipt: {0}")]
     Decode(#[from] serde_json::Error),
 }

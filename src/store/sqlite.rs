@@ -12,7 +12,10 @@ use std::time::Duration;
 /// receipts also survive a power loss before the server forgets a message.
 pub struct SqliteStore {
     pool: SqlitePool,
+    group: group::GroupCommit,
 }
+
+mod group;
 
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -48,7 +51,10 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            group: group::GroupCommit::default(),
+        })
     }
 }
 
@@ -177,89 +183,27 @@ impl Store for SqliteStore {
     }
 
     async fn record_fetched(&self, r: &FetchRecord<'_>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at, on_server)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)
-             ON CONFLICT (mailbox, uidl) DO UPDATE SET
-               size = excluded.size, sha256 = excluded.sha256, fetched_at = excluded.fetched_at, on_server = 1",
-        )
-        .bind(r.mailbox)
-        .bind(r.uidl)
-        .bind(r.idem_key)
-        .bind(i64::try_from(r.size).unwrap_or(i64::MAX))
-        .bind(r.sha256)
-        .bind(r.fetched_at)
-        .execute(&mut *tx)
-        .await?;
-        for sink in r.sinks {
-            sqlx::query(
-                "INSERT INTO deliveries (mailbox, uidl, sink, status) VALUES (?, ?, ?, 'pending')
-                 ON CONFLICT (mailbox, uidl, sink) DO NOTHING",
-            )
-            .bind(r.mailbox)
-            .bind(r.uidl)
-            .bind(sink)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let fetched = group::Fetched {
+            mailbox: r.mailbox.to_string(),
+            uidl: r.uidl.to_string(),
+            idem_key: r.idem_key.to_string(),
+            size: i64::try_from(r.size).unwrap_or(i64::MAX),
+            sha256: r.sha256.to_string(),
+            fetched_at: r.fetched_at,
+            sinks: r.sinks.to_vec(),
+        };
+        self.group
+            .write(&self.pool, group::Write::Fetched(fetched))
+            .await
     }
 
     async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for o in outcomes {
-            let attempts = i64::from(o.attempts_made);
-            let (status, error, next, receipt, delivered_at) = match &o.result {
-                OutcomeResult::Delivered(r) => (
-                    "delivered",
-                    None,
-                    None,
-                    Some(serde_json::to_string(r)?),
-                    Some(o.at),
-                ),
-                OutcomeResult::Retry {
-                    error,
-                    next_attempt_at,
-                } => (
-                    "pending",
-                    Some(error.as_str()),
-                    Some(*next_attempt_at),
-                    None,
-                    None,
-                ),
-                OutcomeResult::Dead { error } => ("dead", Some(error.as_str()), None, None, None),
-            };
-            sqlx::query(
-                "INSERT INTO deliveries (mailbox, uidl, sink, status, attempts, first_attempt_at,
-                    last_attempt_at, next_attempt_at, last_error, receipt, delivered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (mailbox, uidl, sink) DO UPDATE SET
-                    status = excluded.status,
-                    attempts = deliveries.attempts + excluded.attempts,
-                    first_attempt_at = COALESCE(deliveries.first_attempt_at, excluded.first_attempt_at),
-                    last_attempt_at = excluded.last_attempt_at,
-                    next_attempt_at = excluded.next_attempt_at,
-                    last_error = COALESCE(excluded.last_error, deliveries.last_error),
-                    receipt = excluded.receipt,
-                    delivered_at = excluded.delivered_at",
-            )
-            .bind(&o.mailbox)
-            .bind(&o.uidl)
-            .bind(&o.sink)
-            .bind(status)
-            .bind(attempts)
-            .bind(o.at)
-            .bind(next)
-            .bind(error)
-            .bind(receipt)
-            .bind(delivered_at)
-            .execute(&mut *tx)
-            .await?;
+        if outcomes.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
-        Ok(())
+        self.group
+            .write(&self.pool, group::Write::Outcomes(outcomes.to_vec()))
+            .await
     }
 
     async fn record_deleted(

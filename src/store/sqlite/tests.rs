@@ -37,3 +37,91 @@ async fn database_file_is_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+fn delivered(uidl: &str, at: Millis) -> Outcome {
+    Outcome {
+        mailbox: "alice".into(),
+        uidl: uidl.into(),
+        sink: "archive".into(),
+        attempts_made: 1,
+        at,
+        result: OutcomeResult::Delivered(crate::sink::Receipt::new(format!("/m/{uidl}"))),
+    }
+}
+
+/// Many concurrent writers: every one returns only once its rows are committed, whichever
+/// writer led the group that wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grouped_writes_from_concurrent_writers_all_land() {
+    let (_d, s) = open().await;
+    let s = std::sync::Arc::new(s);
+    let sinks = vec!["archive".to_string()];
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (s, sinks) = (s.clone(), sinks.clone());
+            tokio::spawn(async move {
+                let uidl = format!("u{i}");
+                s.record_fetched(&FetchRecord {
+                    mailbox: "alice",
+                    uidl: &uidl,
+                    idem_key: &format!("k{i}"),
+                    size: 10 + i,
+                    sha256: "00",
+                    fetched_at: 1000,
+                    sinks: &sinks,
+                })
+                .await
+                .unwrap();
+                // Read back through the store right away: the write must already be visible.
+                let known = s.load_mailbox("alice").await.unwrap();
+                assert!(known.contains_key(&uidl), "{uidl} recorded before returning");
+                s.record_outcomes(&[delivered(&uidl, 2000)]).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let known = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(known.len(), 200);
+    for (uidl, m) in &known {
+        assert_eq!(m.idem_key, format!("k{}", &uidl[1..]));
+        match m.deliveries.get("archive") {
+            Some(DeliveryState::Delivered { at, receipt }) => {
+                assert_eq!(*at, 2000);
+                assert_eq!(receipt.detail, format!("/m/{uidl}"));
+            }
+            other => panic!("{uidl}: {other:?}"),
+        }
+    }
+}
+
+/// A failing group reports the failure to its writers, and later groups still work.
+#[tokio::test]
+async fn a_failed_group_is_reported_and_the_next_one_succeeds() {
+    let (_d, s) = open().await;
+    // No message row: the deliveries foreign key refuses the outcome.
+    let err = s
+        .record_outcomes(&[delivered("never-fetched", 1)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+    let sinks = vec!["archive".to_string()];
+    s.record_fetched(&FetchRecord {
+        mailbox: "alice",
+        uidl: "u1",
+        idem_key: "k1",
+        size: 1,
+        sha256: "00",
+        fetched_at: 1,
+        sinks: &sinks,
+    })
+    .await
+    .unwrap();
+    s.record_outcomes(&[delivered("u1", 2)]).await.unwrap();
+    let known = s.load_mailbox("alice").await.unwrap();
+    assert!(matches!(
+        known["u1"].deliveries.get("archive"),
+        Some(DeliveryState::Delivered { .. })
+    ));
+}
