@@ -181,6 +181,16 @@ async fn poll_inner(
         report.warnings.push(text);
     }
     ctx.store.record_listing(name, &plan.listed, now).await?;
+    // Only a known message missing from this listing can come back under a new UIDL; without
+    // one, skip the per-message lookup by content.
+    let listed: std::collections::HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
+    let some_vanished = known.values().any(|k| {
+        k.deleted_at.is_none()
+            && k.replaced_by.is_none()
+            && k.sha256.is_some()
+            && !listed.contains(k.uidl.as_str())
+    });
+    drop(listed);
     report.waiting = plan.waiting;
     report.dead_earlier = plan.dead;
 
@@ -209,8 +219,16 @@ async fn poll_inner(
         .plan(fetch.len() as u64, fetch.iter().map(|f| f.size).sum());
     let mut to_delete: Vec<DeleteItem> = delete;
     if !fetch.is_empty() {
-        let processed =
-            fetch_and_deliver(ctx, &mut session, fetch, &known, shutdown, report).await?;
+        let processed = fetch_and_deliver(
+            ctx,
+            &mut session,
+            fetch,
+            &known,
+            some_vanished,
+            shutdown,
+            report,
+        )
+        .await?;
         to_delete.extend(
             processed
                 .into_iter()
@@ -299,6 +317,7 @@ async fn fetch_and_deliver(
     session: &mut pop3::Transaction,
     fetch: Vec<FetchItem>,
     known: &HashMap<String, KnownMessage>,
+    some_vanished: bool,
     shutdown: &CancellationToken,
     report: &mut PollReport,
 ) -> Result<Vec<Processed>, PollError> {
@@ -324,7 +343,7 @@ async fn fetch_and_deliver(
                     }
                     match (items.get(&msgno), result) {
                         (Some(item), Ok(retrieved)) => {
-                            running.push(process(ctx, item, retrieved, known, shutdown));
+                            running.push(process(ctx, item, retrieved, known, some_vanished, shutdown));
                         }
                         (_, Err(e)) => failures.push(format!("message {msgno}: {e}")),
                         (None, Ok(_)) => {}
@@ -374,6 +393,7 @@ async fn process(
     item: &FetchItem,
     retrieved: Retrieved,
     known: &HashMap<String, KnownMessage>,
+    some_vanished: bool,
     shutdown: &CancellationToken,
 ) -> Result<Processed, PollError> {
     let name = ctx.mailbox.name.as_str();
@@ -397,7 +417,7 @@ async fn process(
             (u, k, p)
         }
     };
-    if state.is_none() {
+    if state.is_none() && some_vanished {
         // Same bytes as a message that vanished from the listing: the server renamed it.
         if let Some(old) = store
             .find_vanished_by_content(name, &retrieved.sha256, retrieved.size)
