@@ -1,6 +1,7 @@
 //! Maildir sink: one file per message, named from the idempotency key.
 
 mod config;
+mod dirsync;
 mod sink;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! Delivery into a Maildir: copy into `tmp/`, fsync, hard-link into `new/`, fsync the directory.
+//! Delivery into a Maildir: copy into `tmp/`, fsync, hard-link into `new/`, fsync the directory
+//! (one fsync shared by the deliveries that linked before it began).
 
 use super::MaildirSettings;
 use crate::key::IdempotencyKey;
@@ -25,6 +26,8 @@ struct Inner {
     settings: MaildirSettings,
     /// Maildirs whose `tmp/new/cur` we already created.
     ready: Mutex<HashSet<PathBuf>>,
+    /// Shared fsyncs of `new/` directories.
+    dir_sync: super::dirsync::DirSync,
 }
 
 impl MaildirSink {
@@ -34,6 +37,7 @@ impl MaildirSink {
             inner: Arc::new(Inner {
                 settings,
                 ready: Mutex::new(HashSet::new()),
+                dir_sync: Default::default(),
             }),
         }
     }
@@ -104,7 +108,7 @@ impl Inner {
         fs::hard_link(tmp, final_path)?;
         if self.settings.fsync {
             if let Some(parent) = final_path.parent() {
-                File::open(parent)?.sync_all()?;
+                self.dir_sync.sync(parent)?;
             }
         }
         Ok(())
