@@ -68,7 +68,7 @@ pub struct Plan {
     pub fetch: Vec<FetchItem>,
     pub delete: Vec<DeleteItem>,
     pub warnings: Vec<Warning>,
-    /// Every distinct UIDL listed (for `Store::record_listing`).
+    /// Every distinct UIDL listed (for `Store::record_presence`).
     pub listed: Vec<String>,
     /// Deliveries waiting for their next attempt time.
     pub waiting: usize,

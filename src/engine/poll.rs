@@ -180,10 +180,21 @@ async fn poll_inner(
         tracing::warn!(mailbox = name, "{text}");
         report.warnings.push(text);
     }
-    ctx.store.record_listing(name, &plan.listed, now).await?;
+    let listed: std::collections::HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
+    let back: Vec<String> = plan
+        .listed
+        .iter()
+        .filter(|u| known.get(*u).is_some_and(|k| !k.on_server))
+        .cloned()
+        .collect();
+    let gone: Vec<String> = known
+        .values()
+        .filter(|k| k.on_server && !listed.contains(k.uidl.as_str()))
+        .map(|k| k.uidl.clone())
+        .collect();
+    ctx.store.record_presence(name, &back, &gone, now).await?;
     // Only a known message missing from this listing can come back under a new UIDL; without
     // one, skip the per-message lookup by content.
-    let listed: std::collections::HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
     let some_vanished = known.values().any(|k| {
         k.deleted_at.is_none()
             && k.replaced_by.is_none()

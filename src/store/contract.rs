@@ -156,12 +156,19 @@ async fn dead_letters_can_be_listed_retried_and_dropped(s: &dyn Store) {
 }
 
 async fn listing_marks_vanished_and_content_match_adopts(s: &dyn Store) {
-    s.record_listing("alice", &["u2".to_string()], 3_000)
+    s.record_presence("alice", &[], &["u1".to_string()], 3_000)
         .await
         .unwrap();
     let m = s.load_mailbox("alice").await.unwrap();
     assert!(!m["u1"].on_server);
     assert!(m["u2"].on_server);
+    s.record_presence("alice", &["u1".to_string()], &[], 3_100)
+        .await
+        .unwrap();
+    assert!(s.load_mailbox("alice").await.unwrap()["u1"].on_server);
+    s.record_presence("alice", &[], &["u1".to_string()], 3_200)
+        .await
+        .unwrap();
     let found = s
         .find_vanished_by_content("alice", "abc", 42)
         .await

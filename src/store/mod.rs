@@ -161,11 +161,13 @@ pub trait Store: Send + Sync {
         mailbox: &str,
     ) -> Result<HashMap<String, KnownMessage>, StoreError>;
 
-    /// Mark which UIDLs the server listed now; the others are no longer on the server.
-    async fn record_listing(
+    /// Record what changed in the listing: known UIDLs listed again (`back`) and known ones no
+    /// longer listed (`gone`). Only the changes, so an idle poll of a big mailbox writes nothing.
+    async fn record_presence(
         &self,
         mailbox: &str,
-        listed: &[String],
+        back: &[String],
+        gone: &[String],
         now: Millis,
     ) -> Result<(), StoreError>;
 

@@ -41,7 +41,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             // The CLI (`dlq`, `state`) may write while the daemon runs.
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(Duration::from_secs(30))
+            // Rows cross from sqlx's worker thread through a bounded channel; the default of
+            // 50 made loading a big mailbox's state a thread hand-off every few rows.
+            .row_buffer_size(4096);
         // One connection: SQLite has one writer at a time anyway, and queueing in the pool is
         // cheaper than SQLite's busy handler, which sleeps in milliseconds. Other processes
         // (`popbridge dlq`) still get in through `busy_timeout`.
@@ -134,49 +137,55 @@ impl Store for SqliteStore {
         &self,
         mailbox: &str,
     ) -> Result<HashMap<String, KnownMessage>, StoreError> {
+        use futures_util::TryStreamExt;
+        // Streamed row by row: a mailbox with a long history is never held twice in memory.
         let mut out = HashMap::new();
-        let rows = sqlx::query("SELECT * FROM messages WHERE mailbox = ?")
+        let mut rows = sqlx::query("SELECT * FROM messages WHERE mailbox = ?")
             .bind(mailbox)
-            .fetch_all(&self.pool)
-            .await?;
-        for row in &rows {
-            let m = message_from_row(row)?;
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let m = message_from_row(&row)?;
             out.insert(m.uidl.clone(), m);
         }
-        let rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ?")
+        drop(rows);
+        let mut rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ?")
             .bind(mailbox)
-            .fetch_all(&self.pool)
-            .await?;
-        for row in &rows {
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
             let uidl: String = row.try_get("uidl")?;
             let sink: String = row.try_get("sink")?;
             if let Some(m) = out.get_mut(&uidl) {
-                m.deliveries.insert(sink, delivery_from_row(row)?);
+                m.deliveries.insert(sink, delivery_from_row(&row)?);
             }
         }
         Ok(out)
     }
 
-    async fn record_listing(
+    async fn record_presence(
         &self,
         mailbox: &str,
-        listed: &[String],
+        back: &[String],
+        gone: &[String],
         _now: Millis,
     ) -> Result<(), StoreError> {
+        if back.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE messages SET on_server = 0 WHERE mailbox = ? AND on_server = 1")
-            .bind(mailbox)
-            .execute(&mut *tx)
-            .await?;
-        for chunk in listed.chunks(CHUNK) {
-            let mut q = QueryBuilder::new("UPDATE messages SET on_server = 1 WHERE mailbox = ");
-            q.push_bind(mailbox).push(" AND uidl IN (");
-            let mut sep = q.separated(", ");
-            for uidl in chunk {
-                sep.push_bind(uidl);
+        for (uidls, on) in [(back, 1), (gone, 0)] {
+            for chunk in uidls.chunks(CHUNK) {
+                let mut q = QueryBuilder::new("UPDATE messages SET on_server = ");
+                q.push_bind(on)
+                    .push(" WHERE mailbox = ")
+                    .push_bind(mailbox)
+                    .push(" AND uidl IN (");
+                let mut sep = q.separated(", ");
+                for uidl in chunk {
+                    sep.push_bind(uidl);
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
             }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

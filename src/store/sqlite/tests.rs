@@ -74,7 +74,10 @@ async fn grouped_writes_from_concurrent_writers_all_land() {
                 .unwrap();
                 // Read back through the store right away: the write must already be visible.
                 let known = s.load_mailbox("alice").await.unwrap();
-                assert!(known.contains_key(&uidl), "{uidl} recorded before returning");
+                assert!(
+                    known.contains_key(&uidl),
+                    "{uidl} recorded before returning"
+                );
                 s.record_outcomes(&[delivered(&uidl, 2000)]).await.unwrap();
             })
         })
