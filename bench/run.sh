@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# popbridge vs mpop on the same private Dovecot, in the same run.
+# popbridge beside mpop, fetchmail and getmail6 on the same private Dovecot, in the same run.
 #
-# Workloads: 1000 x 5 KB, 20 x 5 MB, and 1 x 100 MB (peak RSS). Each tool fetches the whole
-# mailbox every time (popbridge: fresh state directory, delete: never; mpop: keep on,
-# only_new off, fresh uidls file, pipelining on). One warm-up run each, then REPS (default 3)
-# alternating runs; the table shows medians of wall time, CPU time (user+sys) and peak RSS from
-# /usr/bin/time, and popbridge/mpop ratios (below 1 means popbridge used less).
+# Workloads (each tool delivers into a Maildir, keeps the mail on the server):
+#   1000 x 5 KB                one mailbox, everything new
+#   20 x 5 MB                  one mailbox, everything new
+#   1 x 100 MB                 peak RSS must not grow with the message
+#   no new mail, 10,000 msgs   state primed by an untimed run; the timed run finds nothing new
+#   1000 x 5 KB, +50 ms RTT    through bench/delay_proxy.py: pipelining decides everything
+#   1000 mailboxes x 10        one pass over many accounts
+# Each tool runs with its own fresh state per measurement. One untimed warm-up per tool, then
+# REPS alternating runs (default 3; getmail6 GETMAIL_REPS, default 1, it is slow); the table
+# shows medians of wall time, CPU time (user+sys) and peak RSS from /usr/bin/time, each with
+# its ratio to mpop (below 1: less than mpop). The delivered file count is checked every run,
+# so a failed run cannot look fast. The machine's load is printed before and after.
 #
-# Usage: bench/run.sh            (as root; installs dovecot, mpop, time if missing)
-# Output: the markdown table on stdout and in bench/out/results.md.
+# Usage: bench/run.sh   (as root; installs dovecot, mpop, fetchmail, getmail6, safecat, time)
+#        TOOLS="popbridge mpop" WORKLOADS="small large" bench/run.sh   to run a subset
+# Output: markdown on stdout and in bench/out/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 REPS=${REPS:-3}
+GETMAIL_REPS=${GETMAIL_REPS:-1}
+read -r -a TOOLS <<<"${TOOLS:-popbridge mpop fetchmail getmail6}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-small large huge idle rtt many}"
 
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
 # shellcheck source=scripts/lib/dovecot.sh
 source scripts/lib/dovecot.sh
-ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 mpop time
+ensure_packages dovecot-core dovecot-pop3d dovecot-imapd openssl python3 mpop fetchmail \
+    getmail6 safecat time util-linux
 
 echo "building popbridge (release)..." >&2
 cargo build --release --quiet
@@ -28,76 +40,132 @@ OUT=$REPO/bench/out
 rm -rf "$OUT"
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/popbridge-bench.XXXXXX)
-trap 'dc_stop; rm -rf "$WORK"' EXIT
+chmod 755 "$WORK"
+PROXY_PID=
+cleanup() {
+    if [ -n "$PROXY_PID" ]; then kill "$PROXY_PID" 2>/dev/null || true; fi
+    dc_stop
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 dc_start
-
 PASS=bench-$RANDOM$RANDOM
 export PB_BENCH_PASS=$PASS
 
-# measure TOOL USER EXPECTED OUTFILE: one timed run; appends "wall cpu rss_kb" to OUTFILE.
-measure() {
-    local tool=$1 user=$2 expected=$3 file=$4 run
-    run=$(mktemp -d "$WORK/run.XXXXXX")
+# configure TOOL RUN PORT USER...: writes TOOL's config for USERs into RUN; prints the command.
+configure() {
+    local tool=$1 run=$2 port=$3 u
+    shift 3
+    mkdir -p "$run/mail"
     case $tool in
     popbridge)
-        cat >"$run/popbridge.yaml" <<YAML
-state:
-  path: ./state/popbridge.db
-mailboxes:
-  - name: bench
+        {
+            echo "state: { path: ./state/popbridge.db }"
+            echo "mailboxes:"
+            for u in "$@"; do
+                cat <<YAML
+  - name: $u
     pop3:
       host: 127.0.0.1
-      port: $DC_POP3_PORT
+      port: $port
       tls: none
       allow_plaintext_auth: true
-      username: $user
+      username: $u
       password: \${PB_BENCH_PASS}
-      timeout: 60s
+      timeout: 120s
     schedule: { every: 60s }
     delete: never
     sinks: [archive]
-sinks:
-  - name: archive
-    type: maildir
-    path: ./mail
 YAML
-        (cd "$run" && /usr/bin/time -f '%e %U %S %M' -o "$run/time" \
-            "$BIN" once -c popbridge.yaml >"$run/out" 2>&1) || {
-            cat "$run/out" >&2
-            echo "popbridge failed" >&2
-            return 1
-        }
+            done
+            echo 'sinks: [ { name: archive, type: maildir, path: "./mail/{mailbox}" } ]'
+        } >"$run/popbridge.yaml"
+        echo "cd $run && $BIN once -c popbridge.yaml"
         ;;
     mpop)
-        mkdir -p "$run/mail"/{cur,new,tmp}
-        cat >"$run/mpoprc" <<RC
-defaults
-tls off
-auth user
-pipelining on
-keep on
-only_new off
-received_header off
-uidls_file $run/uidls
-account bench
-host 127.0.0.1
-port $DC_POP3_PORT
-user $user
-password $PASS
-delivery maildir $run/mail
-RC
+        {
+            printf 'defaults\ntls off\nauth user\npipelining on\nkeep on\nonly_new on\n'
+            printf 'received_header off\nhost 127.0.0.1\nport %s\ntimeout 120\n' "$port"
+            for u in "$@"; do
+                mkdir -p "$run/mail/$u"/{cur,new,tmp}
+                printf 'account %s\nuser %s\npassword %s\nuidls_file %s\ndelivery maildir %s\n' \
+                    "$u" "$u" "$PASS" "$run/uidls.$u" "$run/mail/$u"
+            done
+        } >"$run/mpoprc"
         chmod 600 "$run/mpoprc"
-        /usr/bin/time -f '%e %U %S %M' -o "$run/time" \
-            mpop -C "$run/mpoprc" -q bench >"$run/out" 2>&1 || {
-            cat "$run/out" >&2
-            echo "mpop failed" >&2
-            return 1
-        }
+        echo "mpop -C $run/mpoprc -q -a"
+        ;;
+    fetchmail)
+        {
+            printf 'set no syslog\nset invisible\n'
+            for u in "$@"; do
+                mkdir -p "$run/mail/$u"/{cur,new,tmp}
+                printf 'poll 127.0.0.1 service %s proto pop3 uidl timeout 120\n' "$port"
+                printf '  user "%s" password "%s" sslproto %s no sslcertck keep\n' "$u" "$PASS" "''"
+                printf '  mda "/usr/bin/safecat %s/tmp %s/new"\n' "$run/mail/$u" "$run/mail/$u"
+            done
+        } >"$run/fetchmailrc"
+        chmod 600 "$run/fetchmailrc"
+        # Exit code 1 means "no new mail", which the idle workload expects.
+        echo "fetchmail -f $run/fetchmailrc -i $run/fetchids --pidfile $run/fetchmail.pid --nosyslog; [ \$? -le 1 ]"
+        ;;
+    getmail6)
+        # getmail6 refuses to deliver as root: everything it touches belongs to nobody.
+        mkdir -p "$run/getmail"
+        local args=""
+        for u in "$@"; do
+            mkdir -p "$run/mail/$u"/{cur,new,tmp}
+            cat >"$run/getmail/$u.rc" <<RC
+[retriever]
+type = SimplePOP3Retriever
+server = 127.0.0.1
+port = $port
+username = $u
+password = $PASS
+timeout = 120
+[destination]
+type = Maildir
+path = $run/mail/$u/
+[options]
+read_all = false
+delete = false
+received = false
+delivered_to = false
+message_log_syslog = false
+verbose = 0
+RC
+            args+=" --rcfile $u.rc"
+        done
+        chown -R nobody:nogroup "$run/getmail" "$run/mail"
+        echo "setpriv --reuid=nobody --regid=nogroup --clear-groups getmail --getmaildir $run/getmail$args"
         ;;
     esac
+}
+
+count_delivered() { find "$1/mail" -type f -path '*/new/*' | wc -l; }
+
+# measure TOOL PORT EXPECTED PRIME OUTFILE USER...: one timed run in a fresh directory; when
+# PRIME is 1, an untimed run first records the tool's state, and the timed run must add
+# nothing. Appends "wall cpu rss_kb" to OUTFILE.
+measure() {
+    local tool=$1 port=$2 expected=$3 prime=$4 file=$5 run cmd
+    shift 5
+    run=$(mktemp -d "$WORK/run.XXXXXX")
+    chmod 755 "$run"
+    cmd=$(configure "$tool" "$run" "$port" "$@")
+    if [ "$prime" = 1 ]; then
+        bash -c "$cmd" >"$run/prime.out" 2>&1 || { cat "$run/prime.out" >&2; return 1; }
+    fi
+    if ! /usr/bin/time -f '%e %U %S %M' -o "$run/time" bash -c "$cmd" >"$run/out" 2>&1; then
+        tail -20 "$run/out" >&2
+        echo "$tool failed" >&2
+        return 1
+    fi
     local got
-    got=$(find "$run/mail" -type f -path '*/new/*' | wc -l)
+    got=$(count_delivered "$run")
     if [ "$got" != "$expected" ]; then
+        tail -20 "$run/out" >&2
         echo "$tool delivered $got messages, expected $expected" >&2
         return 1
     fi
@@ -105,50 +173,87 @@ RC
     rm -rf "$run"
 }
 
-# median FILE COLUMN
-median() {
-    sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int((NR + 1) / 2)] }'
-}
-
+median() { sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
-# workload LABEL COUNT SIZE
-workload() {
-    local label=$1 count=$2 size=$3 user maildir tool
-    user=u$count-$size
-    maildir=$(dc_add_user "$user" "$PASS")
-    echo "seeding $label..." >&2
-    dc_seed "$maildir" "$count" "$size" "$user"
-    for tool in popbridge mpop; do
-        measure "$tool" "$user" "$count" /dev/null # warm-up
+# users PREFIX N COUNT SIZE: N seeded mailboxes; prints their names.
+users() {
+    local prefix=$1 n=$2 count=$3 size=$4 i u maildir
+    for i in $(seq "$n"); do
+        u=$prefix$i
+        maildir=$(dc_add_user "$u" "$PASS")
+        dc_seed "$maildir" "$count" "$size" "$u" >&2
+        echo "$u"
     done
-    for _ in $(seq "$REPS"); do
-        for tool in popbridge mpop; do
-            echo "  $label: $tool" >&2
-            measure "$tool" "$user" "$count" "$OUT/$user.$tool"
-        done
-    done
-    local pw pc pr mw mc mr
-    pw=$(median "$OUT/$user.popbridge" 1)
-    pc=$(median "$OUT/$user.popbridge" 2)
-    pr=$(median "$OUT/$user.popbridge" 3)
-    mw=$(median "$OUT/$user.mpop" 1)
-    mc=$(median "$OUT/$user.mpop" 2)
-    mr=$(median "$OUT/$user.mpop" 3)
-    printf '| %s | %s / %s | **%s** | %s / %s | **%s** | %s / %s | **%s** |\n' \
-        "$label" "$pw" "$mw" "$(ratio "$pw" "$mw")" "$pc" "$mc" "$(ratio "$pc" "$mc")" \
-        "$(mb "$pr")" "$(mb "$mr")" "$(ratio "$pr" "$mr")" >>"$OUT/rows.md"
+    sleep 1.1 # Dovecot re-reads a changed passwd-file at most once a second
 }
 
-workload "1000 x 5 KB" 1000 5120
-workload "20 x 5 MB" 20 5242880
-workload "1 x 100 MB" 1 104857600
+# workload LABEL PORT EXPECTED PRIME USER...
+workload() {
+    local label=$1 port=$2 expected=$3 prime=$4 tool key reps
+    shift 4
+    key=$(echo "$label" | tr -c 'a-zA-Z0-9' '_')
+    for round in $(seq "$REPS"); do
+        for tool in "${TOOLS[@]}"; do
+            reps=$REPS
+            [ "$tool" = getmail6 ] && reps=$GETMAIL_REPS
+            [ "$round" -le "$reps" ] || continue
+            echo "  $label: $tool ($round)" >&2
+            measure "$tool" "$port" "$expected" "$prime" "$OUT/$key.$tool" "$@"
+        done
+    done
+    local mw mc mr w c r
+    mw=$(median "$OUT/$key.mpop" 1)
+    mc=$(median "$OUT/$key.mpop" 2)
+    mr=$(median "$OUT/$key.mpop" 3)
+    for tool in "${TOOLS[@]}"; do
+        w=$(median "$OUT/$key.$tool" 1)
+        c=$(median "$OUT/$key.$tool" 2)
+        r=$(median "$OUT/$key.$tool" 3)
+        printf '| %s | %s | %s | **%s** | %s | **%s** | %s | **%s** |\n' "$label" "$tool" \
+            "$w" "$(ratio "$w" "$mw")" "$c" "$(ratio "$c" "$mc")" "$(mb "$r")" \
+            "$(ratio "$r" "$mr")" >>"$OUT/rows.md"
+    done
+}
+
+echo "seeding..." >&2
+SMALL=$(users small 1 1000 5120)
+
+# Warm-up: page cache, Dovecot's index files.
+for tool in "${TOOLS[@]}"; do
+    measure "$tool" "$DC_POP3_PORT" 1000 0 /dev/null "$SMALL"
+done
+
+for w in "${WORKLOADS[@]}"; do
+    case $w in
+    small) workload "1000 x 5 KB" "$DC_POP3_PORT" 1000 0 "$SMALL" ;;
+    large) workload "20 x 5 MB" "$DC_POP3_PORT" 20 0 "$(users large 1 20 5242880)" ;;
+    huge) workload "1 x 100 MB" "$DC_POP3_PORT" 1 0 "$(users huge 1 1 104857600)" ;;
+    idle) workload "no new mail, 10,000 messages" "$DC_POP3_PORT" 10000 1 "$(users idle 1 10000 2048)" ;;
+    rtt)
+        read -r PROXY_PORT _ < <(dc_free_ports)
+        python3 bench/delay_proxy.py "$PROXY_PORT" "$DC_POP3_PORT" 50 &
+        PROXY_PID=$!
+        sleep 0.5
+        workload "1000 x 5 KB, +50 ms RTT" "$PROXY_PORT" 1000 0 "$SMALL"
+        kill "$PROXY_PID"
+        PROXY_PID=
+        ;;
+    many)
+        mapfile -t MANY < <(users many 1000 10 5120)
+        workload "1000 mailboxes x 10" "$DC_POP3_PORT" 10000 0 "${MANY[@]}"
+        ;;
+    esac
+done
 
 {
-    echo "popbridge $("$BIN" --version 2>/dev/null | awk '{print $2}') vs $(mpop --version | head -1), Dovecot $(dovecot --version | awk '{print $1}'), $(nproc) cores, median of $REPS runs after one warm-up, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "popbridge $("$BIN" --version 2>/dev/null | awk '{print $2}'), $(mpop --version | head -1),"
+    echo "fetchmail $(fetchmail --version 2>/dev/null | head -1 | awk '{print $5}' | cut -d+ -f1), getmail $(getmail --version 2>&1 | awk '{print $2}'),"
+    echo "Dovecot $(dovecot --version | awk '{print $1}'); $(nproc) cores; medians of $REPS runs (getmail6: $GETMAIL_REPS)"
+    echo "after a warm-up; $(date -u +%Y-%m-%dT%H:%MZ); load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
-    echo "| workload | wall s popbridge / mpop | ratio | CPU s (user+sys) popbridge / mpop | ratio | peak RSS MB popbridge / mpop | ratio |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| workload | tool | wall s | wall / mpop | CPU s | CPU / mpop | peak RSS MB | RSS / mpop |"
+    echo "|---|---|---|---|---|---|---|---|"
     cat "$OUT/rows.md"
 } | tee "$OUT/results.md"
