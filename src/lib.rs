@@ -4,6 +4,8 @@
 pub mod app;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod metrics;
 pub mod pop3;
