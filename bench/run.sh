@@ -200,18 +200,32 @@ workload() {
             [ "$tool" = getmail6 ] && reps=$GETMAIL_REPS
             [ "$round" -le "$reps" ] || continue
             echo "  $label: $tool ($round)" >&2
-            measure "$tool" "$port" "$expected" "$prime" "$OUT/$key.$tool" "$@"
+            # A peer that fails is reported in the table, not allowed to stop the run.
+            if ! measure "$tool" "$port" "$expected" "$prime" "$OUT/$key.$tool" "$@"; then
+                echo "  $label: $tool run $round FAILED" >&2
+                echo failed >>"$OUT/$key.$tool.failed"
+            fi
         done
     done
-    local mw mc mr w c r
-    mw=$(median "$OUT/$key.mpop" 1)
-    mc=$(median "$OUT/$key.mpop" 2)
-    mr=$(median "$OUT/$key.mpop" 3)
+    local mw="" mc="" mr="" w c r
+    if [ -s "$OUT/$key.mpop" ]; then
+        mw=$(median "$OUT/$key.mpop" 1)
+        mc=$(median "$OUT/$key.mpop" 2)
+        mr=$(median "$OUT/$key.mpop" 3)
+    fi
     for tool in "${TOOLS[@]}"; do
+        local failed=""
+        if [ -f "$OUT/$key.$tool.failed" ]; then
+            failed=" ($(wc -l <"$OUT/$key.$tool.failed") run(s) failed)"
+        fi
+        if [ ! -s "$OUT/$key.$tool" ]; then
+            printf '| %s | %s | failed | | | | | |\n' "$label" "$tool" >>"$OUT/rows.md"
+            continue
+        fi
         w=$(median "$OUT/$key.$tool" 1)
         c=$(median "$OUT/$key.$tool" 2)
         r=$(median "$OUT/$key.$tool" 3)
-        printf '| %s | %s | %s | **%s** | %s | **%s** | %s | **%s** |\n' "$label" "$tool" \
+        printf '| %s | %s%s | %s | **%s** | %s | **%s** | %s | **%s** |\n' "$label" "$tool" "$failed" \
             "$w" "$(ratio "$w" "$mw")" "$c" "$(ratio "$c" "$mc")" "$(mb "$r")" \
             "$(ratio "$r" "$mr")" >>"$OUT/rows.md"
     done
@@ -222,7 +236,7 @@ SMALL=$(users small 1 1000 5120)
 
 # Warm-up: page cache, Dovecot's index files.
 for tool in "${TOOLS[@]}"; do
-    measure "$tool" "$DC_POP3_PORT" 1000 0 /dev/null "$SMALL"
+    measure "$tool" "$DC_POP3_PORT" 1000 0 /dev/null "$SMALL" || echo "warm-up of $tool failed" >&2
 done
 
 for w in "${WORKLOADS[@]}"; do
