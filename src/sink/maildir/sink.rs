@@ -100,10 +100,18 @@ impl Inner {
     }
 
     fn write_and_link(&self, spool: &Path, tmp: &Path, final_path: &Path) -> std::io::Result<()> {
-        fs::copy(spool, tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // One descriptor for copy and fsync; io::copy between files uses copy_file_range(2).
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        std::io::copy(&mut File::open(spool)?, &mut out)?;
         if self.settings.fsync {
-            File::open(tmp)?.sync_all()?;
+            out.sync_all()?;
         }
+        drop(out);
         // link(2) fails with EEXIST instead of overwriting: the no-op repeat delivery.
         fs::hard_link(tmp, final_path)?;
         if self.settings.fsync {
