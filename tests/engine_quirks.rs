@@ -252,3 +252,111 @@ async fn oversize_message_is_reported_not_fetched_and_does_not_block_others() {
         .retrieved
         .contains(&"big".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hang_up_instead_of_quit_ok_rolls_back_deletes_and_the_next_poll_deletes() {
+    let server = FakePop3::start(
+        vec![msg("u1", "one"), msg("u2", "two")],
+        Quirks {
+            hang_up_on_quit: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    // Delivered, but the server never confirmed the deletions: RFC 1939 rolls them back.
+    assert_eq!(r.delivered, 2, "{r:?}");
+    assert_eq!(r.deleted, 0, "{r:?}");
+    assert!(r.error.is_some(), "the failed QUIT is reported: {r:?}");
+    assert_eq!(server.uidls_on_server(), ["u1", "u2"]);
+
+    server.state.lock().unwrap().quirks.hang_up_on_quit = false;
+    let again = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+    assert!(again.complete(), "{again:?}");
+    assert_eq!((again.delivered, again.deleted), (0, 2), "{again:?}");
+    assert!(server.uidls_on_server().is_empty());
+    assert_eq!(delivered(root.path()).len(), 2, "each message once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_appearing_and_vanishing_between_sessions() {
+    let server = FakePop3::start(
+        vec![msg("u1", "one"), msg("u2", "two"), msg("u3", "three")],
+        Quirks::default(),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert_eq!(r.delivered, 3, "{r:?}");
+    {
+        // Another client deletes u2; new mail arrives, one of it with u2's old bytes.
+        let mut s = server.state.lock().unwrap();
+        s.messages.retain(|m| m.uidl != "u2");
+        s.messages.push(msg("u4", "four"));
+        s.messages.push(msg("u5", "five"));
+    }
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert!(r.complete(), "{r:?}");
+    assert_eq!((r.listed, r.fetched, r.delivered), (4, 2, 2), "{r:?}");
+    {
+        // u2 comes back under a new UIDL with the same bytes: recognised, not sent again.
+        let mut s = server.state.lock().unwrap();
+        s.messages.push(msg("u2-renamed", "two"));
+        s.messages.retain(|m| m.uidl != "u4");
+    }
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert!(r.complete(), "{r:?}");
+    assert_eq!((r.delivered, r.matched_by_content), (0, 1), "{r:?}");
+    let mut expected: Vec<Vec<u8>> = ["one", "two", "three", "four", "five"]
+        .iter()
+        .map(|s| msg("x", s).body)
+        .collect();
+    expected.sort();
+    assert_eq!(
+        delivered(root.path()),
+        expected,
+        "each message exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mailbox_of_50000_messages_is_delivered_once_then_idle() {
+    const N: usize = 50_000;
+    let messages: Vec<Msg> = (0..N)
+        .map(|i| Msg {
+            uidl: format!("uid-{i:06}"),
+            body: format!("Subject: {i}\r\n\r\nmessage {i}\r\n").into_bytes(),
+        })
+        .collect();
+    let server = FakePop3::start(messages, Quirks::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = config(root.path(), server.port, DeletePolicy::Never);
+    cfg.mailboxes[0].pop3.timeout = Duration::from_secs(30);
+    if let SinkKind::Maildir(m) = &mut cfg.sinks[0].kind {
+        // 50,000 fsyncs would measure the disk, not the engine.
+        m.fsync = false;
+    }
+    let app = App::build(cfg).await.unwrap();
+    let run = || async {
+        app.run_once(&app.mailboxes, &CancellationToken::new())
+            .await
+            .remove(0)
+    };
+    let r = run().await;
+    assert!(r.complete(), "{:?}", r.failures.first());
+    assert_eq!((r.listed, r.delivered), (N, N));
+    let files = std::fs::read_dir(root.path().join("mail/alice/new"))
+        .unwrap()
+        .count();
+    assert_eq!(files, N);
+    let before = server.state.lock().unwrap().retrieved.len();
+    let idle = run().await;
+    assert!(idle.complete(), "{idle:?}");
+    assert_eq!((idle.listed, idle.fetched, idle.delivered), (N, 0, 0));
+    assert_eq!(
+        server.state.lock().unwrap().retrieved.len(),
+        before,
+        "nothing fetched again"
+    );
+}

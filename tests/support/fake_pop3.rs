@@ -21,6 +21,8 @@ pub struct Quirks {
     pub refuse_dele: Vec<String>,
     /// Close the connection halfway through the body of this UIDL, once.
     pub disconnect_in_retr: Option<String>,
+    /// Close the connection on QUIT without answering or applying the deletions.
+    pub hang_up_on_quit: bool,
 }
 
 #[derive(Default)]
@@ -166,6 +168,7 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                 b"+OK\r\n".to_vec()
             }
             "NOOP" => b"+OK\r\n".to_vec(),
+            "QUIT" if state.lock().unwrap().quirks.hang_up_on_quit => return,
             "QUIT" => {
                 // By UIDL and content, so one of two messages sharing a UIDL can go alone.
                 let gone: Vec<(String, Vec<u8>)> = deleted
