@@ -52,8 +52,8 @@ fn line_ending_free(v: &Value) -> Value {
             o.iter()
                 .filter(|(k, _)| !matches!(k.as_str(), "sha256" | "size"))
                 .map(|(k, v)| match (k.as_str(), v) {
-                    // Attachment bytes: compare them decoded, with line endings normalised.
-                    ("content", Value::String(b64)) => {
+                    // Attachment and raw bytes: compare them decoded, line endings normalised.
+                    ("content" | "raw", Value::String(b64)) => {
                         use base64::Engine;
                         let e = base64::engine::general_purpose::STANDARD;
                         let bytes = e.decode(b64).unwrap();
@@ -144,4 +144,26 @@ fn include_raw_carries_the_exact_message() {
         .decode(v["raw"].as_str().unwrap())
         .unwrap();
     assert_eq!(back, raw);
+}
+
+/// Found by the fuzzer: a nested message/rfc822 part whose boundary never closes makes
+/// mail-parser 0.11 hit a `debug_assert!` (a panic in debug builds). The payload must still be
+/// valid JSON, and when the parser gave up, the message travels whole in `raw`.
+#[test]
+fn a_message_that_trips_the_mime_parser_is_still_sent_whole() {
+    use base64::Engine;
+    let raw = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/regressions/mail-parser-part-id.eml"),
+    )
+    .unwrap();
+    let v = payload(&raw, "regression");
+    assert_eq!(v["size"], raw.len() as u64);
+    if cfg!(debug_assertions) {
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(v["raw"].as_str().expect("raw carries the unparsed message"))
+            .unwrap();
+        assert_eq!(back, raw);
+    } else {
+        assert_eq!(v["message_id"], "002@example.com");
+    }
 }

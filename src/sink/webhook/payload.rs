@@ -144,7 +144,12 @@ pub fn write_json(
     opts: Options,
     out: impl Write,
 ) -> std::io::Result<()> {
-    let parsed = MessageParser::default().parse(raw);
+    // mail-parser must not take the delivery down with it: a malformed message found by the
+    // fuzzer trips a `debug_assert!` inside it. A message it cannot parse is still sent, with
+    // the metadata and, whatever `include_raw` says, the raw message: never dropped.
+    let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten();
     let mut p = Payload {
         version: 1,
         id: meta.key,
@@ -168,6 +173,9 @@ pub fn write_json(
         attachments: Vec::new(),
         raw: opts.include_raw.then_some(B64(raw)),
     };
+    if parsed.is_none() {
+        p.raw = Some(B64(raw));
+    }
     if let Some(m) = &parsed {
         p.message_id = m.message_id();
         p.date = m.date().map(|d| d.to_rfc3339());
