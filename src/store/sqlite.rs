@@ -131,6 +131,31 @@ fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KnownMessage, Store
 /// SQLite's default limit on bound parameters is 32766; stay well below it.
 const CHUNK: usize = 500;
 
+/// `UPDATE messages SET <set><value> WHERE mailbox = ? AND uidl IN (…)`, in chunks of UIDLs.
+async fn update_uidls(
+    conn: &mut sqlx::SqliteConnection,
+    set: &str,
+    value: i64,
+    mailbox: &str,
+    uidls: &[String],
+) -> Result<(), StoreError> {
+    for chunk in uidls.chunks(CHUNK) {
+        let mut q = QueryBuilder::new("UPDATE messages SET ");
+        q.push(set)
+            .push_bind(value)
+            .push(" WHERE mailbox = ")
+            .push_bind(mailbox)
+            .push(" AND uidl IN (");
+        let mut sep = q.separated(", ");
+        for uidl in chunk {
+            sep.push_bind(uidl);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_mailbox(
@@ -172,21 +197,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for (uidls, on) in [(back, 1), (gone, 0)] {
-            for chunk in uidls.chunks(CHUNK) {
-                let mut q = QueryBuilder::new("UPDATE messages SET on_server = ");
-                q.push_bind(on)
-                    .push(" WHERE mailbox = ")
-                    .push_bind(mailbox)
-                    .push(" AND uidl IN (");
-                let mut sep = q.separated(", ");
-                for uidl in chunk {
-                    sep.push_bind(uidl);
-                }
-                q.push(")");
-                q.build().execute(&mut *tx).await?;
-            }
-        }
+        update_uidls(&mut tx, "on_server = ", 1, mailbox, back).await?;
+        update_uidls(&mut tx, "on_server = ", 0, mailbox, gone).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -222,19 +234,7 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in uidls.chunks(CHUNK) {
-            let mut q = QueryBuilder::new("UPDATE messages SET on_server = 0, deleted_at = ");
-            q.push_bind(now)
-                .push(" WHERE mailbox = ")
-                .push_bind(mailbox)
-                .push(" AND uidl IN (");
-            let mut sep = q.separated(", ");
-            for uidl in chunk {
-                sep.push_bind(uidl);
-            }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
-        }
+        update_uidls(&mut tx, "on_server = 0, deleted_at = ", now, mailbox, uidls).await?;
         tx.commit().await?;
         Ok(())
     }
