@@ -332,3 +332,35 @@ async fn web_identity_keys_come_from_sts_and_are_cached() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "STS keys were not cached");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_without_our_metadata_is_compared_by_content() {
+    // What s3s-fs leaves when the client dies mid-PUT (the bytes stored, the metadata not),
+    // or what another tool uploads: no x-amz-meta-sha256. Placed straight into its directory.
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = S3Sink::new("archive", s3.settings()).unwrap();
+    let (same, other) = (small(1), small(2));
+    for (uidl, stored, ok) in [("same", &same, true), ("other", &other, false)] {
+        let id = IdempotencyKey::derive("alice", uidl);
+        let path = s3.root.join(BUCKET).join(expected_key(&id));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, stored).unwrap();
+        let m = spool(dir.path(), uidl, &same);
+        match sink.deliver(&m, &id).await {
+            Ok(r) => assert!(ok && r.duplicate, "{uidl}: {r:?}"),
+            Err(e) => {
+                assert!(!ok, "{uidl}: {e}");
+                assert!(
+                    permanent(&e).contains("already holds a different object"),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            &std::fs::read(&path).unwrap(),
+            stored,
+            "{uidl}: object changed"
+        );
+    }
+}

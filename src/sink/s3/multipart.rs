@@ -16,7 +16,7 @@ pub(super) async fn upload(
     message: &SpooledMessage,
     obj: Object,
 ) -> Result<Receipt, DeliveryError> {
-    if let Some(receipt) = existing(svc, &obj.key, &message.sha256).await? {
+    if let Some(receipt) = existing(svc, &obj.key, &message.sha256, message.size).await? {
         return Ok(receipt);
     }
     let answer = svc
@@ -147,11 +147,13 @@ async fn parts_and_complete(
         )));
     }
     if answer.status == StatusCode::PRECONDITION_FAILED {
-        return existing(svc, key, &message.sha256).await?.ok_or_else(|| {
-            DeliveryError::retryable(format!(
-                "s3: {key} was reported as existing but HEAD finds nothing; will retry"
-            ))
-        });
+        return existing(svc, key, &message.sha256, message.size)
+            .await?
+            .ok_or_else(|| {
+                DeliveryError::retryable(format!(
+                    "s3: {key} was reported as existing but HEAD finds nothing; will retry"
+                ))
+            });
     }
     let status = if answer.status.is_success() {
         StatusCode::INTERNAL_SERVER_ERROR

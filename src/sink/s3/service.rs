@@ -50,6 +50,9 @@ pub struct Call<'a> {
     pub payload_sha256: &'a str,
 }
 
+/// The most of an answer body kept for parsing and error messages.
+const ANSWER_CAP: usize = 64 * 1024;
+
 /// What S3 said, with the error body read (bounded) when it is not a success.
 pub struct Answer {
     pub status: StatusCode,
@@ -90,6 +93,28 @@ impl Service {
     }
 
     pub async fn send(&self, call: Call<'_>) -> Result<Answer, DeliveryError> {
+        let resp = self.send_streamed(call).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        // Answers we read whole are small XML (multipart, errors) or empty; cap them anyway.
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let Ok(chunk) = chunk else { break };
+            body.extend_from_slice(&chunk[..chunk.len().min(ANSWER_CAP - body.len())]);
+            if body.len() >= ANSWER_CAP {
+                break;
+            }
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// Sends a signed request and hands back the response with its body unread.
+    pub async fn send_streamed(&self, call: Call<'_>) -> Result<reqwest::Response, DeliveryError> {
         let creds = self.credentials.get().await.map_err(|e| {
             if e.is_retryable() {
                 DeliveryError::retryable(format!("s3: {e}"))
@@ -137,22 +162,11 @@ impl Service {
                 req = req.header(*k, v);
             }
         }
-        let resp = req
-            .header("authorization", auth)
+        req.header("authorization", auth)
             .body(call.body)
             .send()
             .await
-            .map_err(|e| transport_error(&e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        // Success bodies are small XML (multipart answers) or empty; error bodies too.
-        let bytes = resp.bytes().await.unwrap_or_default();
-        let body = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]).to_string();
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+            .map_err(|e| transport_error(&e))
     }
 }
 

@@ -145,14 +145,16 @@ impl S3Sink {
                 &obj.key,
                 &answer.header("etag").unwrap_or_default(),
             ))),
-            StatusCode::PRECONDITION_FAILED => existing(&self.service, &obj.key, &message.sha256)
-                .await?
-                .ok_or_else(|| {
-                    DeliveryError::retryable(format!(
-                        "s3: {} was reported as existing but HEAD finds nothing; will retry",
-                        obj.key
-                    ))
-                }),
+            StatusCode::PRECONDITION_FAILED => {
+                existing(&self.service, &obj.key, &message.sha256, message.size)
+                    .await?
+                    .ok_or_else(|| {
+                        DeliveryError::retryable(format!(
+                            "s3: {} was reported as existing but HEAD finds nothing; will retry",
+                            obj.key
+                        ))
+                    })
+            }
             s => Err(classify(&format!("PUT {}", obj.key), s, &answer.body)),
         }
     }
@@ -168,6 +170,7 @@ pub(super) async fn existing(
     svc: &Service,
     key: &str,
     sha256: &str,
+    size: u64,
 ) -> Result<Option<Receipt>, DeliveryError> {
     let answer = svc
         .send(Call {
@@ -182,7 +185,13 @@ pub(super) async fn existing(
     match answer.status {
         StatusCode::NOT_FOUND => Ok(None),
         s if s.is_success() => {
-            let theirs = answer.header("x-amz-meta-sha256");
+            let mut theirs = answer.header("x-amz-meta-sha256");
+            let same_size = answer.header("content-length").as_deref() == Some(&size.to_string());
+            if theirs.is_none() && same_size {
+                // Written without our metadata (another tool, or a server that stored the
+                // bytes but not the metadata when our connection died): compare the content.
+                theirs = Some(content_sha256(svc, key).await?);
+            }
             if theirs.as_deref() == Some(sha256) {
                 let etag = answer.header("etag").unwrap_or_default();
                 Ok(Some(Receipt::duplicate(receipt_detail(
@@ -201,6 +210,34 @@ pub(super) async fn existing(
         }
         s => Err(classify(&format!("HEAD {key}"), s, &answer.body)),
     }
+}
+
+/// SHA-256 of a stored object, streamed (memory stays bounded whatever its size).
+async fn content_sha256(svc: &Service, key: &str) -> Result<String, DeliveryError> {
+    use futures_util::StreamExt;
+    use sha2::{Digest, Sha256};
+    let resp = svc
+        .send_streamed(Call {
+            method: Method::GET,
+            key: Some(key),
+            query: &[],
+            headers: Vec::new(),
+            body: reqwest::Body::from(""),
+            payload_sha256: EMPTY_SHA256,
+        })
+        .await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(classify(&format!("GET {key}"), status, &body));
+    }
+    let mut hash = Sha256::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| super::service::transport_error(&e))?;
+        hash.update(&chunk);
+    }
+    Ok(hex::encode(hash.finalize()))
 }
 
 #[async_trait]
