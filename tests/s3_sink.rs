@@ -288,10 +288,10 @@ async fn a_failed_multipart_upload_is_aborted_and_leaves_nothing_behind() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn web_identity_keys_come_from_sts_and_are_cached() {
+/// A local STS stand-in answering AssumeRoleWithWebIdentity with keys valid for `valid`;
+/// returns its URL and a call counter.
+async fn sts_stand_in(valid: chrono::Duration) -> (String, Arc<AtomicUsize>) {
     use axum::routing::post;
-    let s3 = S3Server::start().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
     let sts = axum::Router::new().route(
@@ -303,34 +303,51 @@ async fn web_identity_keys_come_from_sts_and_are_cached() {
                 assert!(body.contains("Action=AssumeRoleWithWebIdentity"), "{body}");
                 assert!(body.contains("WebIdentityToken=oidc-token-123"), "{body}");
                 assert!(body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fpb"), "{body}");
-                let exp = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+                let exp = (chrono::Utc::now() + valid).to_rfc3339();
                 format!("<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{ACCESS_KEY}</AccessKeyId><SecretAccessKey>{SECRET_KEY}</SecretAccessKey><SessionToken>session-tok</SessionToken><Expiration>{exp}</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>")
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sts_url = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, sts).await.unwrap() });
+    (url, calls)
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn web_identity_keys_come_from_sts_are_cached_and_renewed_before_expiry() {
+    let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "oidc-token-123\n").unwrap();
-    let mut settings = s3.settings();
-    settings.credentials = None;
-    let source = Source::WebIdentity(WebIdentity {
-        token_file: token,
-        role_arn: "arn:aws:iam::1:role/pb".into(),
-        session_name: "popbridge".into(),
-        sts_endpoint: sts_url,
-    });
-    let sink = S3Sink::with_source("archive", settings, source).unwrap();
-    for n in 0..3 {
-        let m = spool(dir.path(), &format!("{n}"), &small(n));
-        sink.deliver(&m, &IdempotencyKey::derive("alice", &m.uidl))
-            .await
-            .unwrap();
+    // Keys valid for an hour are fetched once; keys expiring within the 5-minute renewal
+    // margin are fetched again for every upload.
+    for (valid, expected_calls) in [
+        (chrono::Duration::hours(1), 1),
+        (chrono::Duration::minutes(2), 3),
+    ] {
+        let (sts_url, calls) = sts_stand_in(valid).await;
+        let mut settings = s3.settings();
+        settings.credentials = None;
+        let source = Source::WebIdentity(WebIdentity {
+            token_file: token.clone(),
+            role_arn: "arn:aws:iam::1:role/pb".into(),
+            session_name: "popbridge".into(),
+            sts_endpoint: sts_url,
+        });
+        let sink = S3Sink::with_source("archive", settings, source).unwrap();
+        for n in 0..3 {
+            let m = spool(dir.path(), &format!("{expected_calls}-{n}"), &small(n));
+            sink.deliver(&m, &IdempotencyKey::derive("alice", &m.uidl))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            expected_calls,
+            "keys valid for {valid}"
+        );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "STS keys were not cached");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -148,6 +148,11 @@ impl Provider {
         }
     }
 
+    /// Drops cached temporary keys, so the next request fetches new ones.
+    pub async fn invalidate(&self) {
+        *self.cached.lock().await = None;
+    }
+
     /// Current keys; temporary ones are fetched once and renewed before they expire.
     pub async fn get(&self) -> Result<Credentials, CredentialsError> {
         let web = match &self.source {

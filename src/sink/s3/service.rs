@@ -106,10 +106,15 @@ impl Service {
                 break;
             }
         }
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if xml::tag(&body, "Code").as_deref() == Some("ExpiredToken") {
+            // Temporary keys died early (revoked, clock skew): fetch new ones on the retry.
+            self.credentials.invalidate().await;
+        }
         Ok(Answer {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
         })
     }
 
