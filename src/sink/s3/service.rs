@@ -220,7 +220,12 @@ fn hint(code: &str) -> &'static str {
 pub fn classify(what: &str, status: StatusCode, body: &str) -> DeliveryError {
     let code = xml::tag(body, "Code").unwrap_or_default();
     let message = xml::tag(body, "Message").unwrap_or_default();
-    let detail = if code.is_empty() {
+    let detail = if code.is_empty() && status == StatusCode::FORBIDDEN {
+        // HEAD answers have no body: say what a bare 403 usually means.
+        format!(
+            "s3: {what}: HTTP 403 (check the keys, and that the IAM policy allows s3:GetObject and s3:ListBucket, without which AWS answers 403 for a missing object)"
+        )
+    } else if code.is_empty() {
         format!("s3: {what}: HTTP {}", status.as_u16())
     } else {
         format!(
