@@ -88,6 +88,7 @@ pub struct SinkConfig {
 pub enum SinkKind {
     Maildir(MaildirSettings),
     Webhook(Box<WebhookSettings>),
+    S3(Box<crate::sink::s3::S3Settings>),
 }
 
 /// How failed deliveries are retried. Within a poll, a retryable failure is retried up to

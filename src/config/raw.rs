@@ -307,6 +307,8 @@ pub enum RawSinkKind {
     Maildir(MaildirSinkConfig),
     /// `type: webhook`.
     Webhook(crate::sink::webhook::WebhookSinkConfig),
+    /// `type: s3`.
+    S3(crate::sink::s3::S3SinkConfig),
 }
 
 impl RawSinkKind {
@@ -316,6 +318,7 @@ impl RawSinkKind {
         match self {
             RawSinkKind::Maildir(c) => c.validate(base).map(SinkKind::Maildir),
             RawSinkKind::Webhook(c) => c.validate(base).map(|s| SinkKind::Webhook(Box::new(s))),
+            RawSinkKind::S3(c) => c.validate(base).map(|s| SinkKind::S3(Box::new(s))),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `encoder.rs`/`payload.rs` and `service.rs` (transport).
 
 pub mod maildir;
+pub mod s3;
 pub mod webhook;
 
 use crate::key::IdempotencyKey;

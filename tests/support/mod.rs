@@ -3,3 +3,4 @@
 
 pub mod fake_pop3;
 pub mod receiver;
+pub mod s3;

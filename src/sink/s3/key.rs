@@ -1,0 +1,167 @@
+//! Object keys: a template filled from the message. Every part must be the same on a retry
+//! after a crash (the key is how a repeat finds the first upload), so the date comes from the
+//! message's own `Date:` header, not from the fetch time, which changes when a message is
+//! fetched again.
+
+use chrono::{DateTime, Datelike, Utc};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Mailbox,
+    Id,
+    Uidl,
+    Sha256,
+    Year,
+    Month,
+    Day,
+}
+
+/// A parsed `key:` template.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyTemplate(Vec<Part>);
+
+/// What a key is built from.
+pub struct KeyInput<'a> {
+    pub mailbox: &'a str,
+    pub id: &'a str,
+    pub uidl: &'a str,
+    pub sha256: &'a str,
+    /// From the `Date:` header; `None` gives `0000/00/00`.
+    pub date: Option<DateTime<Utc>>,
+}
+
+/// Keeps a value from adding path levels or characters S3 keys handle badly.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@+=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl KeyTemplate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("`key`: unclosed `{{` in {text:?}"))?;
+            let name = &rest[open + 1..open + close];
+            parts.push(match name {
+                "mailbox" => Part::Mailbox,
+                "id" => Part::Id,
+                "uidl" => Part::Uidl,
+                "sha256" => Part::Sha256,
+                "yyyy" => Part::Year,
+                "mm" => Part::Month,
+                "dd" => Part::Day,
+                other => {
+                    return Err(format!(
+                        "`key`: unknown placeholder {{{other}}} (known: mailbox, id, uidl, sha256, yyyy, mm, dd)"
+                    ))
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        if !parts.contains(&Part::Id) {
+            return Err("`key` must contain {id}, or two messages could share one object".into());
+        }
+        if text.starts_with('/') {
+            return Err("`key` must not start with `/`".into());
+        }
+        Ok(Self(parts))
+    }
+
+    pub fn render(&self, v: &KeyInput) -> String {
+        let (y, m, d) = v
+            .date
+            .map_or(("0000".into(), "00".into(), "00".into()), |t| {
+                (
+                    format!("{:04}", t.year()),
+                    format!("{:02}", t.month()),
+                    format!("{:02}", t.day()),
+                )
+            });
+        self.0
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.clone(),
+                Part::Mailbox => safe(v.mailbox),
+                Part::Id => v.id.to_string(),
+                Part::Uidl => safe(v.uidl),
+                Part::Sha256 => v.sha256.to_string(),
+                Part::Year => y.clone(),
+                Part::Month => m.clone(),
+                Part::Day => d.clone(),
+            })
+            .collect()
+    }
+}
+
+/// `Date:` (in UTC) and `Message-ID:` from a message's header block.
+pub fn header_fields(head: &[u8]) -> (Option<DateTime<Utc>>, Option<String>) {
+    let Some(msg) = mail_parser::MessageParser::new().parse_headers(head) else {
+        return (None, None);
+    };
+    let date = msg
+        .date()
+        .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0));
+    (date, msg.message_id().map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(date: Option<DateTime<Utc>>) -> KeyInput<'static> {
+        KeyInput {
+            mailbox: "sales/eu",
+            id: "pb1_0123",
+            uidl: "00000001 x",
+            sha256: "ab",
+            date,
+        }
+    }
+
+    #[test]
+    fn default_template_uses_the_date_header_in_utc() {
+        let head =
+            b"From: a@b\r\nDate: Tue, 31 Dec 2024 23:30:00 -0500\r\nMessage-ID: <m1@x>\r\n\r\nbody";
+        let (date, mid) = header_fields(head);
+        assert_eq!(mid.as_deref(), Some("m1@x"));
+        let t = KeyTemplate::parse(super::super::config::DEFAULT_KEY).unwrap();
+        assert_eq!(t.render(&input(date)), "sales_eu/2025/01/01/pb1_0123.eml");
+    }
+
+    #[test]
+    fn no_date_header_gives_a_stable_placeholder_date() {
+        let (date, mid) = header_fields(b"Subject: x\r\n\r\nbody");
+        assert_eq!((date, mid), (None, None));
+        let t = KeyTemplate::parse("{yyyy}-{mm}-{dd}/{uidl}/{id}").unwrap();
+        assert_eq!(t.render(&input(None)), "0000-00-00/00000001_x/pb1_0123");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert!(KeyTemplate::parse("{mailbox}/x.eml")
+            .unwrap_err()
+            .contains("{id}"));
+        assert!(KeyTemplate::parse("{id}/{hour}")
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(KeyTemplate::parse("{id").unwrap_err().contains("unclosed"));
+        assert!(KeyTemplate::parse("/{id}").is_err());
+    }
+}

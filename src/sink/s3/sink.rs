@@ -1,0 +1,301 @@
+//! The S3 [`Sink`]: a deterministic key, a conditional create (`If-None-Match: *`), and on a
+//! "412 already exists" a HEAD that compares the stored sha256 with ours — equal is a repeat
+//! after a crash, different is a loud permanent error, never an overwrite.
+
+use super::config::S3Settings;
+use super::credentials::{Provider, Source};
+use super::key::{header_fields, KeyInput};
+use super::multipart;
+use super::service::{build_client, classify, Call, Service};
+use super::sigv4::EMPTY_SHA256;
+use crate::key::IdempotencyKey;
+use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+
+pub struct S3Sink {
+    name: String,
+    service: Arc<Service>,
+    /// Uploads in flight; with one part buffered each, this bounds the memory used.
+    limit: Arc<Semaphore>,
+}
+
+/// The header block is looked for in this much of the message (for `Date:` and `Message-ID:`).
+const HEAD_BYTES: u64 = 64 * 1024;
+
+/// The object's name and the headers that describe it (type, metadata, encryption, class).
+pub(super) struct Object {
+    pub key: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub(super) fn spool_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
+    // The spool is ours: a failure here (disk full, a file being replaced) may pass.
+    DeliveryError::retryable(format!("s3: cannot {what}: {e}"))
+}
+
+/// Metadata values must be plain visible ASCII; anything else is %-escaped.
+fn meta_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl S3Sink {
+    /// Keys from the config, else the standard chain read from the environment now.
+    pub fn new(name: impl Into<String>, settings: S3Settings) -> Result<Self, String> {
+        let source = settings.credential_source()?;
+        Self::with_source(name, settings, source)
+    }
+
+    pub fn with_source(
+        name: impl Into<String>,
+        settings: S3Settings,
+        source: Source,
+    ) -> Result<Self, String> {
+        let client = build_client(&settings)?;
+        Ok(Self {
+            name: name.into(),
+            limit: Arc::new(Semaphore::new(settings.concurrency)),
+            service: Arc::new(Service {
+                credentials: Provider::new(source, client.clone()),
+                settings,
+                client,
+            }),
+        })
+    }
+
+    /// The key and headers for a message; reads only its header block.
+    async fn object(
+        &self,
+        message: &SpooledMessage,
+        id: &IdempotencyKey,
+    ) -> Result<Object, DeliveryError> {
+        let file = tokio::fs::File::open(&message.path)
+            .await
+            .map_err(|e| spool_error("open the spooled message", e))?;
+        let mut head = Vec::new();
+        file.take(HEAD_BYTES)
+            .read_to_end(&mut head)
+            .await
+            .map_err(|e| spool_error("read the spooled message", e))?;
+        let (date, message_id) = header_fields(&head);
+        let s = &self.service.settings;
+        let key = s.key.render(&KeyInput {
+            mailbox: &message.mailbox,
+            id: id.as_str(),
+            uidl: &message.uidl,
+            sha256: &message.sha256,
+            date,
+        });
+        let mut headers = vec![
+            ("content-type", "message/rfc822".to_string()),
+            ("x-amz-meta-mailbox", meta_value(&message.mailbox)),
+            ("x-amz-meta-uidl", meta_value(&message.uidl)),
+            ("x-amz-meta-id", id.as_str().to_string()),
+            ("x-amz-meta-sha256", message.sha256.clone()),
+        ];
+        if let Some(m) = message_id {
+            headers.push(("x-amz-meta-message-id", meta_value(&m)));
+        }
+        if let Some(sse) = s.sse {
+            headers.push(("x-amz-server-side-encryption", sse.header_value().into()));
+        }
+        if let Some(k) = &s.sse_kms_key_id {
+            headers.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
+        }
+        if let Some(c) = &s.storage_class {
+            headers.push(("x-amz-storage-class", c.clone()));
+        }
+        Ok(Object { key, headers })
+    }
+
+    /// One PUT streamed from the spool file, signed with the sha256 we already have.
+    async fn put(&self, message: &SpooledMessage, obj: Object) -> Result<Receipt, DeliveryError> {
+        let file = tokio::fs::File::open(&message.path)
+            .await
+            .map_err(|e| spool_error("open the spooled message", e))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        let mut headers = obj.headers;
+        headers.push(("content-length", message.size.to_string()));
+        headers.push(("if-none-match", "*".to_string()));
+        let answer = self
+            .service
+            .send(Call {
+                method: Method::PUT,
+                key: Some(&obj.key),
+                query: &[],
+                headers,
+                body: reqwest::Body::wrap_stream(stream),
+                payload_sha256: &message.sha256,
+            })
+            .await?;
+        match answer.status {
+            s if s.is_success() => Ok(Receipt::new(receipt_detail(
+                &self.service.settings.bucket,
+                &obj.key,
+                &answer.header("etag").unwrap_or_default(),
+            ))),
+            StatusCode::PRECONDITION_FAILED => {
+                existing(&self.service, &obj.key, &message.sha256, message.size)
+                    .await?
+                    .ok_or_else(|| {
+                        DeliveryError::retryable(format!(
+                            "s3: {} was reported as existing but HEAD finds nothing; will retry",
+                            obj.key
+                        ))
+                    })
+            }
+            s => Err(classify(&format!("PUT {}", obj.key), s, &answer.body)),
+        }
+    }
+}
+
+pub(super) fn receipt_detail(bucket: &str, key: &str, etag: &str) -> String {
+    format!("s3://{bucket}/{key} ETag {etag}")
+}
+
+/// Is the object already there? `None` when it is not; a duplicate receipt when it holds this
+/// very message; a permanent error when it holds something else (never overwritten).
+pub(super) async fn existing(
+    svc: &Service,
+    key: &str,
+    sha256: &str,
+    size: u64,
+) -> Result<Option<Receipt>, DeliveryError> {
+    let answer = svc
+        .send(Call {
+            method: Method::HEAD,
+            key: Some(key),
+            query: &[],
+            headers: Vec::new(),
+            body: reqwest::Body::from(""),
+            payload_sha256: EMPTY_SHA256,
+        })
+        .await?;
+    match answer.status {
+        StatusCode::NOT_FOUND => Ok(None),
+        s if s.is_success() => {
+            let mut theirs = answer.header("x-amz-meta-sha256");
+            let same_size = answer.header("content-length").as_deref() == Some(&size.to_string());
+            if theirs.is_none() && same_size {
+                // Written without our metadata (another tool, or a server that stored the
+                // bytes but not the metadata when our connection died): compare the content.
+                theirs = Some(content_sha256(svc, key).await?);
+            }
+            if theirs.as_deref() == Some(sha256) {
+                let etag = answer.header("etag").unwrap_or_default();
+                Ok(Some(Receipt::duplicate(receipt_detail(
+                    &svc.settings.bucket,
+                    key,
+                    &etag,
+                ))))
+            } else {
+                tracing::error!(key, ours = sha256, theirs = ?theirs, "S3 object exists with different content; not overwritten");
+                Err(DeliveryError::permanent(format!(
+                    "s3: s3://{}/{key} already holds a different object (sha256 {}, this message {sha256}); it was not overwritten: check the `key` template or move the object away",
+                    svc.settings.bucket,
+                    theirs.as_deref().unwrap_or("not recorded"),
+                )))
+            }
+        }
+        s => Err(classify(&format!("HEAD {key}"), s, &answer.body)),
+    }
+}
+
+/// SHA-256 of a stored object, streamed (memory stays bounded whatever its size).
+async fn content_sha256(svc: &Service, key: &str) -> Result<String, DeliveryError> {
+    use futures_util::StreamExt;
+    use sha2::{Digest, Sha256};
+    let resp = svc
+        .send_streamed(Call {
+            method: Method::GET,
+            key: Some(key),
+            query: &[],
+            headers: Vec::new(),
+            body: reqwest::Body::from(""),
+            payload_sha256: EMPTY_SHA256,
+        })
+        .await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(classify(&format!("GET {key}"), status, &body));
+    }
+    let mut hash = Sha256::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| super::service::transport_error(&e))?;
+        hash.update(&chunk);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|e| DeliveryError::retryable(format!("s3 limiter closed: {e}")))?;
+        let obj = self.object(message, key).await?;
+        if message.size >= self.service.settings.multipart_threshold {
+            multipart::upload(&self.service, message, obj).await
+        } else {
+            self.put(message, obj).await
+        }
+    }
+
+    /// HEAD on the bucket: proves the endpoint answers, the keys sign, and the bucket exists.
+    async fn healthcheck(&self) -> Result<(), DeliveryError> {
+        let answer = self
+            .service
+            .send(Call {
+                method: Method::HEAD,
+                key: None,
+                query: &[],
+                headers: Vec::new(),
+                body: reqwest::Body::from(""),
+                payload_sha256: EMPTY_SHA256,
+            })
+            .await?;
+        match answer.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(DeliveryError::permanent(format!(
+                "s3: bucket {} does not exist (create the bucket or fix `bucket`)",
+                self.service.settings.bucket
+            ))),
+            s => Err(classify("HEAD bucket", s, &answer.body)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_values_are_visible_ascii() {
+        assert_eq!(meta_value("<a b@x>"), "<a%20b@x>");
+        assert_eq!(meta_value("ventes-été"), "ventes-%C3%A9t%C3%A9");
+        assert_eq!(meta_value("50%"), "50%25");
+    }
+}
