@@ -38,6 +38,14 @@ pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
         SinkKind::Maildir(settings) => {
             Arc::new(MaildirSink::new(cfg.name.clone(), settings.clone()))
         }
+        SinkKind::Imap(settings) => Arc::new(
+            crate::sink::imap::ImapSink::new(cfg.name.clone(), (**settings).clone()).map_err(
+                |message| BuildError::Sink {
+                    name: cfg.name.clone(),
+                    message,
+                },
+            )?,
+        ),
         SinkKind::S3(settings) => Arc::new(
             crate::sink::s3::S3Sink::new(cfg.name.clone(), (**settings).clone()).map_err(
                 |message| BuildError::Sink {

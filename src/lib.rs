@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod imap;
 pub mod key;
 pub mod metrics;
 pub mod pop3;

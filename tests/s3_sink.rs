@@ -29,6 +29,7 @@ fn spool(dir: &Path, uidl: &str, body: &[u8]) -> SpooledMessage {
         size: body.len() as u64,
         sha256: hex::encode(Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
+        seen_before: false,
     }
 }
 

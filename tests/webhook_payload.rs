@@ -153,7 +153,8 @@ fn include_raw_carries_the_exact_message() {
 fn a_message_that_trips_the_mime_parser_is_still_sent_whole() {
     use base64::Engine;
     let raw = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/regressions/mail-parser-part-id.eml"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/regressions/mail-parser-part-id.eml"),
     )
     .unwrap();
     let v = payload(&raw, "regression");

@@ -151,6 +151,7 @@ fn message(dir: &Path) -> SpooledMessage {
         size: 22,
         sha256: "00".into(),
         fetched_at: chrono::Utc::now(),
+        seen_before: false,
     }
 }
 

@@ -89,6 +89,7 @@ pub enum SinkKind {
     Maildir(MaildirSettings),
     Webhook(Box<WebhookSettings>),
     S3(Box<crate::sink::s3::S3Settings>),
+    Imap(Box<crate::sink::imap::ImapSettings>),
 }
 
 /// How failed deliveries are retried. Within a poll, a retryable failure is retried up to

@@ -309,6 +309,8 @@ pub enum RawSinkKind {
     Webhook(crate::sink::webhook::WebhookSinkConfig),
     /// `type: s3`.
     S3(crate::sink::s3::S3SinkConfig),
+    /// `type: imap`.
+    Imap(crate::sink::imap::ImapSinkConfig),
 }
 
 impl RawSinkKind {
@@ -319,6 +321,7 @@ impl RawSinkKind {
             RawSinkKind::Maildir(c) => c.validate(base).map(SinkKind::Maildir),
             RawSinkKind::Webhook(c) => c.validate(base).map(|s| SinkKind::Webhook(Box::new(s))),
             RawSinkKind::S3(c) => c.validate(base).map(|s| SinkKind::S3(Box::new(s))),
+            RawSinkKind::Imap(c) => c.validate(base).map(|s| SinkKind::Imap(Box::new(s))),
         }
     }
 }

@@ -461,6 +461,7 @@ async fn process(
         size: retrieved.size,
         sha256: retrieved.sha256.clone(),
         fetched_at: chrono::Utc::now(),
+        seen_before: state.is_some(),
     };
     if !pending.is_empty() {
         store

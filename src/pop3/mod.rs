@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod config;
 mod conn;
+pub(crate) use conn::Stream;
 pub mod error;
 pub mod op;
 pub mod response;

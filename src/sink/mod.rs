@@ -4,6 +4,7 @@
 //! config and validation), `sink.rs` (the [`Sink`] impl), `tests.rs`, and where it has one,
 //! `encoder.rs`/`payload.rs` and `service.rs` (transport).
 
+pub mod imap;
 pub mod maildir;
 pub mod s3;
 pub mod webhook;
@@ -32,6 +33,9 @@ pub struct SpooledMessage {
     /// Lower-case hex SHA-256 of the spool file.
     pub sha256: String,
     pub fetched_at: DateTime<Utc>,
+    /// The state already knew this message (an earlier attempt may have reached a sink without
+    /// being recorded): a sink that cannot deduplicate by key looks for a copy first.
+    pub seen_before: bool,
 }
 
 /// Proof that a sink holds the message durably. Stored in the state as JSON.

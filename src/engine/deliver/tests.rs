@@ -67,6 +67,7 @@ fn message() -> SpooledMessage {
         size: 0,
         sha256: String::new(),
         fetched_at: chrono::Utc::now(),
+        seen_before: false,
     }
 }
 

@@ -12,6 +12,7 @@ fn message(dir: &std::path::Path, body: &[u8]) -> SpooledMessage {
         size: body.len() as u64,
         sha256: String::new(),
         fetched_at: chrono::Utc::now(),
+        seen_before: false,
     }
 }
 

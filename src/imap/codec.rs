@@ -1,0 +1,188 @@
+//! IMAP response lines → meaning, with no I/O: tagged status lines with their response code,
+//! `* CAPABILITY`, `* SEARCH`, `* n FETCH (... RFC822.SIZE n)`, `[APPENDUID v uid]`, and the
+//! `{n}` literal announcement at the end of a line. Only what the APPEND sink needs.
+
+/// The outcome word of a tagged response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    No,
+    Bad,
+}
+
+/// A tagged response: `A7 OK [APPENDUID 38505 3955] APPEND completed`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged {
+    pub tag: String,
+    pub status: Status,
+    /// The response code without brackets (`APPENDUID 38505 3955`), if any.
+    pub code: Option<String>,
+    pub text: String,
+}
+
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Parses `TAG OK|NO|BAD [code] text`; `None` for untagged (`*`) and continuation (`+`) lines.
+pub fn parse_tagged(line: &[u8]) -> Option<Tagged> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let (tag, rest) = text.split_once(' ')?;
+    if tag == "*" || tag == "+" {
+        return None;
+    }
+    let (word, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let status = match word.to_ascii_uppercase().as_str() {
+        "OK" => Status::Ok,
+        "NO" => Status::No,
+        "BAD" => Status::Bad,
+        _ => return None,
+    };
+    let (code, text) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((code, text)) => (Some(code.to_string()), text.trim_start().to_string()),
+        None => (None, rest.to_string()),
+    };
+    Some(Tagged {
+        tag: tag.to_string(),
+        status,
+        code,
+        text,
+    })
+}
+
+/// The byte count of a literal announced at the end of a line (`{123}` or `{123+}`).
+pub fn literal_len(line: &[u8]) -> Option<usize> {
+    let line = trim_eol(line);
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    let inner = line.get(open + 1..)?.strip_suffix(b"}")?;
+    let inner = inner.strip_suffix(b"+").unwrap_or(inner);
+    std::str::from_utf8(inner).ok()?.parse().ok()
+}
+
+/// Capability atoms, upper-cased, from `* CAPABILITY ...` or an `[CAPABILITY ...]` code.
+pub fn capabilities(text: &str) -> Vec<String> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix("* ")
+        .unwrap_or(text)
+        .trim_start_matches('[');
+    let mut words = text.split_whitespace();
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case("CAPABILITY") => words
+            .map(|w| w.trim_end_matches(']').to_ascii_uppercase())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The numbers of a `* SEARCH 3 5 8` line; `None` for other lines.
+pub fn search_results(line: &[u8]) -> Option<Vec<u32>> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let mut words = text.split_whitespace();
+    if words.next()? != "*" || !words.next()?.eq_ignore_ascii_case("SEARCH") {
+        return None;
+    }
+    Some(words.filter_map(|w| w.parse().ok()).collect())
+}
+
+/// `(uid, size)` from `* 12 FETCH (UID 40 RFC822.SIZE 5120)`, in either order.
+pub fn fetch_uid_size(line: &[u8]) -> Option<(u32, u64)> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let upper = text.to_ascii_uppercase();
+    if !upper.starts_with("* ") || !upper.contains(" FETCH (") {
+        return None;
+    }
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let after = |name: &str| {
+        words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case(name))
+            .and_then(|i| words.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((u32::try_from(after("UID")?).ok()?, after("RFC822.SIZE")?))
+}
+
+/// `(uidvalidity, uid)` from an `APPENDUID 38505 3955` response code (RFC 4315).
+pub fn appenduid(code: &str) -> Option<(u32, u32)> {
+    let mut words = code.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("APPENDUID") {
+        return None;
+    }
+    Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+}
+
+/// An IMAP quoted string for `s`, or `None` when it cannot be one (CR, LF, NUL, non-ASCII):
+/// the caller then leaves that search criterion out rather than send a literal.
+pub fn quoted(s: &str) -> Option<String> {
+    if !s.is_ascii() || s.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return None;
+    }
+    Some(format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn tagged_lines_with_and_without_codes() {
+        let t = parse_tagged(b"A7 OK [APPENDUID 38505 3955] APPEND completed\r\n").unwrap();
+        assert_eq!(t.tag, "A7");
+        assert_eq!(t.status, Status::Ok);
+        assert_eq!(appenduid(t.code.as_deref().unwrap()), Some((38505, 3955)));
+        assert_eq!(t.text, "APPEND completed");
+        let t = parse_tagged(b"a1 no [AUTHENTICATIONFAILED] Authentication failed.\r\n").unwrap();
+        assert_eq!(t.status, Status::No);
+        assert_eq!(t.code.as_deref(), Some("AUTHENTICATIONFAILED"));
+        let t = parse_tagged(b"A2 BAD Error in IMAP command\r\n").unwrap();
+        assert_eq!((t.status, t.code), (Status::Bad, None));
+        assert!(parse_tagged(b"* OK [CAPABILITY IMAP4rev1] ready\r\n").is_none());
+        assert!(parse_tagged(b"+ OK\r\n").is_none());
+        assert!(parse_tagged(b"A3 MAYBE\r\n").is_none());
+    }
+
+    #[test]
+    fn literals_capabilities_search_and_fetch() {
+        assert_eq!(literal_len(b"* 1 FETCH (BODY[] {42}\r\n"), Some(42));
+        assert_eq!(literal_len(b"A1 APPEND INBOX {10+}\r\n"), Some(10));
+        assert_eq!(literal_len(b"* OK {not}\r\n"), None);
+        assert_eq!(literal_len(b"* OK fine\r\n"), None);
+        assert_eq!(
+            capabilities("* CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS STARTTLS"),
+            ["IMAP4REV1", "LITERAL+", "UIDPLUS", "STARTTLS"]
+        );
+        assert_eq!(
+            capabilities("CAPABILITY IMAP4rev1 AUTH=PLAIN]"),
+            ["IMAP4REV1", "AUTH=PLAIN"]
+        );
+        assert_eq!(search_results(b"* SEARCH 3 5 8\r\n"), Some(vec![3, 5, 8]));
+        assert_eq!(search_results(b"* SEARCH\r\n"), Some(vec![]));
+        assert_eq!(search_results(b"* 3 EXISTS\r\n"), None);
+        assert_eq!(
+            fetch_uid_size(b"* 12 FETCH (UID 40 RFC822.SIZE 5120)\r\n"),
+            Some((40, 5120))
+        );
+        assert_eq!(
+            fetch_uid_size(b"* 12 FETCH (RFC822.SIZE 7 UID 41)\r\n"),
+            Some((41, 7))
+        );
+        assert_eq!(fetch_uid_size(b"* 12 EXPUNGE\r\n"), None);
+    }
+
+    #[test]
+    fn quoting_escapes_or_refuses() {
+        assert_eq!(quoted("<a@b>").unwrap(), "\"<a@b>\"");
+        assert_eq!(quoted("a\"b\\c").unwrap(), "\"a\\\"b\\\\c\"");
+        assert_eq!(quoted("line\r\nbreak"), None);
+        assert_eq!(quoted("Grüße"), None);
+    }
+}

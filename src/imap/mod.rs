@@ -1,0 +1,89 @@
+//! Our own thin IMAP client, only what the APPEND sink needs. `codec` knows response lines
+//! (no I/O), `client` is the session. async-imap drops APPENDUID and cannot send
+//! non-synchronising literals, hence our own.
+
+pub mod client;
+pub mod codec;
+
+pub use client::Session;
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImapTls {
+    /// TLS from the first byte (port 993).
+    Implicit,
+    /// Plain TCP, then STARTTLS before login (port 143).
+    #[serde(rename = "starttls")]
+    StartTls,
+    /// No TLS: needs `allow_plaintext_auth: true`.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImapAuth {
+    /// AUTHENTICATE PLAIN when offered, else LOGIN.
+    #[default]
+    Auto,
+    Login,
+    Plain,
+}
+
+/// How to reach one IMAP server (the account comes per connection).
+#[derive(Clone, Debug)]
+pub struct ImapConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: ImapTls,
+    pub auth: ImapAuth,
+    pub timeout: Duration,
+    pub allow_plaintext_auth: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to IMAP server {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("IMAP server {server}: timed out {during}")]
+    Timeout {
+        server: String,
+        during: &'static str,
+    },
+    #[error("IMAP server {server}: TLS failed: {detail}")]
+    Tls { server: String, detail: String },
+    #[error("IMAP server {server}: refusing to send a password without TLS (set allow_plaintext_auth: true to allow it)")]
+    Plaintext { server: String },
+    #[error("IMAP server {server} rejected the login of {username}: {text} (check the target user name and password)")]
+    Auth {
+        server: String,
+        username: String,
+        text: String,
+    },
+    #[error("IMAP server {server} refused {command}: {text}")]
+    Refused {
+        server: String,
+        command: String,
+        text: String,
+    },
+    #[error("IMAP server {server}: {detail}")]
+    Protocol { server: String, detail: String },
+    #[error("IMAP server {server}: connection closed: {detail}")]
+    Closed { server: String, detail: String },
+    #[error("IMAP server {server}: {source}")]
+    Io {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the spooled message: {source}")]
+    Spool {
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,247 @@
+//! IMAP sink configuration: one sink block serves many mailboxes, each into its own account,
+//! through a user name template (`{mailbox}`), a password file template, or explicit
+//! per-mailbox `accounts`.
+
+use crate::config::duration::ConfigDuration;
+use crate::config::interpolate::{Interpolated, SecretValue};
+use crate::imap::{ImapAuth, ImapConfig, ImapTls};
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where INTERNALDATE comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InternalDate {
+    /// The first `Received:` header's date, else `Date:`, else the fetch time.
+    #[default]
+    Received,
+    /// `Date:`, else the fetch time.
+    Date,
+    /// When popbridge fetched the message.
+    FetchTime,
+}
+
+/// `type: imap` keys (besides the common `name`, `type`, `retry`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapSinkConfig {
+    pub host: Interpolated,
+    /// Default 993 for `implicit`, 143 otherwise.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `implicit` (default), `starttls` or `none`.
+    #[serde(default)]
+    pub tls: Option<ImapTls>,
+    /// `auto` (default: AUTHENTICATE PLAIN when offered, else LOGIN), `login`, `plain`.
+    #[serde(default)]
+    pub auth: Option<ImapAuth>,
+    /// Target user name; `{mailbox}` is replaced by the popbridge mailbox name.
+    #[serde(default)]
+    pub username: Option<Interpolated>,
+    /// One password for every account (`${VAR}` allowed).
+    #[serde(default)]
+    pub password: Option<SecretValue>,
+    /// A file holding the password; `{mailbox}` allowed (Kubernetes Secrets mounted as files).
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Per-mailbox accounts, by mailbox name; they win over the templates.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, RawAccount>,
+    /// Target folder, created if missing (default `INBOX`).
+    #[serde(default)]
+    pub folder: Option<String>,
+    /// Flags set on each appended message (default none), e.g. `["\\Seen"]`.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// `received` (default), `date` or `fetch_time`.
+    #[serde(default)]
+    pub internaldate: Option<InternalDate>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Verify the server certificate (default true). `false` is logged as a warning.
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    /// Allow a password over an unencrypted connection (`tls: none`); default false.
+    #[serde(default)]
+    pub allow_plaintext_auth: Option<bool>,
+    /// For every read and write (default 60s).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Connections to this server at once, over all accounts (default 4).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    #[serde(default)]
+    pub username: Option<Interpolated>,
+    #[serde(default)]
+    pub password: Option<SecretValue>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+}
+
+/// Where an account's password comes from.
+#[derive(Clone, Debug)]
+pub enum PasswordSource {
+    Value(Secret),
+    /// Read when connecting, so a rotated Secret file is picked up.
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub username: String,
+    pub password: PasswordSource,
+}
+
+/// Validated IMAP sink settings.
+#[derive(Clone, Debug)]
+pub struct ImapSettings {
+    pub server: ImapConfig,
+    pub ca_file: Option<PathBuf>,
+    pub tls_verify: bool,
+    username: Option<String>,
+    password: Option<PasswordSource>,
+    accounts: BTreeMap<String, Account>,
+    pub folder: String,
+    pub flags: Vec<String>,
+    pub internaldate: InternalDate,
+    pub max_connections: usize,
+}
+
+impl ImapSettings {
+    /// The target account of `mailbox`: an explicit entry, else the templates.
+    pub fn account_for(&self, mailbox: &str) -> Result<Account, String> {
+        if let Some(a) = self.accounts.get(mailbox) {
+            return Ok(a.clone());
+        }
+        let username = self
+            .username
+            .as_ref()
+            .ok_or_else(|| format!("no `username` and no `accounts.{mailbox}`"))?
+            .replace("{mailbox}", mailbox);
+        let password = match self.password.as_ref() {
+            Some(PasswordSource::File(p)) => PasswordSource::File(PathBuf::from(
+                p.to_string_lossy().replace("{mailbox}", mailbox),
+            )),
+            Some(v) => v.clone(),
+            None => return Err(format!("no `password`/`password_file` for {mailbox}")),
+        };
+        Ok(Account { username, password })
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+fn password_source(
+    password: Option<SecretValue>,
+    file: Option<String>,
+    base: &Path,
+    at: &str,
+) -> Result<Option<PasswordSource>, String> {
+    match (password, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "{at}`password` and `password_file` exclude each other"
+        )),
+        (Some(p), None) => Ok(Some(PasswordSource::Value(p.into_secret()))),
+        (None, Some(f)) => Ok(Some(PasswordSource::File(resolve(base, &f)))),
+        (None, None) => Ok(None),
+    }
+}
+
+impl ImapSinkConfig {
+    /// Validate; `base` is the config file's directory, for relative paths.
+    pub fn validate(self, base: &Path) -> Result<ImapSettings, String> {
+        let tls = self.tls.unwrap_or(ImapTls::Implicit);
+        let allow_plaintext_auth = self.allow_plaintext_auth.unwrap_or(false);
+        if tls == ImapTls::None && !allow_plaintext_auth {
+            return Err(
+                "`tls: none` sends the password in clear: set `allow_plaintext_auth: true` to allow it"
+                    .into(),
+            );
+        }
+        let timeout = self.timeout.map_or(Duration::from_secs(60), |d| d.0);
+        if timeout.is_zero() {
+            return Err("`timeout` must be greater than 0".into());
+        }
+        let max_connections = self.max_connections.unwrap_or(4);
+        if max_connections == 0 {
+            return Err("`max_connections` must be at least 1".into());
+        }
+        let folder = self.folder.unwrap_or_else(|| "INBOX".into());
+        if crate::imap::codec::quoted(&folder).is_none() || folder.is_empty() {
+            return Err(format!(
+                "`folder` {folder:?} must be ASCII, without line breaks"
+            ));
+        }
+        for f in &self.flags {
+            if !f.starts_with('\\')
+                && !f
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "$_-".contains(c))
+                || f.contains(|c: char| c.is_whitespace() || "(){}\"".contains(c))
+            {
+                return Err(format!("`flags`: {f:?} is not an IMAP flag"));
+            }
+        }
+        let password = password_source(self.password, self.password_file, base, "")?;
+        let mut accounts = BTreeMap::new();
+        for (mailbox, a) in self.accounts {
+            let at = format!("`accounts.{mailbox}`: ");
+            let username = a
+                .username
+                .map(|u| u.0)
+                .or_else(|| {
+                    self.username
+                        .as_ref()
+                        .map(|u| u.0.replace("{mailbox}", &mailbox))
+                })
+                .ok_or_else(|| format!("{at}needs a `username` (no template given)"))?;
+            let pw = password_source(a.password, a.password_file, base, &at)?
+                .or_else(|| password.clone())
+                .ok_or_else(|| format!("{at}needs a `password` or `password_file`"))?;
+            accounts.insert(
+                mailbox,
+                Account {
+                    username,
+                    password: pw,
+                },
+            );
+        }
+        let port = self
+            .port
+            .unwrap_or(if tls == ImapTls::Implicit { 993 } else { 143 });
+        Ok(ImapSettings {
+            server: ImapConfig {
+                host: self.host.0,
+                port,
+                tls,
+                auth: self.auth.unwrap_or_default(),
+                timeout,
+                allow_plaintext_auth,
+            },
+            ca_file: self.ca_file.map(|p| resolve(base, &p)),
+            tls_verify: self.tls_verify.unwrap_or(true),
+            username: self.username.map(|u| u.0),
+            password,
+            accounts,
+            folder,
+            flags: self.flags,
+            internaldate: self.internaldate.unwrap_or_default(),
+            max_connections,
+        })
+    }
+}

@@ -1,0 +1,8 @@
+//! IMAP APPEND sink: POP3 → IMAP migration, byte for byte, with no duplicate in the target.
+
+pub mod config;
+mod headers;
+mod sink;
+
+pub use config::{ImapSettings, ImapSinkConfig};
+pub use sink::ImapSink;

@@ -1,0 +1,272 @@
+//! The IMAP APPEND [`Sink`]: one connection per target account, reused across messages and
+//! reconnected when dropped, a bounded number of connections per server, and a search for an
+//! earlier copy before appending a message that may already have been appended.
+
+use super::config::{Account, ImapSettings, InternalDate, PasswordSource};
+use super::headers;
+use crate::imap::{ImapError, ImapTls, Session};
+use crate::key::IdempotencyKey;
+use crate::secret::Secret;
+use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
+
+pub struct ImapSink {
+    name: String,
+    settings: ImapSettings,
+    tls: Option<async_native_tls::TlsConnector>,
+    /// Open sessions by target user name.
+    sessions: Mutex<HashMap<String, Slot>>,
+    /// Deliveries (so connections in use) to the server at once.
+    permits: Arc<Semaphore>,
+    /// Keys whose APPEND was sent but not confirmed (a dropped connection, a timeout): the
+    /// next attempt looks for the message before appending it again.
+    uncertain: Mutex<std::collections::HashSet<String>>,
+}
+
+impl ImapSink {
+    pub fn new(name: impl Into<String>, settings: ImapSettings) -> Result<Self, String> {
+        let tls = match settings.server.tls {
+            ImapTls::None => None,
+            _ => Some(
+                crate::tls::connector(settings.ca_file.as_deref(), !settings.tls_verify)
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        Ok(Self {
+            name: name.into(),
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            tls,
+            sessions: Mutex::new(HashMap::new()),
+            uncertain: Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+
+    /// The account's slot. Idle sessions of other accounts beyond `max_connections` are
+    /// closed, so a migration of hundreds of mailboxes keeps a bounded number open.
+    fn slot(&self, username: &str) -> Slot {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return Arc::new(tokio::sync::Mutex::new(None));
+        };
+        if !sessions.contains_key(username) && sessions.len() >= self.settings.max_connections {
+            sessions.retain(|_, slot| match slot.try_lock() {
+                // Idle: drop it (the server sees the connection close).
+                Ok(mut s) => {
+                    s.take();
+                    false
+                }
+                Err(_) => true,
+            });
+        }
+        sessions
+            .entry(username.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
+            .clone()
+    }
+
+    async fn connect(&self, account: &Account) -> Result<Session, ImapError> {
+        let password = match &account.password {
+            PasswordSource::Value(s) => s.clone(),
+            PasswordSource::File(p) => Secret::new(
+                std::fs::read_to_string(p)
+                    .map_err(|source| ImapError::Spool { source })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+        };
+        Session::connect(
+            &self.settings.server,
+            self.tls.as_ref(),
+            &account.username,
+            &password,
+        )
+        .await
+    }
+
+    fn internal_date(&self, fields: &headers::Fields, message: &SpooledMessage) -> String {
+        let received = || fields.received.as_deref().and_then(headers::received_date);
+        let date = || fields.date.as_deref().and_then(headers::parse_date);
+        let picked = match self.settings.internaldate {
+            InternalDate::Received => received().or_else(date),
+            InternalDate::Date => date(),
+            InternalDate::FetchTime => None,
+        };
+        headers::internaldate(&picked.unwrap_or_else(|| message.fetched_at.fixed_offset()))
+    }
+
+    async fn deliver_on(
+        &self,
+        session: &mut Session,
+        account: &Account,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+        fields: &headers::Fields,
+    ) -> Result<Receipt, ImapError> {
+        let folder = &self.settings.folder;
+        session.select(folder).await?;
+        let at = format!("{folder} of {}", account.username);
+        let uncertain = self
+            .uncertain
+            .lock()
+            .map(|u| u.contains(key.as_str()))
+            .unwrap_or(true);
+        if message.seen_before || uncertain {
+            if let Some(uid) = find_copy(session, message, fields).await? {
+                return Ok(Receipt::duplicate(format!(
+                    "UID {uid} in {at} (already there)"
+                )));
+            }
+        }
+        let date = self.internal_date(fields, message);
+        if let Ok(mut u) = self.uncertain.lock() {
+            u.insert(key.as_str().to_string());
+        }
+        let uid = session
+            .append(
+                folder,
+                &self.settings.flags,
+                &date,
+                &message.path,
+                message.size,
+            )
+            .await?;
+        if let Ok(mut u) = self.uncertain.lock() {
+            u.remove(key.as_str());
+        }
+        Ok(Receipt::new(match uid {
+            Some((validity, uid)) => format!("APPENDUID {validity} {uid} in {at}"),
+            None => format!("appended to {at} (server without UIDPLUS)"),
+        }))
+    }
+}
+
+/// Size as the server will store it: Dovecot turns a bare LF into CRLF on APPEND.
+fn stored_size(message: &SpooledMessage) -> std::io::Result<u64> {
+    let bytes = std::fs::read(&message.path)?;
+    let bare_lf = bytes
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' && (*i == 0 || bytes[i - 1] != b'\r'))
+        .count();
+    Ok(message.size + bare_lf as u64)
+}
+
+/// An earlier APPEND of this message that the state did not record (a crash in between):
+/// same size as stored, and the same Message-ID, or without one the same Date. A message with
+/// neither cannot be told from another of the same size, so it is appended again.
+async fn find_copy(
+    session: &mut Session,
+    message: &SpooledMessage,
+    fields: &headers::Fields,
+) -> Result<Option<u32>, ImapError> {
+    use crate::imap::codec::quoted;
+    let size = stored_size(message).map_err(|source| ImapError::Spool { source })?;
+    let by = match (
+        fields.message_id.as_deref().and_then(quoted),
+        fields.date.as_deref().and_then(quoted),
+    ) {
+        (Some(id), _) => format!("HEADER Message-ID {id}"),
+        (None, Some(date)) => format!("HEADER Date {date}"),
+        (None, None) => return Ok(None),
+    };
+    let criteria = format!(
+        "LARGER {} SMALLER {} {by}",
+        size.saturating_sub(1),
+        size + 1
+    );
+    Ok(session.uid_search(&criteria).await?.into_iter().next())
+}
+
+fn classify(e: ImapError) -> DeliveryError {
+    let text = e.to_string();
+    match &e {
+        // The server will refuse this message the same way every time.
+        ImapError::Refused {
+            command, text: t, ..
+        } if command == "APPEND"
+            && ["[TOOBIG]", "[LIMIT]", "[PARSE]", "[CANNOT]"]
+                .iter()
+                .any(|c| t.starts_with(c)) =>
+        {
+            DeliveryError::permanent(text)
+        }
+        ImapError::Plaintext { .. } => DeliveryError::permanent(text),
+        // A wrong target password is a configuration error: the messages stay on the POP3
+        // server (retried, then dead-lettered after the retry window) until it is fixed.
+        _ => DeliveryError::retryable(text),
+    }
+}
+
+#[async_trait]
+impl Sink for ImapSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let account = self
+            .settings
+            .account_for(&message.mailbox)
+            .map_err(DeliveryError::permanent)?;
+        let fields = headers::read(&message.path).map_err(|e| {
+            DeliveryError::retryable(format!("cannot read the spooled message: {e}"))
+        })?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| DeliveryError::retryable(format!("IMAP limiter closed: {e}")))?;
+        let slot = self.slot(&account.username);
+        let mut guard = slot.lock().await;
+        // A kept session may have been closed by the server while idle: one fresh try.
+        for fresh in [false, true] {
+            let reused = guard.is_some() && !fresh;
+            if guard.as_ref().is_none_or(Session::is_broken) {
+                *guard = Some(self.connect(&account).await.map_err(classify)?);
+            }
+            let Some(session) = guard.as_mut() else {
+                continue;
+            };
+            match self
+                .deliver_on(session, &account, message, key, &fields)
+                .await
+            {
+                Ok(receipt) => return Ok(receipt),
+                Err(e) => {
+                    let broken = session.is_broken();
+                    if broken {
+                        *guard = None;
+                    }
+                    if !(broken && reused) {
+                        return Err(classify(e));
+                    }
+                    tracing::debug!(sink = %self.name, error = %e, "IMAP session was gone; reconnecting");
+                }
+            }
+        }
+        Err(DeliveryError::retryable("IMAP session lost twice"))
+    }
+
+    async fn healthcheck(&self) -> Result<(), DeliveryError> {
+        let s = &self.settings.server;
+        tokio::time::timeout(
+            s.timeout,
+            tokio::net::TcpStream::connect((s.host.as_str(), s.port)),
+        )
+        .await
+        .map_err(|_| {
+            DeliveryError::retryable(format!("IMAP {}:{}: connect timed out", s.host, s.port))
+        })?
+        .map_err(|e| DeliveryError::retryable(format!("IMAP {}:{}: {e}", s.host, s.port)))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! The IMAP APPEND sink through the binary, POP3 → IMAP on one real Dovecot: several
+//! mailboxes into several accounts from one sink block, the folder created on first use,
+//! INTERNALDATE and flags, byte-identical copies, kill -9 during a migration, the IMAP server
+//! down for a while, a wrong target password. What arrived is read back with Python's imaplib,
+//! an independent client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_exactly_once, mail, Bridge, Dovecot, Mailbox, User};
+use std::process::Command;
+use std::time::Duration;
+
+const ORACLE: &str = r#"
+import base64, imaplib, json, re, ssl, sys
+host, port, user, password, cafile, folder = sys.argv[1:7]
+imap = imaplib.IMAP4(host, int(port))
+imap.starttls(ssl.create_default_context(cafile=cafile))
+imap.login(user, password)
+typ, count = imap.select('"%s"' % folder, readonly=True)
+out = []
+if typ == "OK" and int(count[0]) > 0:
+    typ, data = imap.fetch("1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
+    for item in data:
+        if isinstance(item, tuple):
+            meta = item[0].decode()
+            flags = re.search(r"FLAGS \(([^)]*)\)", meta).group(1).split()
+            date = re.search(r'INTERNALDATE "([^"]+)"', meta).group(1)
+            out.append({"flags": flags, "date": date, "body": base64.b64encode(item[1]).decode()})
+print(json.dumps({"selected": typ == "OK", "messages": out}))
+"#;
+
+struct Stored {
+    flags: Vec<String>,
+    date: String,
+    body: Vec<u8>,
+}
+
+/// The messages in `folder` of `user`, through imaplib over STARTTLS; `None` if no folder.
+fn imap_folder(dc: &Dovecot, user: &User, folder: &str) -> Option<Vec<Stored>> {
+    use base64::Engine;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(ORACLE)
+        .args([
+            "localhost",
+            &dc.imap_port.to_string(),
+            &user.name,
+            &user.password,
+        ])
+        .arg(&dc.ca_file)
+        .arg(folder)
+        .output()
+        .expect("python3 runs the imaplib oracle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if !v["selected"].as_bool().unwrap() {
+        return None;
+    }
+    Some(
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Stored {
+                flags: m["flags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap().to_string())
+                    .collect(),
+                date: m["date"].as_str().unwrap().to_string(),
+                body: base64::engine::general_purpose::STANDARD
+                    .decode(m["body"].as_str().unwrap())
+                    .unwrap(),
+            })
+            .collect(),
+    )
+}
+
+/// Replaces the harness's Maildir sink with `sink_yaml` (a full `sinks:` block).
+fn use_sink(bridge: &Bridge, sink_yaml: &str) {
+    let yaml = std::fs::read_to_string(&bridge.config).unwrap();
+    let maildir_sink = "sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n";
+    assert!(
+        yaml.contains(maildir_sink),
+        "the harness config changed:\n{yaml}"
+    );
+    std::fs::write(&bridge.config, yaml.replace(maildir_sink, sink_yaml)).unwrap();
+}
+
+/// An IMAP sink block into `folder`; `accounts` is YAML for the `accounts:` map (or empty).
+fn imap_sink(dc: &Dovecot, port: u16, folder: &str, extra: &str) -> String {
+    format!(
+        "sinks:\n  - name: archive\n    type: imap\n    host: localhost\n    port: {port}\n    tls: starttls\n\
+         \x20   ca_file: {ca}\n    folder: {folder}\n    timeout: 10s\n\
+         \x20   retry: {{ attempts_per_poll: 2, initial_backoff: 5ms, max_backoff: 20ms, window: 1h }}\n{extra}",
+        ca = dc.ca_file.display()
+    )
+}
+
+fn with_received(messages: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    messages
+        .into_iter()
+        .map(|m| {
+            let mut out =
+                b"Received: from mx.example.org by pop.example.org with ESMTP;\r\n\tMon, 2 Mar 2026 10:11:12 +0100\r\n"
+                    .to_vec();
+            out.extend_from_slice(&m);
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn mailboxes_migrate_into_their_own_accounts_from_one_sink_block() {
+    let dc = dovecot_or_skip!();
+    let (src_a, src_b) = (dc.add_user("imsrca"), dc.add_user("imsrcb"));
+    let (dst_a, dst_b) = (dc.add_user("imdsta"), dc.add_user("imdstb"));
+    let (msgs_a, msgs_b) = (
+        with_received(mail::corpus("ima", 12)),
+        mail::corpus("imb", 9),
+    );
+    dc.seed(&src_a, &msgs_a);
+    dc.seed(&src_b, &msgs_b);
+    // Mailbox A is named after its target account and uses the templates; B has an entry.
+    let mb_a = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new(&dst_a.name, &src_a)
+    };
+    let mb_b = Mailbox::new("bob", &src_b);
+    let bridge = Bridge::new(dc, &[mb_a, mb_b]);
+    let pw_dir = bridge.dir.path().join("pw");
+    std::fs::create_dir_all(&pw_dir).unwrap();
+    std::fs::write(pw_dir.join(&dst_a.name), format!("{}\n", dst_a.password)).unwrap();
+    use_sink(
+        &bridge,
+        &imap_sink(
+            dc,
+            dc.imap_port,
+            "Migrated",
+            &format!(
+                "    username: \"{{mailbox}}\"\n    password_file: ./pw/{{mailbox}}\n    flags: [\"\\\\Seen\"]\n\
+                 \x20   accounts:\n      bob: {{ username: {}, password: \"${{BOB_IMAP}}\" }}\n",
+                dst_b.name
+            ),
+        ),
+    );
+    let run = bridge.run_with_env(&["once"], &[("BOB_IMAP", &dst_b.password)]);
+    assert!(run.ok(), "{}", run.output());
+    assert!(
+        !run.output().contains(&dst_b.password),
+        "no IMAP password in the output"
+    );
+
+    let a = imap_folder(dc, &dst_a, "Migrated").expect("folder created on first use");
+    let b = imap_folder(dc, &dst_b, "Migrated").expect("folder created on first use");
+    let bodies = |s: &[Stored]| s.iter().map(|m| m.body.clone()).collect::<Vec<_>>();
+    assert_exactly_once(&msgs_a, &bodies(&a));
+    assert_exactly_once(&msgs_b, &bodies(&b));
+    for m in a.iter().chain(&b) {
+        assert_eq!(m.flags, ["\\Seen"], "flags as configured");
+    }
+    // INTERNALDATE: the first Received: header (the same instant; Dovecot shows it in its own
+    // zone); without one, the fetch time.
+    let instant = |d: &str| chrono::DateTime::parse_from_str(d, "%d-%b-%Y %H:%M:%S %z").unwrap();
+    let received = instant("02-Mar-2026 10:11:12 +0100");
+    assert!(
+        a.iter().all(|m| instant(&m.date) == received),
+        "{:?}",
+        a[0].date
+    );
+    let now = chrono::Utc::now();
+    assert!(b
+        .iter()
+        .all(|m| (now - instant(&m.date).to_utc()).num_minutes().abs() < 10));
+    assert!(
+        dc.list_server_messages(&src_a).is_empty(),
+        "after_delivery emptied A"
+    );
+    assert_eq!(
+        dc.list_server_messages(&src_b).len(),
+        msgs_b.len(),
+        "B keeps its mail"
+    );
+
+    // A second pass appends nothing.
+    let again = bridge.run_with_env(&["once"], &[("BOB_IMAP", &dst_b.password)]);
+    assert!(again.ok(), "{}", again.output());
+    assert_eq!(
+        imap_folder(dc, &dst_b, "Migrated").unwrap().len(),
+        msgs_b.len()
+    );
+}
+
+#[test]
+fn kill_9_during_a_migration_leaves_exactly_one_copy_of_each_message() {
+    let dc = dovecot_or_skip!();
+    let src = dc.add_user("imkillsrc");
+    let dst = dc.add_user("imkilldst");
+    let messages = mail::corpus("imkill", 300);
+    dc.seed(&src, &messages);
+    let mailbox = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new("kill", &src)
+    };
+    let bridge = Bridge::new(dc, &[mailbox]);
+    use_sink(
+        &bridge,
+        &imap_sink(
+            dc,
+            dc.imap_port,
+            "INBOX",
+            &format!(
+                "    username: {}\n    password: \"${{KILL_DST_IMAP}}\"\n",
+                dst.name
+            ),
+        ),
+    );
+    // `spawn` passes no extra environment: the children inherit this (test-unique) variable.
+    std::env::set_var("KILL_DST_IMAP", &dst.password);
+    let env = [("KILL_DST_IMAP", dst.password.as_str())];
+    let mut kills = 0;
+    for round in 0..40u64 {
+        let mut child = bridge.spawn(&["once"]);
+        std::thread::sleep(Duration::from_millis(60 + (round * 37) % 250));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        // Anything gone from the POP3 server must already be in the target.
+        let on_server = dc.list_server_messages(&src).len();
+        let in_target = imap_folder(dc, &dst, "INBOX").unwrap().len();
+        assert!(
+            in_target + on_server >= messages.len(),
+            "lost mail after kill {kills}"
+        );
+    }
+    let run = bridge.run_with_env(&["once"], &env);
+    assert!(run.ok(), "{}", run.output());
+    let stored: Vec<Vec<u8>> = imap_folder(dc, &dst, "INBOX")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert!(kills > 0, "the test must kill at least once");
+    assert_exactly_once(&messages, &stored);
+    assert!(dc.list_server_messages(&src).is_empty());
+}
+
+#[test]
+fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
+    let dc = dovecot_or_skip!();
+    let src = dc.add_user("imdownsrc");
+    let dst = dc.add_user("imdowndst");
+    let messages = mail::corpus("imdown", 6);
+    dc.seed(&src, &messages);
+    let mailbox = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new("down", &src)
+    };
+    let bridge = Bridge::new(dc, &[mailbox]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let extra = format!(
+        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
+        dst.name
+    );
+    let env = [("DST_IMAP", dst.password.as_str())];
+    use_sink(&bridge, &imap_sink(dc, closed_port, "INBOX", &extra));
+    let run = bridge.run_with_env(&["once"], &env);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    assert!(
+        run.output().contains("cannot connect to IMAP server"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(
+        dc.list_server_messages(&src).len(),
+        messages.len(),
+        "no DELE before APPEND"
+    );
+
+    let yaml = std::fs::read_to_string(&bridge.config).unwrap();
+    std::fs::write(
+        &bridge.config,
+        yaml.replace(
+            &format!("port: {closed_port}\n"),
+            &format!("port: {}\n", dc.imap_port),
+        ),
+    )
+    .unwrap();
+    let run = bridge.run_with_env(&["once"], &env);
+    assert!(run.ok(), "{}", run.output());
+    let stored: Vec<Vec<u8>> = imap_folder(dc, &dst, "INBOX")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_exactly_once(&messages, &stored);
+    assert!(dc.list_server_messages(&src).is_empty());
+}
+
+#[test]
+fn a_wrong_target_password_is_a_clear_error_and_keeps_the_mail() {
+    let dc = dovecot_or_skip!();
+    let src = dc.add_user("imwrongsrc");
+    let dst = dc.add_user("imwrongdst");
+    dc.seed(&src, &mail::corpus("imwrong", 2));
+    let mailbox = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new("wrong", &src)
+    };
+    let bridge = Bridge::new(dc, &[mailbox]);
+    let extra = format!(
+        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
+        dst.name
+    );
+    use_sink(&bridge, &imap_sink(dc, dc.imap_port, "INBOX", &extra));
+    let run = bridge.run_with_env(&["once"], &[("DST_IMAP", "not-the-password")]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    let out = run.output();
+    assert!(
+        out.contains(&format!("rejected the login of {}", dst.name)),
+        "says which account failed: {out}"
+    );
+    assert!(
+        !out.contains("not-the-password"),
+        "the password never appears"
+    );
+    assert_eq!(dc.list_server_messages(&src).len(), 2);
+}
