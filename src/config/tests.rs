@@ -435,9 +435,10 @@ fn example_config_loads() {
         "example must use a password_file"
     );
     let loaded = load_str_with_env(&text, &path, |name| match name {
-        "ALICE_POP3_PASSWORD" | "BOB_POP3_PASSWORD" | "APP_WEBHOOK_TOKEN" => {
-            Some(format!("pw-{name}"))
-        }
+        "ALICE_POP3_PASSWORD"
+        | "BOB_POP3_PASSWORD"
+        | "APP_WEBHOOK_TOKEN"
+        | "CAROL_IMAP_PASSWORD" => Some(format!("pw-{name}")),
         "APP_WEBHOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
         _ => None,
     })
@@ -451,6 +452,42 @@ fn example_config_loads() {
     );
     assert_eq!(c.mailboxes[2].pop3.secret.expose(), "carol-secret");
     assert!(!c.sinks.is_empty());
+    // One IMAP block, three target accounts.
+    let imap = c
+        .sinks
+        .iter()
+        .find_map(|s| match &s.kind {
+            SinkKind::Imap(i) => Some(i),
+            _ => None,
+        })
+        .expect("the example migrates to IMAP");
+    assert_eq!(imap.flags, ["\\Seen"]);
+    assert_eq!(imap.folder, "Migrated");
+    let alice = imap.account_for("alice").unwrap();
+    assert_eq!(alice.username, "alice@new.example.com");
+    assert!(matches!(
+        alice.password,
+        crate::sink::imap::config::PasswordSource::File(ref p) if p == Path::new("/run/secrets/imap/alice")
+    ));
+    assert_eq!(
+        imap.account_for("carol").unwrap().username,
+        "c.smith@new.example.com"
+    );
+    let debug = format!("{:?}", imap.account_for("carol").unwrap());
+    assert!(!debug.contains("pw-CAROL"), "{debug}");
+}
+
+#[test]
+fn an_imap_sink_needs_an_account_for_every_mailbox_it_serves() {
+    let text = MINIMAL.replace("    sinks: [archive]", "    sinks: [archive, newhome]")
+        + "  - name: newhome\n    type: imap\n    host: imap.example.com\n    username: \"{mailbox}@example.com\"\n";
+    let shown = load(&text).unwrap_err().to_string();
+    assert!(
+        shown.contains("sinks[newhome]") && shown.contains("no target account"),
+        "{shown}"
+    );
+    let ok = text + "    password: \"secret\"\n";
+    assert!(load(&ok).is_ok());
 }
 
 #[test]
