@@ -104,3 +104,36 @@ pub fn config(data: &[u8]) {
         );
     }
 }
+
+/// IMAP response handling: every parser takes any line without panicking, and quoting a
+/// string then reading it back as IMAP does gives the string again.
+pub fn imap_codec(data: &[u8]) {
+    use crate::imap::codec;
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if let Some(t) = codec::parse_tagged(line) {
+            assert!(!t.tag.is_empty() && t.tag != "*" && t.tag != "+");
+            if let Some(code) = &t.code {
+                let _ = codec::appenduid(code);
+                let _ = codec::capabilities(code);
+            }
+        }
+        let _ = codec::literal_len(line);
+        let _ = codec::search_results(line);
+        let _ = codec::fetch_uid_size(line);
+        let _ = codec::capabilities(&String::from_utf8_lossy(line));
+    }
+    let text = String::from_utf8_lossy(data);
+    if let Some(q) = codec::quoted(&text) {
+        let inner = &q[1..q.len() - 1];
+        let mut back = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => back.extend(chars.next()),
+                '"' => panic!("an unescaped quote inside {q}"),
+                c => back.push(c),
+            }
+        }
+        assert_eq!(back, text);
+    }
+}

@@ -45,3 +45,8 @@ fn config_corpus() {
 fn a_failing_property_fails_the_replay() {
     replay("webhook_payload", |_| panic!("invalid JSON: stand-in"));
 }
+
+#[test]
+fn imap_codec_corpus() {
+    replay("imap_codec", popbridge::fuzzing::imap_codec);
+}

@@ -29,7 +29,13 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 pub fn parse_tagged(line: &[u8]) -> Option<Tagged> {
     let text = String::from_utf8_lossy(trim_eol(line));
     let (tag, rest) = text.split_once(' ')?;
-    if tag == "*" || tag == "+" {
+    // A tag is an atom: not empty (a line starting with a space, found by the fuzzer), no
+    // `*`/`+` (untagged, continuation), no controls or IMAP specials.
+    if tag.is_empty()
+        || tag
+            .chars()
+            .any(|c| c.is_control() || "*+(){%\\\"]".contains(c) || !c.is_ascii())
+    {
         return None;
     }
     let (word, rest) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -148,6 +154,9 @@ mod tests {
         assert!(parse_tagged(b"* OK [CAPABILITY IMAP4rev1] ready\r\n").is_none());
         assert!(parse_tagged(b"+ OK\r\n").is_none());
         assert!(parse_tagged(b"A3 MAYBE\r\n").is_none());
+        // Found by the fuzzer: a leading space made an empty tag.
+        assert!(parse_tagged(b" OK [CAPABILITY IMAP4rev1] ready\r\n").is_none());
+        assert!(parse_tagged(b"A\x004 OK done\r\n").is_none());
     }
 
     #[test]
