@@ -59,10 +59,13 @@ fn s3_objects(root: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// Every body seen under one `webhook-id`.
+type BodiesById = HashMap<String, HashSet<Vec<u8>>>;
+
 /// Bodies the receiver answered 2xx for, and every body seen per `webhook-id`.
-fn webhook_state(rx: &Receiver) -> (HashSet<Vec<u8>>, HashMap<String, HashSet<Vec<u8>>>) {
+fn webhook_state(rx: &Receiver) -> (HashSet<Vec<u8>>, BodiesById) {
     let mut ok = HashSet::new();
-    let mut by_id: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
+    let mut by_id = BodiesById::new();
     for r in rx.requests() {
         by_id
             .entry(r.header("webhook-id"))
