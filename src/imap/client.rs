@@ -79,7 +79,17 @@ impl Session {
                 text: text.trim().to_string(),
             });
         }
-        s.capability().await?;
+        // Dovecot and most servers announce capabilities in the greeting: one round trip less.
+        let announced = codec::capabilities(
+            text.split_once('[')
+                .and_then(|(_, r)| r.split_once(']'))
+                .map_or("", |(code, _)| code),
+        );
+        if announced.is_empty() {
+            s.capability().await?;
+        } else {
+            s.caps = announced;
+        }
         if cfg.tls == ImapTls::StartTls {
             if !has(&s.caps, "STARTTLS") {
                 return Err(ImapError::Protocol {
@@ -161,24 +171,8 @@ impl Session {
             super::ImapAuth::Auto => has(&self.caps, "AUTH=PLAIN"),
         };
         let done = if plain {
-            use base64::Engine;
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{username}\0{}", password.expose()));
-            // SASL-IR when offered saves a round trip; otherwise answer the `+` challenge.
-            if has(&self.caps, "SASL-IR") {
-                self.send_hidden(&format!("AUTHENTICATE PLAIN {token}"), "AUTHENTICATE PLAIN")
-                    .await?
-            } else {
-                let tag = self.next_tag();
-                self.write(format!("{tag} AUTHENTICATE PLAIN\r\n").as_bytes())
-                    .await?;
-                let line = self.read_line().await?;
-                if !line.starts_with(b"+") {
-                    return Err(self.auth_error(codec::parse_tagged(&line), username));
-                }
-                self.write(format!("{token}\r\n").as_bytes()).await?;
-                self.finish(&tag, "AUTHENTICATE PLAIN").await?.1
-            }
+            let mut mechanism = crate::pop3::op::sasl::Plain::new(username, password);
+            self.authenticate(&mut mechanism).await?
         } else {
             let (Some(u), Some(p)) = (codec::quoted(username), codec::quoted(password.expose()))
             else {
@@ -200,6 +194,52 @@ impl Session {
             _ => self.capability().await?,
         }
         Ok(())
+    }
+
+    /// AUTHENTICATE (RFC 3501 6.2.2) driven by any SASL mechanism, the same interface as POP3's
+    /// AUTH: PLAIN today, XOAUTH2 (two-step: an error challenge is answered with an empty line)
+    /// ready. The initial response goes on the command line when the server has SASL-IR.
+    pub async fn authenticate(
+        &mut self,
+        mechanism: &mut dyn crate::pop3::SaslMechanism,
+    ) -> Result<Tagged, ImapError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let tag = self.next_tag();
+        let what = format!("AUTHENTICATE {}", mechanism.name());
+        let mut pending = mechanism.initial_response();
+        let mut line = format!("{tag} {what}");
+        if has(&self.caps, "SASL-IR") {
+            if let Some(first) = pending.take() {
+                line.push(' ');
+                line.push_str(&if first.is_empty() {
+                    "=".into()
+                } else {
+                    b64.encode(first)
+                });
+            }
+        }
+        line.push_str("\r\n");
+        self.write(line.as_bytes()).await?;
+        loop {
+            let answer = self.read_line().await?;
+            if let Some(challenge) = answer.strip_prefix(b"+") {
+                let text = String::from_utf8_lossy(challenge).trim().to_string();
+                let response = match pending.take() {
+                    Some(first) => first,
+                    None => mechanism.respond(&b64.decode(text.as_bytes()).unwrap_or_default()),
+                };
+                self.write(format!("{}\r\n", b64.encode(response)).as_bytes())
+                    .await?;
+                continue;
+            }
+            match codec::parse_tagged(&answer) {
+                Some(done) if done.tag == tag => return Ok(done),
+                Some(_) => return Err(self.protocol(&answer)),
+                // Untagged data during authentication (a CAPABILITY line): skip it.
+                None => continue,
+            }
+        }
     }
 
     fn auth_error(&self, done: Option<Tagged>, username: &str) -> ImapError {
