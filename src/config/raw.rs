@@ -122,7 +122,7 @@ pub struct RawPop3 {
     /// at every poll and left on the server.
     #[serde(default)]
     pub max_message_bytes: Option<u64>,
-    /// Most commands in flight with PIPELINING (default 32).
+    /// Most commands in flight with PIPELINING (default 128).
     #[serde(default)]
     pub pipeline_window: Option<usize>,
 }

@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1 << 30;
 /// RFC 1939 allows response lines of 512 octets; accepting less would break servers.
 const MIN_MAX_LINE_LENGTH: usize = 512;
 /// Default PIPELINING window.
-pub const DEFAULT_PIPELINE_WINDOW: usize = 32;
+pub const DEFAULT_PIPELINE_WINDOW: usize = 128;
 /// Default poll interval when `schedule` is absent.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
