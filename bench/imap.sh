@@ -30,11 +30,11 @@ PASS=bench-$RANDOM$RANDOM
 export PB_BENCH_PASS=$PASS
 SEQ=0
 
-# fresh_user: a new empty account; prints its name.
+# fresh_user: a new empty account, named in $DST (not a subshell: SEQ must advance).
 fresh_user() {
     SEQ=$((SEQ + 1))
-    dc_add_user "dst$SEQ" "$PASS" >/dev/null
-    echo "dst$SEQ"
+    DST=dst$SEQ
+    dc_add_user "$DST" "$PASS" >/dev/null
 }
 
 # popbridge_run SRC DST: prints "wall rss_kb".
@@ -83,8 +83,11 @@ import imaplib, os, sys
 maildir, port, user, password = sys.argv[1:5]
 imap = imaplib.IMAP4("127.0.0.1", int(port))
 imap.login(user, password)
-for name in sorted(os.listdir(os.path.join(maildir, "new"))):
-    with open(os.path.join(maildir, "new", name), "rb") as f:
+# Dovecot's POP3 moves messages from new/ to cur/ once they have been seen.
+paths = sorted(os.path.join(maildir, sub, name) for sub in ("new", "cur")
+               for name in os.listdir(os.path.join(maildir, sub)))
+for path in paths:
+    with open(path, "rb") as f:
         typ, _ = imap.append("INBOX", None, None, f.read())
     assert typ == "OK"
 imap.logout()
@@ -109,7 +112,8 @@ workload() {
     : >"$WORK/i.txt"
     for round in $(seq 0 "$REPS"); do
         for tool in popbridge imaplib; do
-            dst=$(fresh_user)
+            fresh_user
+            dst=$DST
             sleep 1.1
             if [ "$tool" = popbridge ]; then
                 line=$(popbridge_run "$src" "$dst")
