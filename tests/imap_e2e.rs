@@ -337,3 +337,37 @@ fn a_wrong_target_password_is_a_clear_error_and_keeps_the_mail() {
     );
     assert_eq!(dc.list_server_messages(&src).len(), 2);
 }
+
+#[test]
+fn a_target_with_an_untrusted_certificate_is_refused_before_login() {
+    let dc = dovecot_or_skip!();
+    let src = dc.add_user("imcertsrc");
+    let dst = dc.add_user("imcertdst");
+    dc.seed(&src, &mail::corpus("imcert", 2));
+    let mailbox = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new("cert", &src)
+    };
+    let bridge = Bridge::new(dc, &[mailbox]);
+    let extra = format!(
+        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
+        dst.name
+    );
+    // The sink trusts a CA that did not sign Dovecot's certificate.
+    let sink = imap_sink(dc, dc.imap_port, "INBOX", &extra).replace(
+        &format!("ca_file: {}", dc.ca_file.display()),
+        &format!("ca_file: {}", dc.other_ca_file.display()),
+    );
+    use_sink(&bridge, &sink);
+    let run = bridge.run_with_env(&["once"], &[("DST_IMAP", &dst.password)]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    assert!(run.output().contains("TLS failed"), "{}", run.output());
+    assert!(!run.output().contains(&dst.password));
+    assert_eq!(dc.list_server_messages(&src).len(), 2, "nothing deleted");
+    let logins = dc.log().matches(&format!("user=<{}>", dst.name)).count();
+    assert_eq!(
+        logins, 0,
+        "no login attempt reached Dovecot for {}",
+        dst.name
+    );
+}

@@ -1,10 +1,12 @@
-//! Webhook TLS against a real HTTPS server (Python's http.server with the ssl module) on
-//! loopback: certificates are verified by default, a private CA is trusted through `ca_file`,
-//! and a receiver that requires a client certificate gets one through `client_cert`/`client_key`.
+//! HTTPS sinks against a real HTTPS server (Python's http.server with the ssl module) on
+//! loopback: certificates are verified by default (webhook and S3), a private CA is trusted
+//! through `ca_file`, and a receiver that requires a client certificate gets one through
+//! `client_cert`/`client_key`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "common/certs.rs"]
 mod certs;
+mod support;
 
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::webhook::{Format, WebhookSettings, WebhookSink};
@@ -205,4 +207,26 @@ async fn a_receiver_that_requires_a_client_certificate_gets_ours() {
     let sink = WebhookSink::new("hook", with).unwrap();
     let receipt = sink.deliver(&m, &key).await.unwrap();
     assert!(receipt.detail.starts_with("HTTP 200"), "{receipt:?}");
+}
+
+#[tokio::test]
+async fn the_s3_sink_refuses_an_untrusted_certificate_too() {
+    use popbridge::sink::s3::{S3Settings, S3Sink};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::make_ca(dir.path(), "ca");
+    let leaf = certs::make_leaf(dir.path(), &ca, "server");
+    let server = https(&leaf, None);
+    let endpoint = server.url.trim_end_matches("/hook").parse().unwrap();
+    let creds = support::s3::creds(support::s3::ACCESS_KEY, support::s3::SECRET_KEY);
+    let sink = S3Sink::new("lake", S3Settings::new(endpoint, "mail", Some(creds))).unwrap();
+    let err = sink
+        .deliver(&message(dir.path()), &IdempotencyKey::derive("alice", "u1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "the message stays on the server: {err}");
+    assert!(
+        err.to_string().contains("certificate verify failed"),
+        "the error says why: {err}"
+    );
+    assert!(!err.to_string().contains(support::s3::SECRET_KEY));
 }

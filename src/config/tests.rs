@@ -486,8 +486,13 @@ fn an_imap_sink_needs_an_account_for_every_mailbox_it_serves() {
         shown.contains("sinks[newhome]") && shown.contains("no target account"),
         "{shown}"
     );
-    let ok = text + "    password: \"secret\"\n";
+    let ok = text.clone() + "    password: \"secret\"\n";
     assert!(load(&ok).is_ok());
+    // No password over plain TCP unless the config says so.
+    let plain = ok.clone() + "    tls: none\n";
+    let shown = load(&plain).unwrap_err().to_string();
+    assert!(shown.contains("allow_plaintext_auth"), "{shown}");
+    assert!(load(&(plain + "    allow_plaintext_auth: true\n")).is_ok());
 }
 
 #[test]

@@ -178,12 +178,13 @@ impl Service {
 /// No answer at all: timeouts and connection failures are worth retrying.
 pub fn transport_error(e: &reqwest::Error) -> DeliveryError {
     // reqwest errors never include header values, so no signature or token leaks here.
+    let text = crate::sink::http::describe(e);
     if e.is_builder() {
-        DeliveryError::permanent(format!("s3: cannot build the request: {e}"))
+        DeliveryError::permanent(format!("s3: cannot build the request: {text}"))
     } else if e.is_timeout() {
-        DeliveryError::retryable(format!("s3: timed out: {e}"))
+        DeliveryError::retryable(format!("s3: timed out: {text}"))
     } else {
-        DeliveryError::retryable(format!("s3: no answer: {e}"))
+        DeliveryError::retryable(format!("s3: no answer: {text}"))
     }
 }
 

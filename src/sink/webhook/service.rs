@@ -85,39 +85,13 @@ pub fn classify(
 /// A request that got no answer: timeouts and connection failures are worth retrying; a
 /// request that could not even be built is not.
 pub fn classify_error(e: &reqwest::Error) -> DeliveryError {
-    // reqwest's Display stops at "error sending request for url (...)": the cause (refused,
-    // certificate verify failed) is in the source chain, and an operator needs it. The URL is
-    // left out (the sink's name says which endpoint): a query string may carry a token.
-    let mut text = String::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    if text.is_empty() {
-        text = without_url(e);
-    }
+    let text = crate::sink::http::describe(e);
     if e.is_builder() {
         DeliveryError::permanent(format!("cannot build the request: {text}"))
     } else if e.is_timeout() {
         DeliveryError::retryable(format!("timed out: {text}"))
     } else {
         DeliveryError::retryable(format!("no answer: {text}"))
-    }
-}
-
-/// The error's own text without the URL reqwest appends to it.
-fn without_url(e: &reqwest::Error) -> String {
-    let text = e.to_string();
-    match e.url() {
-        Some(url) => text.replace(&format!(" for url ({url})"), ""),
-        None => text,
     }
 }
 
