@@ -40,25 +40,6 @@ fn imap_bodies(user: &User) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn s3_objects(root: &Path) -> Vec<Vec<u8>> {
-    fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "eml") {
-                out.push(std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&root.join(BUCKET), &mut out);
-    out
-}
-
 /// Every body seen under one `webhook-id`.
 type BodiesById = HashMap<String, HashSet<Vec<u8>>>;
 
@@ -137,7 +118,7 @@ async fn sigkill_at_random_moments_with_every_sink_loses_and_duplicates_nothing(
     // Every message that left a POP3 mailbox is in every sink.
     let check_nothing_lost = |when: &str| {
         let (hooked, _) = webhook_state(&rx);
-        let in_s3: HashSet<Vec<u8>> = s3_objects(&s3.root).into_iter().collect();
+        let in_s3: HashSet<Vec<u8>> = support::s3::objects(&s3.root).into_iter().collect();
         for (i, src) in sources.iter().enumerate() {
             let on_server: HashSet<Vec<u8>> = dc.list_server_messages(src).into_iter().collect();
             let maildir: HashSet<Vec<u8>> = bodies(&bridge.maildir(&targets[i].name))
@@ -195,7 +176,7 @@ async fn sigkill_at_random_moments_with_every_sink_loses_and_duplicates_nothing(
     check_nothing_lost("at the end");
 
     let (hooked, by_id) = webhook_state(&rx);
-    let in_s3 = s3_objects(&s3.root);
+    let in_s3 = support::s3::objects(&s3.root);
     let all: Vec<Vec<u8>> = expected.iter().flatten().cloned().collect();
     assert_exactly_once(&all, &in_s3);
     for (i, src) in sources.iter().enumerate() {

@@ -116,6 +116,25 @@ fn with_received(messages: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// One POP3 mailbox (`n` corpus messages, `delete: after_delivery`) and one IMAP account; the
+/// `extra` sink keys log in to it with the password from `DST_IMAP`.
+fn one_mailbox(dc: &Dovecot, tag: &str, n: usize) -> (User, User, Bridge, Vec<Vec<u8>>, String) {
+    let src = dc.add_user(&format!("{tag}src"));
+    let dst = dc.add_user(&format!("{tag}dst"));
+    let messages = mail::corpus(tag, n);
+    dc.seed(&src, &messages);
+    let mailbox = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new(tag, &src)
+    };
+    let bridge = Bridge::new(dc, &[mailbox]);
+    let extra = format!(
+        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
+        dst.name
+    );
+    (src, dst, bridge, messages, extra)
+}
+
 #[test]
 fn mailboxes_migrate_into_their_own_accounts_from_one_sink_block() {
     let dc = dovecot_or_skip!();
@@ -257,22 +276,10 @@ fn kill_9_during_a_migration_leaves_exactly_one_copy_of_each_message() {
 #[test]
 fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
     let dc = dovecot_or_skip!();
-    let src = dc.add_user("imdownsrc");
-    let dst = dc.add_user("imdowndst");
-    let messages = mail::corpus("imdown", 6);
-    dc.seed(&src, &messages);
-    let mailbox = Mailbox {
-        delete: "after_delivery",
-        ..Mailbox::new("down", &src)
-    };
-    let bridge = Bridge::new(dc, &[mailbox]);
+    let (src, dst, bridge, messages, extra) = one_mailbox(dc, "imdown", 6);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    let extra = format!(
-        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
-        dst.name
-    );
     let env = [("DST_IMAP", dst.password.as_str())];
     use_sink(&bridge, &imap_sink(dc, closed_port, "INBOX", &extra));
     let run = bridge.run_with_env(&["once"], &env);
@@ -311,18 +318,7 @@ fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
 #[test]
 fn a_wrong_target_password_is_a_clear_error_and_keeps_the_mail() {
     let dc = dovecot_or_skip!();
-    let src = dc.add_user("imwrongsrc");
-    let dst = dc.add_user("imwrongdst");
-    dc.seed(&src, &mail::corpus("imwrong", 2));
-    let mailbox = Mailbox {
-        delete: "after_delivery",
-        ..Mailbox::new("wrong", &src)
-    };
-    let bridge = Bridge::new(dc, &[mailbox]);
-    let extra = format!(
-        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
-        dst.name
-    );
+    let (src, dst, bridge, _, extra) = one_mailbox(dc, "imwrong", 2);
     use_sink(&bridge, &imap_sink(dc, dc.imap_port, "INBOX", &extra));
     let run = bridge.run_with_env(&["once"], &[("DST_IMAP", "not-the-password")]);
     assert_eq!(run.code, Some(1), "{}", run.output());
@@ -341,18 +337,7 @@ fn a_wrong_target_password_is_a_clear_error_and_keeps_the_mail() {
 #[test]
 fn a_target_with_an_untrusted_certificate_is_refused_before_login() {
     let dc = dovecot_or_skip!();
-    let src = dc.add_user("imcertsrc");
-    let dst = dc.add_user("imcertdst");
-    dc.seed(&src, &mail::corpus("imcert", 2));
-    let mailbox = Mailbox {
-        delete: "after_delivery",
-        ..Mailbox::new("cert", &src)
-    };
-    let bridge = Bridge::new(dc, &[mailbox]);
-    let extra = format!(
-        "    username: {}\n    password: \"${{DST_IMAP}}\"\n",
-        dst.name
-    );
+    let (src, dst, bridge, _, extra) = one_mailbox(dc, "imcert", 2);
     // The sink trusts a CA that did not sign Dovecot's certificate.
     let sink = imap_sink(dc, dc.imap_port, "INBOX", &extra).replace(
         &format!("ca_file: {}", dc.ca_file.display()),

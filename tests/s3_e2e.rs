@@ -9,7 +9,6 @@ mod common;
 mod support;
 
 use common::{assert_exactly_once, mail, Bridge, Mailbox};
-use std::path::Path;
 use std::time::Duration;
 use support::s3::{free_port, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
@@ -25,26 +24,6 @@ fn use_s3(bridge: &Bridge, port: u16) {
         "sinks:\n  - name: archive\n    type: s3\n    bucket: {BUCKET}\n    endpoint: http://127.0.0.1:{port}\n    access_key_id: {ACCESS_KEY}\n    secret_access_key: \"{SECRET_KEY}\"\n    timeout: 5s\n    retry: {{ attempts_per_poll: 2, initial_backoff: 5ms, max_backoff: 20ms, window: 1h }}\n"
     );
     std::fs::write(&bridge.config, yaml.replace(maildir_sink, &s3_sink)).unwrap();
-}
-
-/// Every object in the bucket (s3s-fs keeps them as files under `<root>/<bucket>/`).
-fn objects(root: &Path) -> Vec<Vec<u8>> {
-    fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "eml") {
-                out.push(std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&root.join(BUCKET), &mut out);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,7 +49,7 @@ async fn while_s3_is_down_nothing_is_deleted_and_everything_arrives_once_it_is_b
     let s3 = S3Server::start_on(port, root.path()).await;
     let up = bridge.once();
     assert!(up.ok(), "{}", up.output());
-    assert_exactly_once(&messages, &objects(&s3.root));
+    assert_exactly_once(&messages, &support::s3::objects(&s3.root));
     assert!(
         dc.list_server_messages(&user).is_empty(),
         "delivered mail left on the server"
@@ -110,7 +89,7 @@ async fn kill_9_during_runs_then_a_full_run_puts_each_message_in_the_bucket_once
         child.wait().unwrap();
         kills += 1;
         // Anything gone from the server must be in the bucket.
-        let stored = objects(&s3.root);
+        let stored = support::s3::objects(&s3.root);
         for m in &messages {
             if !dc.list_server_messages(&user).contains(m) {
                 assert!(
@@ -132,6 +111,6 @@ async fn kill_9_during_runs_then_a_full_run_puts_each_message_in_the_bucket_once
         run.output(),
         bridge.run(&["dlq", "list"]).output()
     );
-    assert_exactly_once(&messages, &objects(&s3.root));
+    assert_exactly_once(&messages, &support::s3::objects(&s3.root));
     assert!(dc.list_server_messages(&user).is_empty());
 }

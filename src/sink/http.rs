@@ -25,3 +25,28 @@ pub fn describe(e: &reqwest::Error) -> String {
     }
     text
 }
+
+/// The keep-alive client of an HTTP sink: OpenSSL through reqwest's native-tls, no redirects
+/// (following one would send signed mail or signed requests elsewhere), a private CA if given.
+pub fn client_builder(
+    timeout: std::time::Duration,
+    max_idle: usize,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, String> {
+    let mut b = reqwest::Client::builder()
+        .use_native_tls()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(max_idle)
+        .user_agent(concat!("popbridge/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("ca_file {} is not a PEM certificate: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    Ok(b)
+}

@@ -167,3 +167,24 @@ pub fn creds(id: &str, secret: &str) -> Credentials {
         expires: None,
     }
 }
+
+/// The content of every object in the bucket under `root` (s3s-fs keeps each as a file next
+/// to its metadata; ours end in `.eml`).
+pub fn objects(root: &Path) -> Vec<Vec<u8>> {
+    fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "eml") {
+                out.push(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root.join(BUCKET), &mut out);
+    out
+}

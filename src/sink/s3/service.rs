@@ -8,25 +8,10 @@ use super::sigv4::{self, SigningKeys};
 use super::xml;
 use crate::sink::DeliveryError;
 use reqwest::{Method, StatusCode};
-use std::time::Duration;
 
 pub fn build_client(s: &S3Settings) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .use_native_tls()
-        .timeout(s.timeout)
-        .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(s.concurrency)
-        .user_agent(concat!("popbridge/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &s.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("ca_file {} is not a PEM certificate: {e}", path.display()))?;
-        b = b.add_root_certificate(cert);
-    }
-    b.build()
+    crate::sink::http::client_builder(s.timeout, s.concurrency, s.ca_file.as_deref())?
+        .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 

@@ -8,22 +8,7 @@ use reqwest::StatusCode;
 use std::time::Duration;
 
 pub fn build_client(s: &WebhookSettings) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .use_native_tls()
-        .timeout(s.timeout)
-        .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-        // A redirect is a misconfigured URL: following it would re-send signed mail elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(s.concurrency)
-        .user_agent(concat!("popbridge/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &s.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("ca_file {} is not a PEM certificate: {e}", path.display()))?;
-        b = b.add_root_certificate(cert);
-    }
+    let mut b = crate::sink::http::client_builder(s.timeout, s.concurrency, s.ca_file.as_deref())?;
     if let Some((cert, key)) = &s.client_identity {
         let c = std::fs::read(cert)
             .map_err(|e| format!("cannot read client_cert {}: {e}", cert.display()))?;
