@@ -40,12 +40,11 @@ export PB_S3_SECRET
 ACCESS=AKIAPOPBRIDGEBENCH01
 
 # workload NAME COUNT SIZE: a user seeded with COUNT messages of SIZE bytes.
-declare -A USERS COUNTS
+declare -A COUNTS
 workload() {
     local maildir
     maildir=$(dc_add_user "$1" "$PASS")
     dc_seed "$maildir" "$2" "$3" "$1"
-    USERS[$1]=$1
     COUNTS[$1]=$2
 }
 workload s3small 1000 5120
@@ -98,7 +97,8 @@ YAML
         echo "popbridge did not deliver all $count messages" >&2
         return 1
     }
-    kill "$S3_PID" && wait "$S3_PID" 2>/dev/null || true
+    kill "$S3_PID" 2>/dev/null || true
+    wait "$S3_PID" 2>/dev/null || true
     S3_PID=
     cat "$dir/time"
     rm -rf "$dir"
