@@ -81,6 +81,12 @@ pub enum ImapError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read password_file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the spooled message: {source}")]
     Spool {
         #[source]

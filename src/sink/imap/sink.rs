@@ -74,7 +74,10 @@ impl ImapSink {
             PasswordSource::Value(s) => s.clone(),
             PasswordSource::File(p) => Secret::new(
                 std::fs::read_to_string(p)
-                    .map_err(|source| ImapError::Spool { source })?
+                    .map_err(|source| ImapError::PasswordFile {
+                        path: p.display().to_string(),
+                        source,
+                    })?
                     .trim_end_matches(['\r', '\n'])
                     .to_string(),
             ),
@@ -145,15 +148,26 @@ impl ImapSink {
     }
 }
 
-/// Size as the server will store it: Dovecot turns a bare LF into CRLF on APPEND.
+/// Size as the server will store it: Dovecot turns a bare LF into CRLF on APPEND. Read in
+/// chunks: a 100 MB message is never held in memory.
 fn stored_size(message: &SpooledMessage) -> std::io::Result<u64> {
-    let bytes = std::fs::read(&message.path)?;
-    let bare_lf = bytes
-        .iter()
-        .enumerate()
-        .filter(|(i, b)| **b == b'\n' && (*i == 0 || bytes[i - 1] != b'\r'))
-        .count();
-    Ok(message.size + bare_lf as u64)
+    use std::io::Read;
+    let mut file = std::fs::File::open(&message.path)?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (mut bare_lf, mut previous) = (0u64, 0u8);
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &chunk[..n] {
+            if b == b'\n' && previous != b'\r' {
+                bare_lf += 1;
+            }
+            previous = b;
+        }
+    }
+    Ok(message.size + bare_lf)
 }
 
 /// An earlier APPEND of this message that the state did not record (a crash in between):
@@ -268,5 +282,31 @@ impl Sink for ImapSink {
         })?
         .map_err(|e| DeliveryError::retryable(format!("IMAP {}:{}: {e}", s.host, s.port)))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn stored_size_counts_bare_line_feeds_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bare LF right after a 64 KiB chunk boundary, and CRLF split across it.
+        let mut body = vec![b'x'; 64 * 1024 - 1];
+        body.extend_from_slice(b"\r\n\nend\n");
+        let path = dir.path().join("m");
+        std::fs::write(&path, &body).unwrap();
+        let m = SpooledMessage {
+            mailbox: "a".into(),
+            uidl: "u".into(),
+            path,
+            size: body.len() as u64,
+            sha256: String::new(),
+            fetched_at: chrono::Utc::now(),
+            seen_before: true,
+        };
+        assert_eq!(stored_size(&m).unwrap(), body.len() as u64 + 2);
     }
 }
