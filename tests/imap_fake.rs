@@ -69,6 +69,18 @@ async fn serve(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
                         .map(|(i, _)| (i + 1).to_string())
                         .collect();
                     format!("* SEARCH {}\r\n{tag} OK done\r\n", uids.join(" "))
+                } else if upper.starts_with("UID SEARCH LARGER") {
+                    // Size only (a message without Message-ID and Date): LARGER a SMALLER b.
+                    let n: Vec<usize> = cmd.split(' ').filter_map(|w| w.parse().ok()).collect();
+                    let uids: Vec<String> = st
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, m)| m.len() > n[0] && m.len() < n[1])
+                        .map(|(i, _)| (i + 1).to_string())
+                        .collect();
+                    format!("* SEARCH {}\r\n{tag} OK done\r\n", uids.join(" "))
                 } else if upper.starts_with("UID FETCH") {
                     let uid: usize = cmd.split(' ').nth(2).unwrap().parse().unwrap();
                     let m = st.lock().unwrap()[uid - 1].clone();
@@ -191,4 +203,31 @@ async fn without_literal_plus_append_waits_for_the_continuation() {
         .unwrap();
     assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
     assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+}
+
+#[tokio::test]
+async fn without_message_id_or_date_the_copy_is_found_by_size_and_content() {
+    let (port, store) = serve(Mode::DropAfterFirstAppend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(port);
+    let key = IdempotencyKey::derive("user", "u1");
+    // Another message of the same size is already there: content must decide.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = spool(other_dir.path(), b"Subject: y\r\n\r\nBODY\r\n");
+    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
+    // The first APPEND (of `other`) is stored, then the connection drops.
+    assert!(s
+        .deliver(&other, &IdempotencyKey::derive("user", "u0"))
+        .await
+        .is_err());
+    let mut first = msg.clone();
+    first.seen_before = true;
+    let r = s.deliver(&first, &key).await.unwrap();
+    assert!(
+        !r.duplicate,
+        "a same-size message with other content is not ours: {r:?}"
+    );
+    let again = s.deliver(&first, &key).await.unwrap();
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(store.lock().unwrap().len(), 2);
 }

@@ -285,6 +285,45 @@ impl Session {
             .collect())
     }
 
+    /// SHA-256 (lower-case hex) of the message with `uid`, as the server serves it. The body
+    /// literal is hashed as it arrives, never held: bounded memory for any message size.
+    pub async fn uid_body_sha256(&mut self, uid: u32) -> Result<Option<String>, ImapError> {
+        use sha2::{Digest, Sha256};
+        let tag = self.next_tag();
+        self.write(format!("{tag} UID FETCH {uid} (BODY.PEEK[])\r\n").as_bytes())
+            .await?;
+        let mut digest = None;
+        loop {
+            let line = self.read_raw_line().await?;
+            if let Some(done) = codec::parse_tagged(&line) {
+                if done.tag != tag {
+                    return Err(self.protocol(&line));
+                }
+                if done.status != Status::Ok {
+                    return Err(self.refused("UID FETCH", done));
+                }
+                return Ok(digest);
+            }
+            let Some(mut left) = codec::literal_len(&line) else {
+                continue;
+            };
+            let mut hasher = Sha256::new();
+            while left > 0 {
+                if self.buf.is_empty() {
+                    self.fill().await?;
+                }
+                let n = left.min(self.buf.len());
+                hasher.update(&self.buf[..n]);
+                self.buf.advance(n);
+                left -= n;
+            }
+            digest = Some(hex::encode(hasher.finalize()));
+            // The rest of the FETCH line after the literal (`)` and CRLF), possibly with more
+            // literals we did not ask for: read like any response line.
+            self.read_line().await?;
+        }
+    }
+
     /// `(uid, RFC822.SIZE)` of the given UIDs.
     pub async fn uid_sizes(&mut self, uids: &[u32]) -> Result<Vec<(u32, u64)>, ImapError> {
         if uids.is_empty() {

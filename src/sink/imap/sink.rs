@@ -148,52 +148,68 @@ impl ImapSink {
     }
 }
 
-/// Size as the server will store it: Dovecot turns a bare LF into CRLF on APPEND. Read in
-/// chunks: a 100 MB message is never held in memory.
-fn stored_size(message: &SpooledMessage) -> std::io::Result<u64> {
+/// Size and SHA-256 of the message as the server will store and serve it: Dovecot turns a bare
+/// LF into CRLF on APPEND. Read in chunks: a 100 MB message is never held in memory.
+fn as_stored(message: &SpooledMessage) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
     use std::io::Read;
     let mut file = std::fs::File::open(&message.path)?;
     let mut chunk = vec![0u8; 64 * 1024];
-    let (mut bare_lf, mut previous) = (0u64, 0u8);
+    let (mut size, mut previous) = (0u64, 0u8);
+    let mut hasher = Sha256::new();
     loop {
         let n = file.read(&mut chunk)?;
         if n == 0 {
             break;
         }
-        for &b in &chunk[..n] {
+        let mut from = 0;
+        for (i, &b) in chunk[..n].iter().enumerate() {
             if b == b'\n' && previous != b'\r' {
-                bare_lf += 1;
+                hasher.update(&chunk[from..i]);
+                hasher.update(b"\r");
+                size += 1;
+                from = i;
             }
             previous = b;
         }
+        hasher.update(&chunk[from..n]);
+        size += n as u64;
     }
-    Ok(message.size + bare_lf)
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
-/// An earlier APPEND of this message that the state did not record (a crash in between):
-/// same size as stored, and the same Message-ID, or without one the same Date. A message with
-/// neither cannot be told from another of the same size, so it is appended again.
+/// Candidates looked at, newest first, before deciding the message is not there.
+const MAX_CANDIDATES: usize = 20;
+
+/// An earlier APPEND of this message that the state did not record (a crash in between): a
+/// message of the same stored size (and the same Message-ID, or Date, when it has one) whose
+/// content hashes the same as ours would be stored. Content decides: a different message that
+/// shares a Message-ID is not mistaken for this one, and one without either header is still
+/// found.
 async fn find_copy(
     session: &mut Session,
     message: &SpooledMessage,
     fields: &headers::Fields,
 ) -> Result<Option<u32>, ImapError> {
     use crate::imap::codec::quoted;
-    let size = stored_size(message).map_err(|source| ImapError::Spool { source })?;
+    let (size, sha256) = as_stored(message).map_err(|source| ImapError::Spool { source })?;
     let by = match (
         fields.message_id.as_deref().and_then(quoted),
         fields.date.as_deref().and_then(quoted),
     ) {
-        (Some(id), _) => format!("HEADER Message-ID {id}"),
-        (None, Some(date)) => format!("HEADER Date {date}"),
-        (None, None) => return Ok(None),
+        (Some(id), _) => format!(" HEADER Message-ID {id}"),
+        (None, Some(date)) => format!(" HEADER Date {date}"),
+        (None, None) => String::new(),
     };
-    let criteria = format!(
-        "LARGER {} SMALLER {} {by}",
-        size.saturating_sub(1),
-        size + 1
-    );
-    Ok(session.uid_search(&criteria).await?.into_iter().next())
+    let criteria = format!("LARGER {} SMALLER {}{by}", size.saturating_sub(1), size + 1);
+    let mut uids = session.uid_search(&criteria).await?;
+    uids.sort_unstable_by(|a, b| b.cmp(a));
+    for uid in uids.into_iter().take(MAX_CANDIDATES) {
+        if session.uid_body_sha256(uid).await?.as_deref() == Some(sha256.as_str()) {
+            return Ok(Some(uid));
+        }
+    }
+    Ok(None)
 }
 
 fn classify(e: ImapError) -> DeliveryError {
@@ -291,7 +307,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_size_counts_bare_line_feeds_across_chunks() {
+    fn as_stored_counts_and_hashes_bare_line_feeds_as_crlf_across_chunks() {
         let dir = tempfile::tempdir().unwrap();
         // A bare LF right after a 64 KiB chunk boundary, and CRLF split across it.
         let mut body = vec![b'x'; 64 * 1024 - 1];
@@ -307,6 +323,15 @@ mod tests {
             fetched_at: chrono::Utc::now(),
             seen_before: true,
         };
-        assert_eq!(stored_size(&m).unwrap(), body.len() as u64 + 2);
+        let (size, sha) = as_stored(&m).unwrap();
+        assert_eq!(size, body.len() as u64 + 2);
+        let mut crlf = vec![b'x'; 64 * 1024 - 1];
+        crlf.extend_from_slice(b"\r\n\r\nend\r\n");
+        use sha2::Digest;
+        assert_eq!(
+            sha,
+            hex::encode(sha2::Sha256::digest(&crlf)),
+            "hashed as stored"
+        );
     }
 }
