@@ -10,6 +10,7 @@ mod validate;
 
 pub use error::{ConfigError, Problem};
 pub use model::*;
+pub(crate) use validate::resolve;
 
 use std::path::Path;
 use std::rc::Rc;

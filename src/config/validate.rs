@@ -101,7 +101,8 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
     }
 }
 
-fn resolve(base: &Path, path: &str) -> PathBuf {
+/// A path from the config: absolute as written, relative to the config file's directory.
+pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {
         p.to_path_buf()

@@ -4,6 +4,7 @@
 
 use crate::config::duration::ConfigDuration;
 use crate::config::interpolate::{Interpolated, SecretValue};
+use crate::config::resolve;
 use crate::imap::{ImapAuth, ImapConfig, ImapTls};
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -134,15 +135,6 @@ impl ImapSettings {
             None => return Err(format!("no `password`/`password_file` for {mailbox}")),
         };
         Ok(Account { username, password })
-    }
-}
-
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
     }
 }
 

@@ -28,11 +28,9 @@ impl MaildirSinkConfig {
         if self.path.trim().is_empty() {
             return Err("`path` must not be empty".into());
         }
-        let path = if std::path::Path::new(&self.path).is_absolute() {
-            self.path
-        } else {
-            base.join(&self.path).to_string_lossy().into_owned()
-        };
+        let path = crate::config::resolve(base, &self.path)
+            .to_string_lossy()
+            .into_owned();
         Ok(MaildirSettings {
             path,
             fsync: self.fsync.unwrap_or(true),

@@ -213,14 +213,7 @@ impl S3SinkConfig {
             part_size,
             timeout,
             concurrency,
-            ca_file: self.ca_file.map(|p| {
-                let p = Path::new(&p);
-                if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    base.join(p)
-                }
-            }),
+            ca_file: self.ca_file.map(|p| crate::config::resolve(base, &p)),
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::config::duration::ConfigDuration;
 use crate::config::interpolate::{Interpolated, SecretValue};
+use crate::config::resolve;
 use crate::secret::Secret;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -107,15 +108,6 @@ pub struct WebhookSettings {
     pub ca_file: Option<PathBuf>,
     pub client_identity: Option<(PathBuf, PathBuf)>,
     pub tls_verify: bool,
-}
-
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
 }
 
 /// The HMAC key inside a `whsec_` secret.
