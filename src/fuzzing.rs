@@ -119,7 +119,6 @@ pub fn imap_codec(data: &[u8]) {
         }
         let _ = codec::literal_len(line);
         let _ = codec::search_results(line);
-        let _ = codec::fetch_uid_size(line);
         let _ = codec::capabilities(&String::from_utf8_lossy(line));
     }
     let text = String::from_utf8_lossy(data);

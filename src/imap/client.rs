@@ -1,6 +1,6 @@
 //! A thin IMAP client for the APPEND sink: connect (TCP, implicit TLS or STARTTLS), log in
 //! (LOGIN or AUTHENTICATE PLAIN), SELECT/CREATE, APPEND with LITERAL+ when offered, UID SEARCH,
-//! UID FETCH RFC822.SIZE, LOGOUT. Every read and write has a timeout, every response line a
+//! UID FETCH of a body to hash it. Every read and write has a timeout, every response line a
 //! length limit, and the message literal streams from its file.
 
 use super::codec::{self, Status, Tagged};
@@ -184,7 +184,7 @@ impl Session {
             self.send_hidden(&format!("LOGIN {u} {p}"), "LOGIN").await?
         };
         if done.status != Status::Ok {
-            return Err(self.auth_error(Some(done), username));
+            return Err(self.auth_error(done, username));
         }
         // Servers may change their capabilities after login (UIDPLUS, LITERAL+).
         match &done.code {
@@ -242,11 +242,11 @@ impl Session {
         }
     }
 
-    fn auth_error(&self, done: Option<Tagged>, username: &str) -> ImapError {
+    fn auth_error(&self, done: Tagged, username: &str) -> ImapError {
         ImapError::Auth {
             server: self.server.clone(),
             username: username.to_string(),
-            text: done.map(|d| d.text).unwrap_or_default(),
+            text: done.text,
         }
     }
 
@@ -324,24 +324,6 @@ impl Session {
         }
     }
 
-    /// `(uid, RFC822.SIZE)` of the given UIDs.
-    pub async fn uid_sizes(&mut self, uids: &[u32]) -> Result<Vec<(u32, u64)>, ImapError> {
-        if uids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let set: Vec<String> = uids.iter().map(u32::to_string).collect();
-        let (untagged, done) = self
-            .command(&format!("UID FETCH {} (UID RFC822.SIZE)", set.join(",")))
-            .await?;
-        if done.status != Status::Ok {
-            return Err(self.refused("UID FETCH", done));
-        }
-        Ok(untagged
-            .iter()
-            .filter_map(|l| codec::fetch_uid_size(l))
-            .collect())
-    }
-
     /// APPEND the file at `path` (`size` bytes) to `folder`; `(uidvalidity, uid)` when the
     /// server has UIDPLUS.
     pub async fn append(
@@ -401,10 +383,6 @@ impl Session {
         Ok(done.code.as_deref().and_then(codec::appenduid))
     }
 
-    pub async fn logout(mut self) {
-        let _ = self.command("LOGOUT").await;
-    }
-
     pub fn is_broken(&self) -> bool {
         self.broken
     }
@@ -444,7 +422,7 @@ impl Session {
         let mut untagged = Vec::new();
         loop {
             let line = self.read_line().await?;
-            if line.starts_with(b"* BYE") && what != "LOGOUT" {
+            if line.starts_with(b"* BYE") {
                 self.broken = true;
                 return Err(ImapError::Closed {
                     server: self.server.clone(),

@@ -1,5 +1,5 @@
 //! IMAP response lines → meaning, with no I/O: tagged status lines with their response code,
-//! `* CAPABILITY`, `* SEARCH`, `* n FETCH (... RFC822.SIZE n)`, `[APPENDUID v uid]`, and the
+//! `* CAPABILITY`, `* SEARCH`, `[APPENDUID v uid]`, and the
 //! `{n}` literal announcement at the end of a line. Only what the APPEND sink needs.
 
 /// The outcome word of a tagged response.
@@ -92,27 +92,6 @@ pub fn search_results(line: &[u8]) -> Option<Vec<u32>> {
     Some(words.filter_map(|w| w.parse().ok()).collect())
 }
 
-/// `(uid, size)` from `* 12 FETCH (UID 40 RFC822.SIZE 5120)`, in either order.
-pub fn fetch_uid_size(line: &[u8]) -> Option<(u32, u64)> {
-    let text = String::from_utf8_lossy(trim_eol(line));
-    let upper = text.to_ascii_uppercase();
-    if !upper.starts_with("* ") || !upper.contains(" FETCH (") {
-        return None;
-    }
-    let words: Vec<&str> = text
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let after = |name: &str| {
-        words
-            .iter()
-            .position(|w| w.eq_ignore_ascii_case(name))
-            .and_then(|i| words.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((u32::try_from(after("UID")?).ok()?, after("RFC822.SIZE")?))
-}
-
 /// `(uidvalidity, uid)` from an `APPENDUID 38505 3955` response code (RFC 4315).
 pub fn appenduid(code: &str) -> Option<(u32, u32)> {
     let mut words = code.split_whitespace();
@@ -160,7 +139,7 @@ mod tests {
     }
 
     #[test]
-    fn literals_capabilities_search_and_fetch() {
+    fn literals_capabilities_and_search() {
         assert_eq!(literal_len(b"* 1 FETCH (BODY[] {42}\r\n"), Some(42));
         assert_eq!(literal_len(b"A1 APPEND INBOX {10+}\r\n"), Some(10));
         assert_eq!(literal_len(b"* OK {not}\r\n"), None);
@@ -176,15 +155,6 @@ mod tests {
         assert_eq!(search_results(b"* SEARCH 3 5 8\r\n"), Some(vec![3, 5, 8]));
         assert_eq!(search_results(b"* SEARCH\r\n"), Some(vec![]));
         assert_eq!(search_results(b"* 3 EXISTS\r\n"), None);
-        assert_eq!(
-            fetch_uid_size(b"* 12 FETCH (UID 40 RFC822.SIZE 5120)\r\n"),
-            Some((40, 5120))
-        );
-        assert_eq!(
-            fetch_uid_size(b"* 12 FETCH (RFC822.SIZE 7 UID 41)\r\n"),
-            Some((41, 7))
-        );
-        assert_eq!(fetch_uid_size(b"* 12 EXPUNGE\r\n"), None);
     }
 
     #[test]
