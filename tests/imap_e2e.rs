@@ -82,17 +82,6 @@ fn imap_folder(dc: &Dovecot, user: &User, folder: &str) -> Option<Vec<Stored>> {
     )
 }
 
-/// Replaces the harness's Maildir sink with `sink_yaml` (a full `sinks:` block).
-fn use_sink(bridge: &Bridge, sink_yaml: &str) {
-    let yaml = std::fs::read_to_string(&bridge.config).unwrap();
-    let maildir_sink = "sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n";
-    assert!(
-        yaml.contains(maildir_sink),
-        "the harness config changed:\n{yaml}"
-    );
-    std::fs::write(&bridge.config, yaml.replace(maildir_sink, sink_yaml)).unwrap();
-}
-
 /// An IMAP sink block into `folder`; `accounts` is YAML for the `accounts:` map (or empty).
 fn imap_sink(dc: &Dovecot, port: u16, folder: &str, extra: &str) -> String {
     format!(
@@ -156,8 +145,7 @@ fn mailboxes_migrate_into_their_own_accounts_from_one_sink_block() {
     let pw_dir = bridge.dir.path().join("pw");
     std::fs::create_dir_all(&pw_dir).unwrap();
     std::fs::write(pw_dir.join(&dst_a.name), format!("{}\n", dst_a.password)).unwrap();
-    use_sink(
-        &bridge,
+    bridge.replace_sinks(
         &imap_sink(
             dc,
             dc.imap_port,
@@ -228,18 +216,15 @@ fn kill_9_during_a_migration_leaves_exactly_one_copy_of_each_message() {
         ..Mailbox::new("kill", &src)
     };
     let bridge = Bridge::new(dc, &[mailbox]);
-    use_sink(
-        &bridge,
-        &imap_sink(
-            dc,
-            dc.imap_port,
-            "INBOX",
-            &format!(
-                "    username: {}\n    password: \"${{KILL_DST_IMAP}}\"\n",
-                dst.name
-            ),
+    bridge.replace_sinks(&imap_sink(
+        dc,
+        dc.imap_port,
+        "INBOX",
+        &format!(
+            "    username: {}\n    password: \"${{KILL_DST_IMAP}}\"\n",
+            dst.name
         ),
-    );
+    ));
     // `spawn` passes no extra environment: the children inherit this (test-unique) variable.
     std::env::set_var("KILL_DST_IMAP", &dst.password);
     let env = [("KILL_DST_IMAP", dst.password.as_str())];
@@ -281,7 +266,7 @@ fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
     let env = [("DST_IMAP", dst.password.as_str())];
-    use_sink(&bridge, &imap_sink(dc, closed_port, "INBOX", &extra));
+    bridge.replace_sinks(&imap_sink(dc, closed_port, "INBOX", &extra));
     let run = bridge.run_with_env(&["once"], &env);
     assert_eq!(run.code, Some(1), "{}", run.output());
     assert!(
@@ -319,7 +304,7 @@ fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
 fn a_wrong_target_password_is_a_clear_error_and_keeps_the_mail() {
     let dc = dovecot_or_skip!();
     let (src, dst, bridge, _, extra) = one_mailbox(dc, "imwrong", 2);
-    use_sink(&bridge, &imap_sink(dc, dc.imap_port, "INBOX", &extra));
+    bridge.replace_sinks(&imap_sink(dc, dc.imap_port, "INBOX", &extra));
     let run = bridge.run_with_env(&["once"], &[("DST_IMAP", "not-the-password")]);
     assert_eq!(run.code, Some(1), "{}", run.output());
     let out = run.output();
@@ -343,7 +328,7 @@ fn a_target_with_an_untrusted_certificate_is_refused_before_login() {
         &format!("ca_file: {}", dc.ca_file.display()),
         &format!("ca_file: {}", dc.other_ca_file.display()),
     );
-    use_sink(&bridge, &sink);
+    bridge.replace_sinks(&sink);
     let run = bridge.run_with_env(&["once"], &[("DST_IMAP", &dst.password)]);
     assert_eq!(run.code, Some(1), "{}", run.output());
     assert!(run.output().contains("TLS failed"), "{}", run.output());

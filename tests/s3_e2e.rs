@@ -14,16 +14,9 @@ use support::s3::{free_port, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 /// Points the harness's sink `archive` at S3 on `port`.
 fn use_s3(bridge: &Bridge, port: u16) {
-    let yaml = std::fs::read_to_string(&bridge.config).unwrap();
-    let maildir_sink = "sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n";
-    assert!(
-        yaml.contains(maildir_sink),
-        "the harness config changed:\n{yaml}"
-    );
-    let s3_sink = format!(
+    bridge.replace_sinks(&format!(
         "sinks:\n  - name: archive\n    type: s3\n    bucket: {BUCKET}\n    endpoint: http://127.0.0.1:{port}\n    access_key_id: {ACCESS_KEY}\n    secret_access_key: \"{SECRET_KEY}\"\n    timeout: 5s\n    retry: {{ attempts_per_poll: 2, initial_backoff: 5ms, max_backoff: 20ms, window: 1h }}\n"
-    );
-    std::fs::write(&bridge.config, yaml.replace(maildir_sink, &s3_sink)).unwrap();
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]

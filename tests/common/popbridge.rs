@@ -127,7 +127,7 @@ impl Bridge {
                 m.every, m.delete
             ));
         }
-        yaml.push_str("sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n");
+        yaml.push_str(MAILDIR_SINK);
         let config = dir.path().join("popbridge.yaml");
         std::fs::write(&config, yaml).expect("write config");
         Bridge { dir, config, env }
@@ -223,4 +223,19 @@ impl Bridge {
     pub fn state_db(&self) -> PathBuf {
         self.dir.path().join("state/popbridge.db")
     }
+
+    /// Replaces the config's `sinks:` block (the one Maildir sink `archive` written by `new`)
+    /// with `sinks_yaml`, a whole `sinks:` block.
+    pub fn replace_sinks(&self, sinks_yaml: &str) {
+        let yaml = std::fs::read_to_string(&self.config).expect("read config");
+        assert!(
+            yaml.contains(MAILDIR_SINK),
+            "the harness config changed:\n{yaml}"
+        );
+        std::fs::write(&self.config, yaml.replace(MAILDIR_SINK, sinks_yaml)).expect("write config");
+    }
 }
+
+/// The `sinks:` block `Bridge::new` writes.
+const MAILDIR_SINK: &str =
+    "sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n";
