@@ -16,11 +16,25 @@ pub struct Fields {
     pub received: Option<String>,
 }
 
+/// Reads from the start of the file until the blank line that ends the header section (or
+/// `MAX_HEADER`): a delivery reads kilobytes, not the body.
 pub fn read(path: &Path) -> std::io::Result<Fields> {
+    let mut file = std::fs::File::open(path)?.take(MAX_HEADER);
     let mut head = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_HEADER)
-        .read_to_end(&mut head)?;
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        // Look for the end from just before the new bytes, so a split "\n\r\n" is seen.
+        let from = head.len().saturating_sub(2);
+        head.extend_from_slice(&chunk[..n]);
+        let tail = &head[from..];
+        if tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n") {
+            break;
+        }
+    }
     Ok(parse(&head))
 }
 
@@ -111,6 +125,17 @@ mod tests {
             internaldate(&parse_date(&f.date.unwrap()).unwrap()),
             "22-Nov-2026 23:59:00 -0500"
         );
+    }
+
+    #[test]
+    fn fields_are_read_from_the_head_of_a_large_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let mut body = MSG.to_vec();
+        body.extend(std::iter::repeat_n(b'x', 1 << 20));
+        std::fs::write(&path, &body).unwrap();
+        let f = read(&path).unwrap();
+        assert_eq!(f.message_id.as_deref(), Some("<m1@example.com>"));
     }
 
     #[test]
