@@ -76,6 +76,7 @@ impl Session {
             return Err(ImapError::Refused {
                 server: s.server.clone(),
                 command: "greeting".into(),
+                code: None,
                 text: text.trim().to_string(),
             });
         }
@@ -446,10 +447,8 @@ impl Session {
         ImapError::Refused {
             server: self.server.clone(),
             command: command.to_string(),
-            text: match done.code {
-                Some(code) => format!("[{code}] {}", done.text),
-                None => done.text,
-            },
+            code: done.code,
+            text: done.text,
         }
     }
 

@@ -65,10 +65,12 @@ pub enum ImapError {
         username: String,
         text: String,
     },
-    #[error("IMAP server {server} refused {command}: {text}")]
+    #[error("IMAP server {server} refused {command}: {}{text}", code.as_ref().map(|c| format!("[{c}] ")).unwrap_or_default())]
     Refused {
         server: String,
         command: String,
+        /// The response code (`TOOBIG`, `OVERQUOTA`), which decides whether to retry.
+        code: Option<String>,
         text: String,
     },
     #[error("IMAP server {server}: {detail}")]

@@ -217,11 +217,13 @@ fn classify(e: ImapError) -> DeliveryError {
     match &e {
         // The server will refuse this message the same way every time.
         ImapError::Refused {
-            command, text: t, ..
+            command,
+            code: Some(code),
+            ..
         } if command == "APPEND"
-            && ["[TOOBIG]", "[LIMIT]", "[PARSE]", "[CANNOT]"]
+            && ["TOOBIG", "LIMIT", "PARSE", "CANNOT"]
                 .iter()
-                .any(|c| t.starts_with(c)) =>
+                .any(|c| code.eq_ignore_ascii_case(c)) =>
         {
             DeliveryError::permanent(text)
         }
@@ -332,6 +334,32 @@ mod tests {
             sha,
             hex::encode(sha2::Sha256::digest(&crlf)),
             "hashed as stored"
+        );
+    }
+
+    #[test]
+    fn refusals_are_classified_by_their_response_code() {
+        let refused = |code: &str| ImapError::Refused {
+            server: "s".into(),
+            command: "APPEND".into(),
+            code: Some(code.into()),
+            text: "no".into(),
+        };
+        assert!(!classify(refused("TOOBIG")).is_retryable());
+        assert!(!classify(refused("cannot")).is_retryable());
+        assert!(classify(refused("OVERQUOTA")).is_retryable());
+        let login = ImapError::Auth {
+            server: "s".into(),
+            username: "u".into(),
+            text: "bad".into(),
+        };
+        assert!(
+            classify(login).is_retryable(),
+            "a wrong password keeps the mail"
+        );
+        assert_eq!(
+            refused("TOOBIG").to_string(),
+            "IMAP server s refused APPEND: [TOOBIG] no"
         );
     }
 }
