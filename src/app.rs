@@ -22,6 +22,8 @@ pub enum BuildError {
     UnknownSink { mailbox: String, sink: String },
     #[error("no mailbox named {0:?} in the config")]
     UnknownMailbox(String),
+    #[error(transparent)]
+    Lock(#[from] crate::store::lock::LockError),
 }
 
 pub struct App {
@@ -30,6 +32,8 @@ pub struct App {
     pub sinks: Vec<SinkHandle>,
     pub mailboxes: Vec<Arc<MailboxContext>>,
     pub limiter: Arc<Limiter>,
+    /// One polling process per state store (see `store::lock`).
+    _lock: crate::store::PollLock,
 }
 
 /// One ready sink from its config.
@@ -66,7 +70,25 @@ pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
 }
 
 impl App {
+    /// The service for `run`: refused at once while another process polls with this state.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
+        Self::build_waiting(config, std::time::Duration::ZERO).await
+    }
+
+    /// The service, waiting up to `wait` for another process polling with the same state to
+    /// finish (`once --wait-lock`).
+    pub async fn build_waiting(
+        config: Config,
+        wait: std::time::Duration,
+    ) -> Result<Self, BuildError> {
+        let path = config.state.path.clone();
+        let lock =
+            tokio::task::spawn_blocking(move || crate::store::PollLock::acquire(&path, wait))
+                .await
+                .map_err(|e| BuildError::Sink {
+                    name: "state lock".into(),
+                    message: e.to_string(),
+                })??;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).await?);
         let sinks = config
             .sinks
@@ -102,6 +124,10 @@ impl App {
                 spool_dir: config.state.spool_dir.join(&m.name),
                 max_in_flight: config.limits.max_in_flight,
                 progress: Default::default(),
+                retention: config.state.retention,
+                max_retrieval_failures: config.limits.max_retrieval_failures,
+                poll_timeout: config.limits.poll_timeout,
+                last_prune: Default::default(),
             }));
         }
         let servers: Vec<String> = config.mailboxes.iter().map(|m| m.pop3.server()).collect();
@@ -116,6 +142,7 @@ impl App {
             sinks,
             mailboxes,
             limiter,
+            _lock: lock,
         })
     }
 

@@ -1,4 +1,10 @@
-//! The idempotency key: one stable name per (mailbox, UIDL), the same on every retry and restart.
+//! The idempotency key: one stable name per message, the same on every retry and restart.
+//!
+//! `pb2` (current) is derived from the mailbox, the UIDL and the message's content
+//! fingerprint, so a new message under a UIDL the server used before (servers reuse them
+//! after a deletion) gets a new key and no sink swallows it as a duplicate, while the same
+//! message fetched again after a crash gets the same key. `pb1` (mailbox and UIDL only) is
+//! what releases before schema 2 stored; such keys are read back, never derived again.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -20,6 +26,21 @@ impl IdempotencyKey {
         h.update(uidl.as_bytes());
         let digest = h.finalize();
         Self(format!("pb1_{}", hex::encode(&digest[..16])))
+    }
+
+    /// `pb2_` + 32 hex digits of SHA-256 over the mailbox, the UIDL and the content
+    /// fingerprint ([`crate::content::Fingerprint`], which ignores line endings and the
+    /// bookkeeping headers mbox servers rewrite, so a re-fetch yields the same key).
+    pub fn derive_content(mailbox: &str, uidl: &str, fingerprint: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"popbridge/v2\0");
+        h.update(mailbox.as_bytes());
+        h.update(b"\0");
+        h.update(uidl.as_bytes());
+        h.update(b"\0");
+        h.update(fingerprint.as_bytes());
+        let digest = h.finalize();
+        Self(format!("pb2_{}", hex::encode(&digest[..16])))
     }
 
     /// A key read back from the state (a message adopted under a new UIDL keeps its first key).
@@ -62,4 +83,19 @@ mod tests {
         assert_eq!(k.as_str(), KNOWN);
     }
     const KNOWN: &str = "pb1_b6dc996e563c182e3bec9c7a448f88ae";
+
+    #[test]
+    fn content_key_differs_for_a_new_message_under_the_same_uidl() {
+        let a = IdempotencyKey::derive_content("alice", "1", "f1");
+        assert_eq!(a, IdempotencyKey::derive_content("alice", "1", "f1"));
+        assert_ne!(a, IdempotencyKey::derive_content("alice", "1", "f2"));
+        assert_ne!(a, IdempotencyKey::derive_content("alice", "2", "f1"));
+        assert!(a.as_str().starts_with("pb2_") && a.as_str().len() == 36);
+        // Pinned: changing it re-delivers every message fetched again after a crash.
+        assert_eq!(
+            IdempotencyKey::derive_content("alice", "00000001", "f").as_str(),
+            KNOWN2
+        );
+    }
+    const KNOWN2: &str = "pb2_d7107f2843d98d852bd309c3aec1cd41";
 }

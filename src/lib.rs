@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod content;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;

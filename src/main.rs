@@ -72,6 +72,10 @@ enum Command {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Wait this long (e.g. 10m) for another popbridge process polling with the same
+        /// state to finish, instead of failing at once.
+        #[arg(long, value_name = "DURATION")]
+        wait_lock: Option<String>,
     },
     /// Validate the config; with --connect also log in to every server and check every sink.
     Check {
@@ -195,7 +199,21 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             config,
             mailbox,
             json,
-        } => once(config_or_exit!(&config.config), mailbox, json).await,
+            wait_lock,
+        } => {
+            let wait = match wait_lock
+                .as_deref()
+                .map(popbridge::config::duration::parse_duration)
+            {
+                None => std::time::Duration::ZERO,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    eprintln!("error: --wait-lock: {e}");
+                    return Ok(exit::CONFIG);
+                }
+            };
+            once(config_or_exit!(&config.config), mailbox, json, wait).await
+        }
         Command::Check { config, connect } => check(config_or_exit!(&config.config), connect).await,
         Command::Dlq { action } => dlq(action).await,
         Command::State { action } => state(action).await,
@@ -229,8 +247,11 @@ async fn once(
     config: popbridge::config::Config,
     mailbox: Option<String>,
     json: bool,
+    wait_lock: std::time::Duration,
 ) -> anyhow::Result<u8> {
-    let app = App::build(config).await.context("cannot start")?;
+    let app = App::build_waiting(config, wait_lock)
+        .await
+        .context("cannot start")?;
     let selected = match app.select(mailbox.as_deref()) {
         Ok(s) => s,
         Err(e) => {

@@ -24,6 +24,9 @@ pub struct Metrics {
     last_success: GaugeVec,
     on_server: IntGaugeVec,
     cert_expiry: GaugeVec,
+    retrieval_dead: IntCounterVec,
+    uidl_reused: IntCounterVec,
+    without_quit: IntCounterVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -143,8 +146,30 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Unix time at which the POP3 server's TLS certificate expires.",
             &["mailbox"],
         )?,
+        retrieval_dead: counter(
+            "popbridge_retrieval_dead_letters_total",
+            "Messages dead-lettered because their RETR broke the connection too often.",
+            &["mailbox"],
+        )?,
+        uidl_reused: counter(
+            "popbridge_uidl_reused_total",
+            "Messages delivered under a UIDL the server had used for another message before.",
+            &["mailbox"],
+        )?,
+        without_quit: counter(
+            "popbridge_sessions_without_quit_total",
+            "POP3 sessions ended without QUIT because a retrieved message was not in every sink.",
+            &["mailbox"],
+        )?,
         registry,
     })
+}
+
+/// A message whose RETR kept breaking the connection became a dead letter.
+pub fn retrieval_dead_lettered(mailbox: &str) {
+    if let Some(m) = get() {
+        m.retrieval_dead.with_label_values(&[mailbox]).inc();
+    }
 }
 
 /// The process-wide metrics. `None` only if registration failed, which is a bug in this module
@@ -187,6 +212,12 @@ pub fn poll_finished(report: &PollReport, took: Duration) {
     m.bytes_fetched
         .with_label_values(&[mb])
         .inc_by(report.bytes);
+    m.uidl_reused
+        .with_label_values(&[mb])
+        .inc_by(report.uidl_reused as u64);
+    if report.ended_without_quit {
+        m.without_quit.with_label_values(&[mb]).inc();
+    }
     match &report.error {
         Some((kind, _)) => m.poll_errors.with_label_values(&[mb, kind]).inc(),
         None => {

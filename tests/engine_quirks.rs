@@ -29,6 +29,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
         state: StateConfig {
             path: root.join("state/db.sqlite"),
             spool_dir: root.join("state/spool"),
+            retention: Duration::from_secs(30 * 24 * 3600),
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -37,6 +38,8 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
             max_concurrent_polls: 2,
             max_connections_per_server: 1,
             max_in_flight: 8,
+            max_retrieval_failures: 3,
+            poll_timeout: Duration::from_secs(600),
         },
         mailboxes: vec![MailboxConfig {
             name: "alice".into(),

@@ -25,6 +25,8 @@ pub struct StateConfig {
     pub path: PathBuf,
     /// Where messages wait between RETR and delivery (default: `<state dir>/spool`).
     pub spool_dir: PathBuf,
+    /// How long messages that left the server stay in the state (default 30 days).
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +43,10 @@ pub struct Limits {
     pub max_connections_per_server: usize,
     /// Messages in delivery at once within one poll.
     pub max_in_flight: usize,
+    /// RETRs of one message that may break the connection before it is dead-lettered.
+    pub max_retrieval_failures: u32,
+    /// Longest time one poll may take before it is abandoned (as if killed: nothing lost).
+    pub poll_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

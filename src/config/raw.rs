@@ -35,6 +35,10 @@ pub struct RawState {
     /// Spool directory for fetched messages (default: `spool` beside the database).
     #[serde(default)]
     pub spool_dir: Option<Interpolated>,
+    /// How long the state keeps messages that left the server (deleted, gone, replaced)
+    /// before pruning them (default 30d).
+    #[serde(default)]
+    pub retention: Option<ConfigDuration>,
 }
 
 /// `http:`.
@@ -59,6 +63,14 @@ pub struct RawLimits {
     /// Messages in delivery at once within one poll (default 32).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// RETRs of one message that may break the connection before it is dead-lettered and
+    /// skipped (default 3).
+    #[serde(default)]
+    pub max_retrieval_failures: Option<u32>,
+    /// Longest time one poll of one mailbox may take before it is abandoned like a crash
+    /// (default 6h).
+    #[serde(default)]
+    pub poll_timeout: Option<ConfigDuration>,
 }
 
 /// One entry of `mailboxes:`.

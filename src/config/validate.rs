@@ -30,6 +30,8 @@ const MIN_MAX_LINE_LENGTH: usize = 512;
 pub const DEFAULT_PIPELINE_WINDOW: usize = 128;
 /// Default poll interval when `schedule` is absent.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// `state.retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Validated configuration plus warnings the caller should log.
 pub(crate) type Validated = (Config, Vec<String>);
@@ -51,9 +53,14 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         Some(dir) => resolve(base, dir.as_str()),
         None => state_path.parent().unwrap_or(Path::new("")).join("spool"),
     };
+    let retention = raw
+        .state
+        .retention
+        .map_or(DEFAULT_RETENTION, Duration::from);
     let state = StateConfig {
         path: state_path,
         spool_dir,
+        retention,
     };
     let http = v.http(raw.http);
     let limits = v.limits(raw.limits);
@@ -167,6 +174,20 @@ impl Validator<'_> {
                 2,
             ),
             max_in_flight: positive("max_in_flight", raw.max_in_flight, 32),
+            max_retrieval_failures: u32::try_from(positive(
+                "max_retrieval_failures",
+                raw.max_retrieval_failures.map(|v| v as usize),
+                3,
+            ))
+            .unwrap_or(u32::MAX),
+            poll_timeout: match raw.poll_timeout.map(Duration::from) {
+                Some(d) if d.is_zero() => {
+                    self.problem("limits.poll_timeout", "must be greater than 0");
+                    d
+                }
+                Some(d) => d,
+                None => Duration::from_secs(6 * 3600),
+            },
         }
     }
 

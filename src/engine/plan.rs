@@ -2,7 +2,7 @@
 //! which to delete, and what looks wrong with the server's listing.
 
 use crate::config::DeletePolicy;
-use crate::store::{DeliveryState, KnownMessage, Millis};
+use crate::store::{DeliveryState, KnownMessage, Millis, RetrievalFailure};
 use std::collections::HashMap;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -37,13 +37,43 @@ impl Identity {
     }
 }
 
+/// What the state says about a listed UIDL before the message is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prior {
+    /// Nothing is known under this UIDL, or a message is known and listed as before.
+    Plain,
+    /// A message is known under this UIDL, but this may be another one: its LIST size changed,
+    /// or the UIDL had left the listing and is back. Compared by content once fetched.
+    Verify,
+    /// The UIDL belonged to a message we deleted (or one that moved to another UIDL): the
+    /// server reuses UIDLs, and this is a new message.
+    Reused,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchItem {
     pub msgno: u32,
+    /// The size LIST gave.
     pub size: u64,
     pub identity: Identity,
-    /// Sinks that still need the message (for `ByContent`, decided again after the fetch).
+    /// Sinks that still need the message (for `ByContent` and `Verify`, decided again after
+    /// the fetch).
     pub sinks: Vec<String>,
+    pub prior: Prior,
+    /// Earlier RETRs of this message that broke the connection.
+    pub failures: u32,
+}
+
+/// What the state holds for one poll's plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Known<'a> {
+    /// Messages on the server at the last listing, by UIDL.
+    pub listed: &'a HashMap<String, KnownMessage>,
+    /// Rows at UIDLs listed now but not in `listed`: messages back after leaving the listing,
+    /// and history (deleted or replaced) whose UIDL the server gave to a new message.
+    pub others: &'a HashMap<String, KnownMessage>,
+    /// Messages whose RETR broke the connection before, by UIDL.
+    pub failures: &'a HashMap<String, RetrievalFailure>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +91,11 @@ pub enum Warning {
     /// None of the messages we knew on the server is listed any more, and new ones are: the
     /// server probably lost its UIDL state. New messages are matched by content before delivery.
     UidlReset { known: usize, new: usize },
+    /// UIDLs of messages we deleted (or that moved) are listed again: the server reuses UIDLs.
+    UidlReused { count: usize },
+    /// Messages known under their UIDL whose LIST size changed or that are back in the listing:
+    /// fetched to compare before anything is deleted or skipped.
+    Recheck { count: usize },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -74,6 +109,9 @@ pub struct Plan {
     pub waiting: usize,
     /// Deliveries dead-lettered (or dropped): their messages stay on the server.
     pub dead: usize,
+    /// Messages not fetched because their RETR broke the connection too often (dead letters
+    /// under the pseudo-sink `(retrieval)`): `(msgno, uidl)`.
+    pub unretrievable: Vec<(u32, String)>,
 }
 
 /// Sinks of `sinks` that still need this message now.
@@ -123,7 +161,7 @@ pub fn deletable(
 
 pub fn plan(
     listing: &[Listed],
-    known: &HashMap<String, KnownMessage>,
+    known: &Known<'_>,
     sinks: &[String],
     policy: DeletePolicy,
     now: Millis,
@@ -151,6 +189,7 @@ pub fn plan(
         });
     }
 
+    let (mut reused, mut recheck) = (0, 0);
     for l in listing {
         let uidl = match &l.uidl {
             Some(u) if counts.get(u.as_str()) == Some(&1) => u,
@@ -163,43 +202,88 @@ pub fn plan(
                         uidl: other.clone(),
                     },
                     sinks: sinks.to_vec(),
+                    prior: Prior::Plain,
+                    failures: 0,
                 });
                 continue;
             }
         };
         out.listed.push(uidl.clone());
-        let k = known.get(uidl);
-        let (pending, waiting, dead) = pending_sinks(k, sinks, now);
+        let failures = match known.failures.get(uidl) {
+            Some(f) if f.dead => {
+                out.unretrievable.push((l.msgno, uidl.clone()));
+                continue;
+            }
+            Some(f) => f.failures,
+            None => 0,
+        };
+        let item = |sinks: Vec<String>, prior| FetchItem {
+            msgno: l.msgno,
+            size: l.size,
+            identity: Identity::Uidl(uidl.clone()),
+            sinks,
+            prior,
+            failures,
+        };
+        let k = match (known.listed.get(uidl), known.others.get(uidl)) {
+            (Some(k), _) => k,
+            (None, Some(o)) if o.is_history() => {
+                reused += 1;
+                out.fetch.push(item(sinks.to_vec(), Prior::Reused));
+                continue;
+            }
+            (None, Some(_)) => {
+                // Back after leaving the listing: maybe the same message, maybe a new one
+                // under a reused UIDL. Never skipped or deleted on the strength of the UIDL.
+                recheck += 1;
+                out.fetch.push(item(sinks.to_vec(), Prior::Verify));
+                continue;
+            }
+            (None, None) => {
+                out.fetch.push(item(sinks.to_vec(), Prior::Plain));
+                continue;
+            }
+        };
+        if k.list_size.or(k.size).is_some_and(|s| s != l.size) {
+            // Another size under a known UIDL: fetch and compare before deleting anything.
+            recheck += 1;
+            out.fetch.push(item(sinks.to_vec(), Prior::Verify));
+            continue;
+        }
+        let (pending, waiting, dead) = pending_sinks(Some(k), sinks, now);
         out.waiting += waiting;
         out.dead += dead;
         if !pending.is_empty() {
-            out.fetch.push(FetchItem {
+            out.fetch.push(item(pending, Prior::Plain));
+        } else if deletable(k, sinks, policy, now) {
+            out.delete.push(DeleteItem {
                 msgno: l.msgno,
-                size: l.size,
-                identity: Identity::Uidl(uidl.clone()),
-                sinks: pending,
+                uidl: uidl.clone(),
             });
-        } else if let Some(k) = k {
-            if deletable(k, sinks, policy, now) {
-                out.delete.push(DeleteItem {
-                    msgno: l.msgno,
-                    uidl: uidl.clone(),
-                });
-            }
         }
     }
+    // Messages whose RETR broke the connection before go last, so they cannot hold up the
+    // others again.
+    out.fetch.sort_by_key(|f| (f.failures, f.msgno));
 
-    let was_on_server = known
-        .values()
-        .filter(|m| m.on_server && m.deleted_at.is_none() && m.replaced_by.is_none())
+    let was_on_server = known.listed.len();
+    let still_listed = out
+        .listed
+        .iter()
+        .filter(|u| known.listed.contains_key(*u))
         .count();
-    let still_listed = out.listed.iter().filter(|u| known.contains_key(*u)).count();
     let new = out.listed.len() - still_listed;
     if was_on_server > 0 && still_listed == 0 && new > 0 {
         out.warnings.push(Warning::UidlReset {
             known: was_on_server,
             new,
         });
+    }
+    if reused > 0 {
+        out.warnings.push(Warning::UidlReused { count: reused });
+    }
+    if recheck > 0 {
+        out.warnings.push(Warning::Recheck { count: recheck });
     }
     out
 }

@@ -3,9 +3,15 @@
 //! The order is the delivery guarantee: a message is recorded as fetched before any sink sees it,
 //! each receipt is committed as it arrives, the state is synced to disk before the first DELE,
 //! and a deletion is recorded only after QUIT's `+OK` (before that the server rolls DELEs back).
+//!
+//! QUIT is also where some servers act on what was *retrieved*: Gmail hides every message
+//! RETR'd in a session that ends with QUIT, and a server advertising `EXPIRE 0` deletes them.
+//! So a session in which any retrieved message is not yet held by every sink ends without
+//! QUIT (RFC 1939: no UPDATE state, nothing changes on the server), and the deletions of the
+//! messages that are fully delivered go through a second session that retrieves nothing.
 
 use super::deliver::{deliver_to_sink, SinkHandle};
-use super::plan::{self, DeleteItem, FetchItem, Identity, Listed, Plan, Warning};
+use super::plan::{self, DeleteItem, FetchItem, Identity, Known, Listed, Plan, Prior, Warning};
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
 use crate::pop3::{self, ErrorKind, Pop3Error, Retrieved};
@@ -13,9 +19,11 @@ use crate::sink::SpooledMessage;
 use crate::store::{DeliveryState, FetchRecord, KnownMessage, OutcomeResult, Store, StoreError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +37,18 @@ pub struct MailboxContext {
     pub max_in_flight: usize,
     /// Live counters for the terminal progress display.
     pub progress: Arc<crate::progress::Progress>,
+    /// History older than this is pruned from the state.
+    pub retention: Duration,
+    /// RETRs that may break the connection before a message is dead-lettered.
+    pub max_retrieval_failures: u32,
+    /// A poll taking longer is abandoned (as if killed; nothing is lost).
+    pub poll_timeout: Duration,
+    /// When this mailbox's history was last pruned (Unix ms).
+    pub last_prune: AtomicI64,
 }
+
+/// Prune a mailbox's history at most this often.
+const PRUNE_EVERY_MS: i64 = 3600 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -43,6 +62,8 @@ pub enum PollError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the poll took longer than limits.poll_timeout ({0:?}) and was abandoned; nothing was deleted that is not in every sink")]
+    Timeout(Duration),
 }
 
 impl PollError {
@@ -60,6 +81,7 @@ impl PollError {
             },
             Self::Store(_) => "state",
             Self::Spool { .. } => "spool",
+            Self::Timeout(_) => "timeout",
         }
     }
 }
@@ -91,6 +113,12 @@ pub struct PollReport {
     pub failures: Vec<String>,
     /// The poll itself failed (login, network, state): its kind and message.
     pub error: Option<(String, String)>,
+    /// Messages that arrived under a UIDL the server had used for another message before.
+    pub uidl_reused: usize,
+    /// The session ended without QUIT because a retrieved message is not in every sink yet.
+    pub ended_without_quit: bool,
+    /// The server's CAPA LOGIN-DELAY: no new login before this much time has passed since this one.
+    pub login_delay: Option<std::time::Duration>,
 }
 
 impl PollReport {
@@ -110,7 +138,18 @@ struct Processed {
     msgno: u32,
     uidl: String,
     deletable: bool,
+    /// Every sink holds it now.
+    held: bool,
     report: PollReport,
+}
+
+/// How the fetching of one poll ended.
+struct Fetched {
+    processed: Vec<Processed>,
+    /// Messages asked for that were not retrieved and processed whole.
+    missing: usize,
+    /// The connection broke while this message was being retrieved.
+    broken: Option<(u32, Pop3Error)>,
 }
 
 pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollReport {
@@ -119,7 +158,18 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         ..Default::default()
     };
     let clock = std::time::Instant::now();
-    if let Err(e) = poll_inner(ctx, shutdown, &mut report).await {
+    // A server sending one byte per read timeout must not hold a poll slot for days. Dropping
+    // the poll mid-way is what a kill -9 does, which the state is built to survive.
+    let result = match tokio::time::timeout(
+        ctx.poll_timeout,
+        poll_inner(ctx, shutdown, &mut report),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(PollError::Timeout(ctx.poll_timeout)),
+    };
+    if let Err(e) = result {
         tracing::error!(mailbox = %ctx.mailbox.name, kind = e.kind(), error = %e, "Poll failed");
         report.error = Some((e.kind().to_string(), e.to_string()));
     }
@@ -148,6 +198,16 @@ fn reset_spool(dir: &std::path::Path) -> Result<(), PollError> {
         path: dir.display().to_string(),
         source,
     };
+    // The directory is `<spool root>/<mailbox name>`: never empty anything whose last
+    // component is not a plain name (a mailbox called `..` would name the state directory).
+    if !matches!(
+        dir.components().next_back(),
+        Some(std::path::Component::Normal(_))
+    ) {
+        return Err(err(std::io::Error::other(
+            "the mailbox's spool directory is not a plain name under the spool root",
+        )));
+    }
     // Left over from a killed run: nothing in it was ever acknowledged to the server.
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(err)?;
@@ -166,44 +226,70 @@ async fn poll_inner(
     if let Some(t) = session.certificate_expiry() {
         crate::metrics::certificate_expiry(name, t);
     }
+    report.login_delay = session.capabilities().login_delay();
+    if session.capabilities().expire() == Some(Some(0))
+        && ctx.mailbox.delete != crate::config::DeletePolicy::AfterDelivery
+    {
+        let text = "The server removes every retrieved message when a session ends with QUIT \
+                    (EXPIRE 0): messages are kept only until they are in every sink, whatever `delete` says";
+        tracing::warn!(mailbox = name, "{text}");
+        report.warnings.push(text.into());
+    }
     let sizes = session.list().await?;
     let uidls = session.uidl().await?;
     let listing = merge_listing(&sizes, uidls.as_deref());
+    drop((sizes, uidls));
     report.listed = listing.len();
 
     let known = ctx.store.load_mailbox(name).await?;
+    let unknown: Vec<String> = listing
+        .iter()
+        .filter_map(|l| l.uidl.as_ref())
+        .filter(|u| !known.contains_key(*u))
+        .cloned()
+        .collect();
+    let others = if unknown.is_empty() {
+        HashMap::new()
+    } else {
+        ctx.store.lookup(name, &unknown).await?
+    };
+    let failures = ctx.store.retrieval_failures(name).await?;
     let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
     let now = crate::store::now_millis();
-    let plan = plan::plan(&listing, &known, &sink_names, ctx.mailbox.delete, now);
+    let plan = plan::plan(
+        &listing,
+        &Known {
+            listed: &known,
+            others: &others,
+            failures: &failures,
+        },
+        &sink_names,
+        ctx.mailbox.delete,
+        now,
+    );
     for w in &plan.warnings {
         let text = describe(w);
         tracing::warn!(mailbox = name, "{text}");
         report.warnings.push(text);
     }
-    let listed: std::collections::HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
-    let back: Vec<String> = plan
-        .listed
-        .iter()
-        .filter(|u| known.get(*u).is_some_and(|k| !k.on_server))
-        .cloned()
-        .collect();
+    let listed: HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
     let gone: Vec<String> = known
         .values()
-        .filter(|k| k.on_server && !listed.contains(k.uidl.as_str()))
+        .filter(|k| !listed.contains(k.uidl.as_str()))
         .map(|k| k.uidl.clone())
         .collect();
-    ctx.store.record_presence(name, &back, &gone, now).await?;
-    // Only a known message missing from this listing can come back under a new UIDL; without
-    // one, skip the per-message lookup by content.
-    let some_vanished = known.values().any(|k| {
-        k.deleted_at.is_none()
-            && k.replaced_by.is_none()
-            && k.sha256.is_some()
-            && !listed.contains(k.uidl.as_str())
-    });
     drop(listed);
+    ctx.store.record_presence(name, &[], &gone, now).await?;
+    prune(ctx, now).await;
     report.waiting = plan.waiting;
-    report.dead_earlier = plan.dead;
+    report.dead_earlier = plan.dead + plan.unretrievable.len();
+    for (msgno, uidl) in &plan.unretrievable {
+        report.failures.push(format!(
+            "message {msgno} ({uidl}) is not retrieved: its RETR broke the connection {} times (dead letter under {}; `dlq retry` tries again)",
+            ctx.max_retrieval_failures,
+            crate::store::RETRIEVAL
+        ));
+    }
 
     let Plan {
         mut fetch, delete, ..
@@ -229,19 +315,31 @@ async fn poll_inner(
     ctx.progress
         .plan(fetch.len() as u64, fetch.iter().map(|f| f.size).sum());
     let mut to_delete: Vec<DeleteItem> = delete;
+    let mut clean = true;
     if !fetch.is_empty() {
-        let processed = fetch_and_deliver(
+        // Only a message gone from the listing can come back under a new UIDL; without one,
+        // skip the per-message lookup by content.
+        let some_vanished = !gone.is_empty() || ctx.store.has_vanished(name).await?;
+        let fetched = fetch_and_deliver(
             ctx,
             &mut session,
             fetch,
             &known,
+            &others,
             some_vanished,
             shutdown,
             report,
         )
         .await?;
+        clean = fetched.missing == 0
+            && fetched.broken.is_none()
+            && fetched.processed.iter().all(|p| p.held);
+        if let Some((msgno, error)) = &fetched.broken {
+            record_broken_retrieval(ctx, &listing, *msgno, error, report).await?;
+        }
         to_delete.extend(
-            processed
+            fetched
+                .processed
                 .into_iter()
                 .filter(|p| p.deletable)
                 .map(|p| DeleteItem {
@@ -251,19 +349,120 @@ async fn poll_inner(
         );
     }
 
+    if !clean {
+        // Retrieved but not in every sink: a QUIT now could make the server hide (Gmail) or
+        // delete (EXPIRE 0) it. Hang up instead; the server changes nothing.
+        report.ended_without_quit = true;
+        tracing::info!(
+            mailbox = name,
+            "Ending the session without QUIT: a retrieved message is not in every sink yet"
+        );
+        drop(session);
+        if to_delete.is_empty() || shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if let Some(delay) = report.login_delay {
+            let text = format!(
+                "{} deletions wait for the next poll: the server allows one login per {}s (LOGIN-DELAY)",
+                to_delete.len(),
+                delay.as_secs()
+            );
+            tracing::info!(mailbox = name, "{text}");
+            report.warnings.push(text);
+            return Ok(());
+        }
+        return delete_in_new_session(ctx, &listing, to_delete, report).await;
+    }
     if to_delete.is_empty() || shutdown.is_cancelled() {
         if let Err(e) = session.quit().await {
             tracing::debug!(mailbox = name, error = %e, "QUIT failed after a poll with nothing to delete");
         }
         return Ok(());
     }
+    delete_and_quit(ctx, session, to_delete, report).await
+}
+
+/// Prune the mailbox's history now and then.
+async fn prune(ctx: &MailboxContext, now: crate::store::Millis) {
+    let last = ctx.last_prune.load(Ordering::Relaxed);
+    if now - last < PRUNE_EVERY_MS {
+        return;
+    }
+    ctx.last_prune.store(now, Ordering::Relaxed);
+    let retention = i64::try_from(ctx.retention.as_millis()).unwrap_or(i64::MAX);
+    match ctx
+        .store
+        .prune(&ctx.mailbox.name, now.saturating_sub(retention))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(mailbox = %ctx.mailbox.name, removed = n, "Pruned history older than state.retention")
+        }
+        Err(e) => {
+            tracing::warn!(mailbox = %ctx.mailbox.name, error = %e, "Cannot prune the state's history")
+        }
+    }
+}
+
+/// The connection broke while `msgno` was being retrieved: count it against that message, so
+/// one that always breaks it is dead-lettered and skipped instead of wedging the mailbox.
+async fn record_broken_retrieval(
+    ctx: &MailboxContext,
+    listing: &[Listed],
+    msgno: u32,
+    error: &Pop3Error,
+    report: &mut PollReport,
+) -> Result<(), PollError> {
+    let name = ctx.mailbox.name.as_str();
+    report
+        .failures
+        .push(format!("message {msgno}: the connection broke: {error}"));
+    let Some(uidl) = listing
+        .iter()
+        .find(|l| l.msgno == msgno)
+        .and_then(|l| l.uidl.as_deref())
+    else {
+        tracing::warn!(mailbox = name, msgno, error = %error, "The connection broke during RETR");
+        return Ok(());
+    };
+    let f = ctx
+        .store
+        .record_retrieval_failure(
+            name,
+            uidl,
+            &error.to_string(),
+            ctx.max_retrieval_failures,
+            crate::store::now_millis(),
+        )
+        .await?;
+    if f.dead {
+        tracing::error!(mailbox = name, msgno, uidl, failures = f.failures, error = %error,
+            "Retrieving this message broke the connection every time; dead-lettered and skipped from now on");
+        crate::metrics::retrieval_dead_lettered(name);
+    } else {
+        tracing::warn!(mailbox = name, msgno, uidl, failures = f.failures, error = %error,
+            "The connection broke during RETR; the message is retried last in the next poll");
+    }
+    Ok(())
+}
+
+/// Receipts on disk, DELE, QUIT, and only after QUIT's `+OK` the deletions recorded.
+async fn delete_and_quit(
+    ctx: &MailboxContext,
+    mut session: pop3::Transaction,
+    to_delete: Vec<DeleteItem>,
+    report: &mut PollReport,
+) -> Result<(), PollError> {
+    let name = ctx.mailbox.name.as_str();
     // Receipts on disk before the server may forget a message.
     ctx.store.sync().await?;
     let msgnos: Vec<u32> = to_delete.iter().map(|d| d.msgno).collect();
+    let by_msgno: HashMap<u32, &DeleteItem> = to_delete.iter().map(|d| (d.msgno, d)).collect();
     let results = session.dele_many(&msgnos).await?;
     let mut accepted = Vec::new();
     for (msgno, r) in results {
-        let Some(item) = to_delete.iter().find(|d| d.msgno == msgno) else {
+        let Some(item) = by_msgno.get(&msgno) else {
             continue;
         };
         match r {
@@ -280,8 +479,55 @@ async fn poll_inner(
     ctx.store
         .record_deleted(name, &accepted, crate::store::now_millis())
         .await?;
-    report.deleted = accepted.len();
+    report.deleted += accepted.len();
     Ok(())
+}
+
+/// The deletions of a session that ended without QUIT, in a new session that retrieves
+/// nothing. Messages are found again by UIDL (and the same LIST size); one named by content
+/// only when the listing is exactly the one the first session saw.
+async fn delete_in_new_session(
+    ctx: &MailboxContext,
+    before: &[Listed],
+    to_delete: Vec<DeleteItem>,
+    report: &mut PollReport,
+) -> Result<(), PollError> {
+    let mut session = pop3::connect(&ctx.mailbox.pop3).await?;
+    let sizes = session.list().await?;
+    let uidls = session.uidl().await?;
+    let now_listed = merge_listing(&sizes, uidls.as_deref());
+    let unchanged = now_listed.as_slice() == before;
+    let old: HashMap<u32, &Listed> = before.iter().map(|l| (l.msgno, l)).collect();
+    let by_uidl: HashMap<&str, &Listed> = now_listed
+        .iter()
+        .filter_map(|l| l.uidl.as_deref().map(|u| (u, l)))
+        .collect();
+    let mut again = Vec::new();
+    for d in to_delete {
+        let Some(was) = old.get(&d.msgno) else {
+            continue;
+        };
+        let found = if unchanged {
+            Some(*was)
+        } else {
+            was.uidl
+                .as_deref()
+                .filter(|u| *u == d.uidl)
+                .and_then(|u| by_uidl.get(u).copied())
+                .filter(|l| l.size == was.size)
+        };
+        if let Some(l) = found {
+            again.push(DeleteItem {
+                msgno: l.msgno,
+                uidl: d.uidl,
+            });
+        }
+    }
+    if again.is_empty() {
+        let _ = session.quit().await;
+        return Ok(());
+    }
+    delete_and_quit(ctx, session, again, report).await
 }
 
 /// Pair LIST sizes with UIDLs by message number.
@@ -320,24 +566,36 @@ fn describe(w: &Warning) -> String {
              the server may have lost its UIDL state. Matching by content before delivering, so \
              mail already delivered is not sent again"
         ),
+        Warning::UidlReused { count } => format!(
+            "{count} listed UIDLs belonged to messages already deleted or moved: the server \
+             reuses UIDLs. They are new messages and are delivered under new keys"
+        ),
+        Warning::Recheck { count } => format!(
+            "{count} known UIDLs changed LIST size or came back into the listing: fetching them \
+             to compare with what we delivered before anything is skipped or deleted"
+        ),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fetch_and_deliver(
     ctx: &MailboxContext,
     session: &mut pop3::Transaction,
     fetch: Vec<FetchItem>,
     known: &HashMap<String, KnownMessage>,
+    others: &HashMap<String, KnownMessage>,
     some_vanished: bool,
     shutdown: &CancellationToken,
     report: &mut PollReport,
-) -> Result<Vec<Processed>, PollError> {
+) -> Result<Fetched, PollError> {
     let msgnos: Vec<u32> = fetch.iter().map(|f| f.msgno).collect();
+    let asked = msgnos.len();
     let items: HashMap<u32, FetchItem> = fetch.into_iter().map(|f| (f.msgno, f)).collect();
     let (tx, mut rx) =
         mpsc::channel::<(u32, Result<Retrieved, Pop3Error>)>(ctx.max_in_flight.max(1));
 
-    let fetching = session.retr_to_spool(&msgnos, &ctx.spool_dir, tx);
+    let mut broken_at = None;
+    let fetching = session.retr_to_spool_tracked(&msgnos, &ctx.spool_dir, tx, &mut broken_at);
     let delivering = async {
         let mut running = FuturesUnordered::new();
         let mut done: Vec<Result<Processed, PollError>> = Vec::new();
@@ -354,7 +612,7 @@ async fn fetch_and_deliver(
                     }
                     match (items.get(&msgno), result) {
                         (Some(item), Ok(retrieved)) => {
-                            running.push(process(ctx, item, retrieved, known, some_vanished, shutdown));
+                            running.push(process(ctx, item, retrieved, known, others, some_vanished, shutdown));
                         }
                         (_, Err(e)) => failures.push(format!("message {msgno}: {e}")),
                         (None, Ok(_)) => {}
@@ -376,16 +634,37 @@ async fn fetch_and_deliver(
         merge_report(report, &p.report);
         processed.push(p);
     }
-    if let Err(e) = fetched {
-        if !shutdown.is_cancelled() {
-            return Err(e.into());
+    let broken = match fetched {
+        Ok(()) => None,
+        Err(e) if shutdown.is_cancelled() => {
+            tracing::debug!(mailbox = %ctx.mailbox.name, error = %e, "RETR ended by shutdown");
+            None
         }
+        // A broken connection ends the fetching, not the poll: what was delivered is recorded,
+        // and its deletions still happen (in a new session).
+        Err(e) => match broken_at {
+            Some(msgno) => Some((msgno, e)),
+            None => return Err(e.into()),
+        },
+    };
+    Ok(Fetched {
+        missing: asked - processed.len(),
+        processed,
+        broken,
+    })
+}
+
+/// The UIDL of a plan item as listed (for the retrieval-failure count).
+fn item_uidl(item: &FetchItem) -> &str {
+    match &item.identity {
+        Identity::Uidl(u) => u,
+        Identity::ByContent { uidl } => uidl.as_deref().unwrap_or(""),
     }
-    Ok(processed)
 }
 
 fn merge_report(into: &mut PollReport, from: &PollReport) {
     into.fetched += from.fetched;
+    into.uidl_reused += from.uidl_reused;
     into.bytes += from.bytes;
     into.delivered += from.delivered;
     into.duplicates += from.duplicates;
@@ -404,6 +683,7 @@ async fn process(
     item: &FetchItem,
     retrieved: Retrieved,
     known: &HashMap<String, KnownMessage>,
+    others: &HashMap<String, KnownMessage>,
     some_vanished: bool,
     shutdown: &CancellationToken,
 ) -> Result<Processed, PollError> {
@@ -416,10 +696,41 @@ async fn process(
     };
     let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
     let now = crate::store::now_millis();
+    if item.failures > 0 {
+        store.clear_retrieval_failure(name, item_uidl(item)).await?;
+    }
 
-    let (uidl, mut state, mut pending) = match &item.identity {
-        Identity::Uidl(u) => (u.clone(), known.get(u).cloned(), item.sinks.clone()),
-        Identity::ByContent { uidl } => {
+    let mut retire = false;
+    let (uidl, mut state, mut pending) = match (&item.identity, item.prior) {
+        (Identity::Uidl(u), Prior::Plain) => (u.clone(), known.get(u).cloned(), item.sinks.clone()),
+        (Identity::Uidl(u), Prior::Reused) => {
+            r.uidl_reused += 1;
+            retire = true;
+            (u.clone(), None, sink_names.clone())
+        }
+        (Identity::Uidl(u), Prior::Verify) => {
+            let prior = known.get(u).or_else(|| others.get(u));
+            match prior {
+                Some(p) if p.same_content(&retrieved.sha256, &retrieved.fingerprint) => {
+                    // The message we knew: carry on from its deliveries.
+                    store
+                        .confirm(name, u, item.size, &retrieved.fingerprint)
+                        .await?;
+                    let (p_sinks, waiting, dead) = plan::pending_sinks(Some(p), &sink_names, now);
+                    r.waiting += waiting;
+                    r.dead_earlier += dead;
+                    (u.clone(), Some(p.clone()), p_sinks)
+                }
+                _ => {
+                    tracing::warn!(mailbox = name, uidl = %u,
+                        "UIDL now names another message (different content): delivering it as a new one");
+                    r.uidl_reused += 1;
+                    retire = true;
+                    (u.clone(), None, sink_names.clone())
+                }
+            }
+        }
+        (Identity::ByContent { uidl }, _) => {
             let u = Identity::content_uidl(uidl.as_deref(), &retrieved.sha256);
             let k = known.get(&u).cloned();
             let (p, waiting, dead) = plan::pending_sinks(k.as_ref(), &sink_names, now);
@@ -429,9 +740,14 @@ async fn process(
         }
     };
     if state.is_none() && some_vanished {
-        // Same bytes as a message that vanished from the listing: the server renamed it.
+        // Same content as a message that vanished from the listing: the server renamed it.
         if let Some(old) = store
-            .find_vanished_by_content(name, &retrieved.sha256, retrieved.size)
+            .find_vanished_by_content(
+                name,
+                &retrieved.sha256,
+                retrieved.size,
+                &retrieved.fingerprint,
+            )
             .await?
         {
             tracing::warn!(mailbox = name, uidl = %uidl, previous_uidl = %old.uidl, key = %old.idem_key,
@@ -439,6 +755,8 @@ async fn process(
             store.adopt(name, &old.uidl, &uidl, now).await?;
             let (p, waiting, dead) = plan::pending_sinks(Some(&old), &sink_names, now);
             r.matched_by_content += 1;
+            r.uidl_reused = 0;
+            retire = false;
             r.waiting += waiting;
             r.dead_earlier += dead;
             pending = p;
@@ -451,7 +769,11 @@ async fn process(
     let key_text = state
         .as_ref()
         .map(|s| s.idem_key.clone())
-        .unwrap_or_else(|| IdempotencyKey::derive(name, &uidl).as_str().to_string());
+        .unwrap_or_else(|| {
+            IdempotencyKey::derive_content(name, &uidl, &retrieved.fingerprint)
+                .as_str()
+                .to_string()
+        });
     let key = IdempotencyKey::from_stored(key_text);
 
     let message = SpooledMessage {
@@ -463,7 +785,7 @@ async fn process(
         fetched_at: chrono::Utc::now(),
         seen_before: state.is_some(),
     };
-    if !pending.is_empty() {
+    if !pending.is_empty() || retire {
         store
             .record_fetched(&FetchRecord {
                 mailbox: name,
@@ -471,8 +793,11 @@ async fn process(
                 idem_key: key.as_str(),
                 size: retrieved.size,
                 sha256: &retrieved.sha256,
+                fingerprint: &retrieved.fingerprint,
+                list_size: item.size,
                 fetched_at: now,
                 sinks: &pending,
+                retire,
             })
             .await?;
     }
@@ -495,6 +820,7 @@ async fn process(
     .await;
     store.record_outcomes(&outcomes).await?;
     ctx.progress.message_done(retrieved.size);
+    let retrieved_fingerprint = retrieved.fingerprint.clone();
     drop(retrieved);
 
     let mut after = state.unwrap_or_else(|| KnownMessage {
@@ -506,6 +832,8 @@ async fn process(
         on_server: true,
         deleted_at: None,
         replaced_by: None,
+        list_size: Some(item.size),
+        fingerprint: Some(retrieved_fingerprint),
         deliveries: HashMap::new(),
     });
     for o in &outcomes {
@@ -548,10 +876,17 @@ async fn process(
         ctx.mailbox.delete,
         crate::store::now_millis(),
     );
+    let held = sink_names.iter().all(|s| {
+        matches!(
+            after.deliveries.get(s),
+            Some(DeliveryState::Delivered { .. })
+        )
+    });
     Ok(Processed {
         msgno: item.msgno,
         uidl,
         deletable,
+        held,
         report: r,
     })
 }

@@ -113,6 +113,23 @@ impl Capabilities {
         self.has("PIPELINING")
     }
 
+    /// RFC 2449 `EXPIRE`: `Some(Some(days))`, `Some(None)` for `NEVER`, `None` when not
+    /// advertised (or `USER`-dependent before login: ask again after). `EXPIRE 0` means the
+    /// server deletes every message retrieved in a session that ends with QUIT.
+    pub fn expire(&self) -> Option<Option<u32>> {
+        let arg = self.args("EXPIRE")?.first()?;
+        if arg.eq_ignore_ascii_case("NEVER") {
+            return Some(None);
+        }
+        arg.parse().ok().map(Some)
+    }
+
+    /// RFC 2449 `LOGIN-DELAY`: the least time between two logins the server accepts.
+    pub fn login_delay(&self) -> Option<std::time::Duration> {
+        let secs: u64 = self.args("LOGIN-DELAY")?.first()?.parse().ok()?;
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
+    }
+
     pub fn uidl(&self) -> bool {
         self.has("UIDL")
     }
@@ -167,6 +184,19 @@ mod tests {
         ]);
         assert!(caps.pipelining() && caps.uidl() && caps.top() && caps.stls() && caps.user());
         assert!(caps.sasl("plain") && caps.sasl("LOGIN") && !caps.sasl("XOAUTH2"));
+    }
+
+    #[test]
+    fn expire_and_login_delay_are_read() {
+        let caps = Capabilities::from_lines(["EXPIRE 0", "LOGIN-DELAY 60 USER", "UIDL"]);
+        assert_eq!(caps.expire(), Some(Some(0)));
+        assert_eq!(caps.login_delay(), Some(std::time::Duration::from_secs(60)));
+        let caps = Capabilities::from_lines(["EXPIRE NEVER", "LOGIN-DELAY 0"]);
+        assert_eq!(caps.expire(), Some(None));
+        assert_eq!(caps.login_delay(), None);
+        let caps = Capabilities::from_lines(["EXPIRE USER"]);
+        assert_eq!(caps.expire(), None);
+        assert_eq!(Capabilities::default().expire(), None);
     }
 
     #[test]

@@ -10,8 +10,11 @@ fn fetch<'a>(uidl: &'a str, sinks: &'a [String]) -> FetchRecord<'a> {
         idem_key: "pb1_key",
         size: 42,
         sha256: "abc",
+        fingerprint: "fp-abc",
+        list_size: 42,
         fetched_at: 1_000,
         sinks,
+        retire: false,
     }
 }
 
@@ -57,6 +60,9 @@ pub async fn run_all(s: &dyn Store) {
     backlog_counts_pending_and_dead_by_sink(s).await;
     deleted_messages_are_marked(s).await;
     forget_removes_message_and_deliveries(s).await;
+    a_receipt_is_never_undone(s).await;
+    a_reused_uidl_starts_a_new_message(s).await;
+    broken_retrievals_become_a_dead_letter(s).await;
     s.sync().await.unwrap();
     s.ping().await.unwrap();
 }
@@ -160,8 +166,12 @@ async fn listing_marks_vanished_and_content_match_adopts(s: &dyn Store) {
         .await
         .unwrap();
     let m = s.load_mailbox("alice").await.unwrap();
-    assert!(!m["u1"].on_server);
+    // A poll loads what is on the server; the rest is looked up by UIDL.
+    assert!(!m.contains_key("u1"));
     assert!(m["u2"].on_server);
+    let looked = s.lookup("alice", &["u1".to_string()]).await.unwrap();
+    assert!(!looked["u1"].on_server && !looked["u1"].is_history());
+    assert!(s.has_vanished("alice").await.unwrap());
     s.record_presence("alice", &["u1".to_string()], &[], 3_100)
         .await
         .unwrap();
@@ -170,22 +180,25 @@ async fn listing_marks_vanished_and_content_match_adopts(s: &dyn Store) {
         .await
         .unwrap();
     let found = s
-        .find_vanished_by_content("alice", "abc", 42)
+        .find_vanished_by_content("alice", "abc", 42, "fp-abc")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(found.uidl, "u1");
     s.adopt("alice", "u1", "u1-new", 4_000).await.unwrap();
     let m = s.load_mailbox("alice").await.unwrap();
-    assert_eq!(m["u1-new"].idem_key, m["u1"].idem_key);
+    let old = s.lookup("alice", &["u1".to_string()]).await.unwrap();
+    assert_eq!(m["u1-new"].idem_key, old["u1"].idem_key);
+    assert_eq!(m["u1-new"].fingerprint.as_deref(), Some("fp-abc"));
     assert!(matches!(
         m["u1-new"].deliveries["archive"],
         DeliveryState::Delivered { .. }
     ));
-    assert_eq!(m["u1"].replaced_by.as_deref(), Some("u1-new"));
+    assert_eq!(old["u1"].replaced_by.as_deref(), Some("u1-new"));
+    assert!(old["u1"].is_history());
     // Once adopted it is no longer a candidate.
     assert!(s
-        .find_vanished_by_content("alice", "abc", 42)
+        .find_vanished_by_content("alice", "abc", 42, "fp-abc")
         .await
         .unwrap()
         .is_none_or(|m| m.uidl != "u1"));
@@ -213,9 +226,10 @@ async fn deleted_messages_are_marked(s: &dyn Store) {
     s.record_deleted("alice", &["u2".to_string()], 6_000)
         .await
         .unwrap();
-    let m = s.load_mailbox("alice").await.unwrap();
+    let m = s.lookup("alice", &["u2".to_string()]).await.unwrap();
     assert_eq!(m["u2"].deleted_at, Some(6_000));
     assert!(!m["u2"].on_server);
+    assert!(!s.load_mailbox("alice").await.unwrap().contains_key("u2"));
     let counts = s.counts().await.unwrap();
     assert_eq!(counts[0].mailbox, "alice");
     assert_eq!(counts[0].deleted, 1);
@@ -223,6 +237,120 @@ async fn deleted_messages_are_marked(s: &dyn Store) {
 
 async fn forget_removes_message_and_deliveries(s: &dyn Store) {
     assert_eq!(s.forget("alice", Some("u2")).await.unwrap(), 1);
-    let m = s.load_mailbox("alice").await.unwrap();
+    let m = s.lookup("alice", &["u2".to_string()]).await.unwrap();
     assert!(!m.contains_key("u2"));
+}
+
+/// A delivered row never goes back to pending or dead: a late outcome of a concurrent attempt
+/// (another process, a retry that lost the race) must not undo a receipt.
+async fn a_receipt_is_never_undone(s: &dyn Store) {
+    let sinks = vec!["m".to_string()];
+    s.record_fetched(&fetch("mono", &sinks)).await.unwrap();
+    s.record_outcomes(&[outcome(
+        "mono",
+        "m",
+        OutcomeResult::Delivered(Receipt::new("r")),
+    )])
+    .await
+    .unwrap();
+    s.record_outcomes(&[
+        outcome(
+            "mono",
+            "m",
+            OutcomeResult::Retry {
+                error: "late".into(),
+                next_attempt_at: 9_000,
+            },
+        ),
+        outcome(
+            "mono",
+            "m",
+            OutcomeResult::Dead {
+                error: "late".into(),
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert!(
+        matches!(&m["mono"].deliveries["m"], DeliveryState::Delivered { receipt, .. } if receipt.detail == "r"),
+        "{:?}",
+        m["mono"].deliveries["m"]
+    );
+}
+
+/// A UIDL whose message we deleted, listed again, is a new message: recording it moves the old
+/// row to history and starts with no receipts.
+async fn a_reused_uidl_starts_a_new_message(s: &dyn Store) {
+    let sinks = vec!["m".to_string()];
+    s.record_fetched(&fetch("re", &sinks)).await.unwrap();
+    s.record_outcomes(&[outcome(
+        "re",
+        "m",
+        OutcomeResult::Delivered(Receipt::new("first")),
+    )])
+    .await
+    .unwrap();
+    s.record_deleted("alice", &["re".to_string()], 7_000)
+        .await
+        .unwrap();
+    assert!(s.lookup("alice", &["re".to_string()]).await.unwrap()["re"].is_history());
+    let second = FetchRecord {
+        idem_key: "pb2_second",
+        sha256: "def",
+        fingerprint: "fp-def",
+        fetched_at: 8_000,
+        ..fetch("re", &sinks)
+    };
+    s.record_fetched(&second).await.unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(m["re"].idem_key, "pb2_second");
+    assert!(matches!(
+        m["re"].deliveries["m"],
+        DeliveryState::Pending { .. }
+    ));
+    // The same with an explicit request (a listed row whose content turned out different).
+    let third = FetchRecord {
+        idem_key: "pb2_third",
+        retire: true,
+        fetched_at: 9_000,
+        ..second
+    };
+    s.record_fetched(&third).await.unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(m["re"].idem_key, "pb2_third");
+    assert!(matches!(
+        m["re"].deliveries["m"],
+        DeliveryState::Pending { .. }
+    ));
+    // History is pruned after the retention; what is on the server is not.
+    assert!(s.prune("alice", 7_500).await.unwrap() >= 1);
+    assert!(s.load_mailbox("alice").await.unwrap().contains_key("re"));
+}
+
+/// A message whose RETR keeps breaking the connection becomes a dead letter after `max`.
+async fn broken_retrievals_become_a_dead_letter(s: &dyn Store) {
+    let f = s
+        .record_retrieval_failure("alice", "bad", "reset", 2, 1)
+        .await
+        .unwrap();
+    assert_eq!((f.failures, f.dead), (1, false));
+    let f = s
+        .record_retrieval_failure("alice", "bad", "reset again", 2, 2)
+        .await
+        .unwrap();
+    assert_eq!((f.failures, f.dead), (2, true));
+    assert!(s.retrieval_failures("alice").await.unwrap()["bad"].dead);
+    let dl = s.dead_letters(Some("alice")).await.unwrap();
+    assert!(dl
+        .iter()
+        .any(|d| d.uidl == "bad" && d.sink == RETRIEVAL && d.error == "reset again"));
+    assert_eq!(s.retry_dead("alice", Some("bad"), None).await.unwrap(), 1);
+    assert!(s.retrieval_failures("alice").await.unwrap().is_empty());
+    s.record_retrieval_failure("alice", "ok", "reset", 3, 3)
+        .await
+        .unwrap();
+    s.clear_retrieval_failure("alice", "ok").await.unwrap();
+    assert!(s.retrieval_failures("alice").await.unwrap().is_empty());
 }

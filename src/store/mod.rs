@@ -5,8 +5,10 @@
 
 #[cfg(test)]
 mod contract;
+pub mod lock;
 mod sqlite;
 
+pub use lock::PollLock;
 pub use sqlite::SqliteStore;
 
 use crate::sink::Receipt;
@@ -81,8 +83,40 @@ pub struct KnownMessage {
     pub on_server: bool,
     pub deleted_at: Option<Millis>,
     pub replaced_by: Option<String>,
+    /// The size LIST gave when the row was last confirmed (`None` before schema 2).
+    pub list_size: Option<u64>,
+    /// [`crate::content::Fingerprint`] of the message (`None` before schema 2).
+    pub fingerprint: Option<String>,
     pub deliveries: HashMap<String, DeliveryState>,
 }
+
+impl KnownMessage {
+    /// History, not identity: we deleted it, or another UIDL took it over. A UIDL listed again
+    /// after this is a new message.
+    pub fn is_history(&self) -> bool {
+        self.deleted_at.is_some() || self.replaced_by.is_some()
+    }
+
+    /// True when `fingerprint`/`sha256` say a fetched message is this one.
+    pub fn same_content(&self, sha256: &str, fingerprint: &str) -> bool {
+        match &self.fingerprint {
+            Some(f) => f == fingerprint,
+            None => self.sha256.as_deref() == Some(sha256),
+        }
+    }
+}
+
+/// A message whose RETR broke the connection, by UIDL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetrievalFailure {
+    pub failures: u32,
+    pub last_error: String,
+    /// Skipped by polls: a dead letter until `dlq retry` (or dropped by `dlq drop`).
+    pub dead: bool,
+}
+
+/// The pseudo-sink under which a message that cannot be retrieved is dead-lettered.
+pub const RETRIEVAL: &str = "(retrieval)";
 
 /// A fetched message about to be delivered: "record the attempt".
 #[derive(Clone, Debug)]
@@ -92,9 +126,15 @@ pub struct FetchRecord<'a> {
     pub idem_key: &'a str,
     pub size: u64,
     pub sha256: &'a str,
+    pub fingerprint: &'a str,
+    /// The size the server's LIST gave.
+    pub list_size: u64,
     pub fetched_at: Millis,
     /// Sinks that must end up with a delivery row (pending unless one exists).
     pub sinks: &'a [String],
+    /// Another message held this UIDL before: move its row to history first. (A deleted or
+    /// replaced row at this UIDL is moved to history in any case.)
+    pub retire: bool,
 }
 
 /// The result of delivering one message to one sink, to be recorded.
@@ -155,20 +195,39 @@ pub struct Backlog {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Everything known about a mailbox's messages, by UIDL.
+    /// The messages of a mailbox that were on the server at the last listing, by UIDL. History
+    /// (deleted, gone, replaced) is not loaded: a poll costs the listing, not the past.
     async fn load_mailbox(
         &self,
         mailbox: &str,
     ) -> Result<HashMap<String, KnownMessage>, StoreError>;
 
-    /// Record what changed in the listing: known UIDLs listed again (`back`) and known ones no
-    /// longer listed (`gone`). Only the changes, so an idle poll of a big mailbox writes nothing.
+    /// The rows, of any status, at these UIDLs (for UIDLs listed but not loaded).
+    async fn lookup(
+        &self,
+        mailbox: &str,
+        uidls: &[String],
+    ) -> Result<HashMap<String, KnownMessage>, StoreError>;
+
+    /// Record what changed in the listing: known UIDLs confirmed listed again (`back`) and
+    /// known ones no longer listed (`gone`). Only the changes, so an idle poll of a big
+    /// mailbox writes nothing.
     async fn record_presence(
         &self,
         mailbox: &str,
         back: &[String],
         gone: &[String],
         now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// A fetched message proved to be the one known under its UIDL: remember its LIST size
+    /// (and fingerprint, for rows from before schema 2) and that it is listed.
+    async fn confirm(
+        &self,
+        mailbox: &str,
+        uidl: &str,
+        list_size: u64,
+        fingerprint: &str,
     ) -> Result<(), StoreError>;
 
     /// Record that a message was fetched and is about to be delivered to `sinks`.
@@ -185,14 +244,20 @@ pub trait Store: Send + Sync {
         now: Millis,
     ) -> Result<(), StoreError>;
 
-    /// A message no longer listed, never deleted by us, with this exact content: the same message
-    /// re-listed under a new UIDL.
+    /// A message no longer listed, never deleted by us, with this content: the same message
+    /// re-listed under a new UIDL. Matched by fingerprint, or for rows from before schema 2 by
+    /// SHA-256 and size.
     async fn find_vanished_by_content(
         &self,
         mailbox: &str,
         sha256: &str,
         size: u64,
+        fingerprint: &str,
     ) -> Result<Option<KnownMessage>, StoreError>;
+
+    /// True when some message of the mailbox left the listing without being deleted by us (so
+    /// a new UIDL may be one of them, renamed).
+    async fn has_vanished(&self, mailbox: &str) -> Result<bool, StoreError>;
 
     /// Let `new_uidl` take over `old`'s key and deliveries (content matched).
     async fn adopt(
@@ -205,6 +270,30 @@ pub trait Store: Send + Sync {
 
     /// Make every recorded receipt durable on disk (called before any DELE).
     async fn sync(&self) -> Result<(), StoreError>;
+
+    /// Count a RETR of `uidl` that broke the connection; at `max` failures the message becomes
+    /// a dead letter (under the sink name [`RETRIEVAL`]). Returns the new state.
+    async fn record_retrieval_failure(
+        &self,
+        mailbox: &str,
+        uidl: &str,
+        error: &str,
+        max: u32,
+        now: Millis,
+    ) -> Result<RetrievalFailure, StoreError>;
+
+    /// Messages of a mailbox whose RETR broke the connection, by UIDL.
+    async fn retrieval_failures(
+        &self,
+        mailbox: &str,
+    ) -> Result<HashMap<String, RetrievalFailure>, StoreError>;
+
+    /// A message was retrieved whole: forget its earlier broken retrievals.
+    async fn clear_retrieval_failure(&self, mailbox: &str, uidl: &str) -> Result<(), StoreError>;
+
+    /// Remove history (deleted, gone or replaced messages) that ended before `before`.
+    /// Returns how many messages were removed.
+    async fn prune(&self, mailbox: &str, before: Millis) -> Result<u64, StoreError>;
 
     async fn dead_letters(&self, mailbox: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
 

@@ -124,8 +124,108 @@ fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KnownMessage, Store
         on_server: row.try_get::<i64, _>("on_server")? != 0,
         deleted_at: row.try_get("deleted_at")?,
         replaced_by: row.try_get("replaced_by")?,
+        list_size: row
+            .try_get::<Option<i64>, _>("list_size")?
+            .and_then(|s| u64::try_from(s).ok()),
+        fingerprint: row.try_get("fingerprint")?,
         deliveries: HashMap::new(),
     })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The rows a poll loads: on the server at the last listing, not history.
+const LISTED: &str =
+    "on_server = 1 AND deleted_at IS NULL AND replaced_by IS NULL AND retired_at IS NULL";
+
+/// Move the row at `uidl` (and its deliveries) to history under `<uidl> <idem_key>@<now>`,
+/// which no listed UIDL can equal (RFC 1939 UIDLs have no spaces), so the UIDL is free for
+/// the message that holds it now.
+pub(super) async fn retire(
+    conn: &mut sqlx::SqliteConnection,
+    mailbox: &str,
+    uidl: &str,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let key: Option<String> =
+        sqlx::query_scalar("SELECT idem_key FROM messages WHERE mailbox = ? AND uidl = ?")
+            .bind(mailbox)
+            .bind(uidl)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(key) = key else { return Ok(false) };
+    let history = format!("{uidl} {key}@{now}");
+    sqlx::query(
+        "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
+            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at)
+         SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, fetched_at, 0, deleted_at,
+            replaced_by, list_size, fingerprint, COALESCE(gone_at, ?4), ?4
+           FROM messages WHERE mailbox = ?1 AND uidl = ?2",
+    )
+    .bind(mailbox)
+    .bind(uidl)
+    .bind(&history)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE deliveries SET uidl = ?3 WHERE mailbox = ?1 AND uidl = ?2")
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(&history)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM messages WHERE mailbox = ? AND uidl = ?")
+        .bind(mailbox)
+        .bind(uidl)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+/// Messages (with their deliveries) selected by `filter`, a condition on `messages`.
+async fn load_where(
+    pool: &SqlitePool,
+    mailbox: &str,
+    filter: &str,
+    uidls: &[String],
+) -> Result<HashMap<String, KnownMessage>, StoreError> {
+    use futures_util::TryStreamExt;
+    let mut out = HashMap::new();
+    // Streamed row by row: a big mailbox is never held twice in memory.
+    let sql = format!("SELECT * FROM messages WHERE mailbox = ? AND {filter}");
+    let mut rows = sqlx::query(&sql).bind(mailbox);
+    for u in uidls {
+        rows = rows.bind(u);
+    }
+    let mut rows = rows.fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        let m = message_from_row(&row)?;
+        out.insert(m.uidl.clone(), m);
+    }
+    drop(rows);
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT d.* FROM deliveries d JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
+          WHERE m.mailbox = ? AND {}",
+        filter.replace("uidl IN", "m.uidl IN")
+    );
+    let mut rows = sqlx::query(&sql).bind(mailbox);
+    for u in uidls {
+        rows = rows.bind(u);
+    }
+    let mut rows = rows.fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        let uidl: String = row.try_get("uidl")?;
+        let sink: String = row.try_get("sink")?;
+        if let Some(m) = out.get_mut(&uidl) {
+            m.deliveries.insert(sink, delivery_from_row(&row)?);
+        }
+    }
+    Ok(out)
 }
 
 /// SQLite's default limit on bound parameters is 32766; stay well below it.
@@ -162,26 +262,20 @@ impl Store for SqliteStore {
         &self,
         mailbox: &str,
     ) -> Result<HashMap<String, KnownMessage>, StoreError> {
-        use futures_util::TryStreamExt;
-        // Streamed row by row: a mailbox with a long history is never held twice in memory.
+        load_where(&self.pool, mailbox, LISTED, &[]).await
+    }
+
+    async fn lookup(
+        &self,
+        mailbox: &str,
+        uidls: &[String],
+    ) -> Result<HashMap<String, KnownMessage>, StoreError> {
         let mut out = HashMap::new();
-        let mut rows = sqlx::query("SELECT * FROM messages WHERE mailbox = ?")
-            .bind(mailbox)
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            let m = message_from_row(&row)?;
-            out.insert(m.uidl.clone(), m);
-        }
-        drop(rows);
-        let mut rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ?")
-            .bind(mailbox)
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            let uidl: String = row.try_get("uidl")?;
-            let sink: String = row.try_get("sink")?;
-            if let Some(m) = out.get_mut(&uidl) {
-                m.deliveries.insert(sink, delivery_from_row(&row)?);
-            }
+        for chunk in uidls.chunks(CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            out.extend(
+                load_where(&self.pool, mailbox, &format!("uidl IN ({marks})"), chunk).await?,
+            );
         }
         Ok(out)
     }
@@ -191,15 +285,36 @@ impl Store for SqliteStore {
         mailbox: &str,
         back: &[String],
         gone: &[String],
-        _now: Millis,
+        now: Millis,
     ) -> Result<(), StoreError> {
         if back.is_empty() && gone.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        update_uidls(&mut tx, "on_server = ", 1, mailbox, back).await?;
-        update_uidls(&mut tx, "on_server = ", 0, mailbox, gone).await?;
+        update_uidls(&mut tx, "gone_at = NULL, on_server = ", 1, mailbox, back).await?;
+        update_uidls(&mut tx, "on_server = 0, gone_at = ", now, mailbox, gone).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn confirm(
+        &self,
+        mailbox: &str,
+        uidl: &str,
+        list_size: u64,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET on_server = 1, gone_at = NULL, list_size = ?3,
+                    fingerprint = COALESCE(fingerprint, ?4)
+              WHERE mailbox = ?1 AND uidl = ?2",
+        )
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(to_i64(list_size))
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -208,10 +323,13 @@ impl Store for SqliteStore {
             mailbox: r.mailbox.to_string(),
             uidl: r.uidl.to_string(),
             idem_key: r.idem_key.to_string(),
-            size: i64::try_from(r.size).unwrap_or(i64::MAX),
+            size: to_i64(r.size),
             sha256: r.sha256.to_string(),
+            fingerprint: r.fingerprint.to_string(),
+            list_size: to_i64(r.list_size),
             fetched_at: r.fetched_at,
             sinks: r.sinks.to_vec(),
+            retire: r.retire,
         };
         self.group
             .write(&self.pool, group::Write::Fetched(fetched))
@@ -244,17 +362,31 @@ impl Store for SqliteStore {
         mailbox: &str,
         sha256: &str,
         size: u64,
+        fingerprint: &str,
     ) -> Result<Option<KnownMessage>, StoreError> {
-        let row = sqlx::query(
-            "SELECT * FROM messages WHERE mailbox = ? AND sha256 = ? AND size = ?
-               AND on_server = 0 AND deleted_at IS NULL AND replaced_by IS NULL
-             ORDER BY first_seen_at LIMIT 1",
-        )
+        const VANISHED: &str =
+            "on_server = 0 AND deleted_at IS NULL AND replaced_by IS NULL AND retired_at IS NULL";
+        let mut row = sqlx::query(&format!(
+            "SELECT * FROM messages WHERE mailbox = ? AND fingerprint = ? AND {VANISHED}
+             ORDER BY first_seen_at LIMIT 1"
+        ))
         .bind(mailbox)
-        .bind(sha256)
-        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(fingerprint)
         .fetch_optional(&self.pool)
         .await?;
+        if row.is_none() {
+            // Rows from before schema 2 have no fingerprint: their exact bytes, then.
+            row = sqlx::query(&format!(
+                "SELECT * FROM messages WHERE mailbox = ? AND sha256 = ? AND size = ?
+                   AND fingerprint IS NULL AND {VANISHED}
+                 ORDER BY first_seen_at LIMIT 1"
+            ))
+            .bind(mailbox)
+            .bind(sha256)
+            .bind(to_i64(size))
+            .fetch_optional(&self.pool)
+            .await?;
+        }
         let Some(row) = row else { return Ok(None) };
         let mut m = message_from_row(&row)?;
         let rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ? AND uidl = ?")
@@ -269,6 +401,17 @@ impl Store for SqliteStore {
         Ok(Some(m))
     }
 
+    async fn has_vanished(&self, mailbox: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM messages INDEXED BY messages_vanished WHERE mailbox = ? AND on_server = 0
+                AND deleted_at IS NULL AND replaced_by IS NULL AND retired_at IS NULL LIMIT 1",
+        )
+        .bind(mailbox)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     async fn adopt(
         &self,
         mailbox: &str,
@@ -277,11 +420,13 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Whatever held the new UIDL before is history now.
+        retire(&mut tx, mailbox, new_uidl, now).await?;
         sqlx::query(
-            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at, on_server)
-             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1
-               FROM messages WHERE mailbox = ?1 AND uidl = ?2
-             ON CONFLICT (mailbox, uidl) DO NOTHING",
+            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
+                on_server, list_size, fingerprint)
+             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1, list_size, fingerprint
+               FROM messages WHERE mailbox = ?1 AND uidl = ?2",
         )
         .bind(mailbox)
         .bind(old_uidl)
@@ -302,12 +447,15 @@ impl Store for SqliteStore {
         .bind(new_uidl)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE messages SET replaced_by = ?3 WHERE mailbox = ?1 AND uidl = ?2")
-            .bind(mailbox)
-            .bind(old_uidl)
-            .bind(new_uidl)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE messages SET replaced_by = ?3, retired_at = ?4 WHERE mailbox = ?1 AND uidl = ?2",
+        )
+        .bind(mailbox)
+        .bind(old_uidl)
+        .bind(new_uidl)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -320,14 +468,84 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn record_retrieval_failure(
+        &self,
+        mailbox: &str,
+        uidl: &str,
+        error: &str,
+        max: u32,
+        now: Millis,
+    ) -> Result<RetrievalFailure, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO retrieval_failures (mailbox, uidl, failures, last_error, last_at, status)
+             VALUES (?1, ?2, 1, ?3, ?4, CASE WHEN ?5 <= 1 THEN 'dead' ELSE 'failing' END)
+             ON CONFLICT (mailbox, uidl) DO UPDATE SET
+                failures = failures + 1, last_error = excluded.last_error, last_at = excluded.last_at,
+                status = CASE WHEN status = 'failing' AND failures + 1 >= ?5 THEN 'dead' ELSE status END
+             RETURNING failures, last_error, status",
+        )
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(error)
+        .bind(now)
+        .bind(i64::from(max))
+        .fetch_one(&self.pool)
+        .await?;
+        failure_from_row(&row)
+    }
+
+    async fn retrieval_failures(
+        &self,
+        mailbox: &str,
+    ) -> Result<HashMap<String, RetrievalFailure>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM retrieval_failures WHERE mailbox = ?")
+            .bind(mailbox)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("uidl")?, failure_from_row(row)?)))
+            .collect()
+    }
+
+    async fn clear_retrieval_failure(&self, mailbox: &str, uidl: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM retrieval_failures WHERE mailbox = ? AND uidl = ?")
+            .bind(mailbox)
+            .bind(uidl)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, mailbox: &str, before: Millis) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM messages WHERE mailbox = ? AND on_server = 0
+                AND COALESCE(deleted_at, retired_at, gone_at) < ?",
+        )
+        .bind(mailbox)
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM retrieval_failures WHERE mailbox = ? AND last_at < ?")
+            .bind(mailbox)
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn dead_letters(&self, mailbox: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.mailbox, d.uidl, m.idem_key, d.sink, d.attempts, d.last_error, d.last_attempt_at
                FROM deliveries d JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
               WHERE d.status = 'dead' AND (?1 IS NULL OR d.mailbox = ?1)
-              ORDER BY d.mailbox, d.last_attempt_at",
+             UNION ALL
+             SELECT mailbox, uidl, '' AS idem_key, ?2 AS sink, failures AS attempts,
+                    last_error, last_at AS last_attempt_at
+               FROM retrieval_failures WHERE status = 'dead' AND (?1 IS NULL OR mailbox = ?1)
+              ORDER BY 1, 7",
         )
         .bind(mailbox)
+        .bind(RETRIEVAL)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -364,7 +582,18 @@ impl Store for SqliteStore {
         .bind(sink)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        // A message that could not be retrieved gets a fresh count of tries.
+        let f = sqlx::query(
+            "DELETE FROM retrieval_failures WHERE status IN ('dead', 'dropped') AND mailbox = ?1
+                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR ?3 = ?4)",
+        )
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(sink)
+        .bind(RETRIEVAL)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() + f.rows_affected())
     }
 
     async fn drop_dead(
@@ -383,7 +612,17 @@ impl Store for SqliteStore {
         .bind(sink)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        let f = sqlx::query(
+            "UPDATE retrieval_failures SET status = 'dropped' WHERE status = 'dead' AND mailbox = ?1
+                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR ?3 = ?4)",
+        )
+        .bind(mailbox)
+        .bind(uidl)
+        .bind(sink)
+        .bind(RETRIEVAL)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() + f.rows_affected())
     }
 
     async fn forget(&self, mailbox: &str, uidl: Option<&str>) -> Result<u64, StoreError> {
@@ -456,6 +695,15 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+fn failure_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RetrievalFailure, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(RetrievalFailure {
+        failures: to_u32(row.try_get("failures")?),
+        last_error: row.try_get("last_error")?,
+        dead: status != "failing",
+    })
 }
 
 #[cfg(test)]

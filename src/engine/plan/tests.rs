@@ -25,6 +25,8 @@ fn known(uidl: &str, states: &[(&str, DeliveryState)]) -> KnownMessage {
         on_server: true,
         deleted_at: None,
         replaced_by: None,
+        list_size: None,
+        fingerprint: None,
         deliveries: states
             .iter()
             .map(|(s, d)| (s.to_string(), d.clone()))
@@ -41,6 +43,51 @@ fn delivered(at: Millis) -> DeliveryState {
 
 fn map(ms: Vec<KnownMessage>) -> HashMap<String, KnownMessage> {
     ms.into_iter().map(|m| (m.uidl.clone(), m)).collect()
+}
+
+/// The plan with only listed rows known (shadows `super::plan`).
+fn plan(
+    listing: &[Listed],
+    listed: &HashMap<String, KnownMessage>,
+    sinks: &[String],
+    policy: DeletePolicy,
+    now: Millis,
+) -> Plan {
+    plan_with(
+        listing,
+        listed,
+        &HashMap::new(),
+        &HashMap::new(),
+        sinks,
+        policy,
+        now,
+    )
+}
+
+fn plan_with(
+    listing: &[Listed],
+    listed: &HashMap<String, KnownMessage>,
+    others: &HashMap<String, KnownMessage>,
+    failures: &HashMap<String, RetrievalFailure>,
+    sinks: &[String],
+    policy: DeletePolicy,
+    now: Millis,
+) -> Plan {
+    super::plan(
+        listing,
+        &Known {
+            listed,
+            others,
+            failures,
+        },
+        sinks,
+        policy,
+        now,
+    )
+}
+
+fn all_delivered(uidl: &str) -> KnownMessage {
+    known(uidl, &[("a", delivered(1)), ("b", delivered(1))])
 }
 
 #[test]
@@ -230,4 +277,113 @@ fn content_uidl_is_stable() {
         Identity::content_uidl(None, "0123456789abcdef0123"),
         "sha256:0123456789abcdef"
     );
+}
+
+#[test]
+fn a_uidl_of_a_deleted_message_is_a_new_message_not_a_deletion() {
+    // Message "1" was delivered and deleted; the server gave UIDL "1" to a new message.
+    let mut old = all_delivered("1");
+    old.on_server = false;
+    old.deleted_at = Some(5);
+    let others = map(vec![old]);
+    let p = plan_with(
+        &[listed(1, "1")],
+        &HashMap::new(),
+        &others,
+        &HashMap::new(),
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
+    assert!(
+        p.delete.is_empty(),
+        "never DELE a message not fetched: {p:?}"
+    );
+    assert_eq!(p.fetch.len(), 1);
+    assert_eq!(p.fetch[0].prior, Prior::Reused);
+    assert_eq!(p.fetch[0].sinks, sinks());
+    assert!(p.warnings.contains(&Warning::UidlReused { count: 1 }));
+}
+
+#[test]
+fn a_known_uidl_with_another_list_size_is_fetched_not_deleted_or_skipped() {
+    let mut k = all_delivered("u1");
+    k.list_size = Some(10);
+    let k = map(vec![k]);
+    let mut l = listed(1, "u1");
+    l.size = 11;
+    for policy in [DeletePolicy::AfterDelivery, DeletePolicy::Never] {
+        let p = plan(&[l.clone()], &k, &sinks(), policy, NOW);
+        assert!(p.delete.is_empty());
+        assert_eq!(p.fetch.len(), 1, "{policy:?}");
+        assert_eq!(p.fetch[0].prior, Prior::Verify);
+    }
+    // The same size: trusted, deleted without a fetch.
+    let p = plan(
+        &[listed(1, "u1")],
+        &k,
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
+    assert!(p.fetch.is_empty());
+    assert_eq!(p.delete.len(), 1);
+}
+
+#[test]
+fn a_uidl_back_in_the_listing_is_compared_before_it_is_trusted() {
+    let mut gone = all_delivered("u1");
+    gone.on_server = false;
+    let p = plan_with(
+        &[listed(1, "u1")],
+        &HashMap::new(),
+        &map(vec![gone]),
+        &HashMap::new(),
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
+    assert!(p.delete.is_empty());
+    assert_eq!(p.fetch[0].prior, Prior::Verify);
+}
+
+#[test]
+fn a_message_that_breaks_retrieval_goes_last_and_is_skipped_once_dead() {
+    let failing = RetrievalFailure {
+        failures: 1,
+        last_error: "reset".into(),
+        dead: false,
+    };
+    let failures: HashMap<String, RetrievalFailure> = [("u1".to_string(), failing.clone())].into();
+    let l = [listed(1, "u1"), listed(2, "u2"), listed(3, "u3")];
+    let p = plan_with(
+        &l,
+        &HashMap::new(),
+        &HashMap::new(),
+        &failures,
+        &sinks(),
+        DeletePolicy::Never,
+        NOW,
+    );
+    let order: Vec<u32> = p.fetch.iter().map(|f| f.msgno).collect();
+    assert_eq!(order, vec![2, 3, 1]);
+    let dead: HashMap<String, RetrievalFailure> = [(
+        "u1".to_string(),
+        RetrievalFailure {
+            dead: true,
+            ..failing
+        },
+    )]
+    .into();
+    let p = plan_with(
+        &l,
+        &HashMap::new(),
+        &HashMap::new(),
+        &dead,
+        &sinks(),
+        DeletePolicy::Never,
+        NOW,
+    );
+    assert_eq!(p.fetch.len(), 2);
+    assert_eq!(p.unretrievable, vec![(1, "u1".to_string())]);
 }

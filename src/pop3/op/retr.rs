@@ -24,6 +24,8 @@ pub struct Retrieved {
     pub size: u64,
     /// Lowercase hex SHA-256 of the file's content.
     pub sha256: String,
+    /// [`crate::content::Fingerprint`]: the content without what servers rewrite.
+    pub fingerprint: String,
 }
 
 impl Transaction {
@@ -39,6 +41,21 @@ impl Transaction {
         msgnos: &[u32],
         spool_dir: &Path,
         tx: Sender<(u32, Result<Retrieved, Pop3Error>)>,
+    ) -> Result<(), Pop3Error> {
+        let mut broken_at = None;
+        self.retr_to_spool_tracked(msgnos, spool_dir, tx, &mut broken_at)
+            .await
+    }
+
+    /// [`Transaction::retr_to_spool`], and on a connection-level error, the message whose
+    /// answer was being read in `broken_at` (a message that always breaks the connection is
+    /// counted against, then skipped, so it cannot wedge the mailbox).
+    pub async fn retr_to_spool_tracked(
+        &mut self,
+        msgnos: &[u32],
+        spool_dir: &Path,
+        tx: Sender<(u32, Result<Retrieved, Pop3Error>)>,
+        broken_at: &mut Option<u32>,
     ) -> Result<(), Pop3Error> {
         let mut sent = 0;
         let mut receiver_gone = false;
@@ -59,7 +76,13 @@ impl Transaction {
             if i >= sent {
                 break;
             }
-            let result = self.retr_one(msgno, spool_dir, &mut out).await?;
+            let result = match self.retr_one(msgno, spool_dir, &mut out).await {
+                Ok(r) => r,
+                Err(e) => {
+                    *broken_at = Some(msgno);
+                    return Err(e);
+                }
+            };
             if !receiver_gone && tx.send((msgno, result)).await.is_err() {
                 receiver_gone = true;
             }
@@ -114,11 +137,13 @@ impl Transaction {
         // long line must not become undeliverable. The size cap bounds an endless one.
         let mut dec = BodyDecoder::new(usize::MAX);
         let mut hasher = Sha256::new();
+        let mut fingerprint = crate::content::Fingerprint::new();
         let mut size = 0u64;
         loop {
             out.clear();
             let done = self.conn.body_chunk(&mut dec, out, &command).await?;
             hasher.update(&out[..]);
+            fingerprint.update(&out[..]);
             size += out.len() as u64;
             if size > self.conn.max_message_bytes {
                 self.conn.poison();
@@ -153,6 +178,7 @@ impl Transaction {
                 file,
                 size,
                 sha256: hex::encode(hasher.finalize()),
+                fingerprint: fingerprint.finish(),
             }),
             (Some(e), _) => Err(spool_err(e)),
             (None, None) => Err(spool_err(std::io::Error::other("no spool file"))),

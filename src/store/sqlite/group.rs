@@ -20,8 +20,11 @@ pub(super) struct Fetched {
     pub idem_key: String,
     pub size: i64,
     pub sha256: String,
+    pub fingerprint: String,
+    pub list_size: i64,
     pub fetched_at: i64,
     pub sinks: Vec<String>,
+    pub retire: bool,
 }
 
 pub(super) enum Write {
@@ -29,7 +32,7 @@ pub(super) enum Write {
     Outcomes(Vec<Outcome>),
 }
 
-struct Job {
+pub(super) struct Job {
     write: Write,
     /// The batch's result, as text: one failure is reported to every writer in the batch.
     done: oneshot::Sender<Result<(), String>>,
@@ -37,8 +40,8 @@ struct Job {
 
 #[derive(Default)]
 pub(super) struct GroupCommit {
-    queue: Mutex<Vec<Job>>,
-    leader: tokio::sync::Mutex<()>,
+    pub(super) queue: Mutex<Vec<Job>>,
+    pub(super) leader: tokio::sync::Mutex<()>,
 }
 
 impl GroupCommit {
@@ -63,9 +66,20 @@ impl GroupCommit {
         let (writes, senders): (Vec<Write>, Vec<_>) =
             batch.into_iter().map(|j| (j.write, j.done)).unzip();
         let outcome = write_batch(pool, &writes).await.map_err(|e| e.to_string());
-        for s in senders {
-            // A writer that went away (its task was cancelled) does not need the answer.
-            let _ = s.send(outcome.clone());
+        if outcome.is_err() && writes.len() > 1 {
+            // One bad row must not fail every writer of the batch (other mailboxes' among
+            // them): write each alone, so only the one that fails hears of it.
+            for (w, s) in writes.iter().zip(senders) {
+                let alone = write_batch(pool, std::slice::from_ref(w))
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = s.send(alone);
+            }
+        } else {
+            for s in senders {
+                // A writer that went away (its task was cancelled) does not need the answer.
+                let _ = s.send(outcome.clone());
+            }
         }
         match result.try_recv() {
             Ok(r) => r.map_err(StoreError::Batch),
@@ -92,10 +106,34 @@ async fn write_batch(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreErr
         .flatten()
         .collect();
     let mut tx = pool.begin().await?;
-    // Messages before their deliveries (the foreign key), attempts before outcomes.
-    for chunk in fetched.chunks(CHUNK / 8) {
+    // A UIDL that held another message before: that row becomes history first, so the new
+    // message starts with no deliveries. Asked for by the engine, or found here (a deleted or
+    // replaced row), in one query per chunk.
+    for chunk in fetched.chunks(CHUNK) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at, on_server) ",
+            "SELECT mailbox, uidl FROM messages WHERE (deleted_at IS NOT NULL OR replaced_by IS NOT NULL) AND (mailbox, uidl) IN (VALUES ",
+        );
+        let mut sep = q.separated(", ");
+        for f in chunk {
+            sep.push("(")
+                .push_bind_unseparated(&f.mailbox)
+                .push_unseparated(", ")
+                .push_bind_unseparated(&f.uidl)
+                .push_unseparated(")");
+        }
+        q.push(")");
+        let history: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        for f in chunk {
+            if f.retire || history.iter().any(|(m, u)| *m == f.mailbox && *u == f.uidl) {
+                super::retire(&mut tx, &f.mailbox, &f.uidl, f.fetched_at).await?;
+            }
+        }
+    }
+    // Messages before their deliveries (the foreign key), attempts before outcomes.
+    for chunk in fetched.chunks(CHUNK / 10) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, fingerprint, list_size,
+                first_seen_at, fetched_at, on_server) ",
         );
         q.push_values(chunk, |mut row, f| {
             row.push_bind(&f.mailbox)
@@ -103,13 +141,17 @@ async fn write_batch(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreErr
                 .push_bind(&f.idem_key)
                 .push_bind(f.size)
                 .push_bind(&f.sha256)
+                .push_bind(&f.fingerprint)
+                .push_bind(f.list_size)
                 .push_bind(f.fetched_at)
                 .push_bind(f.fetched_at)
                 .push("1");
         });
         q.push(
             " ON CONFLICT (mailbox, uidl) DO UPDATE SET size = excluded.size,
-              sha256 = excluded.sha256, fetched_at = excluded.fetched_at, on_server = 1",
+              sha256 = excluded.sha256, fingerprint = excluded.fingerprint,
+              list_size = excluded.list_size, fetched_at = excluded.fetched_at, on_server = 1,
+              gone_at = NULL",
         );
         q.build().execute(&mut *tx).await?;
     }
@@ -155,7 +197,9 @@ async fn write_batch(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreErr
                 .push_bind(&r.receipt)
                 .push_bind(r.delivered_at);
         });
-        // Rows are applied in order, so two outcomes for one delivery in a batch add up.
+        // Rows are applied in order, so two outcomes for one delivery in a batch add up. A
+        // delivered row never goes back: a late failure report of a concurrent attempt must
+        // not turn a receipt into "pending".
         q.push(
             " ON CONFLICT (mailbox, uidl, sink) DO UPDATE SET
                 status = excluded.status,
@@ -165,7 +209,8 @@ async fn write_batch(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreErr
                 next_attempt_at = excluded.next_attempt_at,
                 last_error = COALESCE(excluded.last_error, deliveries.last_error),
                 receipt = excluded.receipt,
-                delivered_at = excluded.delivered_at",
+                delivered_at = excluded.delivered_at
+              WHERE deliveries.status != 'delivered'",
         );
         q.build().execute(&mut *tx).await?;
     }

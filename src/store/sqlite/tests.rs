@@ -67,8 +67,11 @@ async fn grouped_writes_from_concurrent_writers_all_land() {
                     idem_key: &format!("k{i}"),
                     size: 10 + i,
                     sha256: "00",
+                    fingerprint: "f0",
+                    list_size: 10 + i,
                     fetched_at: 1000,
                     sinks: &sinks,
+                    retire: false,
                 })
                 .await
                 .unwrap();
@@ -116,8 +119,11 @@ async fn a_failed_group_is_reported_and_the_next_one_succeeds() {
         idem_key: "k1",
         size: 1,
         sha256: "00",
+        fingerprint: "f0",
+        list_size: 1,
         fetched_at: 1,
         sinks: &sinks,
+        retire: false,
     })
     .await
     .unwrap();
@@ -127,4 +133,60 @@ async fn a_failed_group_is_reported_and_the_next_one_succeeds() {
         known["u1"].deliveries.get("archive"),
         Some(DeliveryState::Delivered { .. })
     ));
+}
+
+/// One bad row in a group must not fail the other writers of that group.
+#[tokio::test]
+async fn a_bad_row_fails_only_its_own_writer_not_the_group() {
+    let (_d, s) = open().await;
+    let s = std::sync::Arc::new(s);
+    let sinks = vec!["archive".to_string()];
+    for i in 0..5 {
+        s.record_fetched(&FetchRecord {
+            mailbox: "alice",
+            uidl: &format!("g{i}"),
+            idem_key: "k",
+            size: 1,
+            sha256: "00",
+            fingerprint: "f0",
+            list_size: 1,
+            fetched_at: 1,
+            sinks: &sinks,
+            retire: false,
+        })
+        .await
+        .unwrap();
+    }
+    // Hold the leader lock so that every writer below queues into one group.
+    let leader = s.group.leader.lock().await;
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.record_outcomes(&[delivered(&format!("g{i}"), 2)]).await
+        }));
+    }
+    let bad = {
+        let s = s.clone();
+        tokio::spawn(async move { s.record_outcomes(&[delivered("never-fetched", 2)]).await })
+    };
+    while s.group.queue.lock().unwrap().len() < 6 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(leader);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(bad.await.unwrap().is_err());
+    let known = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(
+        known
+            .values()
+            .filter(|m| matches!(
+                m.deliveries.get("archive"),
+                Some(DeliveryState::Delivered { .. })
+            ))
+            .count(),
+        5
+    );
 }

@@ -1,0 +1,255 @@
+//! A message's content fingerprint: SHA-256 over its bytes with the parts removed that servers
+//! rewrite between sessions, so "is this the message we knew under this UIDL?" has an answer
+//! that does not change when a server touches bookkeeping headers.
+//!
+//! What is ignored: line endings (CRLF and LF hash the same) and, in the header section only,
+//! whole fields (with their folded continuation lines) that mbox servers such as GNU mailutils
+//! add or rewrite after a message was read (`Status`, `X-UIDL`, …). Everything else counts:
+//! two messages that differ in any other header or any body byte differ here.
+//!
+//! The fingerprint is computed while RETR streams to the spool, in chunks of any size; the
+//! result does not depend on how the bytes were split.
+
+use sha2::{Digest, Sha256};
+
+/// Header fields servers add or rewrite on their own (lower case).
+const VOLATILE: &[&str] = &[
+    "status",
+    "x-status",
+    "x-uidl",
+    "x-keywords",
+    "x-mozilla-status",
+    "x-mozilla-status2",
+    "x-imap",
+    "x-imapbase",
+    "content-length",
+    "lines",
+];
+
+/// A header line is classified by its field name; a longer prefix than this without a colon
+/// is not one of [`VOLATILE`], so nothing more is buffered per line.
+const NAME_MAX: usize = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// At the start of a header line.
+    LineStart,
+    /// Reading a header field name into `head`.
+    Name,
+    /// In a header line that counts.
+    Keep,
+    /// In a volatile header field (or its continuation): not hashed.
+    Skip,
+    /// After the empty line: everything counts.
+    Body,
+}
+
+/// Streaming fingerprint: feed chunks with [`Fingerprint::update`], then [`Fingerprint::finish`].
+#[derive(Clone)]
+pub struct Fingerprint {
+    hasher: Sha256,
+    state: State,
+    /// The last byte was a CR whose partner we have not seen yet.
+    pending_cr: bool,
+    /// The start of the current header line, until its name is known.
+    head: Vec<u8>,
+    /// The current header field is volatile (continuation lines follow it).
+    skipping: bool,
+    out: Vec<u8>,
+}
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fingerprint {
+    pub fn new() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            state: State::LineStart,
+            pending_cr: false,
+            head: Vec::with_capacity(NAME_MAX),
+            skipping: false,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        // Line endings: CRLF becomes LF, a lone CR stays.
+        while !bytes.is_empty() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if bytes[0] != b'\n' {
+                    self.feed(b"\r");
+                }
+            }
+            match bytes.iter().position(|&b| b == b'\r') {
+                Some(i) => {
+                    self.feed(&bytes[..i]);
+                    self.pending_cr = true;
+                    bytes = &bytes[i + 1..];
+                }
+                None => {
+                    self.feed(bytes);
+                    bytes = &[];
+                }
+            }
+        }
+    }
+
+    /// Lowercase hex SHA-256 of the normalised message.
+    pub fn finish(mut self) -> String {
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.feed(b"\r");
+        }
+        if self.state == State::Name {
+            let head = std::mem::take(&mut self.head);
+            self.hasher.update(&head);
+        }
+        hex::encode(self.hasher.finalize())
+    }
+
+    /// Bytes with LF line ends.
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.state == State::Body {
+            self.hasher.update(bytes);
+            return;
+        }
+        self.out.clear();
+        for (i, &b) in bytes.iter().enumerate() {
+            match self.state {
+                State::Body => {
+                    // Switched in this chunk: the rest goes straight through.
+                    self.hasher.update(&self.out);
+                    self.out.clear();
+                    self.hasher.update(&bytes[i..]);
+                    return;
+                }
+                State::LineStart => match b {
+                    b'\n' => {
+                        self.out.push(b'\n');
+                        self.state = State::Body;
+                    }
+                    b' ' | b'\t' => {
+                        self.state = if self.skipping {
+                            State::Skip
+                        } else {
+                            self.out.push(b);
+                            State::Keep
+                        };
+                    }
+                    _ => {
+                        self.head.clear();
+                        self.head.push(b);
+                        self.state = State::Name;
+                    }
+                },
+                State::Name => {
+                    if b == b':' || b == b'\n' || self.head.len() >= NAME_MAX {
+                        self.skipping = b == b':' && is_volatile(&self.head);
+                        if !self.skipping {
+                            self.out.extend_from_slice(&self.head);
+                            self.out.push(b);
+                        }
+                        self.head.clear();
+                        self.state = match (b, self.skipping) {
+                            (b'\n', _) => State::LineStart,
+                            (_, true) => State::Skip,
+                            (_, false) => State::Keep,
+                        };
+                    } else {
+                        self.head.push(b);
+                    }
+                }
+                State::Keep => {
+                    self.out.push(b);
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                    }
+                }
+                State::Skip => {
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                    }
+                }
+            }
+        }
+        self.hasher.update(&self.out);
+    }
+}
+
+fn is_volatile(name: &[u8]) -> bool {
+    let name = name.trim_ascii_end();
+    VOLATILE
+        .iter()
+        .any(|v| name.eq_ignore_ascii_case(v.as_bytes()))
+}
+
+/// The fingerprint of a whole message in memory.
+pub fn fingerprint(message: &[u8]) -> String {
+    let mut f = Fingerprint::new();
+    f.update(message);
+    f.finish()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"Return-Path: <a@example.org>\r\nSubject: hello\r\n\tfolded\r\nStatus: RO\r\nX-UIDL: 1234\r\n  continued uidl\r\n\r\nbody line\r\nStatus: not a header here\r\n";
+
+    #[test]
+    fn same_result_at_every_chunk_size() {
+        let whole = fingerprint(MSG);
+        for size in [1, 2, 3, 4, 7, 16, 64, 512] {
+            let mut f = Fingerprint::new();
+            for chunk in MSG.chunks(size) {
+                f.update(chunk);
+            }
+            assert_eq!(f.finish(), whole, "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn line_endings_do_not_count() {
+        let lf: Vec<u8> = String::from_utf8_lossy(MSG)
+            .replace("\r\n", "\n")
+            .into_bytes();
+        assert_eq!(fingerprint(MSG), fingerprint(&lf));
+    }
+
+    #[test]
+    fn bookkeeping_headers_do_not_count() {
+        let without = b"Return-Path: <a@example.org>\r\nSubject: hello\r\n\tfolded\r\n\r\nbody line\r\nStatus: not a header here\r\n";
+        assert_eq!(fingerprint(MSG), fingerprint(without));
+        let rewritten = b"Return-Path: <a@example.org>\r\nstatus : O\r\nSubject: hello\r\n\tfolded\r\nX-Status: A\r\n\r\nbody line\r\nStatus: not a header here\r\n";
+        assert_eq!(fingerprint(MSG), fingerprint(rewritten));
+    }
+
+    #[test]
+    fn any_other_change_counts() {
+        let base = fingerprint(MSG);
+        let other_subject = String::from_utf8_lossy(MSG).replace("hello", "hellO");
+        assert_ne!(base, fingerprint(other_subject.as_bytes()));
+        // A bookkeeping header's name inside the body is body text.
+        let body = String::from_utf8_lossy(MSG).replace("Status: not", "Status: nOt");
+        assert_ne!(base, fingerprint(body.as_bytes()));
+        // The folded line belongs to Subject, which counts.
+        let fold = String::from_utf8_lossy(MSG).replace("\tfolded", "\tFolded");
+        assert_ne!(base, fingerprint(fold.as_bytes()));
+        // A lone CR is content.
+        assert_ne!(fingerprint(b"a: b\n\nx\ry\n"), fingerprint(b"a: b\n\nxy\n"));
+    }
+
+    #[test]
+    fn header_only_and_long_names_are_handled() {
+        assert_ne!(fingerprint(b"Subject: a"), fingerprint(b"Subject: b"));
+        let long = [b'x'; 100];
+        assert_ne!(fingerprint(&long), fingerprint(&long[..99]));
+        assert_eq!(fingerprint(b""), fingerprint(b""));
+    }
+}
