@@ -148,8 +148,8 @@ struct Fetched {
     processed: Vec<Processed>,
     /// Messages asked for that were not retrieved and processed whole.
     missing: usize,
-    /// The connection broke while this message was being retrieved.
-    broken: Option<(u32, Pop3Error)>,
+    /// The connection broke, while this message was being retrieved when that is known.
+    broken: Option<(Option<u32>, Pop3Error)>,
 }
 
 pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollReport {
@@ -334,8 +334,14 @@ async fn poll_inner(
         clean = fetched.missing == 0
             && fetched.broken.is_none()
             && fetched.processed.iter().all(|p| p.held);
-        if let Some((msgno, error)) = &fetched.broken {
-            record_broken_retrieval(ctx, &listing, *msgno, error, report).await?;
+        match &fetched.broken {
+            Some((Some(msgno), error)) => {
+                record_broken_retrieval(ctx, &listing, *msgno, error, report).await?
+            }
+            Some((None, error)) => report
+                .failures
+                .push(format!("the connection broke during RETR: {error}")),
+            None => {}
         }
         to_delete.extend(
             fetched
@@ -642,10 +648,7 @@ async fn fetch_and_deliver(
         }
         // A broken connection ends the fetching, not the poll: what was delivered is recorded,
         // and its deletions still happen (in a new session).
-        Err(e) => match broken_at {
-            Some(msgno) => Some((msgno, e)),
-            None => return Err(e.into()),
-        },
+        Err(e) => Some((broken_at, e)),
     };
     Ok(Fetched {
         missing: asked - processed.len(),

@@ -210,10 +210,10 @@ impl Bridge {
         super::read_maildir(&self.maildir(mailbox))
             .into_iter()
             .map(|(name, body)| {
-                let hex = name.strip_prefix("pb1_").unwrap_or_default();
+                let hex = name.strip_prefix("pb2_").unwrap_or_default();
                 assert!(
                     hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-                    "Maildir file {name} is not named pb1_<32 hex>"
+                    "Maildir file {name} is not named pb2_<32 hex>"
                 );
                 body
             })

@@ -23,6 +23,13 @@ pub struct Quirks {
     pub disconnect_in_retr: Option<String>,
     /// Close the connection on QUIT without answering or applying the deletions.
     pub hang_up_on_quit: bool,
+    /// Close the connection halfway through the body of this UIDL, every time.
+    pub always_disconnect_in_retr: Option<String>,
+    /// Messages RETR'd in a session that ends with QUIT are gone afterwards: Gmail's "popped"
+    /// messages (normal POP mode) and servers advertising `EXPIRE 0`.
+    pub remove_retrieved_at_quit: bool,
+    /// Extra CAPA lines (e.g. `EXPIRE 0`, `LOGIN-DELAY 60`).
+    pub capa: Vec<String>,
 }
 
 #[derive(Default)]
@@ -32,6 +39,8 @@ pub struct State {
     /// Every RETR served, by UIDL (to count fetches).
     pub retrieved: Vec<String>,
     pub logins: usize,
+    /// Sessions that ended with QUIT.
+    pub quits: usize,
 }
 
 pub struct FakePop3 {
@@ -89,12 +98,20 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
     let _ = w.write_all(b"+OK fake ready\r\n").await;
     let mut snapshot: Vec<Msg> = Vec::new();
     let mut deleted: Vec<usize> = Vec::new();
+    let mut retrieved: Vec<usize> = Vec::new();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut parts = line.split_whitespace();
         let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
         let arg: Option<usize> = parts.next().and_then(|a| a.parse().ok());
         let reply: Vec<u8> = match cmd.as_str() {
-            "CAPA" => b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n".to_vec(),
+            "CAPA" => {
+                let mut out = b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n".to_vec();
+                for line in &state.lock().unwrap().quirks.capa {
+                    out.extend_from_slice(format!("{line}\r\n").as_bytes());
+                }
+                out.extend_from_slice(b".\r\n");
+                out
+            }
             "USER" => b"+OK\r\n".to_vec(),
             "PASS" => {
                 let mut s = state.lock().unwrap();
@@ -126,10 +143,13 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
             }
             "RETR" => match arg.and_then(|n| snapshot.get(n - 1)) {
                 Some(m) => {
+                    retrieved.push(arg.unwrap_or(1) - 1);
                     let cut = {
                         let mut s = state.lock().unwrap();
                         s.retrieved.push(m.uidl.clone());
-                        if s.quirks.disconnect_in_retr.as_deref() == Some(m.uidl.as_str()) {
+                        if s.quirks.always_disconnect_in_retr.as_deref() == Some(m.uidl.as_str()) {
+                            true
+                        } else if s.quirks.disconnect_in_retr.as_deref() == Some(m.uidl.as_str()) {
                             s.quirks.disconnect_in_retr = None;
                             true
                         } else {
@@ -171,15 +191,19 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
             "QUIT" if state.lock().unwrap().quirks.hang_up_on_quit => return,
             "QUIT" => {
                 // By UIDL and content, so one of two messages sharing a UIDL can go alone.
-                let gone: Vec<(String, Vec<u8>)> = deleted
-                    .iter()
-                    .map(|i| (snapshot[*i].uidl.clone(), snapshot[*i].body.clone()))
-                    .collect();
-                state
-                    .lock()
-                    .unwrap()
-                    .messages
-                    .retain(|m| !gone.iter().any(|(u, b)| *u == m.uidl && *b == m.body));
+                {
+                    let mut s = state.lock().unwrap();
+                    s.quits += 1;
+                    if s.quirks.remove_retrieved_at_quit {
+                        deleted.extend(retrieved.iter().copied());
+                    }
+                    let gone: Vec<(String, Vec<u8>)> = deleted
+                        .iter()
+                        .map(|i| (snapshot[*i].uidl.clone(), snapshot[*i].body.clone()))
+                        .collect();
+                    s.messages
+                        .retain(|m| !gone.iter().any(|(u, b)| *u == m.uidl && *b == m.body));
+                }
                 let _ = w.write_all(b"+OK bye\r\n").await;
                 return;
             }

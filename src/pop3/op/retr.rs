@@ -58,10 +58,11 @@ impl Transaction {
         broken_at: &mut Option<u32>,
     ) -> Result<(), Pop3Error> {
         let mut sent = 0;
-        let mut receiver_gone = false;
+        let mut stop_sending = false;
+        let mut write_failed = None;
         let mut out = Vec::new();
         for (i, &msgno) in msgnos.iter().enumerate() {
-            if !receiver_gone {
+            if !stop_sending {
                 let upto = msgnos.len().min(i + self.window);
                 if sent < upto {
                     let batch: String = msgnos[sent..upto]
@@ -69,8 +70,15 @@ impl Transaction {
                         .map(|n| format!("RETR {n}\r\n"))
                         .collect();
                     tracing::debug!(server = %self.conn.server, count = upto - sent, "Sending RETR commands");
-                    self.conn.write(batch.as_bytes(), "sending RETR").await?;
-                    sent = upto;
+                    if let Err(e) = self.conn.write(batch.as_bytes(), "sending RETR").await {
+                        // The server hung up, maybe in the middle of an answer we have not
+                        // read yet: read what it sent before that, so the error lands on
+                        // the message it broke on.
+                        write_failed = Some(e);
+                        stop_sending = true;
+                    } else {
+                        sent = upto;
+                    }
                 }
             }
             if i >= sent {
@@ -83,11 +91,15 @@ impl Transaction {
                     return Err(e);
                 }
             };
-            if !receiver_gone && tx.send((msgno, result)).await.is_err() {
-                receiver_gone = true;
+            if tx.send((msgno, result)).await.is_err() {
+                stop_sending = true;
             }
         }
-        Ok(())
+        match write_failed {
+            // Every answer that arrived was read whole: the culprit is unknown.
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Reads one RETR answer. The outer error is the connection's, the inner this message's.
