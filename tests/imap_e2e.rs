@@ -1,9 +1,9 @@
 //! The IMAP APPEND sink through the binary, POP3 → IMAP on one real Dovecot: several
 //! mailboxes into several accounts from one sink block, the folder created on first use,
 //! INTERNALDATE and flags, byte-identical copies, kill -9 during a migration, the IMAP server
-//! down for a while, a wrong target password, a NUL byte (BINARY APPEND), LOGOUT of an idle
-//! session. What arrived is read back with Python's imaplib,
-//! an independent client.
+//! down for a while, a wrong target password; through the library, a NUL byte (BINARY APPEND)
+//! and LOGOUT of an idle session. What arrived is read back with Python's imaplib, an
+//! independent client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
