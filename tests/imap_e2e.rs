@@ -1,8 +1,9 @@
 //! The IMAP APPEND sink through the binary, POP3 → IMAP on one real Dovecot: several
 //! mailboxes into several accounts from one sink block, the folder created on first use,
 //! INTERNALDATE and flags, byte-identical copies, kill -9 during a migration, the IMAP server
-//! down for a while, a wrong target password. What arrived is read back with Python's imaplib,
-//! an independent client.
+//! down for a while, a wrong target password; through the library, a NUL byte (BINARY APPEND)
+//! and LOGOUT of an idle session. What arrived is read back with Python's imaplib, an
+//! independent client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -340,4 +341,87 @@ fn a_target_with_an_untrusted_certificate_is_refused_before_login() {
         "no login attempt reached Dovecot for {}",
         dst.name
     );
+}
+
+/// An `ImapSink` from the library, logging in to `dst` on the shared Dovecot.
+fn library_sink(dc: &Dovecot, dst: &User, extra: &str) -> popbridge::sink::imap::ImapSink {
+    use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
+    let yaml = format!(
+        "host: localhost\nport: {}\ntls: starttls\nca_file: {}\nusername: \"{{mailbox}}\"\npassword: \"{}\"\ntimeout: 10s\n{extra}",
+        dc.imap_port,
+        dc.ca_file.display(),
+        dst.password
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    ImapSink::new("archive", raw.validate(std::path::Path::new("/")).unwrap()).unwrap()
+}
+
+fn spooled(dir: &std::path::Path, mailbox: &str, body: &[u8]) -> popbridge::sink::SpooledMessage {
+    use sha2::Digest;
+    let path = dir.join(format!("{mailbox}.eml"));
+    std::fs::write(&path, body).unwrap();
+    popbridge::sink::SpooledMessage {
+        mailbox: mailbox.into(),
+        uidl: "u1".into(),
+        path,
+        size: body.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(body)),
+        fetched_at: chrono::Utc::now(),
+        seen_before: false,
+    }
+}
+
+/// Dovecot offers BINARY after login, so this APPEND goes as `~{n}` (the wire form is checked
+/// in `imap_fake.rs`; Dovecot also stores a NUL sent in a normal literal).
+#[tokio::test]
+async fn a_message_with_nul_is_stored_with_its_nul() {
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imnul");
+    let body = b"Subject: nul\r\nMessage-ID: <nul@test>\r\n\r\nbefore \0 after\r\n".to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = library_sink(dc, &dst, "");
+    let msg = spooled(dir.path(), &dst.name, &body);
+    let key = popbridge::key::IdempotencyKey::derive(&dst.name, "u1");
+    sink.deliver(&msg, &key).await.unwrap();
+    let stored = dc.list_server_messages(&dst);
+    assert_eq!(stored.len(), 1);
+    // Dovecot's Maildir keeps LF line ends.
+    let lf = String::from_utf8_lossy(&body).replace("\r\n", "\n");
+    assert_eq!(
+        String::from_utf8_lossy(&stored[0]),
+        lf,
+        "stored as sent, NUL included"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_closed_for_another_account_logs_out_at_dovecot() {
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let (a, b) = (dc.add_user("imlogouta"), dc.add_user("imlogoutb"));
+    let accounts = format!(
+        "max_connections: 1\naccounts:\n  {b}: {{ username: {b}, password: \"{pw}\" }}\n",
+        b = b.name,
+        pw = b.password
+    );
+    let sink = library_sink(dc, &a, &accounts);
+    let dir = tempfile::tempdir().unwrap();
+    for user in [&a, &b] {
+        let msg = spooled(dir.path(), &user.name, b"Subject: hi\r\n\r\nbody\r\n");
+        let key = popbridge::key::IdempotencyKey::derive(&user.name, "u1");
+        sink.deliver(&msg, &key).await.unwrap();
+    }
+    // The evicted session logs out in the background.
+    let ended = |log: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("imap({})", a.name)) && !l.contains("Login"))
+            .map(str::to_owned)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ended(&dc.log()).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = ended(&dc.log()).expect("Dovecot logged the end of the first session");
+    assert!(line.contains("Logged out"), "{line}");
 }

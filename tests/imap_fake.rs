@@ -1,6 +1,7 @@
 //! The IMAP sink against a scripted server, for misbehaviour Dovecot does not produce: the
-//! connection dropped after APPEND before the tagged OK, a response line that never ends, and
-//! a server without LITERAL+.
+//! connection dropped after APPEND before the tagged OK, a response line that never ends, a
+//! server without LITERAL+ (and one chatting before its `+`), PREAUTH, endless AUTHENTICATE
+//! challenges, an echoed SASL response, floods of untagged lines or literals, BINARY.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use popbridge::key::IdempotencyKey;
@@ -13,21 +14,48 @@ use tokio::net::TcpListener;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
+    /// A well-behaved server.
+    Normal,
     /// Store the first APPEND, then close the connection without answering it.
     DropAfterFirstAppend,
     /// After the greeting, send bytes without ever ending the line.
     EndlessLine,
     /// No LITERAL+: APPEND must wait for `+` before sending the message.
     NoLiteralPlus,
+    /// No LITERAL+, and untagged lines (`* 2 EXISTS`, an alert) before the `+`.
+    UntaggedBeforeContinuation,
+    /// `* PREAUTH` greeting: a LOGIN or AUTHENTICATE is a `BAD`.
+    PreAuth,
+    /// Every AUTHENTICATE response gets another `+` (up to 1000, then the connection closes).
+    EndlessChallenges,
+    /// AUTHENTICATE is refused with the initial response echoed in the `NO` text.
+    EchoesAuth,
+    /// SELECT is answered with 100,000 untagged lines before its OK.
+    UntaggedFlood,
+    /// SELECT is answered with one untagged line carrying 3,000 literals of 1,000 bytes.
+    LiteralFlood,
+    /// BINARY offered after login.
+    Binary,
 }
+
+type Log = Arc<Mutex<Vec<String>>>;
 
 /// A tiny IMAP server keeping appended messages in memory (UID = index + 1).
 async fn serve(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let (port, store, _) = serve_logged(mode).await;
+    (port, store)
+}
+
+/// [`serve`], also keeping every command line received (per connection: `#n` first).
+async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let store = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
     let st = store.clone();
+    let log: Log = Arc::default();
+    let lg = log.clone();
     tokio::spawn(async move {
+        let mut connections = 0;
         let mut appends = 0;
         loop {
             let (sock, _) = listener.accept().await.unwrap();
@@ -38,24 +66,75 @@ async fn serve(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
                 tokio::spawn(async move { while w.write_all(&junk).await.is_ok() {} });
                 continue;
             }
-            let caps = if mode == Mode::NoLiteralPlus {
+            connections += 1;
+            lg.lock().unwrap().push(format!("#{connections}"));
+            let synchronising =
+                matches!(mode, Mode::NoLiteralPlus | Mode::UntaggedBeforeContinuation);
+            let caps = if synchronising {
                 "IMAP4rev1 SASL-IR AUTH=PLAIN"
             } else {
                 "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN"
             };
-            w.write_all(format!("* OK [CAPABILITY {caps}] fake\r\n").as_bytes())
-                .await
-                .unwrap();
+            let after_login = if mode == Mode::Binary {
+                format!("{caps} UIDPLUS BINARY")
+            } else {
+                format!("{caps} UIDPLUS")
+            };
+            let greeting = if mode == Mode::PreAuth {
+                format!("* PREAUTH [CAPABILITY {after_login}] fake, logged in as user\r\n")
+            } else {
+                format!("* OK [CAPABILITY {caps}] fake\r\n")
+            };
+            w.write_all(greeting.as_bytes()).await.unwrap();
             let mut line = String::new();
             loop {
                 line.clear();
                 if r.read_line(&mut line).await.unwrap_or(0) == 0 {
                     break;
                 }
-                let (tag, cmd) = line.trim_end().split_once(' ').unwrap();
+                lg.lock().unwrap().push(line.trim_end().to_owned());
+                let Some((tag, cmd)) = line.trim_end().split_once(' ') else {
+                    break;
+                };
                 let upper = cmd.to_ascii_uppercase();
-                let reply = if upper.starts_with("AUTHENTICATE") {
-                    format!("{tag} OK [CAPABILITY {caps} UIDPLUS] in\r\n")
+                let reply = if mode == Mode::PreAuth
+                    && (upper.starts_with("AUTHENTICATE") || upper.starts_with("LOGIN"))
+                {
+                    format!("{tag} BAD already authenticated\r\n")
+                } else if mode == Mode::EndlessChallenges && upper.starts_with("AUTHENTICATE") {
+                    let mut rounds = 0;
+                    let mut answer = String::new();
+                    while rounds < 1000 && w.write_all(b"+ \r\n").await.is_ok() {
+                        answer.clear();
+                        if r.read_line(&mut answer).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        rounds += 1;
+                    }
+                    lg.lock()
+                        .unwrap()
+                        .push(format!("challenged {rounds} times"));
+                    break;
+                } else if mode == Mode::EchoesAuth && upper.starts_with("AUTHENTICATE") {
+                    let ir = cmd.rsplit(' ').next().unwrap();
+                    format!("{tag} NO [AUTHENTICATIONFAILED] cannot decode {ir}\r\n")
+                } else if upper.starts_with("AUTHENTICATE") {
+                    format!("{tag} OK [CAPABILITY {after_login}] in\r\n")
+                } else if upper.starts_with("SELECT") && mode == Mode::UntaggedFlood {
+                    let mut out = "* 1 EXISTS\r\n".repeat(100_000);
+                    out.push_str(&format!("{tag} OK selected\r\n"));
+                    out
+                } else if upper.starts_with("SELECT") && mode == Mode::LiteralFlood {
+                    let mut out = b"* 1 FETCH (X".to_vec();
+                    for _ in 0..3000 {
+                        out.extend_from_slice(b" {1000}\r\n");
+                        out.extend_from_slice(&[b'y'; 1000]);
+                    }
+                    out.extend_from_slice(format!(")\r\n{tag} OK selected\r\n").as_bytes());
+                    if w.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    continue;
                 } else if upper.starts_with("SELECT") {
                     format!("* OK [UIDVALIDITY 7] ok\r\n{tag} OK selected\r\n")
                 } else if upper.starts_with("UID SEARCH") && upper.contains("HEADER MESSAGE-ID") {
@@ -105,10 +184,15 @@ async fn serve(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
                         .trim_end_matches(['}', '+'])
                         .parse()
                         .unwrap();
-                    if cmd.ends_with("+}") == (mode == Mode::NoLiteralPlus) {
+                    if cmd.ends_with("+}") == synchronising {
                         break; // LITERAL+ used when not offered, or not used when offered
                     }
-                    if mode == Mode::NoLiteralPlus {
+                    if mode == Mode::UntaggedBeforeContinuation {
+                        w.write_all(b"* 2 EXISTS\r\n* OK [ALERT] quota at 90%\r\n")
+                            .await
+                            .unwrap();
+                    }
+                    if synchronising {
                         w.write_all(b"+ go\r\n").await.unwrap();
                     }
                     let mut body = vec![0; size + 2];
@@ -135,7 +219,7 @@ async fn serve(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
             }
         }
     });
-    (port, store)
+    (port, store, log)
 }
 
 fn sink(port: u16) -> ImapSink {
@@ -230,4 +314,318 @@ async fn without_message_id_or_date_the_copy_is_found_by_size_and_content() {
     let again = s.deliver(&first, &key).await.unwrap();
     assert!(again.duplicate, "{again:?}");
     assert_eq!(store.lock().unwrap().len(), 2);
+}
+
+fn sink_with(port: u16, extra: &str) -> ImapSink {
+    let yaml = format!(
+        "host: 127.0.0.1\nport: {port}\ntls: none\nallow_plaintext_auth: true\nusername: \"{{mailbox}}\"\npassword: pw-that-is-long\ntimeout: 2s\n{extra}"
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    ImapSink::new("fake", raw.validate(Path::new("/")).unwrap()).unwrap()
+}
+
+/// A session straight from the library, for what the sink never lets happen (a spool file
+/// that vanishes or cannot be read between its checks).
+async fn session(port: u16) -> popbridge::imap::Session {
+    use popbridge::imap::{ImapAuth, ImapConfig, ImapTls, Session};
+    let cfg = ImapConfig {
+        host: "127.0.0.1".into(),
+        port,
+        tls: ImapTls::None,
+        auth: ImapAuth::Auto,
+        timeout: std::time::Duration::from_secs(2),
+        allow_plaintext_auth: true,
+    };
+    let pw = popbridge::secret::Secret::new("pw");
+    let mut s = Session::connect(&cfg, None, "user", &pw).await.unwrap();
+    s.select("INBOX").await.unwrap();
+    s
+}
+
+const DATE: &str = "02-Mar-2026 10:11:12 +0100";
+
+#[tokio::test]
+async fn untagged_lines_before_the_continuation_are_skipped() {
+    let (port, store) = serve(Mode::UntaggedBeforeContinuation).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"Message-ID: <chatty@test>\r\nSubject: x\r\n\r\nbody\r\n";
+    let r = sink(port)
+        .deliver(
+            &spool(dir.path(), body),
+            &IdempotencyKey::derive("user", "u1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
+    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+}
+
+#[tokio::test]
+async fn a_missing_spool_file_is_found_before_the_literal_is_announced() {
+    let (port, store, log) = serve_logged(Mode::Normal).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"Subject: x\r\n\r\nbody\r\n";
+    let path = dir.path().join("m.eml");
+    std::fs::write(&path, body).unwrap();
+    let mut s = session(port).await;
+    let gone = dir.path().join("gone.eml");
+    let err = s
+        .append("INBOX", &[], DATE, &gone, body.len() as u64)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spooled message"), "{err}");
+    assert!(!s.is_broken(), "nothing was announced: the session is fine");
+    let uid = s
+        .append("INBOX", &[], DATE, &path, body.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(uid, Some((7, 1)));
+    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+    let appends = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("APPEND"))
+        .count();
+    assert_eq!(appends, 1, "{:?}", log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn a_spool_read_error_after_the_announcement_breaks_the_session() {
+    let (port, store) = serve(Mode::Normal).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A directory opens like a file and fails on read (EISDIR): after the literal is announced.
+    let unreadable = dir.path().join("dir");
+    std::fs::create_dir(&unreadable).unwrap();
+    let size = std::fs::metadata(&unreadable).unwrap().len();
+    let mut s = session(port).await;
+    let err = s
+        .append("INBOX", &[], DATE, &unreadable, size)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spooled message"), "{err}");
+    assert!(
+        s.is_broken(),
+        "the server is inside the literal: the session must not be used again"
+    );
+    let path = dir.path().join("m.eml");
+    let body = b"Subject: x\r\n\r\nbody\r\n";
+    std::fs::write(&path, body).unwrap();
+    let next = s
+        .append("INBOX", &[], DATE, &path, body.len() as u64)
+        .await
+        .unwrap_err();
+    assert!(next.to_string().contains("dropped"), "{next}");
+    assert!(
+        store.lock().unwrap().is_empty(),
+        "no command became message data"
+    );
+}
+
+#[tokio::test]
+async fn preauth_skips_the_login() {
+    let (port, store, log) = serve_logged(Mode::PreAuth).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"Message-ID: <pre@test>\r\n\r\nbody\r\n";
+    let r = sink(port)
+        .deliver(
+            &spool(dir.path(), body),
+            &IdempotencyKey::derive("user", "u1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
+    assert_eq!(store.lock().unwrap().len(), 1);
+    let log = log.lock().unwrap();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("AUTHENTICATE") || l.contains("LOGIN")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn preauth_where_starttls_was_required_is_refused() {
+    let (port, store, log) = serve_logged(Mode::PreAuth).await;
+    let yaml = format!(
+        "host: 127.0.0.1\nport: {port}\ntls: starttls\nusername: u\npassword: pw\ntimeout: 2s\n"
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    let s = ImapSink::new("fake", raw.validate(Path::new("/")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = s
+        .deliver(
+            &spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n"),
+            &IdempotencyKey::derive("user", "u1"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("PREAUTH"), "{err}");
+    assert!(store.lock().unwrap().is_empty());
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        ["#1"],
+        "nothing sent in the clear"
+    );
+}
+
+#[tokio::test]
+async fn endless_authenticate_challenges_end_in_a_clear_error() {
+    let (port, _, log) = serve_logged(Mode::EndlessChallenges).await;
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        sink(port).deliver(&msg, &IdempotencyKey::derive("user", "u1")),
+    )
+    .await
+    .expect("bounded")
+    .unwrap_err();
+    assert!(err.to_string().contains("still challenged"), "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rounds = log
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("challenged"))
+        .cloned();
+    assert!(
+        matches!(rounds.as_deref(), Some("challenged 8 times") | None),
+        "{rounds:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_echoed_sasl_response_never_reaches_the_error() {
+    use base64::Engine;
+    let (port, _) = serve(Mode::EchoesAuth).await;
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
+    let err = sink_with(port, "")
+        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+        .await
+        .unwrap_err();
+    let sent = base64::engine::general_purpose::STANDARD.encode("\0user\0pw-that-is-long");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("rejected the login of user"), "{text}");
+    assert!(!text.contains(&sent[..12]), "{text}");
+    assert!(!text.contains("pw-that-is-long"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+}
+
+#[tokio::test]
+async fn an_endless_stream_of_untagged_lines_is_an_error() {
+    let (port, store) = serve(Mode::UntaggedFlood).await;
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
+    let err = sink(port)
+        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert!(
+        err.to_string()
+            .contains("untagged response lines to SELECT"),
+        "{err}"
+    );
+    assert!(store.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_response_line_of_endless_literals_is_an_error() {
+    let (port, store) = serve(Mode::LiteralFlood).await;
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
+    let err = sink(port)
+        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("with its literals"), "{err}");
+    assert!(store.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_message_with_nul_goes_as_a_binary_literal_where_the_server_has_binary() {
+    let (port, store, log) = serve_logged(Mode::Binary).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(port);
+    let with_nul = b"Subject: x\r\n\r\nnul \0 here\r\n";
+    s.deliver(
+        &spool(dir.path(), with_nul),
+        &IdempotencyKey::derive("user", "u1"),
+    )
+    .await
+    .unwrap();
+    let plain = b"Subject: y\r\n\r\nno nul\r\n";
+    s.deliver(
+        &spool(dir.path(), plain),
+        &IdempotencyKey::derive("user", "u2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.lock().unwrap().as_slice(),
+        &[with_nul.to_vec(), plain.to_vec()]
+    );
+    let appends: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("APPEND"))
+        .cloned()
+        .collect();
+    assert!(
+        appends[0].ends_with(&format!(" ~{{{}+}}", with_nul.len())),
+        "{appends:?}"
+    );
+    assert!(
+        appends[1].ends_with(&format!(" {{{}+}}", plain.len())),
+        "{appends:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_binary_a_message_with_nul_goes_as_a_normal_literal() {
+    let (port, store, log) = serve_logged(Mode::Normal).await;
+    let dir = tempfile::tempdir().unwrap();
+    let with_nul = b"Subject: x\r\n\r\nnul \0 here\r\n";
+    sink(port)
+        .deliver(
+            &spool(dir.path(), with_nul),
+            &IdempotencyKey::derive("user", "u1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.lock().unwrap().as_slice(), &[with_nul.to_vec()]);
+    let log = log.lock().unwrap();
+    let append = log.iter().find(|l| l.contains("APPEND")).unwrap();
+    assert!(
+        append.ends_with(&format!(" {{{}+}}", with_nul.len())),
+        "{append}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_closed_for_another_account_is_logged_out() {
+    let (port, store, log) = serve_logged(Mode::Normal).await;
+    let s = sink_with(port, "max_connections: 1\n");
+    let dir = tempfile::tempdir().unwrap();
+    for (mailbox, uidl) in [("a", "u1"), ("b", "u2")] {
+        let mut m = spool(
+            dir.path(),
+            format!("Subject: {mailbox}\r\n\r\nbody\r\n").as_bytes(),
+        );
+        m.mailbox = mailbox.into();
+        s.deliver(&m, &IdempotencyKey::derive(mailbox, uidl))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.lock().unwrap().len(), 2);
+    let log = log.lock().unwrap().clone();
+    let first: Vec<&String> = log.iter().take_while(|l| *l != "#2").collect();
+    assert!(
+        first.last().is_some_and(|l| l.ends_with(" LOGOUT")),
+        "the first account's connection ends with LOGOUT: {log:?}"
+    );
 }

@@ -1,19 +1,27 @@
 //! A thin IMAP client for the APPEND sink: connect (TCP, implicit TLS or STARTTLS), log in
-//! (LOGIN or AUTHENTICATE PLAIN), SELECT/CREATE, APPEND with LITERAL+ when offered, UID SEARCH,
-//! UID FETCH of a body to hash it. Every read and write has a timeout, every response line a
-//! length limit, and the message literal streams from its file.
+//! (LOGIN or AUTHENTICATE, `auth.rs`) unless the server sent PREAUTH, SELECT/CREATE, APPEND
+//! (`append.rs`), UID SEARCH, UID FETCH of a body to hash it, LOGOUT. Every read and write has
+//! a timeout; response lines, their literals and the untagged lines per command are bounded.
 
-use super::codec::{self, Status, Tagged};
+mod append;
+mod auth;
+
+use super::codec::{self, Greeting, Status, Tagged};
 use super::{ImapConfig, ImapError, ImapTls};
 use crate::pop3::Stream;
 use bytes::{Buf, BytesMut};
-use std::io::Read;
-use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A literal in a response we did not ask for a body in is skipped up to this size.
 const MAX_RESPONSE_LITERAL: usize = 1 << 20;
+/// One response line with all its literals: a line of endless small literals ends here.
+const MAX_RESPONSE_BYTES: usize = 2 << 20;
+/// Lines other than the tagged answer accepted while waiting for it: a server that sends
+/// untagged data without end gets an error, not our memory.
+const MAX_UNTAGGED_LINES: usize = 10_000;
+/// Untagged bytes kept for one command (SEARCH results, CAPABILITY).
+const MAX_UNTAGGED_BYTES: usize = 4 << 20;
 
 pub struct Session {
     stream: Stream,
@@ -71,25 +79,36 @@ impl Session {
             s.handshake(tls, &cfg.host).await?;
         }
         let greeting = s.read_line().await?;
-        let text = String::from_utf8_lossy(&greeting).to_string();
-        if !text.starts_with("* OK") && !text.starts_with("* PREAUTH") {
+        let (kind, code) = codec::parse_greeting(&greeting);
+        if kind == Greeting::Refused {
             return Err(ImapError::Refused {
                 server: s.server.clone(),
                 command: "greeting".into(),
                 code: None,
-                text: text.trim().to_string(),
+                text: String::from_utf8_lossy(&greeting).trim().to_string(),
             });
         }
         // Dovecot and most servers announce capabilities in the greeting: one round trip less.
-        let announced = codec::capabilities(
-            text.split_once('[')
-                .and_then(|(_, r)| r.split_once(']'))
-                .map_or("", |(code, _)| code),
-        );
+        let announced = codec::capabilities(code.as_deref().unwrap_or(""));
         if announced.is_empty() {
             s.capability().await?;
         } else {
             s.caps = announced;
+        }
+        if kind == Greeting::PreAuth {
+            // Authenticated by the connection itself (a trusted network, a client certificate).
+            // STARTTLS is not allowed in that state: a plain PREAUTH where TLS was asked for is
+            // the STARTTLS-stripping attack, so the connection is dropped.
+            if cfg.tls == ImapTls::StartTls {
+                return Err(ImapError::Protocol {
+                    server: s.server.clone(),
+                    detail: "the server sent PREAUTH, which skips STARTTLS (tls: starttls): \
+                             refusing to go on without TLS"
+                        .into(),
+                });
+            }
+            tracing::info!(server = %s.server, username, "IMAP server pre-authenticated the connection (PREAUTH); not logging in");
+            return Ok(s);
         }
         if cfg.tls == ImapTls::StartTls {
             if !has(&s.caps, "STARTTLS") {
@@ -160,97 +179,6 @@ impl Session {
         Ok(())
     }
 
-    async fn login(
-        &mut self,
-        cfg: &ImapConfig,
-        username: &str,
-        password: &crate::secret::Secret,
-    ) -> Result<(), ImapError> {
-        let plain = match cfg.auth {
-            super::ImapAuth::Plain => true,
-            super::ImapAuth::Login => false,
-            super::ImapAuth::Auto => has(&self.caps, "AUTH=PLAIN"),
-        };
-        let done = if plain {
-            let mut mechanism = crate::pop3::op::sasl::Plain::new(username, password);
-            self.authenticate(&mut mechanism).await?
-        } else {
-            let (Some(u), Some(p)) = (codec::quoted(username), codec::quoted(password.expose()))
-            else {
-                return Err(ImapError::Protocol {
-                    server: self.server.clone(),
-                    detail: "LOGIN needs an ASCII user name and password; use auth: plain".into(),
-                });
-            };
-            self.send_hidden(&format!("LOGIN {u} {p}"), "LOGIN").await?
-        };
-        if done.status != Status::Ok {
-            return Err(self.auth_error(done, username));
-        }
-        // Servers may change their capabilities after login (UIDPLUS, LITERAL+).
-        match &done.code {
-            Some(code) if code.to_ascii_uppercase().starts_with("CAPABILITY") => {
-                self.caps = codec::capabilities(code)
-            }
-            _ => self.capability().await?,
-        }
-        Ok(())
-    }
-
-    /// AUTHENTICATE (RFC 3501 6.2.2) driven by any SASL mechanism, the same interface as POP3's
-    /// AUTH: PLAIN today, XOAUTH2 (two-step: an error challenge is answered with an empty line)
-    /// ready. The initial response goes on the command line when the server has SASL-IR.
-    pub async fn authenticate(
-        &mut self,
-        mechanism: &mut dyn crate::pop3::SaslMechanism,
-    ) -> Result<Tagged, ImapError> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let tag = self.next_tag();
-        let what = format!("AUTHENTICATE {}", mechanism.name());
-        let mut pending = mechanism.initial_response();
-        let mut line = format!("{tag} {what}");
-        if has(&self.caps, "SASL-IR") {
-            if let Some(first) = pending.take() {
-                line.push(' ');
-                line.push_str(&if first.is_empty() {
-                    "=".into()
-                } else {
-                    b64.encode(first)
-                });
-            }
-        }
-        line.push_str("\r\n");
-        self.write(line.as_bytes()).await?;
-        loop {
-            let answer = self.read_line().await?;
-            if let Some(challenge) = answer.strip_prefix(b"+") {
-                let text = String::from_utf8_lossy(challenge).trim().to_string();
-                let response = match pending.take() {
-                    Some(first) => first,
-                    None => mechanism.respond(&b64.decode(text.as_bytes()).unwrap_or_default()),
-                };
-                self.write(format!("{}\r\n", b64.encode(response)).as_bytes())
-                    .await?;
-                continue;
-            }
-            match codec::parse_tagged(&answer) {
-                Some(done) if done.tag == tag => return Ok(done),
-                Some(_) => return Err(self.protocol(&answer)),
-                // Untagged data during authentication (a CAPABILITY line): skip it.
-                None => continue,
-            }
-        }
-    }
-
-    fn auth_error(&self, done: Tagged, username: &str) -> ImapError {
-        ImapError::Auth {
-            server: self.server.clone(),
-            username: username.to_string(),
-            text: done.text,
-        }
-    }
-
     /// SELECT `folder`, creating it first when it does not exist.
     pub async fn select(&mut self, folder: &str) -> Result<(), ImapError> {
         if self.selected.as_deref() == Some(folder) {
@@ -294,6 +222,7 @@ impl Session {
         self.write(format!("{tag} UID FETCH {uid} (BODY.PEEK[])\r\n").as_bytes())
             .await?;
         let mut digest = None;
+        let mut lines = 0;
         loop {
             let line = self.read_raw_line().await?;
             if let Some(done) = codec::parse_tagged(&line) {
@@ -305,6 +234,7 @@ impl Session {
                 }
                 return Ok(digest);
             }
+            self.count_untagged(&mut lines, "UID FETCH")?;
             let Some(mut left) = codec::literal_len(&line) else {
                 continue;
             };
@@ -325,67 +255,33 @@ impl Session {
         }
     }
 
-    /// APPEND the file at `path` (`size` bytes) to `folder`; `(uidvalidity, uid)` when the
-    /// server has UIDPLUS.
-    pub async fn append(
-        &mut self,
-        folder: &str,
-        flags: &[String],
-        internal_date: &str,
-        path: &Path,
-        size: u64,
-    ) -> Result<Option<(u32, u32)>, ImapError> {
-        let name = quote_folder(folder)?;
-        let tag = self.next_tag();
-        let plus = has(&self.caps, "LITERAL+");
-        let head = format!(
-            "{tag} APPEND {name} ({}) \"{internal_date}\" {{{size}{}}}\r\n",
-            flags.join(" "),
-            if plus { "+" } else { "" }
-        );
-        self.write(head.as_bytes()).await?;
-        if !plus {
-            let line = self.read_line().await?;
-            if !line.starts_with(b"+") {
-                let done = codec::parse_tagged(&line).ok_or_else(|| self.protocol(&line))?;
-                return Err(self.refused("APPEND", done));
-            }
-        }
-        let mut file = std::fs::File::open(path).map_err(|source| ImapError::Spool { source })?;
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut sent = 0u64;
-        loop {
-            // Page-cache reads in place: cheaper than a blocking-pool hop per chunk.
-            let n = file
-                .read(&mut chunk)
-                .map_err(|source| ImapError::Spool { source })?;
-            if n == 0 {
-                break;
-            }
-            sent += n as u64;
-            if sent > size {
-                break;
-            }
-            self.write(&chunk[..n]).await?;
-        }
-        if sent != size {
-            // The literal length is already on the wire: the connection cannot be saved.
-            self.broken = true;
-            return Err(ImapError::Protocol {
-                server: self.server.clone(),
-                detail: format!("the spool file changed size ({sent} bytes, {size} announced)"),
-            });
-        }
-        self.write(b"\r\n").await?;
-        let (_, done) = self.finish(&tag, "APPEND").await?;
-        if done.status != Status::Ok {
-            return Err(self.refused("APPEND", done));
-        }
-        Ok(done.code.as_deref().and_then(codec::appenduid))
-    }
-
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Ends the session politely (LOGOUT), so the server sees a clean end rather than a
+    /// dropped connection. Best effort: a broken session is just dropped.
+    pub async fn logout(mut self) {
+        if self.broken {
+            return;
+        }
+        let tag = self.next_tag();
+        if self
+            .write(format!("{tag} LOGOUT\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // `* BYE`, then the tagged OK (RFC 3501 6.1.3).
+        for _ in 0..=MAX_UNTAGGED_LINES {
+            match self.read_line().await {
+                Ok(line) if codec::parse_tagged(&line).is_some_and(|d| d.tag == tag) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
     }
 
     fn next_tag(&mut self) -> String {
@@ -418,9 +314,11 @@ impl Session {
         Ok(self.finish(&tag, what).await?.1)
     }
 
-    /// Reads untagged lines until the tagged answer to `tag`.
+    /// Reads untagged lines until the tagged answer to `tag`, at most [`MAX_UNTAGGED_LINES`]
+    /// of them and [`MAX_UNTAGGED_BYTES`] kept.
     async fn finish(&mut self, tag: &str, what: &str) -> Result<(Vec<Vec<u8>>, Tagged), ImapError> {
         let mut untagged = Vec::new();
+        let (mut lines, mut kept) = (0, 0);
         loop {
             let line = self.read_line().await?;
             if line.starts_with(b"* BYE") {
@@ -437,9 +335,36 @@ impl Session {
                 }
                 return Err(self.protocol(&line));
             }
+            self.count_untagged(&mut lines, what)?;
             if line.starts_with(b"* ") {
+                kept += line.len();
+                if kept > MAX_UNTAGGED_BYTES {
+                    return Err(self.too_much(format!(
+                        "more than {MAX_UNTAGGED_BYTES} bytes of untagged responses to {what}"
+                    )));
+                }
                 untagged.push(line);
             }
+        }
+    }
+
+    /// Counts one more line that is not the tagged answer to `what`.
+    fn count_untagged(&mut self, lines: &mut usize, what: &str) -> Result<(), ImapError> {
+        *lines += 1;
+        if *lines > MAX_UNTAGGED_LINES {
+            return Err(self.too_much(format!(
+                "more than {MAX_UNTAGGED_LINES} untagged response lines to {what}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A server sending more than any sane answer: the session is not used again.
+    fn too_much(&mut self, detail: String) -> ImapError {
+        self.broken = true;
+        ImapError::Protocol {
+            server: self.server.clone(),
+            detail,
         }
     }
 
@@ -480,11 +405,12 @@ impl Session {
         let mut line = self.read_raw_line().await?;
         while let Some(n) = codec::literal_len(&line) {
             if n > MAX_RESPONSE_LITERAL {
-                self.broken = true;
-                return Err(ImapError::Protocol {
-                    server: self.server.clone(),
-                    detail: format!("a {n}-byte literal in a response"),
-                });
+                return Err(self.too_much(format!("a {n}-byte literal in a response")));
+            }
+            if line.len() + n > MAX_RESPONSE_BYTES {
+                return Err(self.too_much(format!(
+                    "a response longer than {MAX_RESPONSE_BYTES} bytes with its literals"
+                )));
             }
             while self.buf.len() < n {
                 self.fill().await?;

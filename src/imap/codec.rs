@@ -1,6 +1,6 @@
-//! IMAP response lines → meaning, with no I/O: tagged status lines with their response code,
-//! `* CAPABILITY`, `* SEARCH`, `[APPENDUID v uid]`, and the
-//! `{n}` literal announcement at the end of a line. Only what the APPEND sink needs.
+//! IMAP response lines → meaning, with no I/O: the greeting, tagged status lines with their
+//! response code, `* CAPABILITY`, `* SEARCH`, `[APPENDUID v uid]`, and the `{n}` (or binary
+//! `~{n}`) literal announcement at the end of a line. Only what the APPEND sink needs.
 
 /// The outcome word of a tagged response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,36 @@ pub struct Tagged {
     /// The response code without brackets (`APPENDUID 38505 3955`), if any.
     pub code: Option<String>,
     pub text: String,
+}
+
+/// What the server's first line says (RFC 3501 7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Greeting {
+    /// `* OK`: log in next.
+    Ok,
+    /// `* PREAUTH`: already logged in, so no LOGIN, and no STARTTLS either.
+    PreAuth,
+    /// `* BYE` or anything else: the server will not talk to us.
+    Refused,
+}
+
+/// The greeting's kind and its response code without brackets (`CAPABILITY ...`), if any.
+pub fn parse_greeting(line: &[u8]) -> (Greeting, Option<String>) {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let Some(rest) = text.strip_prefix("* ") else {
+        return (Greeting::Refused, None);
+    };
+    let (word, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let kind = match word.to_ascii_uppercase().as_str() {
+        "OK" => Greeting::Ok,
+        "PREAUTH" => Greeting::PreAuth,
+        _ => Greeting::Refused,
+    };
+    let code = rest
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .map(|(code, _)| code.to_string());
+    (kind, code)
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -57,7 +87,8 @@ pub fn parse_tagged(line: &[u8]) -> Option<Tagged> {
     })
 }
 
-/// The byte count of a literal announced at the end of a line (`{123}` or `{123+}`).
+/// The byte count of a literal announced at the end of a line (`{123}`, `{123+}`, or the
+/// RFC 3516 binary `~{123}`).
 pub fn literal_len(line: &[u8]) -> Option<usize> {
     let line = trim_eol(line);
     let open = line.iter().rposition(|&b| b == b'{')?;
@@ -139,8 +170,24 @@ mod tests {
     }
 
     #[test]
+    fn greetings_ok_preauth_and_refusals() {
+        assert_eq!(
+            parse_greeting(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n"),
+            (Greeting::Ok, Some("CAPABILITY IMAP4rev1 LITERAL+".into()))
+        );
+        assert_eq!(
+            parse_greeting(b"* preauth logged in as joe\r\n"),
+            (Greeting::PreAuth, None)
+        );
+        assert_eq!(parse_greeting(b"* BYE go away\r\n").0, Greeting::Refused);
+        assert_eq!(parse_greeting(b"+OK pop3\r\n").0, Greeting::Refused);
+        assert_eq!(parse_greeting(b"").0, Greeting::Refused);
+    }
+
+    #[test]
     fn literals_capabilities_and_search() {
         assert_eq!(literal_len(b"* 1 FETCH (BODY[] {42}\r\n"), Some(42));
+        assert_eq!(literal_len(b"* 1 FETCH (BINARY[] ~{42}\r\n"), Some(42));
         assert_eq!(literal_len(b"A1 APPEND INBOX {10+}\r\n"), Some(10));
         assert_eq!(literal_len(b"* OK {not}\r\n"), None);
         assert_eq!(literal_len(b"* OK fine\r\n"), None);

@@ -95,3 +95,42 @@ pub enum ImapError {
         source: std::io::Error,
     },
 }
+
+impl ImapError {
+    /// The error with server text scrubbed of what we sent during a login (see [`Redactor`]).
+    ///
+    /// [`Redactor`]: crate::pop3::op::sasl::Redactor
+    pub(crate) fn scrubbed(self, redactor: &crate::pop3::op::sasl::Redactor) -> Self {
+        match self {
+            Self::Auth {
+                server,
+                username,
+                text,
+            } => Self::Auth {
+                server,
+                username,
+                text: redactor.clean(&text),
+            },
+            Self::Refused {
+                server,
+                command,
+                code,
+                text,
+            } => Self::Refused {
+                server,
+                command,
+                code: code.map(|c| redactor.clean(&c)),
+                text: redactor.clean(&text),
+            },
+            Self::Protocol { server, detail } => Self::Protocol {
+                server,
+                detail: redactor.clean(&detail),
+            },
+            Self::Closed { server, detail } => Self::Closed {
+                server,
+                detail: redactor.clean(&detail),
+            },
+            other => other,
+        }
+    }
+}

@@ -13,6 +13,84 @@ pub trait SaslMechanism: Send {
     fn initial_response(&mut self) -> Option<Vec<u8>>;
     /// The answer to a server challenge (already base64-decoded).
     fn respond(&mut self, challenge: &[u8]) -> Vec<u8>;
+    /// The credential inside the responses, so a [`Redactor`] can scrub server text of it.
+    fn secret(&self) -> &Secret;
+}
+
+/// Scrubs server text of what we sent during a login before it is logged or put into an
+/// error: some servers echo the client's (base64) response in their `-ERR`/`NO` text.
+pub struct Redactor {
+    secret: String,
+    /// Base64 strings we sent, longest first.
+    sent: Vec<String>,
+}
+
+/// Base64 runs shorter than this are left alone: too short to carry a credential.
+const MIN_B64_RUN: usize = 8;
+
+impl Redactor {
+    pub fn new(secret: &Secret) -> Self {
+        Self {
+            secret: secret.expose().to_owned(),
+            sent: Vec::new(),
+        }
+    }
+
+    /// Remembers a base64 response we sent.
+    pub fn sent(&mut self, b64: &str) {
+        if !b64.is_empty() {
+            self.sent.push(b64.to_owned());
+            self.sent.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// `text` with the secret, every response we sent, any part of one, and any base64 that
+    /// decodes to something holding the secret replaced by `[redacted]`.
+    pub fn clean(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for needle in self.sent.iter().chain(Some(&self.secret)) {
+            if !needle.is_empty() {
+                out = out.replace(needle.as_str(), "[redacted]");
+            }
+        }
+        let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+        let mut clean = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(start) = rest.find(is_b64) {
+            clean.push_str(&rest[..start]);
+            let run = &rest[start..];
+            let end = run.find(|c: char| !is_b64(c)).unwrap_or(run.len());
+            let word = &run[..end];
+            clean.push_str(if self.leaks(word) { "[redacted]" } else { word });
+            rest = &run[end..];
+        }
+        clean.push_str(rest);
+        clean
+    }
+
+    /// A truncated echo of a response we sent, or base64 whose decoding holds the secret.
+    fn leaks(&self, word: &str) -> bool {
+        use base64::Engine;
+        if word.len() < MIN_B64_RUN {
+            return false;
+        }
+        if self.sent.iter().any(|s| s.contains(word)) {
+            return true;
+        }
+        if self.secret.is_empty() {
+            return false;
+        }
+        // Decode the longest whole-quantum prefix, so a cut-off echo is recognised too.
+        let body = word.trim_end_matches('=');
+        let body = &body[..body.len() - body.len() % 4];
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(body)
+            .is_ok_and(|bytes| {
+                bytes
+                    .windows(self.secret.len())
+                    .any(|w| w == self.secret.as_bytes())
+            })
+    }
 }
 
 /// RFC 4616 PLAIN: `\0user\0password` in one message.
@@ -46,6 +124,10 @@ impl SaslMechanism for Plain {
     /// Only reached if the server ignored the initial response and asked again.
     fn respond(&mut self, _challenge: &[u8]) -> Vec<u8> {
         self.message()
+    }
+
+    fn secret(&self) -> &Secret {
+        &self.password
     }
 }
 
@@ -84,6 +166,10 @@ impl SaslMechanism for XOAuth2 {
     fn respond(&mut self, _challenge: &[u8]) -> Vec<u8> {
         Vec::new()
     }
+
+    fn secret(&self) -> &Secret {
+        &self.token
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +191,35 @@ mod tests {
             b"user=u@example.com\x01auth=Bearer tok\x01\x01"
         );
         assert!(m.respond(br#"{"status":"401"}"#).is_empty());
+    }
+
+    #[test]
+    fn redactor_scrubs_echoed_responses_whole_cut_off_or_in_clear() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let secret = Secret::new("s3cret-pass");
+        let sent = b64.encode(b"\0user\0s3cret-pass");
+        let mut r = Redactor::new(&secret);
+        r.sent(&sent);
+        for echo in [
+            format!("[AUTH] bad response {sent}"),
+            format!("bad response \"{}\"", &sent[..sent.len() - 3]),
+            "wrong password s3cret-pass".to_owned(),
+            // Re-encoded by the server (no padding, other framing): decodes to the secret.
+            format!(
+                "got {}",
+                b64.encode(b"user=x\x01auth=Bearer s3cret-pass\x01")
+            ),
+        ] {
+            let clean = r.clean(&echo);
+            assert!(!clean.contains("s3cret"), "{clean}");
+            assert!(!clean.contains(&sent[4..12]), "{clean}");
+            assert!(clean.contains("[redacted]"), "{clean}");
+        }
+        // Ordinary server text is left as it is.
+        assert_eq!(
+            r.clean("[AUTHENTICATIONFAILED] Authentication failed."),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
     }
 }

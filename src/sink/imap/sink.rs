@@ -48,16 +48,18 @@ impl ImapSink {
     }
 
     /// The account's slot. Idle sessions of other accounts beyond `max_connections` are
-    /// closed, so a migration of hundreds of mailboxes keeps a bounded number open.
+    /// logged out (in the background: the delivery does not wait), so a migration of hundreds
+    /// of mailboxes keeps a bounded number open.
     fn slot(&self, username: &str) -> Slot {
         let Ok(mut sessions) = self.sessions.lock() else {
             return Arc::new(tokio::sync::Mutex::new(None));
         };
         if !sessions.contains_key(username) && sessions.len() >= self.settings.max_connections {
             sessions.retain(|_, slot| match slot.try_lock() {
-                // Idle: drop it (the server sees the connection close).
                 Ok(mut s) => {
-                    s.take();
+                    if let Some(idle) = s.take() {
+                        tokio::spawn(idle.logout());
+                    }
                     false
                 }
                 Err(_) => true,
@@ -67,6 +69,20 @@ impl ImapSink {
             .entry(username.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
             .clone()
+    }
+
+    /// Logs out of every open session, for the end of a run: the target server then logs a
+    /// clean LOGOUT, not a dropped connection.
+    pub async fn close(&self) {
+        let slots: Vec<Slot> = match self.sessions.lock() {
+            Ok(mut sessions) => sessions.drain().map(|(_, slot)| slot).collect(),
+            Err(_) => return,
+        };
+        for slot in slots {
+            if let Some(session) = slot.lock().await.take() {
+                session.logout().await;
+            }
+        }
     }
 
     async fn connect(&self, account: &Account) -> Result<Session, ImapError> {

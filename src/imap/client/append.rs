@@ -1,0 +1,130 @@
+//! APPEND streamed from the spool file. Everything that can fail on our side (opening the
+//! file, its size, looking for NUL bytes) happens before the literal is announced: after that
+//! the server takes the next `size` bytes as the message whatever they are, so any failure
+//! leaves the session broken rather than let our next command become message data.
+
+use super::{has, quote_folder, Session, MAX_UNTAGGED_LINES};
+use crate::imap::codec::{self, Status};
+use crate::imap::ImapError;
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::Path;
+
+const CHUNK: usize = 64 * 1024;
+
+fn spool(source: std::io::Error) -> ImapError {
+    ImapError::Spool { source }
+}
+
+/// Whether the file holds a NUL byte, which only a binary literal (RFC 3516) carries intact.
+/// Rewinds the file.
+fn has_nul(file: &mut File) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; CHUNK];
+    let found = loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break false;
+        }
+        if chunk[..n].contains(&0) {
+            break true;
+        }
+    };
+    file.rewind()?;
+    Ok(found)
+}
+
+impl Session {
+    /// APPEND the file at `path` (`size` bytes) to `folder`; `(uidvalidity, uid)` when the
+    /// server has UIDPLUS. A message with a NUL byte goes as a binary literal (`~{n}`) when
+    /// the server has BINARY, else as a normal literal.
+    pub async fn append(
+        &mut self,
+        folder: &str,
+        flags: &[String],
+        internal_date: &str,
+        path: &Path,
+        size: u64,
+    ) -> Result<Option<(u32, u32)>, ImapError> {
+        let name = quote_folder(folder)?;
+        let mut file = File::open(path).map_err(spool)?;
+        let on_disk = file.metadata().map_err(spool)?.len();
+        if on_disk != size {
+            return Err(spool(std::io::Error::other(format!(
+                "the spool file has {on_disk} bytes, {size} expected"
+            ))));
+        }
+        let binary = has(&self.caps, "BINARY") && has_nul(&mut file).map_err(spool)?;
+        let tag = self.next_tag();
+        let plus = has(&self.caps, "LITERAL+");
+        let head = format!(
+            "{tag} APPEND {name} ({}) \"{internal_date}\" {}{{{size}{}}}\r\n",
+            flags.join(" "),
+            if binary { "~" } else { "" },
+            if plus { "+" } else { "" }
+        );
+        self.write(head.as_bytes()).await?;
+        if !plus {
+            self.await_continuation(&tag).await?;
+        }
+        if let Err(e) = self.send_literal(&mut file, size).await {
+            // The server is inside the literal: whatever we send next would be message data.
+            self.broken = true;
+            return Err(e);
+        }
+        let (_, done) = self.finish(&tag, "APPEND").await?;
+        if done.status != Status::Ok {
+            return Err(self.refused("APPEND", done));
+        }
+        Ok(done.code.as_deref().and_then(codec::appenduid))
+    }
+
+    /// Waits for `+` before a synchronising literal. Untagged data (`* 3 EXISTS`, an alert)
+    /// may come first; the tagged answer instead means the server refused the literal, and
+    /// nothing of it was sent, so the session stays in step.
+    async fn await_continuation(&mut self, tag: &str) -> Result<(), ImapError> {
+        for _ in 0..=MAX_UNTAGGED_LINES {
+            let line = self.read_line().await?;
+            if line.starts_with(b"+") {
+                return Ok(());
+            }
+            if let Some(done) = codec::parse_tagged(&line) {
+                if done.tag != tag {
+                    return Err(self.protocol(&line));
+                }
+                return Err(self.refused("APPEND", done));
+            }
+            if line.starts_with(b"* BYE") {
+                let detail = String::from_utf8_lossy(&line).trim().to_string();
+                return Err(self.closed(&detail));
+            }
+        }
+        Err(self.too_much(format!(
+            "more than {MAX_UNTAGGED_LINES} untagged response lines before APPEND's continuation"
+        )))
+    }
+
+    /// The literal's `size` bytes from `file`, then the CRLF that ends the command.
+    async fn send_literal(&mut self, file: &mut File, size: u64) -> Result<(), ImapError> {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut sent = 0u64;
+        loop {
+            // Page-cache reads in place: cheaper than a blocking-pool hop per chunk.
+            let n = file.read(&mut chunk).map_err(spool)?;
+            if n == 0 {
+                break;
+            }
+            sent += n as u64;
+            if sent > size {
+                break;
+            }
+            self.write(&chunk[..n]).await?;
+        }
+        if sent != size {
+            return Err(ImapError::Protocol {
+                server: self.server.clone(),
+                detail: format!("the spool file changed size ({sent} bytes, {size} announced)"),
+            });
+        }
+        self.write(b"\r\n").await
+    }
+}
