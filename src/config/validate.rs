@@ -215,11 +215,15 @@ impl Validator<'_> {
             let at = Self::item_path("sinks", i, &sink.name);
             let retry = self.retry(&at, sink.retry.unwrap_or_default());
             match sink.kind.validate(self.base) {
-                Ok(kind) => out.push(SinkConfig {
-                    name: sink.name,
-                    retry,
-                    kind,
-                }),
+                Ok((kind, warnings)) => {
+                    self.warnings
+                        .extend(warnings.into_iter().map(|w| format!("{at}: {w}")));
+                    out.push(SinkConfig {
+                        name: sink.name,
+                        retry,
+                        kind,
+                    })
+                }
                 Err(message) => self.problem(at, message),
             }
         }
