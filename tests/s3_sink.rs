@@ -64,6 +64,12 @@ fn permanent(e: &DeliveryError) -> String {
     e.to_string()
 }
 
+/// The sink is misconfigured: not this message's fault, so it must not be dead-lettered.
+fn sink_down(e: &DeliveryError) -> String {
+    assert!(e.is_sink_wide(), "expected a sink-wide error, got {e:?}");
+    e.to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn small_messages_arrive_byte_identical_with_metadata() {
     let s3 = S3Server::start().await;
@@ -190,7 +196,7 @@ async fn a_different_object_under_the_key_is_a_permanent_error_and_left_untouche
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn wrong_keys_and_a_missing_bucket_are_permanent_clear_errors() {
+async fn wrong_keys_and_a_missing_bucket_are_sink_wide_clear_errors() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let m = spool(dir.path(), "1", &small(1));
@@ -199,15 +205,15 @@ async fn wrong_keys_and_a_missing_bucket_are_permanent_clear_errors() {
     let mut bad_secret = s3.settings();
     bad_secret.credentials = Some(creds(ACCESS_KEY, "not-the-secret"));
     let sink = S3Sink::new("archive", bad_secret).unwrap();
-    let err = permanent(&sink.deliver(&m, &id).await.unwrap_err());
+    let err = sink_down(&sink.deliver(&m, &id).await.unwrap_err());
     assert!(err.contains("SignatureDoesNotMatch"), "{err}");
     assert!(!err.contains("not-the-secret"), "{err}");
-    permanent(&sink.healthcheck().await.unwrap_err());
+    sink_down(&sink.healthcheck().await.unwrap_err());
 
     let mut bad_id = s3.settings();
     bad_id.credentials = Some(creds("AKIAUNKNOWN000000000", SECRET_KEY));
     let sink = S3Sink::new("archive", bad_id).unwrap();
-    let err = permanent(&sink.deliver(&m, &id).await.unwrap_err());
+    let err = sink_down(&sink.deliver(&m, &id).await.unwrap_err());
     assert!(err.contains("HTTP 403"), "{err}");
 
     // A missing bucket: refused by the healthcheck (`/readyz`, `check --connect`) before any
@@ -216,7 +222,7 @@ async fn wrong_keys_and_a_missing_bucket_are_permanent_clear_errors() {
     let mut no_bucket = s3.settings();
     no_bucket.bucket = "no-such-bucket".into();
     let sink = S3Sink::new("archive", no_bucket).unwrap();
-    let err = permanent(&sink.healthcheck().await.unwrap_err());
+    let err = sink_down(&sink.healthcheck().await.unwrap_err());
     assert!(
         err.contains("no-such-bucket") && err.contains("create the bucket"),
         "{err}"
@@ -381,4 +387,90 @@ async fn an_object_without_our_metadata_is_compared_by_content() {
             "{uidl}: object changed"
         );
     }
+}
+
+/// A raw STS stand-in: every request gets `head` and then, if `drip`, an endless chunked body.
+async fn raw_sts(head: &'static str, body: &'static str, drip: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = conn.read(&mut buf).await;
+                let answer = format!("{head}\r\n{body}");
+                if conn.write_all(answer.as_bytes()).await.is_err() || !drip {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                while conn.write_all(chunk.as_bytes()).await.is_ok() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+fn web_identity_sink(s3: &S3Server, dir: &Path, sts_endpoint: String) -> S3Sink {
+    let token = dir.join("token");
+    std::fs::write(&token, "oidc-token-123\n").unwrap();
+    let mut settings = s3.settings();
+    settings.credentials = None;
+    let source = Source::WebIdentity(WebIdentity {
+        token_file: token,
+        role_arn: "arn:aws:iam::1:role/pb".into(),
+        session_name: "popbridge".into(),
+        sts_endpoint,
+    });
+    S3Sink::with_source("archive", settings, source).unwrap()
+}
+
+/// STS could not reach the identity provider (the OIDC issuer): that passes, so the message
+/// is retried rather than dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn sts_failing_to_reach_the_identity_provider_is_retryable() {
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = "<ErrorResponse><Error><Code>IDPCommunicationError</Code><Message>timed out</Message></Error></ErrorResponse>";
+    let head = Box::leak(
+        format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        )
+        .into_boxed_str(),
+    );
+    let sink = web_identity_sink(&s3, dir.path(), raw_sts(head, body, false).await);
+    let m = spool(dir.path(), "1", &small(1));
+    let err = sink
+        .deliver(&m, &IdempotencyKey::derive("alice", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DeliveryError::Retryable { .. }),
+        "expected a passing failure, got {err:?}"
+    );
+    assert!(err.to_string().contains("IDPCommunicationError"), "{err}");
+}
+
+/// An STS endpoint that never stops sending its error body: only a bounded piece is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_sts_answer_is_not_read_to_its_end() {
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let head = "HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n";
+    let mut sink_settings_dir = dir.path().to_path_buf();
+    sink_settings_dir.push("sts");
+    std::fs::create_dir_all(&sink_settings_dir).unwrap();
+    let sink = web_identity_sink(&s3, &sink_settings_dir, raw_sts(head, "", true).await);
+    let m = spool(dir.path(), "1", &small(1));
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sink.deliver(&m, &IdempotencyKey::derive("alice", "1")),
+    )
+    .await
+    .expect("the STS answer was read on and on")
+    .unwrap_err();
+    assert!(err.to_string().contains("STS"), "{err}");
 }

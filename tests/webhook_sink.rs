@@ -162,12 +162,13 @@ async fn answers_are_classified_retryable_or_permanent() {
         timeout.is_retryable() && timeout.to_string().contains("timed out"),
         "{timeout}"
     );
+    // No such endpoint, or a redirect: the `url` is wrong for every message, not this one.
     let gone = sink.deliver(&m, &key).await.unwrap_err();
-    assert!(!gone.is_retryable());
+    assert!(gone.is_sink_wide(), "{gone:?}");
     assert!(gone.to_string().contains("HTTP 404: answer 404"), "{gone}");
     let moved = sink.deliver(&m, &key).await.unwrap_err();
     assert!(
-        !moved.is_retryable() && moved.to_string().contains("redirects"),
+        moved.is_sink_wide() && moved.to_string().contains("redirects"),
         "{moved}"
     );
     // Every retry carried the same webhook-id.
@@ -234,4 +235,85 @@ async fn concurrency_limit_is_respected() {
         .load(std::sync::atomic::Ordering::SeqCst);
     assert!((2..=3).contains(&max), "max concurrent requests {max}");
     assert_eq!(rx.requests().len(), 12);
+}
+
+/// A receiver that answers 500 and then drips an endless body: only a short piece of it is
+/// read, so the delivery fails at once with bounded memory instead of reading until the
+/// request timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_error_body_is_not_read_to_its_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = conn.read(&mut buf).await;
+                let head =
+                    "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n";
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                while conn.write_all(chunk.as_bytes()).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&url, Format::Raw);
+    s.timeout = Duration::from_secs(60);
+    let sink = WebhookSink::new("hook", s).unwrap();
+    let m = spool(dir.path(), "m", b"Subject: x\r\n\r\nbody\r\n");
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        sink.deliver(&m, &IdempotencyKey::derive("alice", "m")),
+    )
+    .await
+    .expect("the error body was read on and on")
+    .unwrap_err();
+    assert!(e.is_retryable() && !e.is_sink_wide(), "{e:?}");
+    assert!(e.to_string().starts_with("HTTP 500: xxx"), "{e}");
+    assert!(e.to_string().len() < 300, "{} bytes", e.to_string().len());
+}
+
+/// Through the engine's retry loop: a receiver that refuses every message (401) leaves the
+/// message pending for a later poll instead of dead-lettering it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusing_endpoint_leaves_the_message_pending_not_dead() {
+    use popbridge::engine::deliver::{deliver_to_sink, SinkHandle};
+    use popbridge::store::OutcomeResult;
+    let rx = Receiver::start().await;
+    rx.script([
+        Reply::Status(401, None),
+        Reply::Status(401, None),
+        Reply::Status(401, None),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let handle = SinkHandle {
+        name: "hook".into(),
+        sink: Arc::new(WebhookSink::new("hook", settings(&rx.url, Format::Raw)).unwrap()),
+        retry: popbridge::config::RetryPolicy {
+            attempts_per_poll: 2,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            window: Duration::from_secs(3600),
+        },
+    };
+    let m = spool(dir.path(), "m", b"Subject: x\r\n\r\nbody\r\n");
+    let outcome = deliver_to_sink(
+        &handle,
+        &m,
+        &IdempotencyKey::derive("alice", "m"),
+        None,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    match outcome.result {
+        OutcomeResult::Retry { error, .. } => assert!(error.contains("HTTP 401"), "{error}"),
+        other => panic!("expected a retry later, got {other:?}"),
+    }
+    assert_eq!(outcome.attempts_made, 2);
 }

@@ -326,14 +326,24 @@ pub enum RawSinkKind {
 }
 
 impl RawSinkKind {
-    /// Validate the type-specific keys; `base` is the config file's directory.
-    pub fn validate(self, base: &std::path::Path) -> Result<crate::config::SinkKind, String> {
+    /// Validate the type-specific keys; `base` is the config file's directory. Gives the
+    /// settings and the warnings to log (e.g. a plain `http://` endpoint).
+    pub fn validate(
+        self,
+        base: &std::path::Path,
+    ) -> Result<(crate::config::SinkKind, Vec<String>), String> {
         use crate::config::SinkKind;
         match self {
-            RawSinkKind::Maildir(c) => c.validate(base).map(SinkKind::Maildir),
-            RawSinkKind::Webhook(c) => c.validate(base).map(|s| SinkKind::Webhook(Box::new(s))),
-            RawSinkKind::S3(c) => c.validate(base).map(|s| SinkKind::S3(Box::new(s))),
-            RawSinkKind::Imap(c) => c.validate(base).map(|s| SinkKind::Imap(Box::new(s))),
+            RawSinkKind::Maildir(c) => c.validate(base).map(|s| (SinkKind::Maildir(s), vec![])),
+            RawSinkKind::Webhook(c) => c
+                .validate(base)
+                .map(|(s, w)| (SinkKind::Webhook(Box::new(s)), w)),
+            RawSinkKind::S3(c) => c
+                .validate(base)
+                .map(|(s, w)| (SinkKind::S3(Box::new(s)), w)),
+            RawSinkKind::Imap(c) => c
+                .validate(base)
+                .map(|s| (SinkKind::Imap(Box::new(s)), vec![])),
         }
     }
 }

@@ -327,6 +327,41 @@ fn unknown_sink_reference_lists_the_defined_ones() {
 }
 
 #[test]
+fn names_that_could_leave_a_directory_are_refused() {
+    // `..` would make the spool reset remove the state directory, and a Maildir path or S3
+    // key prefix escape its parent.
+    for name in [
+        ".",
+        "..",
+        "...",
+        "\"../x\"",
+        "a/b",
+        "\"a\\0b\"",
+        "\"a\\\\b\"",
+    ] {
+        let text = MINIMAL.replace("- name: alice", &format!("- name: {name}"));
+        let shown = invalid(&text);
+        assert!(
+            shown.contains("/etc/popbridge/config.yaml: mailboxes[0].name: invalid name"),
+            "{name}: {shown}"
+        );
+    }
+    let shown = invalid(&MINIMAL.replace("- name: alice", "- name: .."));
+    assert!(shown.contains("dots only"), "{shown}");
+    let text = MINIMAL
+        .replace("sinks: [archive]", "sinks: [\"..\"]")
+        .replace("  - name: archive", "  - name: \"..\"");
+    assert!(
+        invalid(&text).contains("sinks[0].name: invalid name \"..\""),
+        "{}",
+        invalid(&text)
+    );
+    // Dots inside a name are still fine.
+    let ok = load(&MINIMAL.replace("- name: alice", "- name: .alice.smith")).unwrap();
+    assert_eq!(ok.config.mailboxes[0].name, ".alice.smith");
+}
+
+#[test]
 fn duplicate_and_malformed_names_are_errors() {
     let text = MINIMAL.replace(
         "sinks:\n  - name: archive",

@@ -118,12 +118,28 @@ pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
     }
 }
 
-/// `[A-Za-z0-9._-]+`.
+/// What is wrong with a mailbox or sink name, if anything. A mailbox name becomes a directory
+/// (`<spool>/<mailbox>`, which a reset removes whole), a Maildir path, a password file name and
+/// an S3 key prefix, so it must be one plain path component: `[A-Za-z0-9._-]+`, not only dots.
+fn name_problem(name: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || !name.chars().all(allowed) {
+        Some(format!(
+            "invalid name \"{}\": use letters, digits, `.`, `_` and `-` only",
+            name.escape_debug()
+        ))
+    } else if name.chars().all(|c| c == '.') {
+        Some(format!(
+            "invalid name \"{name}\": a name of dots only would be read as `.` or `..` in a \
+             path (the spool directory, a Maildir path) and reach outside it; add a letter or digit"
+        ))
+    } else {
+        None
+    }
+}
+
 fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    name_problem(name).is_none()
 }
 
 struct Validator<'a> {
@@ -202,11 +218,8 @@ impl Validator<'_> {
 
     fn check_name(&mut self, list: &str, index: usize, name: &str, seen: &mut BTreeSet<String>) {
         let at = Self::item_path(list, index, name);
-        if !is_valid_name(name) {
-            self.problem(
-                format!("{at}.name"),
-                format!("invalid name \"{name}\": use letters, digits, `.`, `_` and `-` only"),
-            );
+        if let Some(why) = name_problem(name) {
+            self.problem(format!("{at}.name"), why);
         } else if !seen.insert(name.to_owned()) {
             self.problem(format!("{at}.name"), format!("duplicate name \"{name}\""));
         }
@@ -223,11 +236,15 @@ impl Validator<'_> {
             let at = Self::item_path("sinks", i, &sink.name);
             let retry = self.retry(&at, sink.retry.unwrap_or_default());
             match sink.kind.validate(self.base) {
-                Ok(kind) => out.push(SinkConfig {
-                    name: sink.name,
-                    retry,
-                    kind,
-                }),
+                Ok((kind, warnings)) => {
+                    self.warnings
+                        .extend(warnings.into_iter().map(|w| format!("{at}: {w}")));
+                    out.push(SinkConfig {
+                        name: sink.name,
+                        retry,
+                        kind,
+                    })
+                }
                 Err(message) => self.problem(at, message),
             }
         }

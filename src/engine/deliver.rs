@@ -65,6 +65,8 @@ pub async fn deliver_to_sink(
                 message,
                 retry_after,
             }) => (message, retry_after),
+            // The sink's fault, not the message's: never dead-lettered on sight.
+            Err(DeliveryError::SinkDown { message }) => (message, None),
         };
         let now = crate::store::now_millis();
         let delay = backoff(policy, attempts, retry_after);

@@ -78,6 +78,11 @@ pub enum DeliveryError {
     /// Trying again will fail the same way (4xx, a rejected message): dead-letter it.
     #[error("{message}")]
     Permanent { message: String },
+    /// The sink as a whole refuses (bad credentials, no permission, missing bucket or
+    /// endpoint): every message would fail the same way until an operator acts, so it is not
+    /// this message's fault and must not dead-letter it.
+    #[error("{message}")]
+    SinkDown { message: String },
 }
 
 impl DeliveryError {
@@ -94,8 +99,20 @@ impl DeliveryError {
         }
     }
 
+    pub fn sink_down(message: impl Into<String>) -> Self {
+        Self::SinkDown {
+            message: message.into(),
+        }
+    }
+
+    /// The message may still go through later: a passing failure, or a sink that is down.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. })
+        matches!(self, Self::Retryable { .. } | Self::SinkDown { .. })
+    }
+
+    /// The failure is the sink's, not this message's: the same answer awaits every message.
+    pub fn is_sink_wide(&self) -> bool {
+        matches!(self, Self::SinkDown { .. })
     }
 }
 
@@ -117,4 +134,20 @@ pub trait Sink: Send + Sync {
 
     /// Cheap check that the sink can accept messages now (`/readyz`, `check --connect`).
     async fn healthcheck(&self) -> Result<(), DeliveryError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_wide_errors_are_retryable_and_say_so() {
+        let down = DeliveryError::sink_down("HTTP 401");
+        assert!(down.is_sink_wide() && down.is_retryable());
+        assert_eq!(down.to_string(), "HTTP 401");
+        let passing = DeliveryError::retryable("HTTP 503");
+        assert!(passing.is_retryable() && !passing.is_sink_wide());
+        let bad = DeliveryError::permanent("HTTP 413");
+        assert!(!bad.is_retryable() && !bad.is_sink_wide());
+    }
 }

@@ -78,6 +78,10 @@ pub struct S3SinkConfig {
     /// Extra CA bundle (PEM) to trust, for a private endpoint.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Accept a plain `http://` endpoint on a host other than this machine (default false):
+    /// messages and session tokens would cross the network unencrypted.
+    #[serde(default)]
+    pub allow_plaintext: Option<bool>,
 }
 
 /// Validated S3 settings.
@@ -143,7 +147,7 @@ fn valid_bucket(b: &str) -> bool {
 
 impl S3SinkConfig {
     /// Validate; `base` is the config file's directory, for relative paths.
-    pub fn validate(self, base: &Path) -> Result<S3Settings, String> {
+    pub fn validate(self, base: &Path) -> Result<(S3Settings, Vec<String>), String> {
         let bucket = self.bucket.into_string();
         if !valid_bucket(&bucket) {
             return Err(format!(
@@ -168,6 +172,11 @@ impl S3SinkConfig {
                 "`endpoint` must not have a path or query: the bucket goes in `bucket`".into(),
             );
         }
+        let plaintext_warning = crate::sink::http::check_plaintext(
+            &endpoint,
+            "endpoint",
+            self.allow_plaintext.unwrap_or(false),
+        )?;
         let credentials = match (self.access_key_id, self.secret_access_key) {
             (Some(id), Some(secret)) => Some(Credentials {
                 access_key_id: id.into_string(),
@@ -199,7 +208,7 @@ impl S3SinkConfig {
         if timeout.is_zero() {
             return Err("`timeout` must be greater than 0".into());
         }
-        Ok(S3Settings {
+        let settings = S3Settings {
             path_style: self.path_style.unwrap_or(self.endpoint.is_some()),
             bucket,
             region,
@@ -214,6 +223,7 @@ impl S3SinkConfig {
             timeout,
             concurrency,
             ca_file: self.ca_file.map(|p| crate::config::resolve(base, &p)),
-        })
+        };
+        Ok((settings, plaintext_warning.into_iter().collect()))
     }
 }

@@ -200,21 +200,15 @@ async fn assume_role_with_web_identity(
         .body(body)
         .send()
         .await
-        .map_err(|e| CredentialsError::Sts(format!("{}: {e}", w.sts_endpoint)))?;
+        .map_err(|e| CredentialsError::Sts(sts_transport(w, &e)))?;
     let status = resp.status();
-    let text = resp
-        .text()
+    // STS answers are a few KB of XML; a server sending more is not STS.
+    let text = crate::sink::http::read_capped(resp, crate::sink::http::BODY_CAP)
         .await
-        .map_err(|e| CredentialsError::Sts(e.to_string()))?;
+        .map_err(|e| CredentialsError::Sts(sts_transport(w, &e)))?;
+    let text = String::from_utf8_lossy(&text);
     if !status.is_success() {
-        let code = xml::tag(&text, "Code").unwrap_or_default();
-        let msg = xml::tag(&text, "Message").unwrap_or_default();
-        let detail = format!("HTTP {} {code}: {msg}", status.as_u16());
-        return Err(if status.is_server_error() || code == "Throttling" {
-            CredentialsError::Sts(detail)
-        } else {
-            CredentialsError::StsRefused(detail)
-        });
+        return Err(sts_refusal(status, &text));
     }
     let field = |name: &str| {
         xml::tag(&text, name)
@@ -229,6 +223,31 @@ async fn assume_role_with_web_identity(
         session_token: Some(Secret::new(field("SessionToken")?)),
         expires: Some(expires),
     })
+}
+
+/// A failed STS exchange, naming the endpoint by its origin only and the cause without
+/// reqwest's full URL.
+fn sts_transport(w: &WebIdentity, e: &reqwest::Error) -> String {
+    let at = reqwest::Url::parse(&w.sts_endpoint)
+        .map(|u| crate::sink::http::origin(&u))
+        .unwrap_or_else(|_| "the STS endpoint".into());
+    format!("{at}: {}", crate::sink::http::describe(e))
+}
+
+/// STS error codes that pass with time: throttling, STS's own trouble, and the identity
+/// provider (the OIDC issuer) not answering STS in time.
+const STS_RETRYABLE: &[&str] = &["Throttling", "IDPCommunicationError", "ServiceUnavailable"];
+
+/// A non-success STS answer: worth retrying, or a refusal of our token or role.
+fn sts_refusal(status: reqwest::StatusCode, body: &str) -> CredentialsError {
+    let code = xml::tag(body, "Code").unwrap_or_default();
+    let msg = xml::tag(body, "Message").unwrap_or_default();
+    let detail = format!("HTTP {} {code}: {msg}", status.as_u16());
+    if status.is_server_error() || STS_RETRYABLE.contains(&code.as_str()) {
+        CredentialsError::Sts(detail)
+    } else {
+        CredentialsError::StsRefused(detail)
+    }
 }
 
 #[cfg(test)]
@@ -260,5 +279,29 @@ mod tests {
         let d = format!("{c:?}");
         assert!(d.contains("AKID") && !d.contains("secret\"") && !d.contains("very-secret"));
         assert!(!d.contains("tok-secret"));
+    }
+
+    fn sts_error(status: u16, code: &str) -> CredentialsError {
+        sts_refusal(
+            reqwest::StatusCode::from_u16(status).unwrap(),
+            &format!("<ErrorResponse><Error><Code>{code}</Code><Message>m</Message></Error></ErrorResponse>"),
+        )
+    }
+
+    #[test]
+    fn identity_provider_trouble_and_throttling_are_retryable() {
+        assert!(sts_error(400, "IDPCommunicationError").is_retryable());
+        assert!(sts_error(400, "Throttling").is_retryable());
+        assert!(sts_error(503, "ServiceUnavailable").is_retryable());
+        assert!(sts_error(500, "InternalFailure").is_retryable());
+    }
+
+    #[test]
+    fn a_refused_token_or_role_is_not_retryable() {
+        for code in ["InvalidIdentityToken", "AccessDenied"] {
+            let e = sts_error(400, code);
+            assert!(!e.is_retryable(), "{code}");
+            assert!(e.to_string().contains(code), "{e}");
+        }
     }
 }

@@ -110,8 +110,18 @@ impl KeyTemplate {
     }
 }
 
-/// `Date:` (in UTC) and `Message-ID:` from a message's header block.
-pub fn header_fields(head: &[u8]) -> (Option<DateTime<Utc>>, Option<String>) {
+/// What a message's header block gives the key and the metadata.
+pub type HeaderFields = (Option<DateTime<Utc>>, Option<String>);
+
+/// `Date:` (in UTC) and `Message-ID:` from a message's header block. Whatever the bytes, this
+/// returns: a header block the parser cannot read, or that makes it panic, gives neither, so
+/// the key gets the stable placeholder date and the delivery goes on (as the webhook payload
+/// does with mail-parser, which has tripped on fuzzed input before).
+pub fn header_fields(head: &[u8]) -> HeaderFields {
+    guarded(|| parse_header_fields(head))
+}
+
+fn parse_header_fields(head: &[u8]) -> HeaderFields {
     let Some(msg) = mail_parser::MessageParser::new().parse_headers(head) else {
         return (None, None);
     };
@@ -119,6 +129,12 @@ pub fn header_fields(head: &[u8]) -> (Option<DateTime<Utc>>, Option<String>) {
         .date()
         .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0));
     (date, msg.message_id().map(str::to_string))
+}
+
+/// Runs a header parser, turning its panic into "no fields". The parse is pure (it only reads
+/// the bytes), so nothing is left half-changed by an unwind.
+fn guarded(parse: impl FnOnce() -> HeaderFields + std::panic::UnwindSafe) -> HeaderFields {
+    std::panic::catch_unwind(parse).unwrap_or((None, None))
 }
 
 #[cfg(test)]
@@ -151,6 +167,54 @@ mod tests {
         assert_eq!((date, mid), (None, None));
         let t = KeyTemplate::parse("{yyyy}-{mm}-{dd}/{uidl}/{id}").unwrap();
         assert_eq!(t.render(&input(None)), "0000-00-00/00000001_x/pb1_0123");
+    }
+
+    #[test]
+    fn a_parser_panic_gives_no_fields_instead_of_failing_the_delivery() {
+        let fields = guarded(|| panic!("mail-parser tripped on a hostile header"));
+        assert_eq!(fields, (None, None));
+        let t = KeyTemplate::parse(super::super::config::DEFAULT_KEY).unwrap();
+        assert_eq!(
+            t.render(&input(fields.0)),
+            "sales_eu/0000/00/00/pb1_0123.eml"
+        );
+    }
+
+    #[test]
+    fn hostile_header_bytes_give_a_stable_key() {
+        let long_line = [b"X-Long: ".as_slice(), &[b'A'; 70_000]].concat();
+        let comments = [b"Date: ".as_slice(), &[b'('; 20_000], b"\r\n\r\n"].concat();
+        let many = b"X-A: b\r\n".repeat(10_000);
+        let hostile: Vec<Vec<u8>> = vec![
+            b"Date: \xff\xfe\x00\x01 Jan 2024\r\nMessage-ID: <\x00\xff@x>\r\n\r\n".to_vec(),
+            b"Date: 99 Foo 99999 99:99:99 +9999\r\n\r\n".to_vec(),
+            b"Date: 31 Feb 0 25:61:61 -9999 (((\r\n\r\n".to_vec(),
+            b"Date: Mon, 32 Dec 65535 23:59:59 EST\r\n".to_vec(),
+            b"Subject: =?x-unknown?B?////?= =?utf-7?Q?+AGE-?=\r\nDate:\r\n\r\n".to_vec(),
+            b"\r\n\r\nDate: Tue, 31 Dec 2024 23:30:00 -0500\r\n".to_vec(),
+            b"Date\r Tue, 31 Dec 2024\rMessage-ID: <a\r\n".to_vec(),
+            b":\r\n:\r\n: : :\r\n\r\n".to_vec(),
+            long_line,
+            comments,
+            many,
+            Vec::new(),
+        ];
+        let t = KeyTemplate::parse("{yyyy}/{mm}/{dd}/{id}").unwrap();
+        for head in &hostile {
+            let fields = header_fields(head);
+            assert_eq!(
+                fields,
+                header_fields(head),
+                "the same bytes, the same fields"
+            );
+            let key = t.render(&input(fields.0));
+            let date = key.trim_end_matches("/pb1_0123");
+            assert!(
+                date.split('/')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+                "{key}"
+            );
+        }
     }
 
     #[test]

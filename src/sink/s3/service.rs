@@ -35,9 +35,6 @@ pub struct Call<'a> {
     pub payload_sha256: &'a str,
 }
 
-/// The most of an answer body kept for parsing and error messages.
-const ANSWER_CAP: usize = 64 * 1024;
-
 /// What S3 said, with the error body read (bounded) when it is not a success.
 pub struct Answer {
     pub status: StatusCode,
@@ -81,16 +78,12 @@ impl Service {
         let resp = self.send_streamed(call).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        // Answers we read whole are small XML (multipart, errors) or empty; cap them anyway.
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-            let Ok(chunk) = chunk else { break };
-            body.extend_from_slice(&chunk[..chunk.len().min(ANSWER_CAP - body.len())]);
-            if body.len() >= ANSWER_CAP {
-                break;
-            }
-        }
+        // Answers we read whole are small XML (multipart, errors) or empty; cap them anyway. An
+        // answer cut short is no answer: a retry finds out what happened (a completed upload is
+        // then found by its HEAD).
+        let body = crate::sink::http::read_capped(resp, crate::sink::http::BODY_CAP)
+            .await
+            .map_err(|e| transport_error(&e))?;
         let body = String::from_utf8_lossy(&body).into_owned();
         if xml::tag(&body, "Code").as_deref() == Some("ExpiredToken") {
             // Temporary keys died early (revoked, clock skew): fetch new ones on the retry.
@@ -109,7 +102,8 @@ impl Service {
             if e.is_retryable() {
                 DeliveryError::retryable(format!("s3: {e}"))
             } else {
-                DeliveryError::permanent(format!("s3: {e}"))
+                // No keys, or STS refused ours: no message can go until that is fixed.
+                DeliveryError::sink_down(format!("s3: {e}"))
             }
         })?;
         let (host, path) = self.address(call.key);
@@ -189,6 +183,24 @@ const RETRYABLE_CODES: &[&str] = &[
     "TokenRefreshRequired",
 ];
 
+/// S3 error codes that say the sink itself is wrong (keys, permissions, bucket, region,
+/// encryption key), whatever the message: every message would get the same answer.
+const SINK_WIDE_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccountProblem",
+    "AllAccessDisabled",
+    "AuthorizationHeaderMalformed",
+    "InvalidAccessKeyId",
+    "InvalidBucketName",
+    "InvalidToken",
+    "KMS.DisabledException",
+    "KMS.NotFoundException",
+    "NoSuchBucket",
+    "NotSignedUp",
+    "PermanentRedirect",
+    "SignatureDoesNotMatch",
+];
+
 /// Hints for the codes an operator is most likely to meet.
 fn hint(code: &str) -> &'static str {
     match code {
@@ -198,6 +210,9 @@ fn hint(code: &str) -> &'static str {
         "InvalidAccessKeyId" => " (the access key id is unknown to this endpoint)",
         "SignatureDoesNotMatch" => " (check secret_access_key and region)",
         "NoSuchBucket" => " (create the bucket or fix `bucket`)",
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
+            " (the bucket is in another region: fix `region`)"
+        }
         _ => "",
     }
 }
@@ -220,13 +235,23 @@ pub fn classify(what: &str, status: StatusCode, body: &str) -> DeliveryError {
             hint(&code)
         )
     };
-    let retryable = if code.is_empty() {
-        status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+    let (retryable, sink_wide) = if code.is_empty() {
+        (
+            status.is_server_error() || matches!(status.as_u16(), 408 | 429),
+            // Body-less answers (HEAD): refused keys, or a bucket in another region.
+            matches!(status.as_u16(), 301 | 401 | 403),
+        )
     } else {
-        RETRYABLE_CODES.contains(&code.as_str()) || status.is_server_error()
+        (
+            RETRYABLE_CODES.contains(&code.as_str()) || status.is_server_error(),
+            // 401/403 are about the keys or the policy, whatever the code says.
+            SINK_WIDE_CODES.contains(&code.as_str()) || matches!(status.as_u16(), 401 | 403),
+        )
     };
     if retryable {
         DeliveryError::retryable(detail)
+    } else if sink_wide {
+        DeliveryError::sink_down(detail)
     } else {
         DeliveryError::permanent(detail)
     }
@@ -261,21 +286,45 @@ mod tests {
     }
 
     #[test]
-    fn credential_and_bucket_errors_are_permanent_and_say_what_to_do() {
+    fn credential_and_bucket_errors_are_sink_wide_and_say_what_to_do() {
         for (code, status) in [
             ("AccessDenied", 403),
             ("InvalidAccessKeyId", 403),
             ("SignatureDoesNotMatch", 403),
             ("NoSuchBucket", 404),
-            ("EntityTooSmall", 400),
+            ("PermanentRedirect", 301),
+            ("KMS.DisabledException", 400),
+            ("NotSignedUp", 403),
+            ("SomeNewRefusal", 403),
         ] {
             let e = err(code, status);
-            assert!(!e.is_retryable(), "{code}");
+            assert!(e.is_sink_wide(), "{code}");
             assert!(e.to_string().contains(code), "{e}");
         }
         assert!(err("NoSuchBucket", 404)
             .to_string()
             .contains("create the bucket"));
-        assert!(!classify("HEAD k", StatusCode::FORBIDDEN, "").is_retryable());
+        assert!(classify("HEAD k", StatusCode::FORBIDDEN, "").is_sink_wide());
+        assert!(classify("HEAD k", StatusCode::UNAUTHORIZED, "").is_sink_wide());
+    }
+
+    #[test]
+    fn message_specific_errors_stay_permanent() {
+        for (code, status) in [
+            ("EntityTooSmall", 400),
+            ("EntityTooLarge", 400),
+            ("BadDigest", 400),
+            ("InvalidDigest", 400),
+        ] {
+            let e = err(code, status);
+            assert!(!e.is_retryable() && !e.is_sink_wide(), "{code}");
+        }
+        assert!(!classify("PUT k", StatusCode::BAD_REQUEST, "").is_retryable());
+    }
+
+    #[test]
+    fn passing_trouble_is_not_sink_wide() {
+        assert!(!err("SlowDown", 503).is_sink_wide());
+        assert!(!classify("HEAD k", StatusCode::SERVICE_UNAVAILABLE, "").is_sink_wide());
     }
 }

@@ -50,6 +50,15 @@ fn meta_value(s: &str) -> String {
     out
 }
 
+/// S3 refuses a PUT whose user metadata passes 2 KB: a longer Message-ID (a hostile or broken
+/// header) is left out of the metadata rather than failing the message.
+const MAX_MESSAGE_ID_META: usize = 1024;
+
+/// The `x-amz-meta-message-id` value, when it fits.
+fn message_id_meta(message_id: &str) -> Option<String> {
+    Some(meta_value(message_id)).filter(|v| v.len() <= MAX_MESSAGE_ID_META)
+}
+
 impl S3Sink {
     /// Keys from the config, else the standard chain read from the environment now.
     pub fn new(name: impl Into<String>, settings: S3Settings) -> Result<Self, String> {
@@ -104,8 +113,8 @@ impl S3Sink {
             ("x-amz-meta-id", id.as_str().to_string()),
             ("x-amz-meta-sha256", message.sha256.clone()),
         ];
-        if let Some(m) = message_id {
-            headers.push(("x-amz-meta-message-id", meta_value(&m)));
+        if let Some(m) = message_id.as_deref().and_then(message_id_meta) {
+            headers.push(("x-amz-meta-message-id", m));
         }
         if let Some(sse) = s.sse {
             headers.push(("x-amz-server-side-encryption", sse.header_value().into()));
@@ -228,7 +237,10 @@ async fn content_sha256(svc: &Service, key: &str) -> Result<String, DeliveryErro
         .await?;
     let status = resp.status();
     if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
+        let body = crate::sink::http::read_capped(resp, crate::sink::http::BODY_CAP)
+            .await
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&body);
         return Err(classify(&format!("GET {key}"), status, &body));
     }
     let mut hash = Sha256::new();
@@ -279,7 +291,7 @@ impl Sink for S3Sink {
             .await?;
         match answer.status {
             s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(DeliveryError::permanent(format!(
+            StatusCode::NOT_FOUND => Err(DeliveryError::sink_down(format!(
                 "s3: bucket {} does not exist (create the bucket or fix `bucket`)",
                 self.service.settings.bucket
             ))),
@@ -297,5 +309,14 @@ mod tests {
         assert_eq!(meta_value("<a b@x>"), "<a%20b@x>");
         assert_eq!(meta_value("ventes-été"), "ventes-%C3%A9t%C3%A9");
         assert_eq!(meta_value("50%"), "50%25");
+    }
+
+    #[test]
+    fn an_oversized_message_id_is_left_out_of_the_metadata() {
+        assert_eq!(message_id_meta("m1@x").as_deref(), Some("m1@x"));
+        let head = format!("Message-ID: <{}@x>\r\n\r\n", "\u{e9}".repeat(3000));
+        let (_, mid) = super::super::key::header_fields(head.as_bytes());
+        assert!(mid.is_some());
+        assert_eq!(mid.as_deref().and_then(message_id_meta), None);
     }
 }

@@ -66,3 +66,31 @@ fn bad_s3_settings_are_clear_errors() {
         assert!(err.contains(want), "{extra}: {err}");
     }
 }
+
+#[test]
+fn plain_http_endpoint_off_this_machine_is_refused_unless_allowed() {
+    let err = load("    bucket: bbb\n    endpoint: http://minio.internal:9000\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sinks[archive]") && err.contains("allow_plaintext: true"),
+        "{err}"
+    );
+    let loaded = load(
+        "    bucket: bbb\n    endpoint: http://minio.internal:9000\n    allow_plaintext: true\n",
+    )
+    .unwrap();
+    assert!(
+        loaded.warnings.iter().any(|w| w
+            .starts_with("sinks[archive]: `endpoint` http://minio.internal:9000 is plain http")),
+        "{:?}",
+        loaded.warnings
+    );
+    let loaded = load("    bucket: bbb\n    endpoint: http://127.0.0.1:9000\n").unwrap();
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("unencrypted")),
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(load("    bucket: bbb\n").unwrap().warnings.is_empty());
+}

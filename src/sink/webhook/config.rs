@@ -63,6 +63,10 @@ pub struct WebhookSinkConfig {
     /// Verify the server certificate (default true). `false` is logged as a warning.
     #[serde(default)]
     pub tls_verify: Option<bool>,
+    /// Accept a plain `http://` url to a host other than this machine (default false): the
+    /// message, its signature and `headers` would cross the network unencrypted.
+    #[serde(default)]
+    pub allow_plaintext: Option<bool>,
 }
 
 /// One secret or a list of them.
@@ -110,6 +114,9 @@ pub struct WebhookSettings {
     pub tls_verify: bool,
 }
 
+/// Validated settings and what the operator should be warned about.
+pub type Validated = (WebhookSettings, Vec<String>);
+
 /// The HMAC key inside a `whsec_` secret.
 pub fn decode_secret(secret: &Secret) -> Result<Secret, String> {
     use base64::Engine;
@@ -129,12 +136,14 @@ pub fn decode_secret(secret: &Secret) -> Result<Secret, String> {
 
 impl WebhookSinkConfig {
     /// Validate; `base` is the config file's directory, for relative paths.
-    pub fn validate(self, base: &Path) -> Result<WebhookSettings, String> {
+    pub fn validate(self, base: &Path) -> Result<Validated, String> {
         let url = reqwest::Url::parse(self.url.as_str())
             .map_err(|e| format!("`url` is not a valid URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("`url` must be http or https, not {}", url.scheme()));
         }
+        let plaintext_warning =
+            crate::sink::http::check_plaintext(&url, "url", self.allow_plaintext.unwrap_or(false))?;
         let keys = self
             .secret
             .map(|s| s.0)
@@ -166,7 +175,7 @@ impl WebhookSinkConfig {
             (None, None) => None,
             _ => return Err("`client_cert` and `client_key` go together".into()),
         };
-        Ok(WebhookSettings {
+        let settings = WebhookSettings {
             url,
             format: self.format.unwrap_or_default(),
             keys,
@@ -178,6 +187,7 @@ impl WebhookSinkConfig {
             ca_file: self.ca_file.map(|p| resolve(base, &p)),
             client_identity,
             tls_verify: self.tls_verify.unwrap_or(true),
-        })
+        };
+        Ok((settings, plaintext_warning.into_iter().collect()))
     }
 }

@@ -20,7 +20,11 @@ pub fn build_client(s: &WebhookSettings) -> Result<reqwest::Client, String> {
         b = b.identity(id);
     }
     if !s.tls_verify {
-        tracing::warn!(url = %s.url, "TLS certificate verification is OFF for this webhook (tls_verify: false)");
+        // The origin only: the url's path or query may carry a token.
+        tracing::warn!(
+            endpoint = %crate::sink::http::origin(&s.url),
+            "TLS certificate verification is OFF for this webhook (tls_verify: false)"
+        );
         b = b.danger_accept_invalid_certs(true);
     }
     b.build()
@@ -36,6 +40,12 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
+
+/// Answers that say the endpoint itself is wrong, whatever the message: credentials (401,
+/// 403, 407), no such endpoint (404, 410), no POST there (405), a body type it never takes
+/// (415: ours depends on `format` alone). Retrying or dead-lettering each message cannot fix
+/// them; an operator must.
+const SINK_WIDE: &[u16] = &[401, 403, 404, 405, 407, 410, 415];
 
 /// What one HTTP answer means for the delivery.
 pub fn classify(
@@ -59,8 +69,13 @@ pub fn classify(
             retry_after: retry_after.and_then(|v| parse_retry_after(v, Utc::now())),
         })
     } else if status.is_redirection() {
-        Err(DeliveryError::permanent(format!(
+        // Every message would be sent to the same redirect: the `url` is what is wrong.
+        Err(DeliveryError::sink_down(format!(
             "{detail} (redirects are not followed: set `url` to the final address)"
+        )))
+    } else if SINK_WIDE.contains(&code) {
+        Err(DeliveryError::sink_down(format!(
+            "{detail} (the endpoint refuses every message: check `url` and `headers`)"
         )))
     } else {
         Err(DeliveryError::permanent(detail))
@@ -99,13 +114,31 @@ mod tests {
     }
 
     #[test]
-    fn other_client_errors_and_redirects_are_permanent() {
-        for code in [400u16, 401, 403, 404, 410, 413, 422, 301, 302] {
+    fn message_specific_client_errors_are_permanent() {
+        for code in [400u16, 409, 413, 422] {
             let s = StatusCode::from_u16(code).unwrap();
             let e = classify(s, None, "nope").unwrap_err();
-            assert!(!e.is_retryable(), "{code}");
+            assert!(!e.is_retryable() && !e.is_sink_wide(), "{code}");
             assert!(e.to_string().contains(&format!("HTTP {code}: nope")), "{e}");
         }
+    }
+
+    #[test]
+    fn auth_missing_endpoint_and_redirects_are_sink_wide() {
+        for code in [401u16, 403, 404, 405, 407, 410, 415, 301, 302, 307, 308] {
+            let s = StatusCode::from_u16(code).unwrap();
+            let e = classify(s, None, "nope").unwrap_err();
+            assert!(e.is_sink_wide() && e.is_retryable(), "{code}");
+            assert!(e.to_string().contains(&format!("HTTP {code}: nope")), "{e}");
+        }
+        let moved = classify(StatusCode::MOVED_PERMANENTLY, None, "").unwrap_err();
+        assert!(moved.to_string().contains("redirects"), "{moved}");
+    }
+
+    #[test]
+    fn passing_trouble_is_retryable_but_not_sink_wide() {
+        let e = classify(StatusCode::SERVICE_UNAVAILABLE, None, "").unwrap_err();
+        assert!(e.is_retryable() && !e.is_sink_wide());
     }
 
     #[test]

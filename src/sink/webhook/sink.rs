@@ -24,6 +24,9 @@ pub struct WebhookSink {
 /// Bodies up to this size are built and sent from memory; larger ones stream from disk.
 const IN_MEMORY_BODY: u64 = 1 << 20;
 
+/// How much of an error answer is kept (and read at all).
+const ERROR_SNIPPET: usize = 200;
+
 /// The request body: small ones in memory, large ones on disk (the raw spool file, or a JSON
 /// file removed when dropped), so memory stays bounded whatever the message size.
 enum Body {
@@ -243,14 +246,15 @@ impl Sink for WebhookSink {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        // A short, bounded piece of the answer, for the dead-letter record.
+        // A short piece of the answer, for the dead-letter record; only that much is read, so
+        // an endless or huge error body costs nothing.
         let snippet = if status.is_success() {
             String::new()
         } else {
-            let bytes = response.bytes().await.unwrap_or_default();
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                .trim()
-                .to_string()
+            let bytes = crate::sink::http::read_capped(response, ERROR_SNIPPET)
+                .await
+                .unwrap_or_default();
+            String::from_utf8_lossy(&bytes).trim().to_string()
         };
         drop(body);
         let code = classify(status, retry_after.as_deref(), &snippet)?;

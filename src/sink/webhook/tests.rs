@@ -61,3 +61,79 @@ fn bad_secret_and_url_are_clear_errors_without_the_value() {
     let err = load("    url: ftp://h/x\n").unwrap_err().to_string();
     assert!(err.contains("http or https"), "{err}");
 }
+
+#[test]
+fn plain_http_off_this_machine_is_refused_without_showing_the_path() {
+    let err = load("    url: http://hooks.example.com/t/sekrit-path?token=abc\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sinks[hook]"), "{err}");
+    assert!(err.contains("allow_plaintext: true"), "{err}");
+    assert!(err.contains("http://hooks.example.com"), "{err}");
+    assert!(
+        !err.contains("sekrit-path") && !err.contains("abc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_http_is_a_warning_on_loopback_or_when_allowed() {
+    let loaded = load("    url: http://hooks.example.com/x\n    allow_plaintext: true\n").unwrap();
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].starts_with("sinks[hook]: `url` http://hooks.example.com is plain http"),
+        "{:?}",
+        loaded.warnings
+    );
+    for url in [
+        "http://127.0.0.1:8080/x",
+        "http://localhost/x",
+        "http://[::1]/x",
+    ] {
+        let loaded = load(&format!("    url: {url}\n")).unwrap();
+        assert!(
+            loaded.warnings.iter().any(|w| w.contains("unencrypted")),
+            "{url}: {:?}",
+            loaded.warnings
+        );
+    }
+    assert!(load("    url: https://h/x\n").unwrap().warnings.is_empty());
+}
+
+#[test]
+fn tls_verify_off_logs_the_endpoint_without_path_or_query() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let loaded =
+        load("    url: https://hooks.example.com/t/sekrit-path?token=abc\n    tls_verify: false\n")
+            .unwrap();
+    let SinkKind::Webhook(w) = &loaded.config.sinks[0].kind else {
+        panic!("expected a webhook sink")
+    };
+    tracing::subscriber::with_default(subscriber, || {
+        super::service::build_client(w).unwrap();
+    });
+    let logged = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("tls_verify: false"), "{logged}");
+    assert!(logged.contains("https://hooks.example.com"), "{logged}");
+    assert!(
+        !logged.contains("sekrit-path") && !logged.contains("token"),
+        "{logged}"
+    );
+}
