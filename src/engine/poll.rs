@@ -83,6 +83,8 @@ pub struct PollReport {
     pub dead_lettered: usize,
     /// Dead-lettered (message, sink) pairs from earlier polls, still on the server.
     pub dead_earlier: usize,
+    /// Dead letters an operator dropped (`dlq drop`), still on the server; not a failure.
+    pub dropped_earlier: usize,
     /// (message, sink) pairs waiting for their next attempt time.
     pub waiting: usize,
     pub deleted: usize,
@@ -91,10 +93,13 @@ pub struct PollReport {
     pub failures: Vec<String>,
     /// The poll itself failed (login, network, state): its kind and message.
     pub error: Option<(String, String)>,
+    /// The server's CAPA LOGIN-DELAY: no new login before this much time has passed since this one.
+    pub login_delay: Option<std::time::Duration>,
 }
 
 impl PollReport {
-    /// Every listed message is in every sink (nothing failed, waits, or is dead-lettered).
+    /// Every listed message is in every sink (nothing failed, waits, or is dead-lettered);
+    /// dropped dead letters were given up on purpose and do not count.
     pub fn complete(&self) -> bool {
         self.error.is_none()
             && self.failures.is_empty()
@@ -204,6 +209,7 @@ async fn poll_inner(
     drop(listed);
     report.waiting = plan.waiting;
     report.dead_earlier = plan.dead;
+    report.dropped_earlier = plan.dropped;
 
     let Plan {
         mut fetch, delete, ..

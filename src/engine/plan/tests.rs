@@ -231,3 +231,34 @@ fn content_uidl_is_stable() {
         "sha256:0123456789abcdef"
     );
 }
+
+#[test]
+fn dropped_dead_letters_are_counted_apart_from_dead_ones() {
+    let k = map(vec![known(
+        "u1",
+        &[
+            (
+                "a",
+                DeliveryState::Dead {
+                    attempts: 3,
+                    error: "404".into(),
+                },
+            ),
+            (
+                "b",
+                DeliveryState::Dropped {
+                    error: "404".into(),
+                },
+            ),
+        ],
+    )]);
+    let p = plan(
+        &[listed(1, "u1")],
+        &k,
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
+    assert!(p.fetch.is_empty() && p.delete.is_empty());
+    assert_eq!((p.dead, p.dropped), (1, 1));
+}
