@@ -77,6 +77,7 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also log in to every POP3 server and run every sink's healthcheck (network access).
         #[arg(long)]
         connect: bool,
     },
@@ -265,10 +266,12 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
     let listen = config.http.listen;
     let app = App::build(config).await.context("cannot start")?;
     let shutdown = shutdown_token();
+    let health = Arc::new(popbridge::scheduler::Health::default());
     let readiness = Arc::new(Readiness {
         store: app.store.clone(),
         sinks: app.sinks.clone(),
         scheduler_running: AtomicBool::new(false),
+        mailboxes: health.clone(),
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -293,18 +296,37 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
         .mailboxes
         .iter()
         .map(|ctx| {
-            tokio::spawn(popbridge::scheduler::run_mailbox(
+            let name = ctx.mailbox.name.clone();
+            let (health, shutdown) = (health.clone(), shutdown.clone());
+            health.started(&name);
+            let task = tokio::spawn(popbridge::scheduler::run_mailbox(
                 ctx.clone(),
                 app.limiter.clone(),
                 shutdown.clone(),
                 on_report.clone(),
-            ))
+                health.clone(),
+            ));
+            // Watches the loop itself (polls are isolated inside it): an end before shutdown
+            // is a bug, shown by /readyz under the mailbox's name.
+            tokio::spawn(async move {
+                let why = match task.await {
+                    Ok(()) if shutdown.is_cancelled() => return,
+                    Ok(()) => "returned".to_string(),
+                    Err(e) if e.is_panic() => format!(
+                        "panicked: {}",
+                        popbridge::scheduler::panic_message(e.into_panic().as_ref())
+                    ),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(mailbox = %name, error = %why, "Mailbox task ended; this mailbox is no longer polled");
+                health.task_ended(&name, &why);
+            })
         })
         .collect();
     readiness.scheduler_running.store(true, Ordering::SeqCst);
     for t in tasks {
         if let Err(e) = t.await {
-            tracing::error!(error = %e, "Mailbox task failed");
+            tracing::error!(error = %e, "Mailbox watcher failed");
         }
     }
     readiness.scheduler_running.store(false, Ordering::SeqCst);
