@@ -296,31 +296,14 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
         .mailboxes
         .iter()
         .map(|ctx| {
-            let name = ctx.mailbox.name.clone();
-            let (health, shutdown) = (health.clone(), shutdown.clone());
-            health.started(&name);
-            let task = tokio::spawn(popbridge::scheduler::run_mailbox(
+            health.started(&ctx.mailbox.name);
+            tokio::spawn(popbridge::scheduler::supervise_mailbox(
                 ctx.clone(),
                 app.limiter.clone(),
                 shutdown.clone(),
                 on_report.clone(),
                 health.clone(),
-            ));
-            // Watches the loop itself (polls are isolated inside it): an end before shutdown
-            // is a bug, shown by /readyz under the mailbox's name.
-            tokio::spawn(async move {
-                let why = match task.await {
-                    Ok(()) if shutdown.is_cancelled() => return,
-                    Ok(()) => "returned".to_string(),
-                    Err(e) if e.is_panic() => format!(
-                        "panicked: {}",
-                        popbridge::scheduler::panic_message(e.into_panic().as_ref())
-                    ),
-                    Err(e) => e.to_string(),
-                };
-                tracing::error!(mailbox = %name, error = %why, "Mailbox task ended; this mailbox is no longer polled");
-                health.task_ended(&name, &why);
-            })
+            ))
         })
         .collect();
     readiness.scheduler_running.store(true, Ordering::SeqCst);

@@ -270,6 +270,47 @@ pub async fn run_mailbox(
     .await;
 }
 
+/// Runs [`run_mailbox`] in its own task and starts it again, with backoff, if it ends before
+/// shutdown (polls are isolated inside it, so that is a bug in the loop itself); meanwhile
+/// `/readyz` names the mailbox.
+pub async fn supervise_mailbox(
+    ctx: Arc<MailboxContext>,
+    limiter: Arc<Limiter>,
+    shutdown: CancellationToken,
+    on_report: Arc<dyn Fn(&PollReport) + Send + Sync>,
+    health: Arc<Health>,
+) {
+    let name = ctx.mailbox.name.clone();
+    let mut ends = 0u32;
+    loop {
+        let task = tokio::spawn(run_mailbox(
+            ctx.clone(),
+            limiter.clone(),
+            shutdown.clone(),
+            on_report.clone(),
+            health.clone(),
+        ));
+        let why = match task.await {
+            _ if shutdown.is_cancelled() => return,
+            Ok(()) => "returned".to_string(),
+            Err(e) if e.is_panic() => {
+                format!("panicked: {}", panic_message(e.into_panic().as_ref()))
+            }
+            Err(e) => e.to_string(),
+        };
+        ends += 1;
+        let wait = Policy::default().panic.after(ends);
+        tracing::error!(mailbox = %name, error = %why, restart_in_secs = wait.as_secs(),
+            "Mailbox task ended (a bug: please report it); restarting it");
+        crate::metrics::poll_panicked(&name);
+        health.task_ended(&name, &why);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// The loop itself, apart from how a poll is made (so tests can inject polls that fail,
 /// panic or ask for a LOGIN-DELAY).
 pub async fn drive<F, Fut>(
