@@ -159,22 +159,34 @@ impl App {
         }
     }
 
-    /// One pass over the given mailboxes, concurrently within the caps.
+    /// One pass over the given mailboxes, concurrently within the caps. Each poll runs in its
+    /// own task, so a panic fails that mailbox's report, not the whole run.
     pub async fn run_once(
         &self,
         mailboxes: &[Arc<MailboxContext>],
         shutdown: &CancellationToken,
     ) -> Vec<PollReport> {
         let polls = mailboxes.iter().map(|ctx| {
-            let limiter = self.limiter.clone();
+            let (ctx, limiter, shutdown) = (ctx.clone(), self.limiter.clone(), shutdown.clone());
             async move {
-                poll_limited(ctx, &limiter, shutdown)
-                    .await
-                    .unwrap_or_else(|| PollReport {
-                        mailbox: ctx.mailbox.name.clone(),
-                        error: Some(("shutdown".into(), "stopped before the poll began".into())),
-                        ..Default::default()
-                    })
+                let name = ctx.mailbox.name.clone();
+                let task = tokio::spawn(async move { poll_limited(&ctx, &limiter, &shutdown).await });
+                let failed = |kind: &str, message: String| PollReport {
+                    mailbox: name.clone(),
+                    error: Some((kind.into(), message)),
+                    ..Default::default()
+                };
+                match task.await {
+                    Ok(Some(report)) => report,
+                    Ok(None) => failed("shutdown", "stopped before the poll began".into()),
+                    Err(e) if e.is_panic() => {
+                        let message = crate::scheduler::panic_message(e.into_panic().as_ref());
+                        tracing::error!(mailbox = %name, error = %message, "Poll panicked (a bug: please report it)");
+                        crate::metrics::poll_panicked(&name);
+                        failed("panic", format!("poll panicked: {message}"))
+                    }
+                    Err(e) => failed("panic", e.to_string()),
+                }
             }
         });
         futures_util::future::join_all(polls).await

@@ -81,6 +81,7 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also log in to every POP3 server and run every sink's healthcheck (network access).
         #[arg(long)]
         connect: bool,
     },
@@ -286,10 +287,12 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
     let listen = config.http.listen;
     let app = App::build(config).await.context("cannot start")?;
     let shutdown = shutdown_token();
+    let health = Arc::new(popbridge::scheduler::Health::default());
     let readiness = Arc::new(Readiness {
         store: app.store.clone(),
         sinks: app.sinks.clone(),
         scheduler_running: AtomicBool::new(false),
+        mailboxes: health.clone(),
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -314,18 +317,20 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
         .mailboxes
         .iter()
         .map(|ctx| {
-            tokio::spawn(popbridge::scheduler::run_mailbox(
+            health.started(&ctx.mailbox.name);
+            tokio::spawn(popbridge::scheduler::supervise_mailbox(
                 ctx.clone(),
                 app.limiter.clone(),
                 shutdown.clone(),
                 on_report.clone(),
+                health.clone(),
             ))
         })
         .collect();
     readiness.scheduler_running.store(true, Ordering::SeqCst);
     for t in tasks {
         if let Err(e) = t.await {
-            tracing::error!(error = %e, "Mailbox task failed");
+            tracing::error!(error = %e, "Mailbox watcher failed");
         }
     }
     readiness.scheduler_running.store(false, Ordering::SeqCst);

@@ -27,6 +27,8 @@ pub struct Metrics {
     retrieval_dead: IntCounterVec,
     uidl_reused: IntCounterVec,
     without_quit: IntCounterVec,
+    backoff: GaugeVec,
+    panics: IntCounterVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -161,6 +163,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "POP3 sessions ended without QUIT because a retrieved message was not in every sink.",
             &["mailbox"],
         )?,
+        backoff: gauge(
+            "popbridge_poll_backoff_seconds",
+            "Wait before the next poll forced by repeated auth/TLS failures; 0 when not backing off.",
+            &["mailbox"],
+        )?,
+        panics: counter(
+            "popbridge_poll_panics_total",
+            "Polls that panicked (a bug); the mailbox is retried with backoff.",
+            &["mailbox"],
+        )?,
         registry,
     })
 }
@@ -252,6 +264,22 @@ pub fn certificate_expiry(mailbox: &str, not_after_unix: i64) {
     }
 }
 
+/// The scheduler backs off (or stops backing off, with zero) after auth/TLS failures.
+pub fn poll_backoff(mailbox: &str, wait: Duration) {
+    if let Some(m) = get() {
+        m.backoff
+            .with_label_values(&[mailbox])
+            .set(wait.as_secs_f64());
+    }
+}
+
+/// A poll panicked.
+pub fn poll_panicked(mailbox: &str) {
+    if let Some(m) = get() {
+        m.panics.with_label_values(&[mailbox]).inc();
+    }
+}
+
 /// The text exposition format, for `/metrics`.
 pub fn render() -> String {
     let Some(m) = get() else { return String::new() };
@@ -285,6 +313,8 @@ mod tests {
             Duration::from_millis(20),
         );
         delivery_backlog("alice", "archive", 1, 2);
+        poll_backoff("alice", Duration::from_secs(120));
+        poll_panicked("alice");
         let text = render();
         for name in [
             "popbridge_build_info",
@@ -297,6 +327,8 @@ mod tests {
             "popbridge_poll_duration_seconds_bucket",
             "popbridge_delivery_duration_seconds_bucket",
             "popbridge_last_successful_poll_timestamp_seconds{mailbox=\"alice\"}",
+            "popbridge_poll_backoff_seconds{mailbox=\"alice\"} 120",
+            "popbridge_poll_panics_total{mailbox=\"alice\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -1,14 +1,22 @@
 //! When each mailbox is polled: one tokio task per mailbox (so never two polls of the same
 //! mailbox at once), an interval or a 5-field cron (croner) plus random jitter, a global cap on
 //! polls at once and a cap on connections per POP3 server.
+//!
+//! Each poll runs in its own task, so a panic ends that poll only; the mailbox is retried with
+//! backoff and [`Health`] tells `/readyz`. Auth and TLS failures back off exponentially (a wrong
+//! password polled every minute locks accounts and trips fail2ban), and the server's
+//! LOGIN-DELAY is honoured whatever the schedule says.
 
 use crate::config::Schedule;
 use crate::engine::poll::{poll, MailboxContext, PollReport};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Caps shared by every poll.
@@ -35,18 +43,19 @@ impl Limiter {
         }
     }
 
-    /// Wait for a global slot and a slot on `server`.
+    /// Wait for a slot on `server`, then for a global slot. In that order: a poll waiting for
+    /// its busy server must not sit on a global slot that a poll of another server could use.
     pub async fn acquire(&self, server: &str) -> Vec<OwnedSemaphorePermit> {
         let mut permits = Vec::with_capacity(2);
-        if let Ok(p) = self.global.clone().acquire_owned().await {
-            permits.push(p);
-        }
         let sem = self
             .per_server
             .get(server)
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(self.per_server_cap)));
         if let Ok(p) = sem.acquire_owned().await {
+            permits.push(p);
+        }
+        if let Ok(p) = self.global.clone().acquire_owned().await {
             permits.push(p);
         }
         permits
@@ -111,25 +120,298 @@ pub async fn poll_limited(
     Some(poll(ctx, shutdown).await)
 }
 
+/// Exponential backoff: `base × 2^(failures-1)`, at most `cap`.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The wait after `failures` failures in a row (0 for none).
+    pub fn after(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32 << failures.saturating_sub(1).min(20);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// How the loop of a mailbox reacts to failures.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// After a rejected login or a TLS failure (needs a human; retrying often locks accounts).
+    pub auth: Backoff,
+    /// After a poll panicked (a bug; retried in case it was a one-off).
+    pub panic: Backoff,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            auth: Backoff {
+                base: Duration::from_secs(60),
+                cap: Duration::from_secs(3600),
+            },
+            panic: Backoff {
+                base: Duration::from_secs(5),
+                cap: Duration::from_secs(600),
+            },
+        }
+    }
+}
+
+/// Whether each mailbox's loop is alive, for `/readyz`.
+#[derive(Default)]
+pub struct Health {
+    mailboxes: std::sync::Mutex<BTreeMap<String, MailboxHealth>>,
+}
+
+/// One mailbox's loop, as `/readyz` shows it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MailboxHealth {
+    /// Its last poll panicked (it is retried with backoff).
+    pub panicking: bool,
+    pub consecutive_panics: u32,
+    /// Its task ended while the service runs: it is not polled any more.
+    pub task_ended: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl MailboxHealth {
+    pub fn ok(&self) -> bool {
+        !self.panicking && !self.task_ended
+    }
+}
+
+impl Health {
+    fn update(&self, mailbox: &str, f: impl FnOnce(&mut MailboxHealth)) {
+        // A panic elsewhere while holding the lock leaves the map usable.
+        let mut map = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(map.entry(mailbox.to_string()).or_default());
+    }
+
+    /// A mailbox's loop started (listed as healthy from then on).
+    pub fn started(&self, mailbox: &str) {
+        self.update(mailbox, |h| *h = MailboxHealth::default());
+    }
+
+    fn poll_returned(&self, mailbox: &str) {
+        self.update(mailbox, |h| {
+            h.panicking = false;
+            h.consecutive_panics = 0;
+            h.error = None;
+        });
+    }
+
+    fn poll_panicked(&self, mailbox: &str, message: &str) {
+        self.update(mailbox, |h| {
+            h.panicking = true;
+            h.consecutive_panics += 1;
+            h.error = Some(format!("poll panicked: {message}"));
+        });
+    }
+
+    /// The mailbox's task ended before shutdown: it will not be polled again.
+    pub fn task_ended(&self, mailbox: &str, why: &str) {
+        self.update(mailbox, |h| {
+            h.task_ended = true;
+            h.error = Some(format!("task ended: {why}"));
+        });
+    }
+
+    /// Every mailbox with its state, by name.
+    pub fn snapshot(&self) -> BTreeMap<String, MailboxHealth> {
+        self.mailboxes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// The text of a panic payload, for the log and `/readyz`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into())
+}
+
 /// The daemon loop of one mailbox, until `shutdown`. `on_report` sees every poll's report.
 pub async fn run_mailbox(
     ctx: Arc<MailboxContext>,
     limiter: Arc<Limiter>,
     shutdown: CancellationToken,
     on_report: Arc<dyn Fn(&PollReport) + Send + Sync>,
+    health: Arc<Health>,
 ) {
-    let mut previous: Option<DateTime<Utc>> = None;
+    let name = ctx.mailbox.name.clone();
+    let schedule = ctx.mailbox.schedule.clone();
+    let token = shutdown.clone();
+    let poll_once = move || {
+        let (ctx, limiter, token) = (ctx.clone(), limiter.clone(), token.clone());
+        async move { poll_limited(&ctx, &limiter, &token).await }
+    };
+    drive(
+        &name,
+        &schedule,
+        Policy::default(),
+        &shutdown,
+        poll_once,
+        on_report.as_ref(),
+        &health,
+    )
+    .await;
+}
+
+/// Runs [`run_mailbox`] in its own task and starts it again, with backoff, if it ends before
+/// shutdown (polls are isolated inside it, so that is a bug in the loop itself); meanwhile
+/// `/readyz` names the mailbox.
+pub async fn supervise_mailbox(
+    ctx: Arc<MailboxContext>,
+    limiter: Arc<Limiter>,
+    shutdown: CancellationToken,
+    on_report: Arc<dyn Fn(&PollReport) + Send + Sync>,
+    health: Arc<Health>,
+) {
+    let name = ctx.mailbox.name.clone();
+    let mut ends = 0u32;
     loop {
-        let delay = next_delay(&ctx.mailbox.schedule, previous, Utc::now());
+        let task = tokio::spawn(run_mailbox(
+            ctx.clone(),
+            limiter.clone(),
+            shutdown.clone(),
+            on_report.clone(),
+            health.clone(),
+        ));
+        let why = match task.await {
+            _ if shutdown.is_cancelled() => return,
+            Ok(()) => "returned".to_string(),
+            Err(e) if e.is_panic() => {
+                format!("panicked: {}", panic_message(e.into_panic().as_ref()))
+            }
+            Err(e) => e.to_string(),
+        };
+        ends += 1;
+        let wait = Policy::default().panic.after(ends);
+        tracing::error!(mailbox = %name, error = %why, restart_in_secs = wait.as_secs(),
+            "Mailbox task ended (a bug: please report it); restarting it");
+        crate::metrics::poll_panicked(&name);
+        health.task_ended(&name, &why);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The loop itself, apart from how a poll is made (so tests can inject polls that fail,
+/// panic or ask for a LOGIN-DELAY).
+pub async fn drive<F, Fut>(
+    name: &str,
+    schedule: &Schedule,
+    policy: Policy,
+    shutdown: &CancellationToken,
+    mut poll_once: F,
+    on_report: &(dyn Fn(&PollReport) + Send + Sync),
+    health: &Health,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<PollReport>> + Send + 'static,
+{
+    health.started(name);
+    let mut previous: Option<DateTime<Utc>> = None;
+    // The earliest start of the next poll (backoff, LOGIN-DELAY), whatever the schedule says.
+    let mut not_before: Option<(Instant, &'static str)> = None;
+    let (mut auth_failures, mut panics) = (0u32, 0u32);
+    loop {
+        let mut delay = next_delay(schedule, previous, Utc::now());
+        if let Some((at, why)) = not_before {
+            let wait = at.saturating_duration_since(Instant::now());
+            if wait > delay {
+                tracing::debug!(
+                    mailbox = name,
+                    wait_secs = wait.as_secs_f64(),
+                    reason = why,
+                    "Waiting longer than the schedule says"
+                );
+                delay = wait;
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return,
         }
         previous = Some(Utc::now());
-        let Some(report) = poll_limited(&ctx, &limiter, &shutdown).await else {
-            return;
-        };
-        on_report(&report);
+        let started = Instant::now();
+        not_before = None;
+        // Its own task: a panic ends this poll, not the mailbox's loop.
+        match tokio::spawn(poll_once()).await {
+            Ok(None) => return,
+            Ok(Some(report)) => {
+                panics = 0;
+                health.poll_returned(name);
+                on_report(&report);
+                let auth_kind = report
+                    .error
+                    .as_ref()
+                    .map(|(kind, _)| kind.as_str())
+                    .filter(|k| matches!(*k, "auth" | "tls"));
+                match auth_kind {
+                    Some(kind) => {
+                        auth_failures += 1;
+                        let wait = policy.auth.after(auth_failures);
+                        not_before = Some((started + wait, "backoff after auth/TLS failures"));
+                        let next_try = previous.map(|p| p + wait).unwrap_or_else(Utc::now);
+                        crate::metrics::poll_backoff(name, wait);
+                        if auth_failures == 1 {
+                            tracing::error!(mailbox = name, kind, next_try = %next_try.to_rfc3339(),
+                                "Login or TLS failed; fix the credentials or TLS settings (popbridge check --connect). Backing off while it fails, up to {}s between tries",
+                                policy.auth.cap.as_secs());
+                        } else {
+                            tracing::warn!(mailbox = name, kind, failures = auth_failures, next_try = %next_try.to_rfc3339(),
+                                "Login or TLS still failing; backing off");
+                        }
+                    }
+                    None => {
+                        if auth_failures > 0 {
+                            tracing::info!(
+                                mailbox = name,
+                                failures = auth_failures,
+                                "Login works again; back to the schedule"
+                            );
+                            crate::metrics::poll_backoff(name, Duration::ZERO);
+                        }
+                        auth_failures = 0;
+                    }
+                }
+                if let Some(d) = report.login_delay {
+                    let at = started + d;
+                    if not_before.is_none_or(|(t, _)| at > t) {
+                        not_before = Some((at, "server LOGIN-DELAY"));
+                    }
+                }
+            }
+            Err(e) => {
+                if !e.is_panic() {
+                    return;
+                }
+                panics += 1;
+                let message = panic_message(e.into_panic().as_ref());
+                let wait = policy.panic.after(panics);
+                tracing::error!(mailbox = name, panics, retry_in_secs = wait.as_secs(), error = %message,
+                    "Poll panicked (a bug: please report it); retrying the mailbox with backoff");
+                crate::metrics::poll_panicked(name);
+                health.poll_panicked(name, &message);
+                not_before = Some((started + wait, "backoff after a panic"));
+            }
+        }
         if shutdown.is_cancelled() {
             return;
         }
@@ -137,66 +419,4 @@ pub async fn run_mailbox(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_polls_at_once_then_every_interval() {
-        let s = Schedule::Every {
-            interval: Duration::from_secs(60),
-            jitter: Duration::ZERO,
-        };
-        let now = Utc::now();
-        assert_eq!(next_delay(&s, None, now), Duration::ZERO);
-        let d = next_delay(&s, Some(now - chrono::Duration::seconds(15)), now);
-        assert_eq!(d, Duration::from_secs(45));
-        // A poll that took longer than the interval is followed at once.
-        assert_eq!(
-            next_delay(&s, Some(now - chrono::Duration::seconds(600)), now),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn jitter_stays_within_bounds() {
-        let s = Schedule::Every {
-            interval: Duration::from_secs(60),
-            jitter: Duration::from_secs(5),
-        };
-        for _ in 0..100 {
-            let d = next_delay(&s, None, Utc::now());
-            assert!(d <= Duration::from_secs(5), "{d:?}");
-        }
-    }
-
-    #[test]
-    fn cron_waits_for_the_next_match() {
-        let cron = croner::Cron::new("*/5 * * * *").parse().unwrap();
-        let s = Schedule::Cron {
-            expression: "*/5 * * * *".into(),
-            cron: Box::new(cron),
-            jitter: Duration::ZERO,
-        };
-        let now = DateTime::parse_from_rfc3339("2026-11-22T10:02:30Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(next_delay(&s, None, now), Duration::from_secs(150));
-    }
-
-    #[tokio::test]
-    async fn per_server_cap_holds_back_a_second_connection() {
-        let limiter = Arc::new(Limiter::new(10, 1, ["a:110", "b:110"]));
-        let held = limiter.acquire("a:110").await;
-        // Another server is not held back...
-        let other =
-            tokio::time::timeout(Duration::from_millis(200), limiter.acquire("b:110")).await;
-        assert!(other.is_ok());
-        // ...the same server is, until the first poll ends.
-        let l2 = limiter.clone();
-        let waiter = tokio::spawn(async move { l2.acquire("a:110").await.len() });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiter.is_finished());
-        drop(held);
-        assert_eq!(waiter.await.unwrap(), 2);
-    }
-}
+mod tests;

@@ -1,7 +1,9 @@
 //! The daemon's HTTP endpoints: `/healthz` (the process answers) and `/readyz` (state store
-//! reachable, scheduler running, every sink's healthcheck passing), `/metrics` (Prometheus).
+//! reachable, scheduler running, every mailbox's loop alive and not panicking, every sink's
+//! healthcheck passing), `/metrics` (Prometheus).
 
 use crate::engine::deliver::SinkHandle;
+use crate::scheduler::Health;
 use crate::store::Store;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +18,8 @@ pub struct Readiness {
     pub store: Arc<dyn Store>,
     pub sinks: Vec<SinkHandle>,
     pub scheduler_running: AtomicBool,
+    /// Per mailbox: a dead or panicking mailbox makes the service not ready, by name.
+    pub mailboxes: Arc<Health>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +51,11 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, Json<Report>) {
             error: None,
         },
     ];
+    checks.extend(r.mailboxes.snapshot().into_iter().map(|(name, h)| Check {
+        name: format!("mailbox:{name}"),
+        ok: h.ok(),
+        error: h.error,
+    }));
     let store = tokio::time::timeout(CHECK_TIMEOUT, r.store.ping()).await;
     checks.push(Check {
         name: "state".into(),
@@ -96,4 +105,54 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
             }),
         )
         .with_state(readiness)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    async fn serve(readiness: Arc<Readiness>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(readiness)).await });
+        format!("http://{addr}/readyz")
+    }
+
+    #[tokio::test]
+    async fn readyz_names_a_mailbox_whose_task_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("s.db"))
+            .await
+            .unwrap();
+        let health = Arc::new(Health::default());
+        health.started("alice");
+        health.started("bob");
+        let url = serve(Arc::new(Readiness {
+            store: Arc::new(store),
+            sinks: Vec::new(),
+            scheduler_running: AtomicBool::new(true),
+            mailboxes: health.clone(),
+        }))
+        .await;
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        health.task_ended("bob", "panicked: boom");
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let bob = body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "mailbox:bob")
+            .unwrap();
+        assert_eq!(bob["ok"], false);
+        assert!(bob["error"].as_str().unwrap().contains("boom"), "{body}");
+        assert!(body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "mailbox:alice" && c["ok"] == true));
+    }
 }

@@ -46,6 +46,13 @@ pub fn table(reports: &[PollReport]) -> String {
                 r.mailbox, r.dead_earlier
             );
         }
+        if r.dropped_earlier > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} dropped dead letter(s) keep messages on the server (given up with `dlq drop`)",
+                r.mailbox, r.dropped_earlier
+            );
+        }
         if r.waiting > 0 {
             let _ = writeln!(
                 out,
@@ -90,5 +97,25 @@ mod tests {
         assert!(t.contains("FAILED (auth)"), "{t}");
         assert!(t.contains("bob: u1 -> hook: will retry: HTTP 503"), "{t}");
         assert!(t.contains("carol: login refused"), "{t}");
+    }
+
+    #[test]
+    fn dropped_dead_letters_leave_the_run_complete_but_dead_ones_do_not() {
+        let dropped = PollReport {
+            mailbox: "alice".into(),
+            listed: 1,
+            dropped_earlier: 1,
+            ..Default::default()
+        };
+        assert!(dropped.complete());
+        let t = table(&[dropped]);
+        assert!(t.lines().nth(1).unwrap().ends_with("ok"), "{t}");
+        assert!(t.contains("alice: 1 dropped dead letter(s)"), "{t}");
+        let dead = PollReport {
+            mailbox: "bob".into(),
+            dead_earlier: 1,
+            ..Default::default()
+        };
+        assert!(!dead.complete());
     }
 }

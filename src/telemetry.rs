@@ -1,6 +1,7 @@
 //! Logging: one style, structured fields plus a short capitalised message, to stderr, as text
 //! for people or JSON for machines.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +16,10 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        ))
         .with_target(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -26,4 +31,22 @@ pub fn init(format: LogFormat, level: &str) {
     };
     // Already initialised (tests): keep the first.
     drop(result);
+}
+
+/// Colour only for a person at a terminal: escape codes in a file, journald or a log
+/// collector are noise. `NO_COLOR` (non-empty) turns it off everywhere.
+fn colour(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, false));
+        assert!(!colour(false, false));
+        assert!(!colour(true, true));
+    }
 }

@@ -1,7 +1,9 @@
 //! One TLS client setup for every protocol (POP3 now, the IMAP sink later): system trust store,
 //! plus an optional private CA, with certificate checks on unless the config explicitly turns them off.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why a TLS connector could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,31 @@ pub fn connector(
     // Build once now so a broken setup fails at startup, not at the first connection.
     builder.build().map_err(TlsError::Build)?;
     Ok(async_native_tls::TlsConnector::from(builder))
+}
+
+/// The connector for this TLS setup, built at its first use and shared after that: a poll
+/// does not read and parse the CA file again (nor log the `danger_accept_invalid_certs`
+/// warning again). A changed `ca_file` is picked up at restart.
+pub fn shared_connector(
+    ca_file: Option<&Path>,
+    danger_accept_invalid_certs: bool,
+) -> Result<Arc<async_native_tls::TlsConnector>, TlsError> {
+    type Key = (Option<PathBuf>, bool);
+    static BUILT: OnceLock<Mutex<HashMap<Key, Arc<async_native_tls::TlsConnector>>>> =
+        OnceLock::new();
+    let key = (ca_file.map(Path::to_path_buf), danger_accept_invalid_certs);
+    let cache = BUILT.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(c.clone());
+    }
+    // Built outside the lock (it reads a file); a concurrent first build just loses the race.
+    let built = Arc::new(connector(ca_file, danger_accept_invalid_certs)?);
+    Ok(cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert(built)
+        .clone())
 }
 
 /// Every certificate of a PEM bundle; native-tls only parses one block at a time.
@@ -112,6 +139,22 @@ mod tests {
     fn reports_missing_ca_file() {
         let err = connector(Some(Path::new("/nonexistent/ca.pem")), false).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"));
+    }
+
+    #[test]
+    fn a_shared_connector_is_built_once_per_setup() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        // Any parsable certificate will do: borrow one from the system store.
+        let system = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+        let end = system.find(END).unwrap() + END.len();
+        std::fs::write(&ca, &system[system.find(BEGIN).unwrap()..end]).unwrap();
+        let first = shared_connector(Some(&ca), false).unwrap();
+        // Not read again: gone from disk, the second poll still gets its connector.
+        std::fs::remove_file(&ca).unwrap();
+        let second = shared_connector(Some(&ca), false).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(shared_connector(Some(&ca), true).is_err());
     }
 
     #[test]

@@ -201,3 +201,41 @@ fn promtool_check(metrics: &str) {
         "promtool check metrics:\n{text}"
     );
 }
+
+#[test]
+fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the poll fails and logs an error line.
+    let cfg = write_config(dir.path(), free_port(), free_port(), "./mail/{mailbox}");
+    let out = Command::new(env!("CARGO_BIN_EXE_popbridge"))
+        .args(["once", "-c"])
+        .arg(&cfg)
+        .args(["--log-format", "text"])
+        .env("DAEMON_TEST_PASSWORD", "s3cret-daemon-pw")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("Poll failed"), "{logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "ANSI escape codes in piped logs:\n{logs:?}"
+    );
+}
+
+#[test]
+fn check_help_explains_connect() {
+    let out = Command::new(env!("CARGO_BIN_EXE_popbridge"))
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("--connect"))
+        .unwrap_or_else(|| panic!("no --connect in\n{help}"));
+    assert!(
+        line.contains("log in"),
+        "--connect has no help text:\n{help}"
+    );
+}

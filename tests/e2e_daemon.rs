@@ -85,3 +85,53 @@ fn run_delivers_on_schedule_serves_health_and_stops_on_sigterm() {
     let all: Vec<Vec<u8>> = first.into_iter().chain(later).collect();
     assert_exactly_once(&all, &bridge.delivered("daemon"));
 }
+
+/// The body of `GET path`, or `None` if nothing answers.
+fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response.split_once("\r\n\r\n")?.1.to_string())
+}
+
+#[test]
+fn a_wrong_password_is_not_polled_again_every_interval_but_backs_off() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("lockout");
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mailbox = Mailbox {
+        every: "1s",
+        password: Some("not-the-password"),
+        ..Mailbox::new("lockout", &user)
+    };
+    let bridge = Bridge::with_http(dc, &[mailbox], Some(addr));
+    let mut child = bridge.spawn(&["run"]);
+    wait_for("the backoff in /metrics", &mut child, || {
+        http_body(addr, "/metrics")
+            .is_some_and(|m| m.contains(r#"popbridge_poll_backoff_seconds{mailbox="lockout"} 60"#))
+    });
+    // Four intervals later, still one failed login on the server, not five.
+    std::thread::sleep(Duration::from_secs(4));
+    let failed = dc
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("({},", user.name)) && l.contains("Password mismatch"))
+        .count();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        failed, 1,
+        "logins with a wrong password were retried every interval"
+    );
+}

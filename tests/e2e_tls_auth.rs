@@ -153,3 +153,102 @@ fn no_password_in_debug_and_json_logs() {
     assert!(check.ok(), "{}", check.output());
     assert_exactly_once(&messages, &bridge.delivered("secret"));
 }
+
+fn client(
+    dc: &Dovecot,
+    user: &common::User,
+    tls: popbridge::pop3::TlsMode,
+    port: u16,
+) -> popbridge::pop3::ClientConfig {
+    popbridge::pop3::ClientConfig {
+        host: "localhost".into(),
+        port,
+        tls,
+        username: user.name.clone(),
+        secret: popbridge::secret::Secret::new(user.password.clone()),
+        password_file: None,
+        auth: popbridge::pop3::AuthMethod::Auto,
+        ca_file: Some(dc.ca_file.clone()),
+        danger_accept_invalid_certs: false,
+        allow_plaintext_auth: true,
+        timeout: std::time::Duration::from_secs(10),
+        max_line_length: 8192,
+        max_message_bytes: 1 << 20,
+        pipeline_window: 4,
+    }
+}
+
+#[tokio::test]
+async fn password_file_is_read_again_at_each_login() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("pwfile");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{}\n", user.password)).unwrap();
+    let cfg = popbridge::pop3::ClientConfig {
+        // What the config loaded at startup; the file is what counts at each login.
+        secret: popbridge::secret::Secret::new(user.password.clone()),
+        password_file: Some(file.clone()),
+        ..client(dc, &user, popbridge::pop3::TlsMode::StartTls, dc.pop3_port)
+    };
+    popbridge::pop3::connect(&cfg)
+        .await
+        .unwrap()
+        .quit()
+        .await
+        .unwrap();
+    // Rotated to a value the server does not know: the next login uses it.
+    std::fs::write(&file, "rotated-but-wrong\n").unwrap();
+    let err = popbridge::pop3::connect(&cfg).await.err().unwrap();
+    assert_eq!(err.kind(), popbridge::pop3::ErrorKind::Auth, "{err}");
+    // Gone: a clear error naming the file, not a login with the stale password.
+    std::fs::remove_file(&file).unwrap();
+    let err = popbridge::pop3::connect(&cfg).await.err().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("password_file") && text.contains(&file.display().to_string()),
+        "{text}"
+    );
+    assert!(!text.contains(&user.password));
+}
+
+#[tokio::test]
+async fn implicit_tls_on_a_plain_port_suggests_starttls_or_the_pop3s_port() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("wrongport");
+    let cfg = client(dc, &user, popbridge::pop3::TlsMode::Implicit, dc.pop3_port);
+    let err = popbridge::pop3::connect(&cfg).await.err().unwrap();
+    let text = err.to_string();
+    assert_eq!(err.kind(), popbridge::pop3::ErrorKind::Tls);
+    assert!(
+        text.contains("tls: starttls") && text.contains("995"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_tls_connector_is_built_once_not_at_every_poll() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("tlsonce");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(&dc.ca_file, &ca).unwrap();
+    let cfg = popbridge::pop3::ClientConfig {
+        ca_file: Some(ca.clone()),
+        ..client(dc, &user, popbridge::pop3::TlsMode::Implicit, dc.pop3s_port)
+    };
+    popbridge::pop3::connect(&cfg)
+        .await
+        .unwrap()
+        .quit()
+        .await
+        .unwrap();
+    // A rebuilt connector would read the CA file again and fail now.
+    std::fs::remove_file(&ca).unwrap();
+    popbridge::pop3::connect(&cfg)
+        .await
+        .unwrap()
+        .quit()
+        .await
+        .unwrap();
+}

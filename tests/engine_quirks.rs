@@ -49,6 +49,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
                 tls: TlsMode::None,
                 username: "alice".into(),
                 secret: Secret::new("pw"),
+                password_file: None,
                 auth: AuthMethod::User,
                 ca_file: None,
                 danger_accept_invalid_certs: false,

@@ -115,6 +115,7 @@ fn config(port: u16) -> ClientConfig {
         tls: TlsMode::None,
         username: "alice".into(),
         secret: Secret::new(PASSWORD),
+        password_file: None,
         auth: AuthMethod::Auto,
         ca_file: None,
         danger_accept_invalid_certs: false,

@@ -416,6 +416,10 @@ impl Validator<'_> {
             RawAuth::Plain => AuthMethod::Plain,
             RawAuth::Xoauth2 => AuthMethod::XOAuth2,
         };
+        let password_file = raw
+            .password_file
+            .as_ref()
+            .map(|f| resolve(self.base, f.as_str()));
         let secret = self.secret(&at, raw.password, raw.password_file);
         let allow_plaintext_auth = raw.allow_plaintext_auth.unwrap_or(false);
         if tls == TlsMode::None && !allow_plaintext_auth {
@@ -467,6 +471,7 @@ impl Validator<'_> {
             tls,
             username,
             secret: secret?,
+            password_file,
             auth,
             ca_file: raw.ca_file.map(|p| resolve(self.base, p.as_str())),
             danger_accept_invalid_certs: !tls_verify,

@@ -107,11 +107,14 @@ pub struct Plan {
     pub listed: Vec<String>,
     /// Deliveries waiting for their next attempt time.
     pub waiting: usize,
-    /// Deliveries dead-lettered (or dropped): their messages stay on the server.
+    /// Deliveries dead-lettered: their messages stay on the server until an operator acts.
     pub dead: usize,
     /// Messages not fetched because their RETR broke the connection too often (dead letters
     /// under the pseudo-sink `(retrieval)`): `(msgno, uidl)`.
     pub unretrievable: Vec<(u32, String)>,
+    /// Dead letters an operator dropped (`dlq drop`): still on the server, but given up on
+    /// purpose, so they do not make a poll incomplete.
+    pub dropped: usize,
 }
 
 /// Sinks of `sinks` that still need this message now.
@@ -126,7 +129,9 @@ pub fn pending_sinks(
         match known.and_then(|m| m.deliveries.get(sink)) {
             None => pending.push(sink.clone()),
             Some(DeliveryState::Delivered { .. }) => {}
-            Some(DeliveryState::Dead { .. } | DeliveryState::Dropped { .. }) => dead += 1,
+            Some(DeliveryState::Dead { .. }) => dead += 1,
+            // Given up on by the operator: neither pending nor a failure (see `dropped_sinks`).
+            Some(DeliveryState::Dropped { .. }) => {}
             Some(DeliveryState::Pending {
                 next_attempt_at, ..
             }) => match next_attempt_at {
@@ -136,6 +141,19 @@ pub fn pending_sinks(
         }
     }
     (pending, waiting, dead)
+}
+
+/// How many of `sinks` an operator dropped for this message (`dlq drop`).
+pub fn dropped_sinks(known: Option<&KnownMessage>, sinks: &[String]) -> usize {
+    sinks
+        .iter()
+        .filter(|s| {
+            matches!(
+                known.and_then(|m| m.deliveries.get(*s)),
+                Some(DeliveryState::Dropped { .. })
+            )
+        })
+        .count()
 }
 
 /// True when every sink holds the message and the policy says it may go.
@@ -214,6 +232,10 @@ pub fn plan(
                 out.unretrievable.push((l.msgno, uidl.clone()));
                 continue;
             }
+            Some(f) if f.dropped => {
+                out.dropped += 1;
+                continue;
+            }
             Some(f) => f.failures,
             None => 0,
         };
@@ -253,6 +275,7 @@ pub fn plan(
         let (pending, waiting, dead) = pending_sinks(Some(k), sinks, now);
         out.waiting += waiting;
         out.dead += dead;
+        out.dropped += dropped_sinks(Some(k), sinks);
         if !pending.is_empty() {
             out.fetch.push(item(pending, Prior::Plain));
         } else if deletable(k, sinks, policy, now) {

@@ -105,6 +105,8 @@ pub struct PollReport {
     pub dead_lettered: usize,
     /// Dead-lettered (message, sink) pairs from earlier polls, still on the server.
     pub dead_earlier: usize,
+    /// Dead letters an operator dropped (`dlq drop`), still on the server; not a failure.
+    pub dropped_earlier: usize,
     /// (message, sink) pairs waiting for their next attempt time.
     pub waiting: usize,
     pub deleted: usize,
@@ -122,7 +124,8 @@ pub struct PollReport {
 }
 
 impl PollReport {
-    /// Every listed message is in every sink (nothing failed, waits, or is dead-lettered).
+    /// Every listed message is in every sink (nothing failed, waits, or is dead-lettered);
+    /// dropped dead letters were given up on purpose and do not count.
     pub fn complete(&self) -> bool {
         self.error.is_none()
             && self.failures.is_empty()
@@ -283,6 +286,7 @@ async fn poll_inner(
     prune(ctx, now).await;
     report.waiting = plan.waiting;
     report.dead_earlier = plan.dead + plan.unretrievable.len();
+    report.dropped_earlier = plan.dropped;
     for (msgno, uidl) in &plan.unretrievable {
         report.failures.push(format!(
             "message {msgno} ({uidl}) is not retrieved: its RETR broke the connection {} times (dead letter under {}; `dlq retry` tries again)",

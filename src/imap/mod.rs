@@ -55,7 +55,7 @@ pub enum ImapError {
         server: String,
         during: &'static str,
     },
-    #[error("IMAP server {server}: TLS failed: {detail}")]
+    #[error("IMAP server {server}: TLS failed: {detail}; check the certificate, `ca_file` and the host name (and that the port speaks TLS: `tls: starttls` on 143, `tls: implicit` on 993)")]
     Tls { server: String, detail: String },
     #[error("IMAP server {server}: refusing to send a password without TLS (set allow_plaintext_auth: true to allow it)")]
     Plaintext { server: String },

@@ -38,6 +38,9 @@ pub struct ClientConfig {
     pub username: String,
     /// Password, or the OAuth2 access token for `AuthMethod::XOAuth2`.
     pub secret: Secret,
+    /// Where `secret` came from, read again at each login so a rotated password or a refreshed
+    /// token (a Kubernetes Secret mounted as a file) is used without a restart.
+    pub password_file: Option<PathBuf>,
     pub auth: AuthMethod,
     /// Extra CA bundle (PEM) to trust, for private CAs.
     pub ca_file: Option<PathBuf>,

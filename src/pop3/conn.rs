@@ -127,7 +127,9 @@ impl Conn {
             broken: false,
         };
         if let Some(connector) = tls {
-            conn.handshake(connector, &cfg.host).await?;
+            conn.handshake(connector, &cfg.host)
+                .await
+                .map_err(plain_port_hint)?;
         }
         Ok(conn)
     }
@@ -341,6 +343,19 @@ impl Conn {
     /// Closes the write side politely; errors do not matter any more.
     pub(crate) async fn shutdown(mut self) {
         let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
+    }
+}
+
+/// Implicit TLS against a plain port gets a plain-text greeting back, which OpenSSL reports
+/// only as "wrong version number": say what that means.
+fn plain_port_hint(e: Pop3Error) -> Pop3Error {
+    match e {
+        Pop3Error::TlsHandshake { server, source }
+            if source.to_string().contains("wrong version number") =>
+        {
+            Pop3Error::TlsOnPlainPort { server, source }
+        }
+        other => other,
     }
 }
 

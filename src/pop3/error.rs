@@ -67,6 +67,12 @@ pub enum Pop3Error {
         #[source]
         source: native_tls::Error,
     },
+    #[error("TLS handshake with POP3 server {server} failed: {source}; the port answered without TLS: use `tls: starttls` on a plain POP3 port (110), or the POP3S port (995) for `tls: implicit`")]
+    TlsOnPlainPort {
+        server: String,
+        #[source]
+        source: native_tls::Error,
+    },
     #[error("refusing to send credentials to POP3 server {server} without TLS; use `tls: starttls` or `tls: implicit`, or set `allow_plaintext_auth` on a trusted network")]
     PlaintextRefused { server: String },
     #[error("POP3 server {server} does not advertise STLS; refusing to continue without TLS (use `tls: implicit` on port 995, or fix the server)")]
@@ -80,6 +86,13 @@ pub enum Pop3Error {
         server: String,
         code: CodeText,
         message: String,
+    },
+    #[error("cannot read the password for POP3 server {server} from {path} (`password_file`): {source}; the file is read at each login, check that it is still there (rotated Secret, unmounted volume)")]
+    PasswordFile {
+        server: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("POP3 server {server} cannot authenticate with {mechanism}: {reason}; choose another `auth` method")]
     AuthUnavailable {
@@ -137,11 +150,14 @@ impl Pop3Error {
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::TlsSetup { .. }
             | Self::TlsHandshake { .. }
+            | Self::TlsOnPlainPort { .. }
             | Self::PlaintextRefused { .. }
             | Self::StlsNotAdvertised { .. }
             | Self::StlsRefused { .. }
             | Self::StlsInjection { .. } => ErrorKind::Tls,
-            Self::AuthFailed { .. } | Self::AuthUnavailable { .. } => ErrorKind::Auth,
+            Self::AuthFailed { .. } | Self::AuthUnavailable { .. } | Self::PasswordFile { .. } => {
+                ErrorKind::Auth
+            }
             Self::Temporary { .. } => ErrorKind::Temporary,
             Self::Refused { .. } | Self::Protocol { .. } => ErrorKind::Protocol,
             Self::Spool { .. } => ErrorKind::Spool,

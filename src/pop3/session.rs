@@ -7,6 +7,7 @@ use super::error::Pop3Error;
 use super::op;
 use super::response::{Capabilities, Status};
 use super::{ClientConfig, TlsMode};
+use crate::secret::Secret;
 
 /// Greeted, TLS in place as configured, credentials not sent yet.
 pub struct Authorization {
@@ -36,14 +37,19 @@ impl Authorization {
         let connector = match cfg.tls {
             TlsMode::None => None,
             TlsMode::Implicit | TlsMode::StartTls => Some(
-                crate::tls::connector(cfg.ca_file.as_deref(), cfg.danger_accept_invalid_certs)
-                    .map_err(|source| Pop3Error::TlsSetup {
-                        server: cfg.server(),
-                        source,
-                    })?,
+                crate::tls::shared_connector(
+                    cfg.ca_file.as_deref(),
+                    cfg.danger_accept_invalid_certs,
+                )
+                .map_err(|source| Pop3Error::TlsSetup {
+                    server: cfg.server(),
+                    source,
+                })?,
             ),
         };
-        let implicit = connector.as_ref().filter(|_| cfg.tls == TlsMode::Implicit);
+        let implicit = connector
+            .as_deref()
+            .filter(|_| cfg.tls == TlsMode::Implicit);
         let mut conn = Conn::open(cfg, implicit).await?;
         let greeting = conn.read_status("greeting").await?;
         if greeting.status != Status::Ok {
@@ -70,6 +76,17 @@ impl Authorization {
 
     /// Authenticates as configured; on success the mailbox is locked for this session.
     pub async fn login(mut self, cfg: &ClientConfig) -> Result<Transaction, Pop3Error> {
+        let fresh;
+        let cfg = match read_password_file(cfg).await? {
+            Some(secret) => {
+                fresh = ClientConfig {
+                    secret,
+                    ..cfg.clone()
+                };
+                &fresh
+            }
+            None => cfg,
+        };
         op::auth::authenticate(&mut self.conn, &self.caps, self.apop_stamp.as_deref(), cfg).await?;
         // Capabilities may change after login (RFC 2449); keep the old ones if CAPA fails.
         let after = op::capa::capa(&mut self.conn).await?;
@@ -106,6 +123,22 @@ impl Transaction {
     pub fn certificate_expiry(&self) -> Option<i64> {
         self.conn.cert_not_after
     }
+}
+
+/// The current content of `password_file`, if the config names one (one trailing newline
+/// trimmed, as at startup).
+async fn read_password_file(cfg: &ClientConfig) -> Result<Option<Secret>, Pop3Error> {
+    let Some(path) = &cfg.password_file else {
+        return Ok(None);
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| Pop3Error::PasswordFile {
+            server: cfg.server(),
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
 }
 
 /// The `<...>` part of a greeting, if any (RFC 1939 section 7).

@@ -111,8 +111,10 @@ impl KnownMessage {
 pub struct RetrievalFailure {
     pub failures: u32,
     pub last_error: String,
-    /// Skipped by polls: a dead letter until `dlq retry` (or dropped by `dlq drop`).
+    /// Skipped by polls: a dead letter until `dlq retry`.
     pub dead: bool,
+    /// Skipped by polls for good: an operator gave up on it (`dlq drop`).
+    pub dropped: bool,
 }
 
 /// The pseudo-sink under which a message that cannot be retrieved is dead-lettered.

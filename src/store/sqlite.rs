@@ -702,7 +702,8 @@ fn failure_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RetrievalFailure, S
     Ok(RetrievalFailure {
         failures: to_u32(row.try_get("failures")?),
         last_error: row.try_get("last_error")?,
-        dead: status != "failing",
+        dead: status == "dead",
+        dropped: status == "dropped",
     })
 }
 

@@ -353,6 +353,7 @@ fn a_message_that_breaks_retrieval_goes_last_and_is_skipped_once_dead() {
         failures: 1,
         last_error: "reset".into(),
         dead: false,
+        dropped: false,
     };
     let failures: HashMap<String, RetrievalFailure> = [("u1".to_string(), failing.clone())].into();
     let l = [listed(1, "u1"), listed(2, "u2"), listed(3, "u3")];
@@ -386,4 +387,34 @@ fn a_message_that_breaks_retrieval_goes_last_and_is_skipped_once_dead() {
     );
     assert_eq!(p.fetch.len(), 2);
     assert_eq!(p.unretrievable, vec![(1, "u1".to_string())]);
+}
+#[test]
+fn dropped_dead_letters_are_counted_apart_from_dead_ones() {
+    let k = map(vec![known(
+        "u1",
+        &[
+            (
+                "a",
+                DeliveryState::Dead {
+                    attempts: 3,
+                    error: "404".into(),
+                },
+            ),
+            (
+                "b",
+                DeliveryState::Dropped {
+                    error: "404".into(),
+                },
+            ),
+        ],
+    )]);
+    let p = plan(
+        &[listed(1, "u1")],
+        &k,
+        &sinks(),
+        DeletePolicy::AfterDelivery,
+        NOW,
+    );
+    assert!(p.fetch.is_empty() && p.delete.is_empty());
+    assert_eq!((p.dead, p.dropped), (1, 1));
 }

@@ -241,6 +241,7 @@ mod tests {
             tls: TlsMode::None,
             username: "user".into(),
             secret: Secret::new("hunter2-long-password"),
+            password_file: None,
             auth: AuthMethod::Plain,
             ca_file: None,
             danger_accept_invalid_certs: false,
