@@ -94,11 +94,11 @@ impl App {
             .sinks
             .iter()
             .map(|s| {
-                Ok(SinkHandle {
-                    name: s.name.clone(),
-                    sink: build_sink(s)?,
-                    retry: s.retry.clone(),
-                })
+                Ok(SinkHandle::new(
+                    s.name.clone(),
+                    build_sink(s)?,
+                    s.retry.clone(),
+                ))
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
         let mut mailboxes = Vec::new();

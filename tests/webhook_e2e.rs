@@ -68,9 +68,13 @@ async fn kill_9_with_a_flaky_receiver_loses_nothing_and_deletes_only_after_2xx()
         .map(|m| {
             (
                 m.uidl.clone(),
-                popbridge::key::IdempotencyKey::derive("inbox", &m.uidl)
-                    .as_str()
-                    .to_string(),
+                popbridge::key::IdempotencyKey::derive_content(
+                    "inbox",
+                    &m.uidl,
+                    &popbridge::content::fingerprint(&m.body),
+                )
+                .as_str()
+                .to_string(),
             )
         })
         .collect();

@@ -292,16 +292,16 @@ async fn a_refusing_endpoint_leaves_the_message_pending_not_dead() {
         Reply::Status(401, None),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let handle = SinkHandle {
-        name: "hook".into(),
-        sink: Arc::new(WebhookSink::new("hook", settings(&rx.url, Format::Raw)).unwrap()),
-        retry: popbridge::config::RetryPolicy {
+    let handle = SinkHandle::new(
+        "hook",
+        Arc::new(WebhookSink::new("hook", settings(&rx.url, Format::Raw)).unwrap()),
+        popbridge::config::RetryPolicy {
             attempts_per_poll: 2,
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
             window: Duration::from_secs(3600),
         },
-    };
+    );
     let m = spool(dir.path(), "m", b"Subject: x\r\n\r\nbody\r\n");
     let outcome = deliver_to_sink(
         &handle,
@@ -315,5 +315,10 @@ async fn a_refusing_endpoint_leaves_the_message_pending_not_dead() {
         OutcomeResult::Retry { error, .. } => assert!(error.contains("HTTP 401"), "{error}"),
         other => panic!("expected a retry later, got {other:?}"),
     }
-    assert_eq!(outcome.attempts_made, 2);
+    // A sink-wide refusal is not retried within the poll: the circuit opens instead.
+    assert_eq!(outcome.attempts_made, 1);
+    assert!(handle
+        .circuit
+        .open_until(popbridge::store::now_millis())
+        .is_some());
 }

@@ -8,7 +8,8 @@ use crate::key::IdempotencyKey;
 use crate::metrics;
 use crate::sink::{DeliveryError, Sink, SpooledMessage};
 use crate::store::{Millis, Outcome, OutcomeResult};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,83 @@ pub struct SinkHandle {
     pub name: String,
     pub sink: Arc<dyn Sink>,
     pub retry: RetryPolicy,
+    /// Shared by every mailbox that uses the sink.
+    pub circuit: Arc<Circuit>,
+}
+
+impl SinkHandle {
+    pub fn new(name: impl Into<String>, sink: Arc<dyn Sink>, retry: RetryPolicy) -> Self {
+        Self {
+            name: name.into(),
+            sink,
+            retry,
+            circuit: Arc::default(),
+        }
+    }
+}
+
+/// Consecutive transport failures (no answer, 5xx…) after which a sink counts as down.
+const TRIP_AFTER: u32 = 5;
+/// How long a sink stays down after its first trip; doubled per further trip.
+const COOLDOWN_MS: i64 = 30_000;
+const MAX_COOLDOWN_MS: i64 = 15 * 60_000;
+
+/// A circuit breaker per sink. A sink-wide answer (wrong credentials, a missing bucket or
+/// endpoint), or a run of transport failures, opens it: until the cool-down ends no delivery
+/// is attempted and no message is fetched only for that sink, so a poll neither spends its
+/// retries nor downloads the mailbox again for a sink that cannot take anything. Messages
+/// wait as pending, never dead-lettered for the sink's fault. After the cool-down one
+/// delivery goes through (half-open): success closes the circuit, another failure doubles
+/// the cool-down.
+#[derive(Debug, Default)]
+pub struct Circuit {
+    open_until: AtomicI64,
+    failures: AtomicU32,
+    trips: AtomicU32,
+    last_error: Mutex<String>,
+}
+
+impl Circuit {
+    /// When the circuit closes again, if it is open at `now`.
+    pub fn open_until(&self, now: Millis) -> Option<Millis> {
+        let t = self.open_until.load(Ordering::Relaxed);
+        (t > now).then_some(t)
+    }
+
+    /// Why it opened.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.trips.store(0, Ordering::Relaxed);
+        self.open_until.store(0, Ordering::Relaxed);
+    }
+
+    /// A message-specific refusal: the sink answered, so it is up.
+    fn answered(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Returns the time until which the circuit is now open, if this failure opened it.
+    fn failure(&self, sink_wide: bool, error: &str, now: Millis) -> Option<Millis> {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if !sink_wide && n < TRIP_AFTER {
+            return None;
+        }
+        let trips = self.trips.fetch_add(1, Ordering::Relaxed).min(10);
+        let cooldown = COOLDOWN_MS.saturating_mul(1 << trips).min(MAX_COOLDOWN_MS);
+        let until = now.saturating_add(cooldown);
+        self.open_until.fetch_max(until, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = error.to_string();
+        }
+        Some(until)
+    }
 }
 
 /// Backoff before attempt `n + 1` after `n` failures: exponential from `initial_backoff`, capped
@@ -53,20 +131,52 @@ pub async fn deliver_to_sink(
     let clock = std::time::Instant::now();
     let started = crate::store::now_millis();
     let first = first_attempt_at.unwrap_or(started);
+    if handle.circuit.open_until(started).is_some() {
+        // The sink is down for everyone: do not knock, keep the message pending. The circuit
+        // lives in this process only: the stored retry time stays "now", so a fresh run
+        // (`once` after the operator fixed the sink) tries at once.
+        return Outcome {
+            mailbox: message.mailbox.clone(),
+            uidl: message.uidl.clone(),
+            sink: handle.name.clone(),
+            attempts_made: 0,
+            at: started,
+            result: OutcomeResult::Retry {
+                error: format!(
+                    "sink is down, not tried until its circuit closes: {}",
+                    handle.circuit.last_error()
+                ),
+                next_attempt_at: started,
+            },
+        };
+    }
     let mut attempts = 0u32;
     let result = loop {
         attempts += 1;
         let (text, retry_after) = match handle.sink.deliver(message, key).await {
-            Ok(receipt) => break OutcomeResult::Delivered(receipt),
+            Ok(receipt) => {
+                handle.circuit.success();
+                break OutcomeResult::Delivered(receipt);
+            }
             Err(DeliveryError::Permanent { message }) => {
-                break OutcomeResult::Dead { error: message }
+                handle.circuit.answered();
+                break OutcomeResult::Dead { error: message };
+            }
+            Err(DeliveryError::SinkDown { message: text }) => {
+                // Not this message's fault: no retry now, and never a dead letter for it.
+                let now = crate::store::now_millis();
+                let until = handle.circuit.failure(true, &text, now).unwrap_or(now);
+                tracing::warn!(sink = %handle.name, error = %text, until_ms = until,
+                    "Sink refuses every message (configuration or credentials?); pausing deliveries to it");
+                break OutcomeResult::Retry {
+                    error: text,
+                    next_attempt_at: now.saturating_add(millis(backoff(policy, attempts, None))),
+                };
             }
             Err(DeliveryError::Retryable {
                 message,
                 retry_after,
             }) => (message, retry_after),
-            // The sink's fault, not the message's: never dead-lettered on sight.
-            Err(DeliveryError::SinkDown { message }) => (message, None),
         };
         let now = crate::store::now_millis();
         let delay = backoff(policy, attempts, retry_after);
@@ -76,6 +186,14 @@ pub async fn deliver_to_sink(
                     "gave up after the retry window of {}s: {text}",
                     policy.window.as_secs()
                 ),
+            };
+        }
+        if let Some(until) = handle.circuit.failure(false, &text, now) {
+            tracing::warn!(sink = %handle.name, error = %text, until_ms = until,
+                "Sink failing for every message in a row; pausing deliveries to it");
+            break OutcomeResult::Retry {
+                error: text,
+                next_attempt_at: now.saturating_add(millis(delay)),
             };
         }
         if attempts >= policy.attempts_per_poll || shutdown.is_cancelled() {

@@ -298,6 +298,7 @@ async fn poll_inner(
     let Plan {
         mut fetch, delete, ..
     } = plan;
+    skip_sinks_that_are_down(ctx, &mut fetch, report);
     // Too large to fetch: reported every poll (never skipped in silence), kept on the server.
     let cap = ctx.mailbox.pop3.max_message_bytes;
     fetch.retain(|f| {
@@ -390,6 +391,45 @@ async fn poll_inner(
         return Ok(());
     }
     delete_and_quit(ctx, session, to_delete, report).await
+}
+
+/// Messages are not downloaded for a sink whose circuit is open (see `deliver::Circuit`):
+/// they wait, counted as waiting, until it closes. Messages that must be compared by content
+/// are fetched anyway (their sinks are decided after the fetch).
+fn skip_sinks_that_are_down(
+    ctx: &MailboxContext,
+    fetch: &mut Vec<FetchItem>,
+    report: &mut PollReport,
+) {
+    let now = crate::store::now_millis();
+    let down: Vec<&str> = ctx
+        .sinks
+        .iter()
+        .filter(|h| h.circuit.open_until(now).is_some())
+        .map(|h| h.name.as_str())
+        .collect();
+    if down.is_empty() {
+        return;
+    }
+    let before = fetch.len();
+    let mut waiting = 0;
+    fetch.retain_mut(|f| {
+        if f.prior != Prior::Plain || !matches!(f.identity, Identity::Uidl(_)) {
+            return true;
+        }
+        let n = f.sinks.len();
+        f.sinks.retain(|s| !down.contains(&s.as_str()));
+        waiting += n - f.sinks.len();
+        !f.sinks.is_empty()
+    });
+    report.waiting += waiting;
+    let text = format!(
+        "sink(s) {} down: {} message(s) wait on the server for them, not fetched this poll",
+        down.join(", "),
+        before - fetch.len()
+    );
+    tracing::warn!(mailbox = %ctx.mailbox.name, "{text}");
+    report.warnings.push(text);
 }
 
 /// Prune the mailbox's history now and then.

@@ -52,11 +52,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn handle(sink: Arc<Scripted>, retry: RetryPolicy) -> SinkHandle {
-    SinkHandle {
-        name: "s".into(),
-        sink,
-        retry,
-    }
+    SinkHandle::new("s", sink, retry)
 }
 
 fn message() -> SpooledMessage {
@@ -160,4 +156,51 @@ fn backoff_grows_is_capped_and_honours_retry_after() {
         backoff(&p, 1, Some(Duration::from_secs(3600))),
         Duration::from_secs(1)
     );
+}
+
+#[tokio::test]
+async fn a_sink_wide_refusal_opens_the_circuit_and_never_dead_letters() {
+    let s = Scripted::new(vec![
+        Err(DeliveryError::sink_down("HTTP 401")),
+        Ok(Receipt::new("never reached")),
+    ]);
+    // Even past the retry window: the sink's fault is not the message's.
+    let h = handle(s.clone(), policy());
+    let key = IdempotencyKey::derive("alice", "u1");
+    let long_ago = Some(crate::store::now_millis() - 10 * 3600 * 1000);
+    let token = CancellationToken::new();
+    let o = deliver_to_sink(&h, &message(), &key, long_ago, &token).await;
+    match &o.result {
+        OutcomeResult::Retry { error, .. } => assert_eq!(error, "HTTP 401"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        o.attempts_made, 1,
+        "no in-poll retries against a sink that refuses all"
+    );
+    let until = h.circuit.open_until(crate::store::now_millis()).unwrap();
+    assert!(until >= crate::store::now_millis() + 20_000, "{until}");
+    // The next message does not knock at all while the circuit is open.
+    let o = deliver_to_sink(&h, &message(), &key, None, &token).await;
+    assert!(matches!(o.result, OutcomeResult::Retry { .. }), "{o:?}");
+    assert_eq!(o.attempts_made, 0);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert!(h.circuit.open_until(crate::store::now_millis()).is_some());
+}
+
+#[tokio::test]
+async fn a_run_of_transport_failures_trips_the_circuit_and_success_closes_it() {
+    let c = Circuit::default();
+    for i in 1..TRIP_AFTER {
+        assert_eq!(c.failure(false, "timeout", 1_000), None, "failure {i}");
+    }
+    let until = c.failure(false, "timeout", 1_000).unwrap();
+    assert_eq!(until, 1_000 + COOLDOWN_MS);
+    assert_eq!(c.open_until(1_000), Some(until));
+    assert_eq!(c.open_until(until), None, "half-open after the cool-down");
+    // Failing again when half-open doubles the cool-down.
+    assert_eq!(c.failure(true, "401", until), Some(until + 2 * COOLDOWN_MS));
+    c.success();
+    assert_eq!(c.open_until(until), None);
+    assert_eq!(c.failure(false, "timeout", until), None);
 }
