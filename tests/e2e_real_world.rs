@@ -1,0 +1,132 @@
+//! The promise on a real Dovecot in the situations its defaults never produce: a server that
+//! reuses UIDLs after rebuilding its index, and two popbridge processes on one state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod common;
+
+use common::{assert_exactly_once, mail, Bridge, Mailbox};
+
+/// Dovecot with `pop3_uidl_format = %u` names messages by IMAP UID alone. When its index is
+/// rebuilt (here: `dovecot-uidlist` and the index files removed, as after a restore or a
+/// corruption) UIDs start again at 1, so the UIDLs of messages we delivered and deleted name
+/// new messages. They must be fetched and delivered, never deleted unread.
+#[test]
+fn uidls_reused_after_an_index_rebuild_are_new_messages() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user_with("reuse", "pop3_uidl_format=%u");
+    // The same sizes in both rounds, so only the UIDL history tells them apart.
+    let round = |tag: &str| -> Vec<Vec<u8>> {
+        (0..3)
+            .map(|i| {
+                format!(
+                    "Message-ID: <{tag}-{i}@example.org>\r\nSubject: {tag} {i}\r\n\r\nbody {i}\r\n"
+                )
+                .into_bytes()
+            })
+            .collect()
+    };
+    let first = round("first");
+    dc.seed(&user, &first);
+    let bridge = Bridge::new(
+        dc,
+        &[Mailbox {
+            delete: "after_delivery",
+            ..Mailbox::new("reuse", &user)
+        }],
+    );
+    let run = bridge.once();
+    assert!(run.ok(), "{}", run.output());
+    assert!(dc.list_server_messages(&user).is_empty());
+
+    // The index is lost; new mail arrives and gets UIDs 1, 2, 3 again.
+    for entry in std::fs::read_dir(&user.maildir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("dovecot") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let second = round("secnd");
+    dc.seed(&user, &second);
+    let run = bridge.once();
+    assert!(run.ok(), "{}", run.output());
+    assert!(
+        run.stderr.contains("reuses UIDLs"),
+        "the reuse is reported:\n{}",
+        run.output()
+    );
+    let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
+    assert_exactly_once(&all, &bridge.delivered("reuse"));
+    assert!(
+        dc.list_server_messages(&user).is_empty(),
+        "deleted after delivery, not before"
+    );
+}
+
+/// A `once` started while another popbridge polls with the same state (cron next to the
+/// daemon, or two overlapping cron runs) refuses clearly instead of emptying the other's
+/// spool and delivering the same messages a second time.
+#[test]
+fn a_second_process_on_the_same_state_is_refused_clearly() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("twice");
+    let messages = mail::corpus("twice", 4);
+    dc.seed(&user, &messages);
+    let bridge = Bridge::new(dc, &[Mailbox::new("twice", &user)]);
+    let mut daemon = bridge.spawn(&["run"]);
+    // The daemon holds the lock once it has started; wait for its first poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bridge.delivered("twice").len() < messages.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not deliver"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = bridge.once();
+    assert_eq!(run.code, Some(3), "{}", run.output());
+    assert!(
+        run.stderr.contains("another popbridge process")
+            && run.stderr.contains(&format!("pid {}", daemon.id())),
+        "{}",
+        run.output()
+    );
+    // With --wait-lock it waits for the daemon to stop, then runs.
+    let waiter = {
+        let config = bridge.config.clone();
+        let dir = bridge.dir.path().to_path_buf();
+        let env: Vec<(String, String)> = vec![("PB_TEST_PASS_TWICE".into(), user.password.clone())];
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
+                .args(["once", "--wait-lock", "30s", "-c"])
+                .arg(config)
+                .current_dir(dir)
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !waiter.is_finished(),
+        "--wait-lock must wait while the daemon runs"
+    );
+    sigterm(daemon.id());
+    daemon.wait().unwrap();
+    let out = waiter.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exactly_once(&messages, &bridge.delivered("twice"));
+}
+
+fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
