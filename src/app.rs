@@ -191,4 +191,9 @@ impl App {
         });
         futures_util::future::join_all(polls).await
     }
+
+    /// End of a run: every sink closes its connections politely (IMAP LOGOUT).
+    pub async fn close_sinks(&self) {
+        futures_util::future::join_all(self.sinks.iter().map(|h| h.sink.close())).await;
+    }
 }

@@ -268,6 +268,7 @@ async fn once(
             .collect(),
     );
     let reports = app.run_once(&selected, &shutdown).await;
+    app.close_sinks().await;
     if let Some(r) = renderer {
         r.finish().await;
     }
@@ -334,6 +335,7 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
         }
     }
     readiness.scheduler_running.store(false, Ordering::SeqCst);
+    app.close_sinks().await;
     shutdown.cancel();
     match server.await {
         Ok(Ok(())) => {}
@@ -358,8 +360,9 @@ async fn check(config: popbridge::config::Config, connect: bool) -> anyhow::Resu
     for m in &config.mailboxes {
         match popbridge::pop3::connect(&m.pop3).await {
             Ok(session) => {
+                let notes = server_notes(session.capabilities());
                 let _ = session.quit().await;
-                println!("mailbox {} ({}): login ok", m.name, m.pop3.server());
+                println!("mailbox {} ({}): login ok{notes}", m.name, m.pop3.server());
             }
             Err(e) => {
                 failed = true;
@@ -381,6 +384,29 @@ async fn check(config: popbridge::config::Config, connect: bool) -> anyhow::Resu
         }
     }
     Ok(if failed { exit::INCOMPLETE } else { exit::OK })
+}
+
+/// What the server says about itself that changes how popbridge behaves (RFC 2449).
+fn server_notes(caps: &popbridge::pop3::Capabilities) -> String {
+    let mut notes = Vec::new();
+    match caps.expire() {
+        Some(Some(0)) => notes.push(
+            "EXPIRE 0: the server removes retrieved messages when a session ends with QUIT \
+             (popbridge ends a session without QUIT while a sink lacks a retrieved message)"
+                .to_string(),
+        ),
+        Some(Some(days)) => notes.push(format!(
+            "EXPIRE {days}: the server removes messages {days} days after they were retrieved"
+        )),
+        Some(None) | None => {}
+    }
+    if let Some(delay) = caps.login_delay() {
+        notes.push(format!(
+            "LOGIN-DELAY {}s: polls of this mailbox are at least that far apart",
+            delay.as_secs()
+        ));
+    }
+    notes.iter().map(|n| format!("\n  note: {n}")).collect()
 }
 
 async fn open_store(path: &Path) -> Result<popbridge::store::SqliteStore, u8> {

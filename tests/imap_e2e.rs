@@ -425,3 +425,28 @@ async fn an_idle_session_closed_for_another_account_logs_out_at_dovecot() {
     let line = ended(&dc.log()).expect("Dovecot logged the end of the first session");
     assert!(line.contains("Logged out"), "{line}");
 }
+
+/// `once` ends its IMAP sessions with LOGOUT, not by dropping the connection.
+#[test]
+fn a_run_logs_out_of_the_target_at_its_end() {
+    let dc = dovecot_or_skip!();
+    let (_src, dst, bridge, _messages, extra) = one_mailbox(dc, "imbye", 2);
+    let env = [("DST_IMAP", dst.password.as_str())];
+    bridge.replace_sinks(&imap_sink(dc, dc.imap_port, "INBOX", &extra));
+    let run = bridge.run_with_env(&["once"], &env);
+    assert!(run.ok(), "{}", run.output());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let ended = || {
+        dc.log()
+            .lines()
+            .filter(|l| l.contains(&format!("imap({})", dst.name)) && !l.contains("Login"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    while ended().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = ended();
+    assert!(!lines.is_empty(), "Dovecot logged the end of the session");
+    assert!(lines.iter().all(|l| l.contains("Logged out")), "{lines:#?}");
+}

@@ -134,6 +134,9 @@ pub trait Sink: Send + Sync {
 
     /// Cheap check that the sink can accept messages now (`/readyz`, `check --connect`).
     async fn healthcheck(&self) -> Result<(), DeliveryError>;
+
+    /// End of the run: close connections politely (IMAP LOGOUT). Nothing is lost without it.
+    async fn close(&self) {}
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl ImapSink {
 
     /// Logs out of every open session, for the end of a run: the target server then logs a
     /// clean LOGOUT, not a dropped connection.
-    pub async fn close(&self) {
+    pub async fn close_sessions(&self) {
         let slots: Vec<Slot> = match self.sessions.lock() {
             Ok(mut sessions) => sessions.drain().map(|(_, slot)| slot).collect(),
             Err(_) => return,
@@ -254,6 +254,10 @@ fn classify(e: ImapError) -> DeliveryError {
 impl Sink for ImapSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    async fn close(&self) {
+        self.close_sessions().await;
     }
 
     async fn deliver(
