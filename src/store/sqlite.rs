@@ -572,28 +572,15 @@ impl Store for SqliteStore {
         sink: Option<&str>,
     ) -> Result<u64, StoreError> {
         // A fresh retry window: the first attempt is forgotten, the history stays in attempts.
-        let r = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, first_attempt_at = NULL
-              WHERE status IN ('dead', 'dropped') AND mailbox = ?1
-                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR sink = ?3)",
-        )
-        .bind(mailbox)
-        .bind(uidl)
-        .bind(sink)
-        .execute(&self.pool)
-        .await?;
         // A message that could not be retrieved gets a fresh count of tries.
-        let f = sqlx::query(
-            "DELETE FROM retrieval_failures WHERE status IN ('dead', 'dropped') AND mailbox = ?1
-                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR ?3 = ?4)",
+        dead_letter_change(
+            &self.pool,
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, first_attempt_at = NULL
+              WHERE status IN ('dead', 'dropped')",
+            "DELETE FROM retrieval_failures WHERE status IN ('dead', 'dropped')",
+            (mailbox, uidl, sink),
         )
-        .bind(mailbox)
-        .bind(uidl)
-        .bind(sink)
-        .bind(RETRIEVAL)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() + f.rows_affected())
+        .await
     }
 
     async fn drop_dead(
@@ -602,27 +589,13 @@ impl Store for SqliteStore {
         uidl: Option<&str>,
         sink: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "UPDATE deliveries SET status = 'dropped'
-              WHERE status = 'dead' AND mailbox = ?1
-                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR sink = ?3)",
+        dead_letter_change(
+            &self.pool,
+            "UPDATE deliveries SET status = 'dropped' WHERE status = 'dead'",
+            "UPDATE retrieval_failures SET status = 'dropped' WHERE status = 'dead'",
+            (mailbox, uidl, sink),
         )
-        .bind(mailbox)
-        .bind(uidl)
-        .bind(sink)
-        .execute(&self.pool)
-        .await?;
-        let f = sqlx::query(
-            "UPDATE retrieval_failures SET status = 'dropped' WHERE status = 'dead' AND mailbox = ?1
-                AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR ?3 = ?4)",
-        )
-        .bind(mailbox)
-        .bind(uidl)
-        .bind(sink)
-        .bind(RETRIEVAL)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() + f.rows_affected())
+        .await
     }
 
     async fn forget(&self, mailbox: &str, uidl: Option<&str>) -> Result<u64, StoreError> {
@@ -695,6 +668,34 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// A `dlq retry`/`dlq drop`: `deliveries` changes the deliveries, `failures` the messages that
+/// cannot be retrieved (the pseudo-sink [`RETRIEVAL`]); both narrowed to mailbox, UIDL, sink.
+async fn dead_letter_change(
+    pool: &SqlitePool,
+    deliveries: &str,
+    failures: &str,
+    (mailbox, uidl, sink): (&str, Option<&str>, Option<&str>),
+) -> Result<u64, StoreError> {
+    let r = sqlx::query(&format!(
+        "{deliveries} AND mailbox = ?1 AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR sink = ?3)"
+    ))
+    .bind(mailbox)
+    .bind(uidl)
+    .bind(sink)
+    .execute(pool)
+    .await?;
+    let f = sqlx::query(&format!(
+        "{failures} AND mailbox = ?1 AND (?2 IS NULL OR uidl = ?2) AND (?3 IS NULL OR ?3 = ?4)"
+    ))
+    .bind(mailbox)
+    .bind(uidl)
+    .bind(sink)
+    .bind(RETRIEVAL)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() + f.rows_affected())
 }
 
 fn failure_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RetrievalFailure, StoreError> {
