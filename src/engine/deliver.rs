@@ -34,6 +34,10 @@ impl SinkHandle {
     }
 }
 
+/// The longest pause between two tries within one poll; a sink asking for more (`Retry-After`,
+/// a long backoff) is tried again in a later poll, not while the POP3 session waits.
+const MAX_IN_POLL_WAIT: Duration = Duration::from_secs(10);
+
 /// Consecutive transport failures (no answer, 5xx…) after which a sink counts as down.
 const TRIP_AFTER: u32 = 5;
 /// How long a sink stays down after its first trip; doubled per further trip.
@@ -196,7 +200,11 @@ pub async fn deliver_to_sink(
                 next_attempt_at: now.saturating_add(millis(delay)),
             };
         }
-        if attempts >= policy.attempts_per_poll || shutdown.is_cancelled() {
+        // A long wait is not spent holding the POP3 session open: later polls take over.
+        if attempts >= policy.attempts_per_poll
+            || delay > MAX_IN_POLL_WAIT
+            || shutdown.is_cancelled()
+        {
             break OutcomeResult::Retry {
                 error: text,
                 next_attempt_at: now.saturating_add(millis(delay)),

@@ -204,3 +204,29 @@ async fn a_run_of_transport_failures_trips_the_circuit_and_success_closes_it() {
     assert_eq!(c.open_until(until), None);
     assert_eq!(c.failure(false, "timeout", until), None);
 }
+
+#[tokio::test]
+async fn a_long_retry_after_is_left_to_a_later_poll_not_slept_through() {
+    let s = Scripted::new(vec![
+        Err(DeliveryError::Retryable {
+            message: "429".into(),
+            retry_after: Some(Duration::from_secs(120)),
+        }),
+        Ok(Receipt::new("too early")),
+    ]);
+    let mut p = policy();
+    p.max_backoff = Duration::from_secs(600);
+    let clock = std::time::Instant::now();
+    let o = run(s.clone(), p, None).await;
+    assert!(
+        clock.elapsed() < Duration::from_secs(5),
+        "slept in the poll"
+    );
+    match o.result {
+        OutcomeResult::Retry {
+            next_attempt_at, ..
+        } => assert!(next_attempt_at >= crate::store::now_millis() + 100_000),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+}
