@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod content;
+pub mod cutover;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;

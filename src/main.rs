@@ -144,6 +144,37 @@ enum StateAction {
         #[arg(long)]
         uidl: Option<String>,
     },
+    /// Switch from fetchmail, getmail6 or mpop: the messages that tool already retrieved (and
+    /// that are still on the server) count as delivered, so popbridge never fetches them.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The tool whose state FILE is.
+        #[arg(long = "from", value_enum)]
+        tool: popbridge::cutover::formats::Tool,
+        /// fetchmail's .fetchids, getmail6's oldmail-<server>-<port>-<user>, mpop's uidls_file.
+        file: PathBuf,
+        #[arg(long)]
+        mailbox: String,
+        /// Sinks to record them for (default: every sink of the mailbox), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sinks: Vec<String>,
+        /// Connect and count, record nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Everything on the server now counts as delivered, without fetching (a switch from a
+    /// tool whose state is lost).
+    Baseline {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        mailbox: String,
+        #[arg(long, value_delimiter = ',')]
+        sinks: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -505,6 +536,112 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
             let n = store.forget(&mailbox, uidl.as_deref()).await?;
             println!("forgot {n} message(s) of {mailbox}; they will be delivered again if still on the server");
         }
+        StateAction::Import {
+            config,
+            tool,
+            file,
+            mailbox,
+            sinks,
+            dry_run,
+        } => {
+            let text = match std::fs::read(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", file.display());
+                    return Ok(exit::CONFIG);
+                }
+            };
+            let receipt = format!("imported from {} {}", tool.name(), file.display());
+            return cutover(
+                &config.config,
+                &mailbox,
+                &sinks,
+                dry_run,
+                |m| {
+                    popbridge::cutover::formats::parse(tool, &text, &m.pop3.username, &m.pop3.host)
+                        .map(Some)
+                        .map_err(|e| format!("{}: {e}", file.display()))
+                },
+                &receipt,
+            )
+            .await;
+        }
+        StateAction::Baseline {
+            config,
+            mailbox,
+            sinks,
+            dry_run,
+        } => {
+            return cutover(
+                &config.config,
+                &mailbox,
+                &sinks,
+                dry_run,
+                |_| Ok(None),
+                "baseline",
+            )
+            .await;
+        }
     }
     Ok(exit::OK)
+}
+
+/// `state import` (`seen` gives the other tool's UIDLs) and `state baseline` (`None`: all).
+async fn cutover(
+    path: &Path,
+    mailbox: &str,
+    sinks: &[String],
+    dry_run: bool,
+    seen: impl FnOnce(
+        &popbridge::config::MailboxConfig,
+    ) -> Result<Option<Vec<popbridge::cutover::formats::Seen>>, String>,
+    receipt: &str,
+) -> anyhow::Result<u8> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(m) = config.mailboxes.iter().find(|m| m.name == mailbox) else {
+        eprintln!("error: no mailbox named {mailbox:?} in the config");
+        return Ok(exit::CONFIG);
+    };
+    let sinks: Vec<String> = if sinks.is_empty() {
+        m.sinks.clone()
+    } else {
+        sinks.to_vec()
+    };
+    if let Some(bad) = sinks.iter().find(|s| !m.sinks.contains(s)) {
+        eprintln!(
+            "error: mailbox {mailbox} does not deliver to a sink named {bad:?} (its sinks: {})",
+            m.sinks.join(", ")
+        );
+        return Ok(exit::CONFIG);
+    }
+    let seen = match seen(m) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    // Not next to a polling process: it could fetch these messages meanwhile.
+    let _lock = popbridge::store::PollLock::acquire(&config.state.path, std::time::Duration::ZERO)
+        .context("cannot import while popbridge polls")?;
+    let store = popbridge::store::SqliteStore::open(&config.state.path)
+        .await
+        .context("cannot open the state")?;
+    let report = match seen {
+        Some(seen) => popbridge::cutover::import(&store, m, &sinks, &seen, receipt, dry_run).await,
+        None => popbridge::cutover::baseline(&store, m, &sinks, dry_run).await,
+    };
+    match report {
+        Ok(r) => {
+            println!("{r}");
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::INCOMPLETE)
+        }
+    }
 }

@@ -29,7 +29,10 @@ pub fn simple(id: &str, subject: &str) -> Vec<u8> {
 
 /// `n` messages cycling through four shapes, reproducible from `tag`.
 pub fn corpus(tag: &str, n: usize) -> Vec<Vec<u8>> {
-    let mut rng = StdRng::seed_from_u64(tag.bytes().fold(7u64, |h, b| h * 31 + u64::from(b)));
+    let mut rng = StdRng::seed_from_u64(
+        tag.bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
+    );
     (0..n)
         .map(|i| {
             let id = format!("{tag}-{i}");
