@@ -32,8 +32,8 @@ pub struct App {
     pub sinks: Vec<SinkHandle>,
     pub mailboxes: Vec<Arc<MailboxContext>>,
     pub limiter: Arc<Limiter>,
-    /// One polling process per state store (see `store::lock`).
-    _lock: crate::store::PollLock,
+    /// One polling process per state store (see `store::lock`); `None` only for read-only use.
+    _lock: Option<crate::store::PollLock>,
 }
 
 /// One ready sink from its config.
@@ -89,6 +89,18 @@ impl App {
                     name: "state lock".into(),
                     message: e.to_string(),
                 })??;
+        Self::build_with(config, Some(lock)).await
+    }
+
+    /// The service for read-only uses (`plan`), next to a running daemon: it must never poll.
+    pub async fn build_unlocked(config: Config) -> Result<Self, BuildError> {
+        Self::build_with(config, None).await
+    }
+
+    async fn build_with(
+        config: Config,
+        lock: Option<crate::store::PollLock>,
+    ) -> Result<Self, BuildError> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).await?);
         let sinks = config
             .sinks

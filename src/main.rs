@@ -77,6 +77,18 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         wait_lock: Option<String>,
     },
+    /// What a run would do to each listed message, with no side effect: no RETR, no DELE, no
+    /// sink called, no state written.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this mailbox.
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// Print the plan as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config; with --connect also log in to every server and check every sink.
     Check {
         #[command(flatten)]
@@ -247,6 +259,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             once(config_or_exit!(&config.config), mailbox, json, wait).await
         }
         Command::Check { config, connect } => check(config_or_exit!(&config.config), connect).await,
+        Command::Plan {
+            config,
+            mailbox,
+            json,
+        } => plan(config_or_exit!(&config.config), mailbox, json).await,
         Command::Dlq { action } => dlq(action).await,
         Command::State { action } => state(action).await,
     }
@@ -411,6 +428,67 @@ async fn check(config: popbridge::config::Config, connect: bool) -> anyhow::Resu
             Err(e) => {
                 failed = true;
                 println!("sink {}: FAILED: {e}", s.name);
+            }
+        }
+    }
+    Ok(if failed { exit::INCOMPLETE } else { exit::OK })
+}
+
+async fn plan(
+    config: popbridge::config::Config,
+    mailbox: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    use popbridge::engine::preview::{preview, Action};
+    // Read-only: no poll lock, so it can run next to the daemon.
+    let app = App::build_unlocked(config).await.context("cannot start")?;
+    let selected = match app.select(mailbox.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let mut previews = Vec::new();
+    let mut failed = false;
+    for ctx in &selected {
+        match preview(ctx).await {
+            Ok(p) => previews.push(p),
+            Err(e) => {
+                failed = true;
+                eprintln!("mailbox {}: FAILED: {e}", ctx.mailbox.name);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&previews)?);
+    } else {
+        for p in &previews {
+            println!(
+                "mailbox {}: {} listed, {} to fetch, {} to delete, {} kept",
+                p.mailbox,
+                p.steps.len(),
+                p.count(|a| matches!(a, Action::Fetch { .. })),
+                p.count(|a| matches!(a, Action::Delete)),
+                p.count(|a| matches!(a, Action::Keep { .. }))
+            );
+            for w in &p.warnings {
+                println!("  warning: {w}");
+            }
+            for s in &p.steps {
+                let what = match &s.action {
+                    Action::Fetch { sinks, why } => {
+                        format!("fetch -> {} ({why})", sinks.join(", "))
+                    }
+                    Action::Delete => "delete".to_string(),
+                    Action::Keep { why } => format!("keep ({why})"),
+                };
+                println!(
+                    "  {:>6} {:<40} {:>10}  {what}",
+                    s.msgno,
+                    s.uidl.as_deref().unwrap_or("-"),
+                    s.size
+                );
             }
         }
     }

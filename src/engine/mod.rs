@@ -3,3 +3,4 @@
 pub mod deliver;
 pub mod plan;
 pub mod poll;
+pub mod preview;

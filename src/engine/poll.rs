@@ -581,7 +581,7 @@ async fn delete_in_new_session(
 }
 
 /// Pair LIST sizes with UIDLs by message number.
-fn merge_listing(sizes: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> Vec<Listed> {
+pub(crate) fn merge_listing(sizes: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> Vec<Listed> {
     let by_no: HashMap<u32, &str> = uidls
         .unwrap_or_default()
         .iter()
@@ -602,7 +602,7 @@ fn merge_listing(sizes: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> Vec<L
         .collect()
 }
 
-fn describe(w: &Warning) -> String {
+pub(crate) fn describe(w: &Warning) -> String {
     match w {
         Warning::DuplicateUidl { uidl, count } => format!(
             "Server lists UIDL {uidl:?} for {count} messages; identifying them by content instead"
