@@ -39,6 +39,17 @@ fn uidls_reused_after_an_index_rebuild_are_new_messages() {
     assert!(run.ok(), "{}", run.output());
     assert!(dc.list_server_messages(&user).is_empty());
 
+    // Dovecot writes its index as the session ends, after QUIT's answer: wait for that, or the
+    // index we remove below may be written back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dc
+        .log()
+        .lines()
+        .any(|l| l.contains(&format!("pop3({})", user.name)) && l.contains("Disconnected"))
+    {
+        assert!(std::time::Instant::now() < deadline, "the POP3 session did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // The index is lost; new mail arrives and gets UIDs 1, 2, 3 again.
     for entry in std::fs::read_dir(&user.maildir).unwrap() {
         let path = entry.unwrap().path();
