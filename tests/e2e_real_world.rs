@@ -47,7 +47,10 @@ fn uidls_reused_after_an_index_rebuild_are_new_messages() {
         .lines()
         .any(|l| l.contains(&format!("pop3({})", user.name)) && l.contains("Disconnected"))
     {
-        assert!(std::time::Instant::now() < deadline, "the POP3 session did not end");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the POP3 session did not end"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // The index is lost; new mail arrives and gets UIDs 1, 2, 3 again.

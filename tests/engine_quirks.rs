@@ -118,12 +118,21 @@ async fn duplicate_uidls_deliver_each_message_once_and_warn() {
         "{:?}",
         r.warnings
     );
-    let again = once(root.path(), server.port, DeletePolicy::Never).await;
-    assert_eq!(
-        (again.delivered, delivered(root.path()).len()),
-        (0, 3),
-        "{again:?}"
-    );
+    // Polls after that (messages named by content are marked gone before each fetch, then
+    // recognised again) deliver nothing more.
+    for _ in 0..3 {
+        let again = once(root.path(), server.port, DeletePolicy::Never).await;
+        assert!(again.complete(), "{again:?}");
+        assert_eq!(
+            (
+                again.delivered,
+                again.matched_by_content,
+                delivered(root.path()).len()
+            ),
+            (0, 0, 3),
+            "{again:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -779,7 +779,21 @@ async fn process(
         }
         (Identity::ByContent { uidl }, _) => {
             let u = Identity::content_uidl(uidl.as_deref(), &retrieved.sha256);
-            let k = known.get(&u).cloned();
+            // Named by content, so not in the listing's UIDLs: this poll marked it gone before
+            // fetching. Seen again now: back on the server.
+            let mut k = known.get(&u).cloned();
+            if k.is_none() {
+                k = store
+                    .lookup(name, std::slice::from_ref(&u))
+                    .await?
+                    .remove(&u)
+                    .filter(|m| !m.is_history());
+            }
+            if k.is_some() {
+                store
+                    .confirm(name, &u, item.size, &retrieved.fingerprint)
+                    .await?;
+            }
             let (p, waiting, dead) = plan::pending_sinks(k.as_ref(), &sink_names, now);
             r.waiting += waiting;
             r.dead_earlier += dead;
@@ -796,6 +810,7 @@ async fn process(
                 &retrieved.fingerprint,
             )
             .await?
+            .filter(|old| old.uidl != uidl)
         {
             tracing::warn!(mailbox = name, uidl = %uidl, previous_uidl = %old.uidl, key = %old.idem_key,
                 "Known message re-listed under a new UIDL; keeping its deliveries");
