@@ -586,3 +586,56 @@ async fn a_mailbox_of_50000_messages_is_delivered_once_then_idle() {
         "nothing fetched again"
     );
 }
+
+/// A message delivered to one sink and still pending for another; between two polls the server
+/// gives its UIDL to a new message of the same size. The fetch for the second sink sees other
+/// content: the new message goes to every sink under a new key, and the first is not left
+/// without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_uidl_reused_while_a_sink_still_waits_is_caught_at_the_refetch() {
+    let server = FakePop3::start(vec![msg("1", "aaa")], Quirks::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = config(root.path(), server.port, DeletePolicy::Never);
+    let mut second = cfg.sinks[0].clone();
+    second.name = "second".into();
+    second.retry.initial_backoff = Duration::from_millis(1);
+    second.retry.max_backoff = Duration::from_millis(5);
+    if let SinkKind::Maildir(m) = &mut second.kind {
+        m.path = root
+            .path()
+            .join("second/{mailbox}")
+            .to_string_lossy()
+            .into_owned();
+    }
+    cfg.sinks.push(second);
+    cfg.mailboxes[0].sinks.push("second".into());
+    // The second Maildir cannot take anything yet (its tmp/ is a file): retried later.
+    std::fs::create_dir_all(root.path().join("second/alice")).unwrap();
+    std::fs::write(root.path().join("second/alice/tmp"), b"in the way").unwrap();
+    let run = |cfg: Config| async move {
+        let app = App::build(cfg).await.unwrap();
+        app.run_once(&app.mailboxes, &CancellationToken::new())
+            .await
+            .remove(0)
+    };
+    let r = run(cfg.clone()).await;
+    assert_eq!((r.delivered, r.retry_later), (1, 1), "{r:?}");
+    // Same size, other content, same UIDL.
+    server.state.lock().unwrap().messages = vec![msg("1", "bbb")];
+    std::fs::remove_file(root.path().join("second/alice/tmp")).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = run(cfg).await;
+    assert!(r.complete(), "{r:?}");
+    assert_eq!((r.uidl_reused, r.delivered), (1, 2), "{r:?}");
+    let bodies = |dir: &str| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = std::fs::read_dir(root.path().join(dir).join("alice/new"))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let (aaa, bbb) = (msg("x", "aaa").body, msg("x", "bbb").body);
+    assert_eq!(bodies("mail"), vec![aaa, bbb.clone()]);
+    assert_eq!(bodies("second"), vec![bbb]);
+}

@@ -749,7 +749,21 @@ async fn process(
 
     let mut retire = false;
     let (uidl, mut state, mut pending) = match (&item.identity, item.prior) {
-        (Identity::Uidl(u), Prior::Plain) => (u.clone(), known.get(u).cloned(), item.sinks.clone()),
+        (Identity::Uidl(u), Prior::Plain) => match known.get(u) {
+            // Fetched again for a sink that lacks it, and it is not what we fetched before:
+            // the UIDL was reused between two polls for a message of the same size.
+            Some(k)
+                if k.content_known()
+                    && !k.same_content(&retrieved.sha256, &retrieved.fingerprint) =>
+            {
+                tracing::warn!(mailbox = name, uidl = %u,
+                    "UIDL now names another message (different content): delivering it as a new one");
+                r.uidl_reused += 1;
+                retire = true;
+                (u.clone(), None, sink_names.clone())
+            }
+            k => (u.clone(), k.cloned(), item.sinks.clone()),
+        },
         (Identity::Uidl(u), Prior::Reused) => {
             r.uidl_reused += 1;
             retire = true;

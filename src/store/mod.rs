@@ -97,6 +97,12 @@ impl KnownMessage {
         self.deleted_at.is_some() || self.replaced_by.is_some()
     }
 
+    /// False for a row whose content was never seen here (`state import`, `state baseline`).
+    pub fn content_known(&self) -> bool {
+        self.fingerprint.as_deref().is_some_and(|f| !f.is_empty())
+            || self.sha256.as_deref().is_some_and(|s| !s.is_empty())
+    }
+
     /// True when `fingerprint`/`sha256` say a fetched message is this one.
     pub fn same_content(&self, sha256: &str, fingerprint: &str) -> bool {
         match &self.fingerprint {
