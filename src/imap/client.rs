@@ -194,7 +194,13 @@ impl Session {
         if done.status != Status::Ok {
             let (_, created) = self.command(&format!("CREATE {name}")).await?;
             if created.status != Status::Ok {
-                return Err(self.refused("CREATE", created));
+                let mut refused = self.refused("CREATE", created);
+                if let Some(hint) = self.namespace_hint(folder).await? {
+                    if let ImapError::Refused { text, .. } = &mut refused {
+                        text.push_str(&hint);
+                    }
+                }
+                return Err(refused);
             }
             tracing::info!(server = %self.server, folder, "Created the target folder");
             let (again, done) = self.command(&format!("SELECT {name}")).await?;
@@ -211,6 +217,37 @@ impl Session {
         self.uids = code("UIDVALIDITY").zip(code("UIDNEXT"));
         self.selected = Some(folder.to_string());
         Ok(())
+    }
+
+    /// When `folder` lies outside the server's personal namespace (Courier and Debian's Cyrus
+    /// keep a user's folders under `INBOX.`, and refuse a top-level CREATE with "Invalid
+    /// mailbox name" or "Permission denied"), the exact name to configure instead. We do not
+    /// rename on our own: the folder would not be where the user looks for it.
+    async fn namespace_hint(&mut self, folder: &str) -> Result<Option<String>, ImapError> {
+        if !has(&self.caps, "NAMESPACE") {
+            return Ok(None);
+        }
+        let (untagged, done) = self.command("NAMESPACE").await?;
+        if done.status != Status::Ok {
+            return Ok(None);
+        }
+        let Some((prefix, separator)) = untagged.iter().find_map(|l| codec::personal_namespace(l))
+        else {
+            return Ok(None);
+        };
+        if prefix.is_empty() || folder.starts_with(&prefix) || folder.eq_ignore_ascii_case("INBOX")
+        {
+            return Ok(None);
+        }
+        let sep = separator.map(String::from).unwrap_or_default();
+        let wanted = match separator {
+            Some(s) if s != '/' => folder.replace('/', &sep),
+            _ => folder.to_string(),
+        };
+        Ok(Some(format!(
+            " (the server keeps personal folders under {prefix:?} with separator {sep:?}: \
+             use folder: \"{prefix}{wanted}\")"
+        )))
     }
 
     /// `(UIDVALIDITY, UIDNEXT)` of the selected folder when the server said both: a message

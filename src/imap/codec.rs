@@ -140,6 +140,40 @@ pub fn untagged_ok_number(line: &[u8], name: &str) -> Option<u32> {
     value.trim().parse().ok()
 }
 
+/// The first personal namespace of a `* NAMESPACE` line (RFC 2342): its prefix (`INBOX.` on
+/// Courier and on Cyrus without altnamespace, empty on Dovecot) and hierarchy separator.
+/// `None` for other lines and for a server without a personal namespace (`NIL`).
+pub fn personal_namespace(line: &[u8]) -> Option<(String, Option<char>)> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let rest = text.strip_prefix("* ")?;
+    let (word, rest) = rest.split_once(' ')?;
+    if !word.eq_ignore_ascii_case("NAMESPACE") {
+        return None;
+    }
+    let rest = rest.trim_start().strip_prefix("((")?.trim_start();
+    let (prefix, rest) = quoted_string(rest)?;
+    let rest = rest.trim_start();
+    let separator = match quoted_string(rest) {
+        Some((sep, _)) => sep.chars().next(),
+        None => None,
+    };
+    Some((prefix, separator))
+}
+
+/// A leading IMAP quoted string and what follows it.
+fn quoted_string(s: &str) -> Option<(String, &str)> {
+    let mut chars = s.strip_prefix('"')?.char_indices();
+    let mut out = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?.1),
+            '"' => return Some((out, &s[i + 2..])),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 /// `(uidvalidity, uid)` from an `APPENDUID 38505 3955` response code (RFC 4315).
 pub fn appenduid(code: &str) -> Option<(u32, u32)> {
     let mut words = code.split_whitespace();
@@ -235,6 +269,30 @@ mod tests {
         );
         assert_eq!(next(b"A1 OK [UIDNEXT 3] done\r\n"), None);
         assert_eq!(next(b"* OK [UIDNEXT x]\r\n"), None);
+    }
+
+    #[test]
+    fn personal_namespaces_of_real_servers() {
+        // Courier, and Cyrus with Debian's altnamespace: no.
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"INBOX.\" \".\")) NIL ((\"#shared.\" \".\"))\r\n"),
+            Some(("INBOX.".into(), Some('.')))
+        );
+        // Dovecot.
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n"),
+            Some((String::new(), Some('/')))
+        );
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"a\\\\b\" NIL)) NIL NIL\r\n"),
+            Some(("a\\b".into(), None))
+        );
+        assert_eq!(personal_namespace(b"* NAMESPACE NIL NIL NIL\r\n"), None);
+        assert_eq!(personal_namespace(b"* SEARCH 1\r\n"), None);
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"unterminated\r\n"),
+            None
+        );
     }
 
     #[test]
