@@ -53,6 +53,12 @@ if ! "$ORACLES/bin/python3" -c 'import standardwebhooks, jsonschema' 2>/dev/null
 fi
 export PATH="$ORACLES/bin:$PATH"
 
+# Courier-IMAP, unpacked privately (scripts/lib/courier.sh); tests/common/courier.rs finds it here.
+# shellcheck source=scripts/lib/courier.sh
+source scripts/lib/courier.sh
+export PB_COURIER_DIR=${PB_COURIER_DIR:-${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/courier}
+courier_install "$PB_COURIER_DIR"
+
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 start=$SECONDS

@@ -33,6 +33,9 @@ pub struct Session {
     tag: u32,
     /// The folder SELECTed now.
     selected: Option<String>,
+    /// UIDVALIDITY and UIDNEXT of the selected folder, as SELECT said and our own APPENDUIDs
+    /// advanced it: UIDs from there on are what an APPEND about to be sent can create.
+    uids: Option<(u32, u32)>,
     /// After a transport or protocol error the session is not used again.
     broken: bool,
 }
@@ -73,6 +76,7 @@ impl Session {
             caps: Vec::new(),
             tag: 0,
             selected: None,
+            uids: None,
             broken: false,
         };
         if cfg.tls == ImapTls::Implicit {
@@ -185,20 +189,71 @@ impl Session {
             return Ok(());
         }
         let name = quote_folder(folder)?;
-        let (_, done) = self.command(&format!("SELECT {name}")).await?;
+        self.selected = None;
+        let (mut untagged, done) = self.command(&format!("SELECT {name}")).await?;
         if done.status != Status::Ok {
             let (_, created) = self.command(&format!("CREATE {name}")).await?;
             if created.status != Status::Ok {
-                return Err(self.refused("CREATE", created));
+                let mut refused = self.refused("CREATE", created);
+                if let Some(hint) = self.namespace_hint(folder).await? {
+                    if let ImapError::Refused { text, .. } = &mut refused {
+                        text.push_str(&hint);
+                    }
+                }
+                return Err(refused);
             }
             tracing::info!(server = %self.server, folder, "Created the target folder");
-            let (_, done) = self.command(&format!("SELECT {name}")).await?;
+            let (again, done) = self.command(&format!("SELECT {name}")).await?;
             if done.status != Status::Ok {
                 return Err(self.refused("SELECT", done));
             }
+            untagged = again;
         }
+        let code = |name| {
+            untagged
+                .iter()
+                .find_map(|l| codec::untagged_ok_number(l, name))
+        };
+        self.uids = code("UIDVALIDITY").zip(code("UIDNEXT"));
         self.selected = Some(folder.to_string());
         Ok(())
+    }
+
+    /// When `folder` lies outside the server's personal namespace (Courier and Debian's Cyrus
+    /// keep a user's folders under `INBOX.`, and refuse a top-level CREATE with "Invalid
+    /// mailbox name" or "Permission denied"), the exact name to configure instead. We do not
+    /// rename on our own: the folder would not be where the user looks for it.
+    async fn namespace_hint(&mut self, folder: &str) -> Result<Option<String>, ImapError> {
+        if !has(&self.caps, "NAMESPACE") {
+            return Ok(None);
+        }
+        let (untagged, done) = self.command("NAMESPACE").await?;
+        if done.status != Status::Ok {
+            return Ok(None);
+        }
+        let Some((prefix, separator)) = untagged.iter().find_map(|l| codec::personal_namespace(l))
+        else {
+            return Ok(None);
+        };
+        if prefix.is_empty() || folder.starts_with(&prefix) || folder.eq_ignore_ascii_case("INBOX")
+        {
+            return Ok(None);
+        }
+        let sep = separator.map(String::from).unwrap_or_default();
+        let wanted = match separator {
+            Some(s) if s != '/' => folder.replace('/', &sep),
+            _ => folder.to_string(),
+        };
+        Ok(Some(format!(
+            " (the server keeps personal folders under {prefix:?} with separator {sep:?}: \
+             use folder: \"{prefix}{wanted}\")"
+        )))
+    }
+
+    /// `(UIDVALIDITY, UIDNEXT)` of the selected folder when the server said both: a message
+    /// appended from now on gets a UID of at least UIDNEXT under that UIDVALIDITY.
+    pub fn uid_next(&self) -> Option<(u32, u32)> {
+        self.uids
     }
 
     /// UIDs in the selected folder matching `criteria` (already in IMAP syntax).
@@ -214,14 +269,28 @@ impl Session {
             .collect())
     }
 
-    /// SHA-256 (lower-case hex) of the message with `uid`, as the server serves it. The body
-    /// literal is hashed as it arrives, never held: bounded memory for any message size.
+    /// SHA-256 (lower-case hex) of the message with `uid`, as the server serves it.
     pub async fn uid_body_sha256(&mut self, uid: u32) -> Result<Option<String>, ImapError> {
         use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let found = self
+            .uid_body(uid, &mut |chunk| hasher.update(chunk))
+            .await?;
+        Ok(found.then(|| hex::encode(hasher.finalize())))
+    }
+
+    /// Streams the body of the message with `uid` into `each` as it arrives, never holding it:
+    /// bounded memory for any message size. `false` when the server sent no body (the UID is
+    /// gone).
+    pub async fn uid_body(
+        &mut self,
+        uid: u32,
+        each: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<bool, ImapError> {
         let tag = self.next_tag();
         self.write(format!("{tag} UID FETCH {uid} (BODY.PEEK[])\r\n").as_bytes())
             .await?;
-        let mut digest = None;
+        let mut found = false;
         let mut lines = 0;
         loop {
             let line = self.read_raw_line().await?;
@@ -232,23 +301,26 @@ impl Session {
                 if done.status != Status::Ok {
                     return Err(self.refused("UID FETCH", done));
                 }
-                return Ok(digest);
+                return Ok(found);
             }
             self.count_untagged(&mut lines, "UID FETCH")?;
             let Some(mut left) = codec::literal_len(&line) else {
                 continue;
             };
-            let mut hasher = Sha256::new();
+            // Only one body per FETCH: a second literal (unasked) is not ours to hash.
+            let first = !found;
             while left > 0 {
                 if self.buf.is_empty() {
                     self.fill().await?;
                 }
                 let n = left.min(self.buf.len());
-                hasher.update(&self.buf[..n]);
+                if first {
+                    each(&self.buf[..n]);
+                }
                 self.buf.advance(n);
                 left -= n;
             }
-            digest = Some(hex::encode(hasher.finalize()));
+            found = true;
             // The rest of the FETCH line after the literal (`)` and CRLF), possibly with more
             // literals we did not ask for: read like any response line.
             self.read_line().await?;

@@ -123,6 +123,57 @@ pub fn search_results(line: &[u8]) -> Option<Vec<u32>> {
     Some(words.filter_map(|w| w.parse().ok()).collect())
 }
 
+/// The number of an untagged `* OK [NAME n] ...` line (`UIDVALIDITY`, `UIDNEXT` after
+/// SELECT); `None` for other lines.
+pub fn untagged_ok_number(line: &[u8], name: &str) -> Option<u32> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let rest = text.strip_prefix("* ")?;
+    let (word, rest) = rest.split_once(' ')?;
+    if !word.eq_ignore_ascii_case("OK") {
+        return None;
+    }
+    let (code, _) = rest.strip_prefix('[')?.split_once(']')?;
+    let (key, value) = code.split_once(' ')?;
+    if !key.eq_ignore_ascii_case(name) {
+        return None;
+    }
+    value.trim().parse().ok()
+}
+
+/// The first personal namespace of a `* NAMESPACE` line (RFC 2342): its prefix (`INBOX.` on
+/// Courier and on Cyrus without altnamespace, empty on Dovecot) and hierarchy separator.
+/// `None` for other lines and for a server without a personal namespace (`NIL`).
+pub fn personal_namespace(line: &[u8]) -> Option<(String, Option<char>)> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let rest = text.strip_prefix("* ")?;
+    let (word, rest) = rest.split_once(' ')?;
+    if !word.eq_ignore_ascii_case("NAMESPACE") {
+        return None;
+    }
+    let rest = rest.trim_start().strip_prefix("((")?.trim_start();
+    let (prefix, rest) = quoted_string(rest)?;
+    let rest = rest.trim_start();
+    let separator = match quoted_string(rest) {
+        Some((sep, _)) => sep.chars().next(),
+        None => None,
+    };
+    Some((prefix, separator))
+}
+
+/// A leading IMAP quoted string and what follows it.
+fn quoted_string(s: &str) -> Option<(String, &str)> {
+    let mut chars = s.strip_prefix('"')?.char_indices();
+    let mut out = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?.1),
+            '"' => return Some((out, &s[i + 2..])),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 /// `(uidvalidity, uid)` from an `APPENDUID 38505 3955` response code (RFC 4315).
 pub fn appenduid(code: &str) -> Option<(u32, u32)> {
     let mut words = code.split_whitespace();
@@ -202,6 +253,46 @@ mod tests {
         assert_eq!(search_results(b"* SEARCH 3 5 8\r\n"), Some(vec![3, 5, 8]));
         assert_eq!(search_results(b"* SEARCH\r\n"), Some(vec![]));
         assert_eq!(search_results(b"* 3 EXISTS\r\n"), None);
+        let next = |l: &[u8]| untagged_ok_number(l, "UIDNEXT");
+        assert_eq!(
+            next(b"* OK [UIDNEXT 4392] Predicted next UID\r\n"),
+            Some(4392)
+        );
+        assert_eq!(next(b"* ok [uidnext 7]\r\n"), Some(7));
+        assert_eq!(next(b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\n"), None);
+        assert_eq!(
+            untagged_ok_number(
+                b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\n",
+                "UIDVALIDITY"
+            ),
+            Some(3857529045)
+        );
+        assert_eq!(next(b"A1 OK [UIDNEXT 3] done\r\n"), None);
+        assert_eq!(next(b"* OK [UIDNEXT x]\r\n"), None);
+    }
+
+    #[test]
+    fn personal_namespaces_of_real_servers() {
+        // Courier, and Cyrus with Debian's altnamespace: no.
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"INBOX.\" \".\")) NIL ((\"#shared.\" \".\"))\r\n"),
+            Some(("INBOX.".into(), Some('.')))
+        );
+        // Dovecot.
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n"),
+            Some((String::new(), Some('/')))
+        );
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"a\\\\b\" NIL)) NIL NIL\r\n"),
+            Some(("a\\b".into(), None))
+        );
+        assert_eq!(personal_namespace(b"* NAMESPACE NIL NIL NIL\r\n"), None);
+        assert_eq!(personal_namespace(b"* SEARCH 1\r\n"), None);
+        assert_eq!(
+            personal_namespace(b"* NAMESPACE ((\"unterminated\r\n"),
+            None
+        );
     }
 
     #[test]

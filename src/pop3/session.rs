@@ -87,6 +87,9 @@ impl Authorization {
             }
             None => cfg,
         };
+        if self.caps.has("UTF8") {
+            utf8(&mut self.conn).await?;
+        }
         op::auth::authenticate(&mut self.conn, &self.caps, self.apop_stamp.as_deref(), cfg).await?;
         // Capabilities may change after login (RFC 2449); keep the old ones if CAPA fails.
         let after = op::capa::capa(&mut self.conn).await?;
@@ -139,6 +142,21 @@ async fn read_password_file(cfg: &ClientConfig) -> Result<Option<Secret>, Pop3Er
             source,
         })?;
     Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
+}
+
+/// `UTF8` (RFC 6856), valid only before authentication: without it Courier serves a message
+/// with raw UTF-8 headers as a down-converted substitute ("Cannot display Unicode content",
+/// a new MIME boundary at every RETR), which we would archive, and delete the original. A
+/// refusal is logged, not fatal: the server then serves what it always served.
+async fn utf8(conn: &mut Conn) -> Result<(), Pop3Error> {
+    conn.send("UTF8", "UTF8").await?;
+    let answer = conn.read_status("UTF8").await?;
+    if answer.status == Status::Ok {
+        tracing::debug!(server = %conn.server, "POP3 UTF8 mode on");
+    } else {
+        tracing::warn!(server = %conn.server, answer = %answer.text, "POP3 server advertises UTF8 but refused it; messages with UTF-8 headers may arrive down-converted");
+    }
+    Ok(())
 }
 
 /// The `<...>` part of a greeting, if any (RFC 1939 section 7).

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod certs;
+pub mod courier;
 pub mod dovecot;
 pub mod mail;
 pub mod popbridge;

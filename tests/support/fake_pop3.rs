@@ -41,6 +41,8 @@ pub struct State {
     pub logins: usize,
     /// Sessions that ended with QUIT.
     pub quits: usize,
+    /// Every command verb received, upper-cased, in order (all sessions).
+    pub commands: Vec<String>,
 }
 
 pub struct FakePop3 {
@@ -99,10 +101,12 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
     let mut snapshot: Vec<Msg> = Vec::new();
     let mut deleted: Vec<usize> = Vec::new();
     let mut retrieved: Vec<usize> = Vec::new();
+    let mut logged_in = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let mut parts = line.split_whitespace();
         let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
         let arg: Option<usize> = parts.next().and_then(|a| a.parse().ok());
+        state.lock().unwrap().commands.push(cmd.clone());
         let reply: Vec<u8> = match cmd.as_str() {
             "CAPA" => {
                 let mut out = b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n".to_vec();
@@ -112,10 +116,24 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                 out.extend_from_slice(b".\r\n");
                 out
             }
+            // RFC 6856: only before authentication, and only when advertised.
+            "UTF8"
+                if !logged_in
+                    && state
+                        .lock()
+                        .unwrap()
+                        .quirks
+                        .capa
+                        .iter()
+                        .any(|c| c == "UTF8") =>
+            {
+                b"+OK UTF8 enabled\r\n".to_vec()
+            }
             "USER" => b"+OK\r\n".to_vec(),
             "PASS" => {
                 let mut s = state.lock().unwrap();
                 s.logins += 1;
+                logged_in = true;
                 snapshot = s.messages.clone();
                 b"+OK logged in\r\n".to_vec()
             }

@@ -75,7 +75,13 @@ impl Session {
         if done.status != Status::Ok {
             return Err(self.refused("APPEND", done));
         }
-        Ok(done.code.as_deref().and_then(codec::appenduid))
+        let uid = done.code.as_deref().and_then(codec::appenduid);
+        if let (Some((validity, new)), Some((known, next))) = (uid, self.uids) {
+            if validity == known {
+                self.uids = Some((known, next.max(new.saturating_add(1))));
+            }
+        }
+        Ok(uid)
     }
 
     /// Waits for `+` before a synchronising literal. Untagged data (`* 3 EXISTS`, an alert)

@@ -3,7 +3,7 @@
 //! earlier copy before appending a message that may already have been appended.
 
 use super::config::{Account, ImapSettings, InternalDate, PasswordSource};
-use super::headers;
+use super::{compare, headers};
 use crate::imap::{ImapError, ImapTls, Session};
 use crate::key::IdempotencyKey;
 use crate::secret::Secret;
@@ -23,9 +23,10 @@ pub struct ImapSink {
     sessions: Mutex<HashMap<String, Slot>>,
     /// Deliveries (so connections in use) to the server at once.
     permits: Arc<Semaphore>,
-    /// Keys whose APPEND was sent but not confirmed (a dropped connection, a timeout): the
-    /// next attempt looks for the message before appending it again.
-    uncertain: Mutex<std::collections::HashSet<String>>,
+    /// Keys whose APPEND was sent but not confirmed (a dropped connection, a timeout), with
+    /// the folder's `(UIDVALIDITY, UIDNEXT)` just before it when the server said them: the
+    /// next attempt looks for the message, from that UID on, before appending it again.
+    uncertain: Mutex<HashMap<String, Option<(u32, u32)>>>,
 }
 
 impl ImapSink {
@@ -43,7 +44,7 @@ impl ImapSink {
             settings,
             tls,
             sessions: Mutex::new(HashMap::new()),
-            uncertain: Mutex::new(std::collections::HashSet::new()),
+            uncertain: Mutex::new(HashMap::new()),
         })
     }
 
@@ -129,13 +130,18 @@ impl ImapSink {
         let folder = &self.settings.folder;
         session.select(folder).await?;
         let at = format!("{folder} of {}", account.username);
-        let uncertain = self
-            .uncertain
-            .lock()
-            .map(|u| u.contains(key.as_str()))
-            .unwrap_or(true);
-        if message.seen_before || uncertain {
-            if let Some(uid) = find_copy(session, message, fields).await? {
+        let intent = match self.uncertain.lock() {
+            Ok(u) => u.get(key.as_str()).copied(),
+            Err(_) => Some(None),
+        };
+        if message.seen_before || intent.is_some() {
+            // Only an APPEND of this process, under the same UIDVALIDITY, bounds the search:
+            // a message the state knew may have been appended before a crash, anywhere.
+            let since = match (message.seen_before, intent.flatten(), session.uid_next()) {
+                (false, Some((then, next)), Some((now, _))) if then == now => Some(next),
+                _ => None,
+            };
+            if let Some(uid) = find_copy(session, message, fields, since).await? {
                 return Ok(Receipt::duplicate(format!(
                     "UID {uid} in {at} (already there)"
                 )));
@@ -143,7 +149,7 @@ impl ImapSink {
         }
         let date = self.internal_date(fields, message);
         if let Ok(mut u) = self.uncertain.lock() {
-            u.insert(key.as_str().to_string());
+            u.insert(key.as_str().to_string(), session.uid_next());
         }
         let uid = session
             .append(
@@ -164,64 +170,50 @@ impl ImapSink {
     }
 }
 
-/// Size and SHA-256 of the message as the server will store and serve it: Dovecot turns a bare
-/// LF into CRLF on APPEND. Read in chunks: a 100 MB message is never held in memory.
-fn as_stored(message: &SpooledMessage) -> std::io::Result<(u64, String)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(&message.path)?;
-    let mut chunk = vec![0u8; 64 * 1024];
-    let (mut size, mut previous) = (0u64, 0u8);
-    let mut hasher = Sha256::new();
-    loop {
-        let n = file.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        let mut from = 0;
-        for (i, &b) in chunk[..n].iter().enumerate() {
-            if b == b'\n' && previous != b'\r' {
-                hasher.update(&chunk[from..i]);
-                hasher.update(b"\r");
-                size += 1;
-                from = i;
-            }
-            previous = b;
-        }
-        hasher.update(&chunk[from..n]);
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
-}
-
 /// Candidates looked at, newest first, before deciding the message is not there.
 const MAX_CANDIDATES: usize = 20;
 
-/// An earlier APPEND of this message that the state did not record (a crash in between): a
-/// message of the same stored size (and the same Message-ID, or Date, when it has one) whose
-/// content hashes the same as ours would be stored. Content decides: a different message that
-/// shares a Message-ID is not mistaken for this one, and one without either header is still
-/// found.
+/// Bytes a target may add to a message it stores (`Received:`, `Return-Path:`), and that an
+/// mbox source may have had in the first copy and not now (`X-UIDL:`, `Status:`).
+const ADDED_MARGIN: u64 = 4096;
+
+/// An earlier APPEND of this message that the state did not record (a crash, an unanswered
+/// APPEND): candidates by Message-ID, else all UIDs from the UIDNEXT before our APPEND, else
+/// by a size window wide enough for LF storage and added headers; then the candidate whose
+/// normalised content ([`compare`]) equals ours. Never the size or the bytes as stored:
+/// Courier stores LF, Cyrus munges 8-bit header bytes, servers add headers. Content decides,
+/// so a different message sharing a Message-ID is not taken for ours.
 async fn find_copy(
     session: &mut Session,
     message: &SpooledMessage,
     fields: &headers::Fields,
+    since: Option<u32>,
 ) -> Result<Option<u32>, ImapError> {
     use crate::imap::codec::quoted;
-    let (size, sha256) = as_stored(message).map_err(|source| ImapError::Spool { source })?;
-    let by = match (
-        fields.message_id.as_deref().and_then(quoted),
-        fields.date.as_deref().and_then(quoted),
-    ) {
-        (Some(id), _) => format!(" HEADER Message-ID {id}"),
-        (None, Some(date)) => format!(" HEADER Date {date}"),
-        (None, None) => String::new(),
+    let ours =
+        compare::normalise_file(&message.path).map_err(|source| ImapError::Spool { source })?;
+    let range = since.map(|n| format!("UID {n}:*"));
+    let criteria = match (fields.message_id.as_deref().and_then(quoted), &range) {
+        (Some(id), Some(range)) => format!("{range} HEADER Message-ID {id}"),
+        (Some(id), None) => format!("HEADER Message-ID {id}"),
+        (None, Some(range)) => range.clone(),
+        (None, None) => format!(
+            "LARGER {} SMALLER {}",
+            ours.len.saturating_sub(1),
+            ours.raw_len + ours.lines + ADDED_MARGIN + 1
+        ),
     };
-    let criteria = format!("LARGER {} SMALLER {}{by}", size.saturating_sub(1), size + 1);
     let mut uids = session.uid_search(&criteria).await?;
+    // `n:*` also matches the highest UID when it is below n.
+    uids.retain(|uid| since.is_none_or(|n| *uid >= n));
     uids.sort_unstable_by(|a, b| b.cmp(a));
     for uid in uids.into_iter().take(MAX_CANDIDATES) {
-        if session.uid_body_sha256(uid).await?.as_deref() == Some(sha256.as_str()) {
+        let mut theirs = compare::Normaliser::new();
+        if session
+            .uid_body(uid, &mut |chunk| theirs.update(chunk))
+            .await?
+            && theirs.finish().fingerprint == ours.fingerprint
+        {
             return Ok(Some(uid));
         }
     }
@@ -327,35 +319,6 @@ impl Sink for ImapSink {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn as_stored_counts_and_hashes_bare_line_feeds_as_crlf_across_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        // A bare LF right after a 64 KiB chunk boundary, and CRLF split across it.
-        let mut body = vec![b'x'; 64 * 1024 - 1];
-        body.extend_from_slice(b"\r\n\nend\n");
-        let path = dir.path().join("m");
-        std::fs::write(&path, &body).unwrap();
-        let m = SpooledMessage {
-            mailbox: "a".into(),
-            uidl: "u".into(),
-            path,
-            size: body.len() as u64,
-            sha256: String::new(),
-            fetched_at: chrono::Utc::now(),
-            seen_before: true,
-        };
-        let (size, sha) = as_stored(&m).unwrap();
-        assert_eq!(size, body.len() as u64 + 2);
-        let mut crlf = vec![b'x'; 64 * 1024 - 1];
-        crlf.extend_from_slice(b"\r\n\r\nend\r\n");
-        use sha2::Digest;
-        assert_eq!(
-            sha,
-            hex::encode(sha2::Sha256::digest(&crlf)),
-            "hashed as stored"
-        );
-    }
 
     #[test]
     fn refusals_are_classified_by_their_response_code() {

@@ -1,0 +1,352 @@
+//! "Is the message in the target folder ours?" without trusting the target to keep our bytes:
+//! real servers do not. Courier stores LF line ends (and serves CRLF), Cyrus rewrites 8-bit
+//! header bytes to `X` (`munge8bit`), delivery paths add `Received:`/`Return-Path:`, and an
+//! mbox POP3 source (GNU mailutils) rewrites `Status:`/`X-UIDL:` between our fetches, so the
+//! copy we appended before a crash can differ from the message we hold now.
+//!
+//! [`Normaliser`] removes exactly those differences before hashing with
+//! [`crate::content::Fingerprint`] (which already ignores line endings and mbox bookkeeping
+//! fields): in the header section, fields that servers add are dropped and every 8-bit byte
+//! counts as `X`. Everything else counts, so two different messages still differ.
+
+use crate::content::Fingerprint;
+
+/// Header fields a server adds or rewrites on delivery or in its mbox bookkeeping (lower
+/// case). The mbox ones are also ignored by [`Fingerprint`]; they are here so that
+/// [`Normalised::len`] does not count them either.
+const DROPPED: &[&str] = &[
+    "received",
+    "return-path",
+    "delivered-to",
+    "x-delivered-to",
+    "x-original-to",
+    "x-envelope-to",
+    "envelope-to",
+    "status",
+    "x-status",
+    "x-uidl",
+    "x-keywords",
+    "x-mozilla-status",
+    "x-mozilla-status2",
+    "x-imap",
+    "x-imapbase",
+    "content-length",
+    "lines",
+];
+
+/// A field name longer than this is none of [`DROPPED`]: nothing more is buffered.
+const NAME_MAX: usize = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// At the start of a header line.
+    LineStart,
+    /// Reading a header field name into `head`.
+    Name,
+    /// In a header line that counts.
+    Keep,
+    /// In a dropped header field or its continuation lines.
+    Drop,
+    /// After the empty line ending the header section.
+    Body,
+}
+
+/// The normalised fingerprint of a message and how long it is once normalised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Normalised {
+    pub fingerprint: String,
+    /// Bytes hashed, CRs not counted: a lower bound of any stored size of the message.
+    pub len: u64,
+    /// Bytes seen in total, and line feeds among them: with a margin for added headers,
+    /// an upper bound of any stored size (a server that stores CRLF adds at most one CR per
+    /// line).
+    pub raw_len: u64,
+    pub lines: u64,
+}
+
+/// Streaming: feed chunks of any size with [`Normaliser::update`].
+pub struct Normaliser {
+    inner: Fingerprint,
+    state: State,
+    /// The current field is dropped (its continuation lines follow it).
+    dropping: bool,
+    head: Vec<u8>,
+    out: Vec<u8>,
+    len: u64,
+    raw_len: u64,
+    lines: u64,
+}
+
+impl Default for Normaliser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Normaliser {
+    pub fn new() -> Self {
+        Self {
+            inner: Fingerprint::new(),
+            state: State::LineStart,
+            dropping: false,
+            head: Vec::with_capacity(NAME_MAX),
+            out: Vec::new(),
+            len: 0,
+            raw_len: 0,
+            lines: 0,
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.raw_len += bytes.len() as u64;
+        self.lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        if self.state == State::Body {
+            self.emit(bytes);
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        for (i, &b) in bytes.iter().enumerate() {
+            match self.state {
+                State::Body => {
+                    self.emit(&out);
+                    out.clear();
+                    self.emit(&bytes[i..]);
+                    break;
+                }
+                State::LineStart => match b {
+                    b'\n' => {
+                        out.push(b);
+                        self.state = State::Body;
+                    }
+                    b' ' | b'\t' => {
+                        self.state = if self.dropping {
+                            State::Drop
+                        } else {
+                            out.push(b);
+                            State::Keep
+                        };
+                    }
+                    _ => {
+                        self.head.clear();
+                        self.head.push(munge(b));
+                        self.state = State::Name;
+                    }
+                },
+                State::Name => {
+                    // A CR alone on a line ("\r\n") is the empty line.
+                    if b == b'\n' && self.head == b"\r" {
+                        out.extend_from_slice(b"\r\n");
+                        self.head.clear();
+                        self.state = State::Body;
+                    } else if b == b':' || b == b'\n' || self.head.len() >= NAME_MAX {
+                        self.dropping = b == b':' && is_dropped(&self.head);
+                        if !self.dropping {
+                            out.extend_from_slice(&self.head);
+                            out.push(munge(b));
+                        }
+                        self.head.clear();
+                        self.state = match (b, self.dropping) {
+                            (b'\n', _) => State::LineStart,
+                            (_, true) => State::Drop,
+                            (_, false) => State::Keep,
+                        };
+                    } else {
+                        self.head.push(munge(b));
+                    }
+                }
+                State::Keep => {
+                    out.push(munge(b));
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                    }
+                }
+                State::Drop => {
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                    }
+                }
+            }
+        }
+        self.emit(&out);
+        out.clear();
+        self.out = out;
+    }
+
+    pub fn finish(mut self) -> Normalised {
+        if self.state == State::Name {
+            let head = std::mem::take(&mut self.head);
+            self.emit(&head);
+        }
+        Normalised {
+            fingerprint: self.inner.finish(),
+            len: self.len,
+            raw_len: self.raw_len,
+            lines: self.lines,
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        self.len += bytes.iter().filter(|&&b| b != b'\r').count() as u64;
+        self.inner.update(bytes);
+    }
+}
+
+/// Cyrus' `munge8bit`: an 8-bit header byte becomes `X`. Applied to both sides, so a server
+/// that keeps the bytes matches too.
+fn munge(b: u8) -> u8 {
+    if b >= 0x80 {
+        b'X'
+    } else {
+        b
+    }
+}
+
+fn is_dropped(name: &[u8]) -> bool {
+    let name = name.trim_ascii_end();
+    DROPPED
+        .iter()
+        .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+}
+
+/// The normalised form of a whole message in memory.
+#[cfg(test)]
+pub fn normalise(message: &[u8]) -> Normalised {
+    let mut n = Normaliser::new();
+    n.update(message);
+    n.finish()
+}
+
+/// The normalised form of a spool file, read in chunks: never the whole message in memory.
+pub fn normalise_file(path: &std::path::Path) -> std::io::Result<Normalised> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut n = Normaliser::new();
+    loop {
+        let read = file.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(n.finish());
+        }
+        n.update(&chunk[..read]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MSG: &[u8] = "Message-ID: <n1@example.org>\r\nSubject: Gr\u{fc}\u{df}e\r\n\tfolded \u{e9}\r\nFrom: a@example.org\r\n\r\nbody \u{fc}ber\r\n.dot\r\n"
+        .as_bytes();
+
+    fn lf(m: &[u8]) -> Vec<u8> {
+        String::from_utf8_lossy(m)
+            .replace("\r\n", "\n")
+            .into_bytes()
+    }
+
+    /// What Cyrus' munge8bit makes of a message: 8-bit header bytes become `X`.
+    fn munged(m: &[u8]) -> Vec<u8> {
+        let end = m.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let mut out: Vec<u8> = m[..end]
+            .iter()
+            .map(|&b| if b >= 0x80 { b'X' } else { b })
+            .collect();
+        out.extend_from_slice(&m[end..]);
+        out
+    }
+
+    #[test]
+    fn same_result_at_every_chunk_size() {
+        let whole = normalise(MSG);
+        for size in [1, 2, 3, 5, 8, 64] {
+            let mut n = Normaliser::new();
+            for chunk in MSG.chunks(size) {
+                n.update(chunk);
+            }
+            assert_eq!(n.finish(), whole, "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn a_copy_stored_with_lf_line_ends_matches() {
+        assert_eq!(normalise(MSG).fingerprint, normalise(&lf(MSG)).fingerprint);
+    }
+
+    #[test]
+    fn a_copy_with_munged_8bit_header_bytes_matches() {
+        let m = munged(MSG);
+        assert_ne!(m, MSG);
+        assert_eq!(normalise(MSG).fingerprint, normalise(&m).fingerprint);
+        assert_eq!(normalise(MSG).fingerprint, normalise(&lf(&m)).fingerprint);
+    }
+
+    #[test]
+    fn headers_a_server_adds_or_rewrites_do_not_count() {
+        let mut added =
+            b"Return-Path: <a@example.org>\r\nReceived: from x\r\n\tby y; Mon, 2 Mar 2026 10:11:12 +0100\r\nX-Delivered-To: b@example.org\r\n"
+                .to_vec();
+        added.extend_from_slice(MSG);
+        assert_eq!(normalise(MSG).fingerprint, normalise(&added).fingerprint);
+        // mailutils: X-UIDL added at the first RETR, Status rewritten later.
+        let text = String::from_utf8_lossy(MSG);
+        let first = text.replace("From:", "X-UIDL: 4f2a\r\nStatus: O\r\nFrom:");
+        let later = text.replace("From:", "Status: RO\r\nX-UIDL: 4f2a\r\nFrom:");
+        assert_eq!(
+            normalise(first.as_bytes()).fingerprint,
+            normalise(later.as_bytes()).fingerprint
+        );
+        assert_eq!(
+            normalise(MSG).fingerprint,
+            normalise(first.as_bytes()).fingerprint
+        );
+    }
+
+    #[test]
+    fn other_changes_still_count() {
+        let base = normalise(MSG).fingerprint;
+        let text = String::from_utf8_lossy(MSG);
+        for changed in [
+            text.replace("<n1@", "<n2@"),
+            text.replace("body", "Body"),
+            // 8-bit bytes in the body are content: only header bytes are munged.
+            text.replace("\u{fc}ber", "XXber"),
+            text.replace("\tfolded", "\tFolded"),
+            // A dropped field's name in the body is body text.
+            text.replace(".dot", "Received: x"),
+        ] {
+            assert_ne!(base, normalise(changed.as_bytes()).fingerprint, "{changed}");
+        }
+    }
+
+    #[test]
+    fn lengths_bound_the_stored_size() {
+        let n = normalise(MSG);
+        let l = normalise(&lf(MSG));
+        assert_eq!(n.len, l.len, "CRs are not counted");
+        assert_eq!(n.raw_len, MSG.len() as u64);
+        assert_eq!(n.lines, 7);
+        assert!(n.len <= lf(MSG).len() as u64);
+        let mut added = b"Received: by y; Mon, 2 Mar 2026 10:11:12 +0100\r\n".to_vec();
+        added.extend_from_slice(MSG);
+        assert_eq!(
+            normalise(&added).len,
+            n.len,
+            "added headers are not counted"
+        );
+    }
+
+    #[test]
+    fn header_only_messages_and_empty_input() {
+        assert_ne!(
+            normalise(b"Subject: a").fingerprint,
+            normalise(b"Subject: b").fingerprint
+        );
+        assert_eq!(normalise(b"").len, 0);
+        assert_eq!(
+            normalise(b"Received: x\r\n").fingerprint,
+            normalise(b"").fingerprint
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Courier-IMAP 5.0.13 (Debian 12's, run privately: `tests/common/courier.rs`) as the IMAP
+//! target: it stores LF line ends and compares SEARCH LARGER/SMALLER against them, has no
+//! LITERAL+, and keeps personal folders under `INBOX.`. A proxy that withholds the answer to
+//! the first APPEND makes "stored, but the OK never arrived" (a crash, a lost connection)
+//! deterministic; the retry after a restart must leave exactly one copy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::courier::{courier_or_skip, Courier};
+use popbridge::key::IdempotencyKey;
+use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
+use popbridge::sink::{Sink, SpooledMessage};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A proxy to `upstream` that forwards everything except the tagged answer to the first
+/// APPEND: when it comes, both connections are closed.
+async fn withholding_proxy(upstream: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let done = Arc::new(Mutex::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+            let (cr, mut cw) = client.into_split();
+            let (sr, mut sw) = server.into_split();
+            let tag: Arc<Mutex<Option<String>>> = Arc::default();
+            let (t, d) = (tag.clone(), done.clone());
+            // Client → server: remember the tag of the first APPEND.
+            tokio::spawn(async move {
+                let mut r = BufReader::new(cr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&line).to_string();
+                    let mut words = text.split(' ');
+                    if let (Some(tg), Some(cmd)) = (words.next(), words.next()) {
+                        if cmd.eq_ignore_ascii_case("APPEND") && !*d.lock().unwrap() {
+                            *t.lock().unwrap() = Some(format!("{tg} "));
+                        }
+                    }
+                    if sw.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            // Server → client: line by line (literals pass as lines), until the answer.
+            let d = done.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(sr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let withheld = tag
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|t| line.starts_with(t.as_bytes()));
+                    if withheld {
+                        *d.lock().unwrap() = true;
+                        return; // drops both halves: the client sees the connection close
+                    }
+                    if cw.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn sink(port: u16, folder: &str) -> ImapSink {
+    let yaml = format!(
+        "host: 127.0.0.1\nport: {port}\ntls: none\nallow_plaintext_auth: true\nusername: courieruser\npassword: unused\ntimeout: 10s\nfolder: \"{folder}\"\n"
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    ImapSink::new("courier", raw.validate(Path::new("/")).unwrap()).unwrap()
+}
+
+fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessage {
+    use sha2::Digest;
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    SpooledMessage {
+        mailbox: "m".into(),
+        uidl: name.into(),
+        path,
+        size: body.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(body)),
+        fetched_at: chrono::Utc::now(),
+        seen_before,
+    }
+}
+
+const FOLDER: &str = "INBOX.Migrated";
+
+/// Stored through the withholding proxy (no answer), then delivered again by a new sink with
+/// `seen_before` (a restart): exactly one copy, and the second receipt is a duplicate.
+async fn one_copy(courier: &Courier, name: &str, body: &[u8]) {
+    let proxy = withholding_proxy(courier.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdempotencyKey::derive("m", name);
+    let before = courier.stored(FOLDER).len();
+    let first = sink(proxy, FOLDER)
+        .deliver(&spool(dir.path(), name, body, false), &key)
+        .await;
+    assert!(first.unwrap_err().is_retryable());
+    assert_eq!(
+        courier.stored(FOLDER).len(),
+        before + 1,
+        "Courier stored it"
+    );
+    let again = sink(courier.port, FOLDER)
+        .deliver(&spool(dir.path(), name, body, true), &key)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", courier.log()));
+    assert!(again.duplicate, "{again:?}");
+    let stored = courier.stored(FOLDER);
+    assert_eq!(stored.len(), before + 1, "appended twice: {again:?}");
+    let lf = String::from_utf8_lossy(body).replace("\r\n", "\n");
+    assert!(
+        stored.iter().any(|m| m == lf.as_bytes()),
+        "Courier keeps the message with LF line ends"
+    );
+}
+
+#[tokio::test]
+async fn courier_crash_after_append_leaves_exactly_one_copy() {
+    let Some(courier) = courier_or_skip() else {
+        return;
+    };
+    // Create the folder first (not through the proxy).
+    let dir = tempfile::tempdir().unwrap();
+    sink(courier.port, FOLDER)
+        .deliver(
+            &spool(
+                dir.path(),
+                "seed",
+                b"Message-ID: <seed@x>\r\n\r\nseed\r\n",
+                false,
+            ),
+            &IdempotencyKey::derive("m", "seed"),
+        )
+        .await
+        .unwrap();
+    let with_id = "Message-ID: <courier-1@example.org>\r\nDate: Mon, 2 Mar 2026 10:11:12 +0100\r\nSubject: Gr\u{fc}\u{df}e\r\n\r\nline one\r\nline two\r\n";
+    one_copy(&courier, "with-id", with_id.as_bytes()).await;
+    let without_id = "From: a@example.org\r\nSubject: no id\r\n\r\nonly content\r\ndecides\r\n";
+    one_copy(&courier, "without-id", without_id.as_bytes()).await;
+}
+
+#[tokio::test]
+async fn courier_folder_outside_the_personal_namespace_names_the_one_to_use() {
+    let Some(courier) = courier_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spool(
+        dir.path(),
+        "n",
+        b"Message-ID: <ns@x>\r\n\r\nbody\r\n",
+        false,
+    );
+    let err = sink(courier.port, "Migrated/2026")
+        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("use folder: \"INBOX.Migrated.2026\""),
+        "{err}"
+    );
+    let r = sink(courier.port, "INBOX.Migrated.2026")
+        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
+        .await
+        .unwrap();
+    assert!(!r.duplicate);
+    assert_eq!(courier.stored("INBOX.Migrated.2026").len(), 1);
+}
+
+/// A raw look at what the tests above rely on, so a Courier upgrade that changes it shows here.
+#[tokio::test]
+async fn courier_stores_lf_and_has_no_literal_plus() {
+    let Some(courier) = courier_or_skip() else {
+        return;
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", courier.port))
+        .await
+        .unwrap();
+    let mut greeting = vec![0; 512];
+    let n = s.read(&mut greeting).await.unwrap();
+    assert!(greeting[..n].starts_with(b"* PREAUTH"));
+    s.write_all(b"a CAPABILITY\r\nb LOGOUT\r\n").await.unwrap();
+    let mut out = String::new();
+    BufReader::new(s).read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.contains("UIDPLUS") && out.contains("NAMESPACE"),
+        "{out}"
+    );
+    assert!(!out.contains("LITERAL+"), "{out}");
+}
