@@ -9,7 +9,7 @@ use std::fmt;
 use std::rc::Rc;
 
 /// Looks up an environment variable by name.
-type Lookup = Rc<dyn Fn(&str) -> Option<String>>;
+pub(crate) type Lookup = Rc<dyn Fn(&str) -> Option<String>>;
 
 thread_local! {
     /// The environment used by deserialisation on this thread; `None` means the process

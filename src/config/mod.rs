@@ -1,6 +1,7 @@
 //! Configuration: parsed (`raw`), then validated into `model`, then built by the caller.
 //! [`load`] reads a YAML file and returns the validated [`Config`] plus warnings to log.
 
+pub mod batch;
 pub mod duration;
 pub mod error;
 pub mod interpolate;
@@ -45,8 +46,20 @@ pub fn load_str_with_env(
     origin: &Path,
     env: impl Fn(&str) -> Option<String> + 'static,
 ) -> Result<Loaded, ConfigError> {
-    let raw: raw::RawConfig = interpolate::with_env(Rc::new(env), || yaml_serde::from_str(text))
+    let env: interpolate::Lookup = Rc::new(env);
+    let mut raw: raw::RawConfig = interpolate::with_env(env.clone(), || yaml_serde::from_str(text))
         .map_err(|e| ConfigError::from_yaml(origin.to_path_buf(), text, &e))?;
+    let base = origin.parent().unwrap_or(Path::new(""));
+    for b in std::mem::take(&mut raw.mailboxes_from) {
+        let rows = interpolate::with_env(env.clone(), || batch::expand(&b, base)).map_err(|e| {
+            ConfigError::Parse {
+                file: e.file,
+                location: e.line.map(|l| (l, 1)),
+                message: e.message,
+            }
+        })?;
+        raw.mailboxes.extend(rows);
+    }
     let (config, warnings) =
         validate::validate(raw, origin).map_err(|problems| ConfigError::Invalid {
             file: origin.to_path_buf(),

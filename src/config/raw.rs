@@ -21,7 +21,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     /// The POP3 mailboxes to poll.
+    #[serde(default)]
     pub mailboxes: Vec<RawMailbox>,
+    /// More mailboxes, one per row of a CSV file filled into a template entry.
+    #[serde(default)]
+    pub mailboxes_from: Vec<super::batch::RawBatch>,
     /// Where messages go.
     pub sinks: Vec<RawSink>,
 }

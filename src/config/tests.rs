@@ -575,3 +575,58 @@ fn load_reads_a_file_and_reports_a_missing_one() {
     let c = super::load(&path).unwrap().config;
     assert_eq!(c.state.path, dir.path().join("state/popbridge.db"));
 }
+
+/// `mailboxes_from`: one mailbox per CSV row, filled into the template, checked like written
+/// ones; `${VAR}` in the template still comes from the environment.
+#[test]
+fn mailboxes_from_a_csv_file_fill_the_template() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("accounts.csv"),
+        "name,user,delete\nalice,alice@old.example,never\n\"bob\",\"bob@old.example\",after_delivery\n",
+    )
+    .unwrap();
+    let yaml = "state: { path: ./state.db }\n\
+        mailboxes_from:\n  - file: accounts.csv\n    mailbox:\n      name: \"{name}\"\n      \
+        pop3: { host: \"${POP_HOST}\", username: \"{user}\", password: \"${ALICE_POP3_PASSWORD}\" }\n      \
+        delete: \"{delete}\"\n      sinks: [archive]\n\
+        sinks:\n  - name: archive\n    type: maildir\n    path: ./mail/{mailbox}\n";
+    let origin = dir.path().join("config.yaml");
+    let loaded = load_str_with_env(yaml, &origin, env).unwrap();
+    let m = &loaded.config.mailboxes;
+    assert_eq!(m.len(), 2);
+    assert_eq!(
+        (m[0].name.as_str(), m[0].pop3.username.as_str()),
+        ("alice", "alice@old.example")
+    );
+    assert_eq!(m[1].pop3.host, "pop.example.com");
+    assert_eq!(m[1].delete, DeletePolicy::AfterDelivery);
+    assert_eq!(m[0].delete, DeletePolicy::Never);
+
+    // A template column the CSV lacks: named, with the file and line.
+    std::fs::write(dir.path().join("accounts.csv"), "name\nalice\n").unwrap();
+    let e = load_str_with_env(yaml, &origin, env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("accounts.csv:2") && e.contains("no column \"user\""),
+        "{e}"
+    );
+    // A bad value in a row: the row's line, and the mailbox checks as usual.
+    std::fs::write(
+        dir.path().join("accounts.csv"),
+        "name,user,delete\nalice,a,never\nbob,b,sometimes\n",
+    )
+    .unwrap();
+    let e = load_str_with_env(yaml, &origin, env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("accounts.csv:3"), "{e}");
+    // Two rows with one name are two mailboxes with one name: refused.
+    std::fs::write(
+        dir.path().join("accounts.csv"),
+        "name,user,delete\nalice,a,never\nalice,b,never\n",
+    )
+    .unwrap();
+    assert!(load_str_with_env(yaml, &origin, env).is_err());
+}
