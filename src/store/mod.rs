@@ -1,14 +1,18 @@
 //! Delivery state: what each mailbox listed, what each sink has acknowledged.
 //!
-//! Callers see only the [`Store`] trait; SQLite (WAL) is the embedded backend and a PostgreSQL
-//! backend for several replicas can implement the same trait without changing them.
+//! Callers see only the [`Store`] trait; SQLite (WAL) is the embedded backend, PostgreSQL the
+//! backend for several replicas, where each mailbox's writes are fenced by its lease.
 
 #[cfg(test)]
 mod contract;
+pub mod lease;
 pub mod lock;
+pub mod postgres;
 mod sqlite;
 
+pub use lease::{Fence, LeaseSlot};
 pub use lock::PollLock;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::sink::Receipt;
@@ -46,6 +50,12 @@ pub enum StoreError {
     Batch(String),
     #[error("state database holds an unreadable receipt: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The mailbox's lease is no longer ours (taken over, expired): nothing was written.
+    #[error("mailbox {mailbox}: its lease is no longer ours; nothing was written (another replica polls it now)")]
+    Fenced { mailbox: String },
+    /// A database call did not answer in time (sqlx has no TCP keepalive).
+    #[error("state database did not answer within {0:?}: {1}")]
+    Timeout(std::time::Duration, &'static str),
 }
 
 /// Where one sink stands with one message.
