@@ -314,26 +314,9 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
             }
         },
     );
-    let tasks: Vec<_> = app
-        .mailboxes
-        .iter()
-        .map(|ctx| {
-            health.started(&ctx.mailbox.name);
-            tokio::spawn(popbridge::scheduler::supervise_mailbox(
-                ctx.clone(),
-                app.limiter.clone(),
-                shutdown.clone(),
-                on_report.clone(),
-                health.clone(),
-            ))
-        })
-        .collect();
     readiness.scheduler_running.store(true, Ordering::SeqCst);
-    for t in tasks {
-        if let Err(e) = t.await {
-            tracing::error!(error = %e, "Mailbox watcher failed");
-        }
-    }
+    app.run_mailboxes(&shutdown, on_report, health.clone())
+        .await;
     readiness.scheduler_running.store(false, Ordering::SeqCst);
     app.close_sinks().await;
     shutdown.cancel();
@@ -409,14 +392,12 @@ fn server_notes(caps: &popbridge::pop3::Capabilities) -> String {
     notes.iter().map(|n| format!("\n  note: {n}")).collect()
 }
 
-async fn open_store(path: &Path) -> Result<popbridge::store::SqliteStore, u8> {
+async fn open_store(path: &Path) -> Result<Arc<dyn popbridge::store::Store>, u8> {
     let config = load_config(path)?;
-    popbridge::store::SqliteStore::open(&config.state.path)
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::STARTUP
-        })
+    popbridge::store::open(&config.state).await.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::STARTUP
+    })
 }
 
 macro_rules! store_or_exit {
@@ -429,7 +410,6 @@ macro_rules! store_or_exit {
 }
 
 async fn dlq(action: DlqAction) -> anyhow::Result<u8> {
-    use popbridge::store::Store;
     match action {
         DlqAction::List {
             config,
@@ -470,7 +450,6 @@ async fn dlq(action: DlqAction) -> anyhow::Result<u8> {
 }
 
 async fn state(action: StateAction) -> anyhow::Result<u8> {
-    use popbridge::store::Store;
     match action {
         StateAction::Show { config, json } => {
             let store = store_or_exit!(&config.config);

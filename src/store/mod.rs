@@ -20,6 +20,20 @@ use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::HashMap;
 
+/// The store the config names, unbound (no lease): for `dlq` and `state` commands.
+pub async fn open(
+    state: &crate::config::StateConfig,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match &state.backend {
+        crate::config::StateBackend::Sqlite => {
+            std::sync::Arc::new(SqliteStore::open(&state.path).await?)
+        }
+        crate::config::StateBackend::Postgres(pg) => {
+            std::sync::Arc::new(PgStore::open(&postgres::PgSettings::from_config(pg)?).await?)
+        }
+    })
+}
+
 /// Unix time in milliseconds, the unit of every timestamp in the store.
 pub type Millis = i64;
 

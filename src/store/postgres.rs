@@ -42,6 +42,29 @@ pub struct PgStore {
     check_fence: bool,
 }
 
+impl PgSettings {
+    /// From the validated config, reading `password_file` now.
+    pub fn from_config(c: &crate::config::PostgresState) -> Result<Self, StoreError> {
+        let password = match &c.password_file {
+            None => None,
+            Some(path) => Some(crate::secret::Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|source| StoreError::Dir {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            )),
+        };
+        Ok(Self {
+            url: c.url.clone(),
+            password,
+            timeout: c.timeout,
+        })
+    }
+}
+
 impl PgStore {
     pub async fn open(settings: &PgSettings) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
