@@ -575,3 +575,29 @@ fn load_reads_a_file_and_reports_a_missing_one() {
     let c = super::load(&path).unwrap().config;
     assert_eq!(c.state.path, dir.path().join("state/popbridge.db"));
 }
+
+#[test]
+fn state_url_selects_postgres_with_its_defaults() {
+    let text = MINIMAL.replace(
+        "  path: state/popbridge.db\n",
+        "  url: postgres://pb:${ALICE_POP3_PASSWORD}@db/pb?sslmode=verify-full\n  lease_ttl: 20s\n",
+    );
+    let Loaded { config, .. } = load(&text).unwrap();
+    match &config.state.backend {
+        StateBackend::Postgres(pg) => {
+            assert!(pg.url.expose().contains(PASSWORD));
+            assert_eq!(pg.lease_ttl, Duration::from_secs(20));
+            assert_eq!(pg.timeout, Duration::from_secs(10));
+            assert!(pg.password_file.is_none());
+        }
+        StateBackend::Sqlite => panic!("expected PostgreSQL"),
+    }
+    assert_eq!(
+        config.state.spool_dir,
+        PathBuf::from("/etc/popbridge/spool")
+    );
+    let bad = MINIMAL.replace("  path: state/popbridge.db\n", "  url: mysql://db/pb\n");
+    assert!(format!("{}", err(&bad)).contains("postgres://"));
+    let none = MINIMAL.replace("  path: state/popbridge.db\n", "  retention: 1d\n");
+    assert!(format!("{}", err(&none)).contains("state.url"));
+}
