@@ -6,8 +6,10 @@
 #    `state import` reads (mpop, fetchmail, getmail6, and safecat to deliver for fetchmail),
 #    openssl, python3, the
 #    script linter, promtool (package prometheus, for tests/daemon.rs), npm and python3-venv
-#    (for scripts/check-chart.sh), the C toolchain and OpenSSL headers. No service is started
-#    (policy-rc.d): the tests run their own private Dovecot instances on free loopback ports.
+#    (for scripts/check-chart.sh), PostgreSQL (for the PostgreSQL state backend's tests), the C
+#    toolchain and OpenSSL headers. No service is started (policy-rc.d): the tests run their
+#    own private Dovecot instances and PostgreSQL clusters (initdb + pg_ctl as the postgres
+#    user) on free loopback ports.
 #    The Python test oracles (standardwebhooks, jsonschema) go into a venv with pip.
 # 2. cargo fmt --check, shellcheck on every script, cargo clippy --all-targets -D warnings.
 # 3. cargo test --all-targets (every test binary, even after a failure). We use `cargo test`,
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
 packages=(dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv shellcheck
-    ca-certificates build-essential pkg-config libssl-dev
+    ca-certificates build-essential pkg-config libssl-dev postgresql
     mpop fetchmail getmail6 safecat)
 # By command: a machine may have them from elsewhere (NodeSource's nodejs ships npm and
 # conflicts with Debian's npm package).

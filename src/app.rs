@@ -1,14 +1,17 @@
 //! Building the running service from a validated config: the store, the sinks, one context per
 //! mailbox, the shared caps.
 
+use crate::config::StateBackend;
 use crate::config::{Config, SinkConfig, SinkKind};
 use crate::engine::deliver::SinkHandle;
 use crate::engine::poll::{MailboxContext, PollReport};
+use crate::scheduler::leases::{Leased, Replica};
+use crate::scheduler::Health;
 use crate::scheduler::{poll_limited, Limiter};
 use crate::sink::maildir::MaildirSink;
 use crate::sink::webhook::WebhookSink;
 use crate::sink::Sink;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{LeaseSlot, PgStore, SqliteStore, Store, StoreError};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +35,14 @@ pub struct App {
     pub sinks: Vec<SinkHandle>,
     pub mailboxes: Vec<Arc<MailboxContext>>,
     pub limiter: Arc<Limiter>,
-    /// One polling process per state store (see `store::lock`); `None` only for read-only use.
+    /// One polling process per SQLite state (see `store::lock`); PostgreSQL uses leases.
     _lock: Option<crate::store::PollLock>,
+    /// On PostgreSQL: the shared store and each mailbox's lease.
+    leases: Option<(PgStore, Vec<Arc<LeaseSlot>>)>,
 }
+
+/// What `on_report` gets: every poll's report.
+pub type OnReport = Arc<dyn Fn(&PollReport) + Send + Sync>;
 
 /// One ready sink from its config.
 pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
@@ -81,15 +89,7 @@ impl App {
         config: Config,
         wait: std::time::Duration,
     ) -> Result<Self, BuildError> {
-        let path = config.state.path.clone();
-        let lock =
-            tokio::task::spawn_blocking(move || crate::store::PollLock::acquire(&path, wait))
-                .await
-                .map_err(|e| BuildError::Sink {
-                    name: "state lock".into(),
-                    message: e.to_string(),
-                })??;
-        Self::build_with(config, Some(lock)).await
+        Self::build_with(config, Some(wait)).await
     }
 
     /// The service for read-only uses (`plan`), next to a running daemon: it must never poll.
@@ -97,11 +97,40 @@ impl App {
         Self::build_with(config, None).await
     }
 
+    /// `lock_wait`: take the one-poller lock of a SQLite state, waiting up to this long;
+    /// `None` only for read-only use.
     async fn build_with(
         config: Config,
-        lock: Option<crate::store::PollLock>,
+        lock_wait: Option<std::time::Duration>,
     ) -> Result<Self, BuildError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).await?);
+        let (lock, store, pg): (_, Arc<dyn Store>, _) = match &config.state.backend {
+            StateBackend::Sqlite => {
+                let lock = match lock_wait {
+                    Some(wait) => {
+                        let path = config.state.path.clone();
+                        Some(
+                            tokio::task::spawn_blocking(move || {
+                                crate::store::PollLock::acquire(&path, wait)
+                            })
+                            .await
+                            .map_err(|e| BuildError::Sink {
+                                name: "state lock".into(),
+                                message: e.to_string(),
+                            })??,
+                        )
+                    }
+                    None => None,
+                };
+                let store = Arc::new(SqliteStore::open(&config.state.path).await?);
+                (lock, store, None)
+            }
+            StateBackend::Postgres(settings) => {
+                let pg = PgStore::open(&crate::store::postgres::PgSettings::from_config(settings)?)
+                    .await?;
+                (None, Arc::new(pg.clone()), Some(pg))
+            }
+        };
+        let mut slots = Vec::new();
         let sinks = config
             .sinks
             .iter()
@@ -129,10 +158,19 @@ impl App {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            // On PostgreSQL each mailbox writes through a handle fenced by its lease.
+            let mailbox_store: Arc<dyn Store> = match &pg {
+                Some(pg) => {
+                    let slot = Arc::new(LeaseSlot::new(m.name.clone()));
+                    slots.push(slot.clone());
+                    Arc::new(pg.bound(slot))
+                }
+                None => store.clone(),
+            };
             mailboxes.push(Arc::new(MailboxContext {
                 mailbox: m.clone(),
                 sinks: handles,
-                store: store.clone(),
+                store: mailbox_store,
                 spool_dir: config.state.spool_dir.join(&m.name),
                 max_in_flight: config.limits.max_in_flight,
                 progress: Default::default(),
@@ -155,7 +193,89 @@ impl App {
             mailboxes,
             limiter,
             _lock: lock,
+            leases: pg.map(|pg| (pg, slots)),
         })
+    }
+
+    /// The daemon: every mailbox on SQLite; on PostgreSQL a fair share of them, by lease.
+    /// Returns at `shutdown` once every poll has ended (and, on PostgreSQL, leases are released).
+    pub async fn run_mailboxes(
+        &self,
+        shutdown: &CancellationToken,
+        on_report: OnReport,
+        health: Arc<Health>,
+    ) {
+        if let Some((pg, slots)) = &self.leases {
+            let ttl = match &self.config.state.backend {
+                StateBackend::Postgres(p) => p.lease_ttl,
+                StateBackend::Sqlite => return,
+            };
+            let replica = Replica {
+                store: pg.clone(),
+                id: replica_id(),
+                ttl,
+                mailboxes: slots
+                    .iter()
+                    .zip(&self.mailboxes)
+                    .map(|(slot, ctx)| Leased {
+                        slot: slot.clone(),
+                        ctx: ctx.clone(),
+                    })
+                    .collect(),
+            };
+            replica
+                .run(self.limiter.clone(), shutdown.clone(), on_report, health)
+                .await;
+            return;
+        }
+        let tasks: Vec<_> = self
+            .mailboxes
+            .iter()
+            .map(|ctx| {
+                health.started(&ctx.mailbox.name);
+                tokio::spawn(crate::scheduler::supervise_mailbox(
+                    ctx.clone(),
+                    self.limiter.clone(),
+                    shutdown.clone(),
+                    on_report.clone(),
+                    health.clone(),
+                ))
+            })
+            .collect();
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "Mailbox watcher failed");
+            }
+        }
+    }
+
+    /// `once` on PostgreSQL: lease the selected mailboxes for one poll (a mailbox a replica
+    /// holds is skipped). Returns the leases to release and the mailboxes not leased.
+    async fn lease_for_once(
+        &self,
+        mailboxes: &[Arc<MailboxContext>],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let Some((pg, slots)) = &self.leases else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let names: Vec<String> = mailboxes.iter().map(|m| m.mailbox.name.clone()).collect();
+        let ttl = self.config.limits.poll_timeout * 2;
+        let sent = std::time::Instant::now();
+        let got = pg.claim(ONCE_OWNER, &names, names.len(), ttl).await?;
+        let mut claims = Vec::new();
+        for (name, fence) in got {
+            if let Some(slot) = slots.iter().find(|s| s.mailbox == name) {
+                claims.push(fence.claim_id.clone());
+                // A poll ends by `poll_timeout`; the lease lasts twice that.
+                slot.set(fence, sent + self.config.limits.poll_timeout);
+            }
+        }
+        let skipped = slots
+            .iter()
+            .filter(|s| names.contains(&s.mailbox) && !s.is_held())
+            .map(|s| s.mailbox.clone())
+            .collect();
+        Ok((claims, skipped))
     }
 
     /// Mailboxes selected by `--mailbox` (all when `None`).
@@ -178,6 +298,35 @@ impl App {
         mailboxes: &[Arc<MailboxContext>],
         shutdown: &CancellationToken,
     ) -> Vec<PollReport> {
+        let (claims, skipped) = match self.lease_for_once(mailboxes).await {
+            Ok(c) => c,
+            Err(e) => {
+                return mailboxes
+                    .iter()
+                    .map(|m| PollReport {
+                        mailbox: m.mailbox.name.clone(),
+                        error: Some(("state".into(), e.to_string())),
+                        ..Default::default()
+                    })
+                    .collect()
+            }
+        };
+        let mut reports: Vec<PollReport> = skipped
+            .iter()
+            .map(|name| {
+                tracing::info!(mailbox = %name, "Skipped: a replica holds its lease");
+                PollReport {
+                    mailbox: name.clone(),
+                    error: Some(("leased".into(), "a replica holds its lease".into())),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mailboxes: Vec<_> = mailboxes
+            .iter()
+            .filter(|m| !skipped.contains(&m.mailbox.name))
+            .cloned()
+            .collect();
         let polls = mailboxes.iter().map(|ctx| {
             let (ctx, limiter, shutdown) = (ctx.clone(), self.limiter.clone(), shutdown.clone());
             async move {
@@ -201,11 +350,33 @@ impl App {
                 }
             }
         });
-        futures_util::future::join_all(polls).await
+        reports.extend(futures_util::future::join_all(polls).await);
+        if let Some((pg, slots)) = &self.leases {
+            if let Err(e) = pg.release(ONCE_OWNER, &claims).await {
+                tracing::warn!(error = %e, "Cannot release leases; they expire by themselves");
+            }
+            slots.iter().for_each(|s| s.clear());
+        }
+        reports
     }
 
     /// End of a run: every sink closes its connections politely (IMAP LOGOUT).
     pub async fn close_sinks(&self) {
         futures_util::future::join_all(self.sinks.iter().map(|h| h.sink.close())).await;
     }
+}
+
+/// The owner name of `once` runs' leases.
+const ONCE_OWNER: &str = "once";
+
+/// Unique per process, readable in `state leases`: host, pid and a random suffix.
+fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }

@@ -362,26 +362,9 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
             }
         },
     );
-    let tasks: Vec<_> = app
-        .mailboxes
-        .iter()
-        .map(|ctx| {
-            health.started(&ctx.mailbox.name);
-            tokio::spawn(popbridge::scheduler::supervise_mailbox(
-                ctx.clone(),
-                app.limiter.clone(),
-                shutdown.clone(),
-                on_report.clone(),
-                health.clone(),
-            ))
-        })
-        .collect();
     readiness.scheduler_running.store(true, Ordering::SeqCst);
-    for t in tasks {
-        if let Err(e) = t.await {
-            tracing::error!(error = %e, "Mailbox watcher failed");
-        }
-    }
+    app.run_mailboxes(&shutdown, on_report, health.clone())
+        .await;
     readiness.scheduler_running.store(false, Ordering::SeqCst);
     app.close_sinks().await;
     shutdown.cancel();
@@ -518,14 +501,12 @@ fn server_notes(caps: &popbridge::pop3::Capabilities) -> String {
     notes.iter().map(|n| format!("\n  note: {n}")).collect()
 }
 
-async fn open_store(path: &Path) -> Result<popbridge::store::SqliteStore, u8> {
+async fn open_store(path: &Path) -> Result<Arc<dyn popbridge::store::Store>, u8> {
     let config = load_config(path)?;
-    popbridge::store::SqliteStore::open(&config.state.path)
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::STARTUP
-        })
+    popbridge::store::open(&config.state).await.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::STARTUP
+    })
 }
 
 macro_rules! store_or_exit {
@@ -538,7 +519,6 @@ macro_rules! store_or_exit {
 }
 
 async fn dlq(action: DlqAction) -> anyhow::Result<u8> {
-    use popbridge::store::Store;
     match action {
         DlqAction::List {
             config,
@@ -579,7 +559,6 @@ async fn dlq(action: DlqAction) -> anyhow::Result<u8> {
 }
 
 async fn state(action: StateAction) -> anyhow::Result<u8> {
-    use popbridge::store::Store;
     match action {
         StateAction::Show { config, json } => {
             let store = store_or_exit!(&config.config);
@@ -702,15 +681,23 @@ async fn cutover(
             return Ok(exit::CONFIG);
         }
     };
-    // Not next to a polling process: it could fetch these messages meanwhile.
-    let _lock = popbridge::store::PollLock::acquire(&config.state.path, std::time::Duration::ZERO)
-        .context("cannot import while popbridge polls")?;
-    let store = popbridge::store::SqliteStore::open(&config.state.path)
+    // Not next to a polling process: it could fetch these messages meanwhile. On SQLite the
+    // lock says so; on PostgreSQL the replicas must be stopped (their leases are not checked).
+    let _lock = match config.state.backend {
+        popbridge::config::StateBackend::Sqlite => Some(
+            popbridge::store::PollLock::acquire(&config.state.path, std::time::Duration::ZERO)
+                .context("cannot import while popbridge polls")?,
+        ),
+        popbridge::config::StateBackend::Postgres(_) => None,
+    };
+    let store = popbridge::store::open(&config.state)
         .await
         .context("cannot open the state")?;
     let report = match seen {
-        Some(seen) => popbridge::cutover::import(&store, m, &sinks, &seen, receipt, dry_run).await,
-        None => popbridge::cutover::baseline(&store, m, &sinks, dry_run).await,
+        Some(seen) => {
+            popbridge::cutover::import(store.as_ref(), m, &sinks, &seen, receipt, dry_run).await
+        }
+        None => popbridge::cutover::baseline(store.as_ref(), m, &sinks, dry_run).await,
     };
     match report {
         Ok(r) => {

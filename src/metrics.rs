@@ -29,6 +29,9 @@ pub struct Metrics {
     without_quit: IntCounterVec,
     backoff: GaugeVec,
     panics: IntCounterVec,
+    fenced_writes: IntCounterVec,
+    leases_held: IntGaugeVec,
+    lease_events: IntCounterVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -173,8 +176,44 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Polls that panicked (a bug); the mailbox is retried with backoff.",
             &["mailbox"],
         )?,
+        fenced_writes: counter(
+            "popbridge_fenced_writes_total",
+            "State writes refused because the mailbox's lease was no longer ours (PostgreSQL).",
+            &["mailbox"],
+        )?,
+        leases_held: int_gauge(
+            "popbridge_leases_held",
+            "Mailbox leases this replica holds (PostgreSQL).",
+            &[],
+        )?,
+        lease_events: counter(
+            "popbridge_lease_events_total",
+            "Mailbox leases claimed, lost (taken over or expired) and released, by event.",
+            &["event"],
+        )?,
         registry,
     })
+}
+
+/// A state write was refused: the mailbox's lease is no longer ours.
+pub fn fenced_write(mailbox: &str) {
+    if let Some(m) = get() {
+        m.fenced_writes.with_label_values(&[mailbox]).inc();
+    }
+}
+
+/// Leases held now, and `n` leases `event` (`claimed`, `lost`, `released`).
+pub fn leases(held: usize, event: &str, n: usize) {
+    if let Some(m) = get() {
+        m.leases_held
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        if n > 0 {
+            m.lease_events
+                .with_label_values(&[event])
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+    }
 }
 
 /// A message whose RETR kept breaking the connection became a dead letter.
@@ -315,6 +354,8 @@ mod tests {
         delivery_backlog("alice", "archive", 1, 2);
         poll_backoff("alice", Duration::from_secs(120));
         poll_panicked("alice");
+        fenced_write("alice");
+        leases(3, "claimed", 3);
         let text = render();
         for name in [
             "popbridge_build_info",
@@ -328,6 +369,9 @@ mod tests {
             "popbridge_delivery_duration_seconds_bucket",
             "popbridge_last_successful_poll_timestamp_seconds{mailbox=\"alice\"}",
             "popbridge_poll_backoff_seconds{mailbox=\"alice\"} 120",
+            "popbridge_fenced_writes_total{mailbox=\"alice\"} 1",
+            "popbridge_leases_held 3",
+            "popbridge_lease_events_total{event=\"claimed\"} 3",
             "popbridge_poll_panics_total{mailbox=\"alice\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

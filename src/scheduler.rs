@@ -7,6 +7,8 @@
 //! password polled every minute locks accounts and trips fail2ban), and the server's
 //! LOGIN-DELAY is honoured whatever the schedule says.
 
+pub mod leases;
+
 use crate::config::Schedule;
 use crate::engine::poll::{poll, MailboxContext, PollReport};
 use chrono::{DateTime, Utc};

@@ -28,6 +28,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
         source: root.join("config.yaml"),
         state: StateConfig {
             path: root.join("state/db.sqlite"),
+            backend: popbridge::config::StateBackend::Sqlite,
             spool_dir: root.join("state/spool"),
             retention: Duration::from_secs(30 * 24 * 3600),
         },

@@ -117,8 +117,11 @@ fn substitute(s: &str, header: &[String], row: &[String]) -> Result<String, Stri
     Ok(out)
 }
 
+/// One CSV row: its 1-based starting line and its fields.
+type Row = (usize, Vec<String>);
+
 /// RFC 4180 CSV: rows of fields with their 1-based starting line; blank lines skipped.
-fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn parse_csv(text: &str) -> Result<Vec<Row>, (usize, String)> {
     let mut rows = Vec::new();
     let (mut row, mut field) = (Vec::new(), String::new());
     let (mut line, mut row_line) = (1, 1);

@@ -21,12 +21,30 @@ pub struct Config {
 
 #[derive(Clone, Debug)]
 pub struct StateConfig {
-    /// SQLite database file.
+    /// SQLite database file (unused with PostgreSQL).
     pub path: PathBuf,
+    /// Where the state lives.
+    pub backend: StateBackend,
     /// Where messages wait between RETR and delivery (default: `<state dir>/spool`).
     pub spool_dir: PathBuf,
     /// How long messages that left the server stay in the state (default 30 days).
     pub retention: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum StateBackend {
+    /// The embedded file at `StateConfig::path`; one polling process (flock).
+    Sqlite,
+    /// Shared by replicas, which lease mailboxes.
+    Postgres(PostgresState),
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresState {
+    pub url: crate::secret::Secret,
+    pub password_file: Option<PathBuf>,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

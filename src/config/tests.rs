@@ -630,3 +630,29 @@ fn mailboxes_from_a_csv_file_fill_the_template() {
     .unwrap();
     assert!(load_str_with_env(yaml, &origin, env).is_err());
 }
+
+#[test]
+fn state_url_selects_postgres_with_its_defaults() {
+    let text = MINIMAL.replace(
+        "  path: state/popbridge.db\n",
+        "  url: postgres://pb:${ALICE_POP3_PASSWORD}@db/pb?sslmode=verify-full\n  lease_ttl: 20s\n",
+    );
+    let Loaded { config, .. } = load(&text).unwrap();
+    match &config.state.backend {
+        StateBackend::Postgres(pg) => {
+            assert!(pg.url.expose().contains(PASSWORD));
+            assert_eq!(pg.lease_ttl, Duration::from_secs(20));
+            assert_eq!(pg.timeout, Duration::from_secs(10));
+            assert!(pg.password_file.is_none());
+        }
+        StateBackend::Sqlite => panic!("expected PostgreSQL"),
+    }
+    assert_eq!(
+        config.state.spool_dir,
+        PathBuf::from("/etc/popbridge/spool")
+    );
+    let bad = MINIMAL.replace("  path: state/popbridge.db\n", "  url: mysql://db/pb\n");
+    assert!(format!("{}", err(&bad)).contains("postgres://"));
+    let none = MINIMAL.replace("  path: state/popbridge.db\n", "  retention: 1d\n");
+    assert!(format!("{}", err(&none)).contains("state.url"));
+}

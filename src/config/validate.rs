@@ -3,8 +3,8 @@
 
 use super::error::Problem;
 use super::model::{
-    Config, DeletePolicy, HttpConfig, Limits, MailboxConfig, RetryPolicy, Schedule, SinkConfig,
-    StateConfig,
+    Config, DeletePolicy, HttpConfig, Limits, MailboxConfig, PostgresState, RetryPolicy, Schedule,
+    SinkConfig, StateBackend, StateConfig,
 };
 use super::raw::{
     RawAuth, RawConfig, RawDelete, RawHttp, RawLimits, RawMailbox, RawPop3, RawRetry, RawSchedule,
@@ -30,6 +30,8 @@ const MIN_MAX_LINE_LENGTH: usize = 512;
 pub const DEFAULT_PIPELINE_WINDOW: usize = 128;
 /// Default poll interval when `schedule` is absent.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// `state.lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// `state.retention`.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -45,8 +47,47 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         warnings: Vec::new(),
     };
 
-    let state_path = resolve(base, raw.state.path.as_str());
-    if raw.state.path.as_str().trim().is_empty() {
+    let backend = match raw.state.url {
+        Some(url) => {
+            let url = url.into_secret();
+            if !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+            {
+                v.problem("state.url", "must be a postgres:// URL");
+            }
+            StateBackend::Postgres(PostgresState {
+                url,
+                password_file: raw.state.password_file.map(|f| resolve(base, f.as_str())),
+                lease_ttl: raw
+                    .state
+                    .lease_ttl
+                    .map_or(DEFAULT_LEASE_TTL, Duration::from),
+                timeout: raw
+                    .state
+                    .timeout
+                    .map_or(crate::store::postgres::DEFAULT_TIMEOUT, Duration::from),
+            })
+        }
+        None => {
+            if raw.state.password_file.is_some() || raw.state.lease_ttl.is_some() {
+                v.problem(
+                    "state",
+                    "password_file and lease_ttl are for PostgreSQL: set state.url",
+                );
+            }
+            StateBackend::Sqlite
+        }
+    };
+    let path_text = match (&raw.state.path, &backend) {
+        (Some(p), _) => p.as_str().to_string(),
+        (None, StateBackend::Postgres(_)) => "popbridge.db".to_string(),
+        (None, StateBackend::Sqlite) => {
+            v.problem("state.path", "is required (or state.url for PostgreSQL)");
+            String::new()
+        }
+    };
+    let state_path = resolve(base, &path_text);
+    if raw.state.path.is_some() && path_text.trim().is_empty() {
         v.problem("state.path", "must not be empty");
     }
     let spool_dir = match raw.state.spool_dir {
@@ -59,6 +100,7 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         .map_or(DEFAULT_RETENTION, Duration::from);
     let state = StateConfig {
         path: state_path,
+        backend,
         spool_dir,
         retention,
     };

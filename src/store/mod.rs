@@ -1,20 +1,38 @@
 //! Delivery state: what each mailbox listed, what each sink has acknowledged.
 //!
-//! Callers see only the [`Store`] trait; SQLite (WAL) is the embedded backend and a PostgreSQL
-//! backend for several replicas can implement the same trait without changing them.
+//! Callers see only the [`Store`] trait; SQLite (WAL) is the embedded backend, PostgreSQL the
+//! backend for several replicas, where each mailbox's writes are fenced by its lease.
 
 #[cfg(test)]
 mod contract;
+pub mod lease;
 pub mod lock;
+pub mod postgres;
 mod sqlite;
 
+pub use lease::{Fence, LeaseSlot};
 pub use lock::PollLock;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::sink::Receipt;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::HashMap;
+
+/// The store the config names, unbound (no lease): for `dlq` and `state` commands.
+pub async fn open(
+    state: &crate::config::StateConfig,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match &state.backend {
+        crate::config::StateBackend::Sqlite => {
+            std::sync::Arc::new(SqliteStore::open(&state.path).await?)
+        }
+        crate::config::StateBackend::Postgres(pg) => {
+            std::sync::Arc::new(PgStore::open(&postgres::PgSettings::from_config(pg)?).await?)
+        }
+    })
+}
 
 /// Unix time in milliseconds, the unit of every timestamp in the store.
 pub type Millis = i64;
@@ -46,6 +64,12 @@ pub enum StoreError {
     Batch(String),
     #[error("state database holds an unreadable receipt: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The mailbox's lease is no longer ours (taken over, expired): nothing was written.
+    #[error("mailbox {mailbox}: its lease is no longer ours; nothing was written (another replica polls it now)")]
+    Fenced { mailbox: String },
+    /// A database call did not answer in time (sqlx has no TCP keepalive).
+    #[error("state database did not answer within {0:?}: {1}")]
+    Timeout(std::time::Duration, &'static str),
 }
 
 /// Where one sink stands with one message.
