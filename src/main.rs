@@ -76,6 +76,12 @@ enum Command {
         /// state to finish, instead of failing at once.
         #[arg(long, value_name = "DURATION")]
         wait_lock: Option<String>,
+        /// Also write a per-mailbox report file: CSV, or JSON when FILE ends in .json.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Skip the mailboxes that this earlier report (JSON, from --report) says are done.
+        #[arg(long, value_name = "FILE")]
+        resume: Option<PathBuf>,
     },
     /// What a run would do to each listed message, with no side effect: no RETR, no DELE, no
     /// sink called, no state written.
@@ -244,6 +250,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             mailbox,
             json,
             wait_lock,
+            report,
+            resume,
         } => {
             let wait = match wait_lock
                 .as_deref()
@@ -256,7 +264,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     return Ok(exit::CONFIG);
                 }
             };
-            once(config_or_exit!(&config.config), mailbox, json, wait).await
+            let files = ReportFiles { report, resume };
+            once(config_or_exit!(&config.config), mailbox, json, wait, files).await
         }
         Command::Check { config, connect } => check(config_or_exit!(&config.config), connect).await,
         Command::Plan {
@@ -292,11 +301,40 @@ fn shutdown_token() -> CancellationToken {
     token
 }
 
+/// `once --report` / `--resume`.
+struct ReportFiles {
+    report: Option<PathBuf>,
+    resume: Option<PathBuf>,
+}
+
+/// Mailboxes an earlier `--report FILE.json` lists as complete.
+fn done_in_report(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| format!("not a JSON report written by `once --report FILE.json`: {e}"))?;
+    Ok(reports
+        .iter()
+        .filter(|r| complete_in_json(r))
+        .filter_map(|r| r["mailbox"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// `PollReport::complete` as seen in its JSON.
+fn complete_in_json(r: &serde_json::Value) -> bool {
+    let zero = |k: &str| r[k].as_u64() == Some(0);
+    r["error"].is_null()
+        && r["failures"].as_array().is_some_and(|f| f.is_empty())
+        && ["retry_later", "dead_lettered", "dead_earlier", "waiting"]
+            .iter()
+            .all(|k| zero(k))
+}
+
 async fn once(
     config: popbridge::config::Config,
     mailbox: Option<String>,
     json: bool,
     wait_lock: std::time::Duration,
+    files: ReportFiles,
 ) -> anyhow::Result<u8> {
     let app = App::build_waiting(config, wait_lock)
         .await
@@ -306,6 +344,28 @@ async fn once(
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(exit::CONFIG);
+        }
+    };
+    let selected = match &files.resume {
+        None => selected,
+        Some(path) => {
+            let done = match done_in_report(path) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: --resume {}: {e}", path.display());
+                    return Ok(exit::CONFIG);
+                }
+            };
+            let (skip, keep): (Vec<_>, Vec<_>) = selected
+                .into_iter()
+                .partition(|m| done.contains(&m.mailbox.name));
+            eprintln!(
+                "resuming: {} mailbox(es) done in {}, {} to poll",
+                skip.len(),
+                path.display(),
+                keep.len()
+            );
+            keep
         }
     };
     let shutdown = shutdown_token();
@@ -324,6 +384,15 @@ async fn once(
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", popbridge::summary::table(&reports));
+    }
+    if let Some(path) = &files.report {
+        let text = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::to_string_pretty(&reports)?
+        } else {
+            popbridge::summary::csv(&reports)
+        };
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
     }
     Ok(if reports.iter().all(|r| r.complete()) {
         exit::OK

@@ -3,6 +3,48 @@
 use crate::engine::poll::PollReport;
 use std::fmt::Write;
 
+/// The per-account report file of a batch run (`once --report FILE`): one row per mailbox
+/// with what it listed, delivered, moved, still owes, and why it failed, as CSV (RFC 4180) for
+/// spreadsheets. The JSON form is the `PollReport` list itself.
+pub fn csv(reports: &[PollReport]) -> String {
+    let mut out = String::from(
+        "mailbox,status,listed,fetched,bytes,delivered,duplicates,pending,dead,deleted,duration_ms,error\n",
+    );
+    for r in reports {
+        let status = match (&r.error, r.complete()) {
+            (Some(_), _) => "failed",
+            (None, true) => "ok",
+            (None, false) => "incomplete",
+        };
+        let error = r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{},{status},{},{},{},{},{},{},{},{},{},{}",
+            field(&r.mailbox),
+            r.listed,
+            r.fetched,
+            r.bytes,
+            r.delivered,
+            r.duplicates,
+            r.retry_later + r.waiting,
+            r.dead_lettered + r.dead_earlier,
+            r.deleted,
+            r.duration_ms,
+            field(error)
+        );
+    }
+    out
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// A fixed-width table, one row per mailbox, then one line per failure and warning.
 pub fn table(reports: &[PollReport]) -> String {
     let mut out = String::new();
@@ -117,5 +159,30 @@ mod tests {
             ..Default::default()
         };
         assert!(!dead.complete());
+    }
+
+    #[test]
+    fn the_report_file_has_a_row_per_mailbox_and_quotes_errors() {
+        let ok = PollReport {
+            mailbox: "alice".into(),
+            listed: 3,
+            delivered: 3,
+            duration_ms: 12,
+            ..Default::default()
+        };
+        let failed = PollReport {
+            mailbox: "bob".into(),
+            error: Some(("auth".into(), "login refused, \"bad\" password".into())),
+            ..Default::default()
+        };
+        let text = csv(&[ok, failed]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("mailbox,status,listed"));
+        assert_eq!(lines[1], "alice,ok,3,0,0,3,0,0,0,0,12,");
+        assert_eq!(
+            lines[2],
+            "bob,failed,0,0,0,0,0,0,0,0,0,\"login refused, \"\"bad\"\" password\""
+        );
     }
 }

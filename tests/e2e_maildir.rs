@@ -147,3 +147,51 @@ fn backdate_deliveries(bridge: &Bridge, days: i64) {
         bridge.state_db().display()
     );
 }
+
+/// A batch run writes a per-mailbox report (CSV and JSON), and `--resume` polls only the
+/// mailboxes the report does not list as done.
+#[test]
+fn a_report_file_lists_each_mailbox_and_resume_skips_the_done_ones() {
+    let dc = dovecot_or_skip!();
+    let (good, bad) = (dc.add_user("report"), dc.add_user("report"));
+    dc.seed(&good, &mail::corpus("report-good", 2));
+    dc.seed(&bad, &mail::corpus("report-bad", 3));
+    let bridge = Bridge::new(
+        dc,
+        &[
+            Mailbox::new("good", &good),
+            Mailbox {
+                password: Some("wrong"),
+                ..Mailbox::new("bad", &bad)
+            },
+        ],
+    );
+    let csv = bridge.dir.path().join("report.csv");
+    let json = bridge.dir.path().join("report.json");
+    let run = bridge.run(&["once", "--report", csv.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].starts_with("good,ok,2,2,"), "{text}");
+    assert!(lines[2].starts_with("bad,failed,0,"), "{text}");
+    let run = bridge.run(&["once", "--report", json.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+
+    // The password is fixed (the config reads it from the environment); the resumed run polls
+    // only "bad".
+    let run = bridge.run_with_env(
+        &["once", "--resume", json.to_str().unwrap(), "--json"],
+        &[("PB_TEST_PASS_BAD", bad.password.as_str())],
+    );
+    assert!(run.ok(), "{}", run.output());
+    let reports: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let polled: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["mailbox"].as_str().unwrap())
+        .collect();
+    assert_eq!(polled, ["bad"]);
+    assert_eq!(bridge.delivered("bad").len(), 3);
+}

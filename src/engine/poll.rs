@@ -121,6 +121,8 @@ pub struct PollReport {
     pub ended_without_quit: bool,
     /// The server's CAPA LOGIN-DELAY: no new login before this much time has passed since this one.
     pub login_delay: Option<std::time::Duration>,
+    /// How long the poll took, connect to QUIT.
+    pub duration_ms: u64,
 }
 
 impl PollReport {
@@ -177,6 +179,7 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         report.error = Some((e.kind().to_string(), e.to_string()));
     }
     ctx.progress.finish();
+    report.duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     crate::metrics::poll_finished(&report, clock.elapsed());
     match ctx.store.backlog(&ctx.mailbox.name).await {
         Ok(rows) => {
