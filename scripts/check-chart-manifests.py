@@ -24,8 +24,8 @@ import yaml
 
 ERRORS = []
 
-# The metric names popbridge exports (see the operations issue). Histograms also export
-# _bucket/_sum/_count series.
+# The metric names popbridge exports: exactly the names registered in src/metrics.rs (the
+# `consistency` command checks the two agree). Histograms also export _bucket/_sum/_count series.
 KNOWN_METRICS = {
     "popbridge_messages_fetched_total",
     "popbridge_fetched_bytes_total",
@@ -38,6 +38,14 @@ KNOWN_METRICS = {
     "popbridge_last_successful_poll_timestamp_seconds",
     "popbridge_messages_on_server",
     "popbridge_tls_certificate_expiry_timestamp_seconds",
+    "popbridge_retrieval_dead_letters_total",
+    "popbridge_uidl_reused_total",
+    "popbridge_sessions_without_quit_total",
+    "popbridge_poll_backoff_seconds",
+    "popbridge_poll_panics_total",
+    "popbridge_fenced_writes_total",
+    "popbridge_leases_held",
+    "popbridge_lease_events_total",
     "popbridge_build_info",
 }
 HISTOGRAMS = {"popbridge_delivery_duration_seconds", "popbridge_poll_duration_seconds"}
@@ -45,6 +53,12 @@ UID = 10001
 PORT = 9898
 CONFIG_PATH = "/etc/popbridge/config.yaml"
 STATE_DIR = "/var/lib/popbridge"
+PG_SECRET_DIR = "/run/secrets/popbridge-postgres"
+PG_PASSWORD_FILE = PG_SECRET_DIR + "/password"
+
+
+def is_postgres(values):
+    return values.get("stateBackend", "sqlite") == "postgres"
 
 
 def check(cond, msg):
@@ -73,9 +87,22 @@ def container_of(dep):
 def check_deployment(dep, docs, values):
     spec = dep["spec"]
     pod = spec["template"]["spec"]
+    pg = is_postgres(values)
     check(spec.get("replicas") == values.get("replicaCount", 1), f"replicas is {spec.get('replicas')}")
-    check(spec.get("replicas") in (0, 1), "more than one replica")
-    check(spec.get("strategy") == {"type": "Recreate"}, f"strategy is {spec.get('strategy')}, not Recreate")
+    if pg:
+        # Several replicas share the PostgreSQL state; a rolling update replaces them one by one.
+        check(spec.get("strategy", {}).get("type") == "RollingUpdate",
+              f"strategy is {spec.get('strategy')}, not RollingUpdate")
+        check(spec.get("strategy", {}).get("rollingUpdate") == values["postgres"]["rollingUpdate"],
+              "strategy.rollingUpdate is not postgres.rollingUpdate")
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        state = values["config"]["state"]
+        timeout = duration_seconds(state.get("timeout", "10s"))
+        check(grace >= 30 and grace > 2 * timeout,
+              f"terminationGracePeriodSeconds {grace}: too short to finish a poll and release the leases")
+    else:
+        check(spec.get("replicas") in (0, 1), "more than one replica")
+        check(spec.get("strategy") == {"type": "Recreate"}, f"strategy is {spec.get('strategy')}, not Recreate")
     sel = spec["selector"]["matchLabels"]
     labels = spec["template"]["metadata"]["labels"]
     check(all(labels.get(k) == v for k, v in sel.items()), "pod labels do not match the selector")
@@ -125,7 +152,10 @@ def check_deployment(dep, docs, values):
     if STATE_DIR in mounts:
         v = vols.get(mounts[STATE_DIR]["name"], {})
         p = values["persistence"]
-        if not p["enabled"]:
+        if pg:
+            check(v.get("emptyDir") == {"sizeLimit": values["postgres"]["spoolSizeLimit"]},
+                  f"{STATE_DIR} should be an emptyDir of postgres.spoolSizeLimit in postgres mode, is {v}")
+        elif not p["enabled"]:
             check("emptyDir" in v, f"{STATE_DIR} should be an emptyDir with persistence disabled")
         elif p.get("existingClaim"):
             check(v.get("persistentVolumeClaim", {}).get("claimName") == p["existingClaim"],
@@ -142,6 +172,26 @@ def check_deployment(dep, docs, values):
     else:
         check(not env_from, "envFrom without existingSecret")
 
+    # PostgreSQL: the password from postgres.existingSecret, as a file and as PG_PASSWORD.
+    env = {e["name"]: e for e in c.get("env") or []}
+    if pg:
+        secret, key = values["postgres"]["existingSecret"], values["postgres"]["passwordKey"]
+        check(bool(secret), "postgres mode without postgres.existingSecret")
+        want = {"secretKeyRef": {"name": secret, "key": key}}
+        check(env.get("PG_PASSWORD", {}).get("valueFrom") == want, f"PG_PASSWORD is not {want}")
+        m = mounts.get(PG_SECRET_DIR)
+        if check(m is not None, f"nothing mounted at {PG_SECRET_DIR}"):
+            check(m.get("readOnly") is True, f"{PG_SECRET_DIR} is not read-only")
+            sv = vols.get(m["name"], {}).get("secret", {})
+            check(sv.get("secretName") == secret and sv.get("items") == [{"key": key, "path": "password"}],
+                  f"{PG_SECRET_DIR} is not key {key} of Secret {secret}: {sv}")
+        check(one(docs, "PersistentVolumeClaim") is None, "a PersistentVolumeClaim in postgres mode")
+        check(not any("persistentVolumeClaim" in v for v in pod.get("volumes", [])), "a claim mounted in postgres mode")
+    else:
+        check("PG_PASSWORD" not in env and PG_SECRET_DIR not in mounts, "PostgreSQL secret wiring in sqlite mode")
+    tsc = values.get("topologySpreadConstraints") or []
+    check((pod.get("topologySpreadConstraints") or []) == tsc, "topologySpreadConstraints")
+
     # The checksum annotation is the hash of exactly the config file in the ConfigMap.
     ann = spec["template"]["metadata"].get("annotations") or {}
     if check("checksum/config" in ann, "no checksum/config annotation") and cm is not None:
@@ -154,22 +204,65 @@ def check_deployment(dep, docs, values):
         check(sa is not None and pod.get("serviceAccountName") == sa["metadata"]["name"], "ServiceAccount not used")
 
 
+def duration_seconds(text):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"([0-9]+)(ms|s|m|h|d)", str(text))
+    check(bool(parts) and "".join(n + u for n, u in parts) == str(text), f"bad duration {text!r}")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
 def check_config(cm, values):
     text = cm["data"]["config.yaml"]
     check("${" in text or not values["config"].get("mailboxes"), "mailboxes without ${VAR} secrets?")
     cfg = yaml.safe_load(text)
     check(cfg == values["config"], "config.yaml in the ConfigMap differs from .Values.config")
-    check(str(cfg["state"]["path"]).startswith(STATE_DIR + "/"), f"state.path {cfg['state']['path']} off the volume")
+    state = cfg["state"]
+    if is_postgres(values):
+        url = str(state.get("url", ""))
+        check(re.match(r"^postgres(ql)?://", url) is not None, f"state.url {url!r} is not a postgres:// URL")
+        m = re.match(r"^postgres(ql)?://([^@/]*)@", url)
+        userinfo = m.group(2) if m else ""
+        check(":" not in userinfo or re.fullmatch(r"[^:]*:\$\{[A-Za-z_][A-Za-z0-9_]*\}", userinfo) is not None,
+              "state.url: a literal password in the ConfigMap")
+        check(state.get("password_file") == PG_PASSWORD_FILE or "${" in userinfo,
+              f"state: the password is neither password_file {PG_PASSWORD_FILE} nor ${{VAR}} in the URL")
+        spool = state.get("spool_dir") or (str(state["path"]).rsplit("/", 1)[0] + "/spool" if state.get("path") else "")
+        check(spool.startswith(STATE_DIR + "/"), f"spool {spool!r} is not on the emptyDir at {STATE_DIR}")
+    else:
+        check("url" not in state and "password_file" not in state, "PostgreSQL settings in sqlite mode")
+        check(str(state["path"]).startswith(STATE_DIR + "/"), f"state.path {state['path']} off the volume")
     check(str(cfg["http"]["listen"]).endswith(f":{PORT}"), f"http.listen {cfg['http']['listen']}")
     for sink in cfg.get("sinks") or []:
-        if sink.get("type") == "maildir":
+        if sink.get("type") == "maildir" and not is_postgres(values):
             check(str(sink.get("path", "")).startswith(STATE_DIR + "/"),
                   f"maildir sink {sink.get('name')} writes off the volume (read-only root filesystem)")
+        elif sink.get("type") == "maildir":
+            # /var/lib/popbridge is per-pod scratch in postgres mode: a Maildir needs a shared volume.
+            mounts = [m["mountPath"].rstrip("/") + "/" for m in values.get("extraVolumeMounts") or []]
+            check(any(str(sink.get("path", "")).startswith(mp) for mp in mounts),
+                  f"maildir sink {sink.get('name')} is not on an extraVolumeMount (postgres mode)")
     for mb in cfg.get("mailboxes") or []:
         pw = (mb.get("pop3") or {}).get("password")
         if pw is not None:
             check(re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", str(pw)) is not None,
                   f"mailbox {mb.get('name')}: a literal password in the ConfigMap")
+
+
+def check_pdb(pdb, dep, values):
+    check(pdb["apiVersion"] == "policy/v1", f"PodDisruptionBudget apiVersion {pdb['apiVersion']}")
+    spec = pdb["spec"]
+    check(spec.get("selector", {}).get("matchLabels") == dep["spec"]["selector"]["matchLabels"],
+          "PodDisruptionBudget selector != Deployment selector")
+    want = values["postgres"]["podDisruptionBudget"]
+    if str(want.get("minAvailable", "")) != "":
+        check(spec.get("minAvailable") == want["minAvailable"] and "maxUnavailable" not in spec,
+              f"PodDisruptionBudget {spec}: expected minAvailable {want['minAvailable']}")
+        if isinstance(want["minAvailable"], int):
+            check(want["minAvailable"] < values["replicaCount"] or values["replicaCount"] == 0,
+                  "PodDisruptionBudget minAvailable >= replicaCount blocks every node drain")
+    else:
+        check(spec.get("maxUnavailable") == want["maxUnavailable"] and "minAvailable" not in spec,
+              f"PodDisruptionBudget {spec}: expected maxUnavailable {want['maxUnavailable']}")
 
 
 def check_service(svc, dep):
@@ -261,6 +354,12 @@ def cmd_render(rendered, core_out, expect_kinds, values_files):
         check_deployment(dep, docs, values)
         check_config(cm, values)
         check_service(svc, dep)
+    pdb = one(docs, "PodDisruptionBudget")
+    if is_postgres(values) and values["postgres"]["podDisruptionBudget"]["enabled"]:
+        if check(pdb is not None, "no PodDisruptionBudget in postgres mode") and dep is not None:
+            check_pdb(pdb, dep, values)
+    else:
+        check(pdb is None, "a PodDisruptionBudget outside postgres mode (or disabled)")
     pvc = one(docs, "PersistentVolumeClaim")
     if pvc is not None:
         keep = pvc["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"
@@ -290,6 +389,17 @@ def cmd_notes(path):
 
 
 def cmd_consistency(root):
+    # The known metric names are exactly those src/metrics.rs registers.
+    with open(f"{root}/src/metrics.rs") as f:
+        rs = f.read()
+    build = rs[rs.index("fn build()"):]
+    build = build[:build.index("\n}\n")]
+    registered = set(re.findall(r'"(popbridge_[a-z_]+)"', build))
+    check(registered == KNOWN_METRICS,
+          f"KNOWN_METRICS != src/metrics.rs: missing {sorted(registered - KNOWN_METRICS)}, "
+          f"stale {sorted(KNOWN_METRICS - registered)}")
+    hist = set(re.findall(r'histogram\(\s*"(popbridge_[a-z_]+)"', build))
+    check(hist == HISTOGRAMS, f"HISTOGRAMS != the histograms of src/metrics.rs: {sorted(hist)}")
     with open(f"{root}/Dockerfile") as f:
         df = f.read()
     lines = [ln.strip() for ln in df.splitlines() if ln.strip() and not ln.strip().startswith("#")]
