@@ -318,8 +318,24 @@ def check_prometheusrule(pr, values):
                     check((r.get("labels") or {}).get(k) == v, f"{name}: alert label {k} missing")
     check(len(alerts) == len(set(alerts)), "duplicate alert names")
     for required in ("PopbridgePollStale", "PopbridgeDeadLetters", "PopbridgeDeadLettersGrowing",
-                     "PopbridgeTLSCertificateExpiring", "PopbridgePollErrors"):
+                     "PopbridgeTLSCertificateExpiring", "PopbridgePollErrors", "PopbridgeAuthFailing",
+                     "PopbridgePollPanicked"):
         check(required in alerts, f"alert {required} missing")
+    lease_alerts = ("PopbridgeFencedWrites", "PopbridgeLeasesLost", "PopbridgeMailboxesUnowned")
+    if is_postgres(values):
+        expected = values["prometheusRule"].get("expectedMailboxes", 0) or len(values["config"].get("mailboxes") or [])
+        for required in lease_alerts:
+            if required == "PopbridgeMailboxesUnowned" and expected <= 0:
+                check(required not in alerts, f"{required} without a number of mailboxes")
+                continue
+            check(required in alerts, f"alert {required} missing in postgres mode")
+        rules = {r.get("alert"): r for g in groups for r in g["rules"]}
+        if expected > 0 and "PopbridgeMailboxesUnowned" in rules:
+            check(str(rules["PopbridgeMailboxesUnowned"]["expr"]).rstrip().endswith(f"< {expected}"),
+                  f"PopbridgeMailboxesUnowned does not compare with {expected} mailboxes")
+    else:
+        for a in lease_alerts:
+            check(a not in alerts, f"lease alert {a} in sqlite mode")
 
 
 def merge(base, over):
