@@ -7,6 +7,9 @@
       Kubernetes objects to CORE_OUT.yaml for kubernetes-validate. The monitoring.coreos.com
       objects (ServiceMonitor, PrometheusRule) are CRDs kubernetes-validate has no schema for:
       they are checked here instead (structure, selectors, PromQL parsed, metric names known).
+  check-chart-manifests.py dashboard DASHBOARD.json
+      Checks the Grafana dashboard: every panel query and template variable parses as PromQL
+      (Grafana's variables substituted) and names only metrics popbridge exports.
   check-chart-manifests.py notes NOTES.txt
       Checks the rendered NOTES mention readiness, dead letters and metrics.
   check-chart-manifests.py consistency ROOT
@@ -359,6 +362,18 @@ def cmd_render(rendered, core_out, expect_kinds, values_files):
     with open(rendered) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     kinds = sorted(d["kind"] for d in docs)
+    dashboards = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    gd = values.get("grafanaDashboard", {})
+    check(len(dashboards) == (1 if gd.get("enabled") else 0), f"{len(dashboards)} dashboard ConfigMaps")
+    for d in dashboards:
+        lb = d["metadata"].get("labels", {})
+        check(all(lb.get(k) == v for k, v in gd["labels"].items()), "dashboard ConfigMap lacks the sidecar labels")
+        check(d["metadata"].get("namespace") == (gd.get("namespace") or d["metadata"]["namespace"]),
+              "dashboard namespace")
+        with open(DASHBOARD) as f:
+            check(json.loads(d["data"]["popbridge.json"]) == json.load(f),
+                  "the dashboard ConfigMap is not dashboards/popbridge.json")
+    docs = [d for d in docs if d not in dashboards]
     check(kinds == sorted(expect_kinds), f"kinds {kinds}, expected {sorted(expect_kinds)}")
     for d in docs:
         md = d.get("metadata", {})
@@ -392,6 +407,60 @@ def cmd_render(rendered, core_out, expect_kinds, values_files):
     with open(core_out, "w") as f:
         yaml.safe_dump_all(core, f, sort_keys=False)
     finish(f"manifests {rendered}: {', '.join(kinds)}")
+
+
+DASHBOARD = __file__.rsplit("/", 2)[0] + "/charts/popbridge/dashboards/popbridge.json"
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+
+
+def check_promql(where, expr):
+    import promql_parser
+
+    for k, v in GRAFANA_VARS.items():
+        expr = expr.replace(k, v)
+    # Template variables ($namespace, ${mailbox}) stand inside label values: any string parses.
+    expr = re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "x", expr)
+    try:
+        promql_parser.parse(expr)
+    except Exception as e:
+        check(False, f"{where}: PromQL does not parse ({e}): {expr}")
+    names = re.findall(r"\bpopbridge_[a-z_]+", expr)
+    check(bool(names), f"{where}: names no popbridge metric: {expr}")
+    for m in names:
+        base = re.sub(r"_(bucket|sum|count)$", "", m)
+        check(m in KNOWN_METRICS or (base in HISTOGRAMS and base != m), f"{where}: unknown metric {m}")
+
+
+def cmd_dashboard(path):
+    with open(path) as f:
+        dash = json.load(f)
+    check(dash.get("uid") and dash.get("title") and isinstance(dash.get("schemaVersion"), int), "uid/title/schemaVersion")
+    panels = dash.get("panels") or []
+    check(len(panels) >= 8, "too few panels")
+    ids = [p.get("id") for p in panels]
+    check(len(ids) == len(set(ids)), "duplicate panel ids")
+    seen = set()
+    for p in panels:
+        targets = p.get("targets") or []
+        check(bool(targets), f"panel {p.get('title')!r} has no query")
+        check(p.get("datasource", {}).get("uid") == "${datasource}", f"panel {p.get('title')!r}: datasource")
+        for t in targets:
+            check_promql(f"panel {p.get('title')!r} {t.get('refId')}", t["expr"])
+            seen.update(re.findall(r"\bpopbridge_[a-z_]+", t["expr"]))
+    names = set()
+    for v in dash.get("templating", {}).get("list", []):
+        if v.get("type") != "query":
+            continue
+        q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+        m = re.fullmatch(r"label_values\((.*),\s*([a-z_]+)\)", q)
+        if check(m is not None, f"variable {v['name']}: not label_values(selector, label): {q}"):
+            check_promql(f"variable {v['name']}", m.group(1))
+        names.add(v["name"])
+    check({"namespace", "job", "mailbox"} <= names, f"variables {sorted(names)}")
+    base = {re.sub(r"_(bucket|sum|count)$", "", m) for m in seen}
+    # Every exported metric appears on some panel.
+    check(base >= KNOWN_METRICS, f"metrics on no panel: {sorted(KNOWN_METRICS - base)}")
+    finish(f"dashboard {path}: {len(panels)} panels")
 
 
 def cmd_notes(path):
@@ -458,6 +527,8 @@ def cmd_consistency(root):
 def main(argv):
     if len(argv) >= 6 and argv[1] == "render":
         cmd_render(argv[2], argv[3], [k for k in argv[4].split(",") if k], argv[5:])
+    elif len(argv) == 3 and argv[1] == "dashboard":
+        cmd_dashboard(argv[2])
     elif len(argv) == 3 and argv[1] == "notes":
         cmd_notes(argv[2])
     elif len(argv) == 3 and argv[1] == "consistency":

@@ -25,6 +25,8 @@
 #        PVC, the spool on an emptyDir, a PodDisruptionBudget, the database password from its
 #        Secret as a file and PG_PASSWORD, never in the ConfigMap); and for both mounts, probes,
 #        security context, Secret via envFrom, config checksum.
+#      The Grafana dashboard (dashboards/popbridge.json, optionally a ConfigMap for Grafana's
+#      sidecar): every query parses as PromQL and names only exported metrics.
 #   4. The config checksum annotation changes when, and only when, the config changes.
 #   5. The rendered NOTES.txt.
 #   6. Negative tests: typo'd or forbidden values (replicaCount=2 on SQLite, unknown keys, a
@@ -128,20 +130,23 @@ render default "$CORE,PersistentVolumeClaim,ServiceAccount"
 render full "$CORE,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/full-values.yaml"
 render ephemeral "$CORE" "$CHART/ci/ephemeral-values.yaml"
 render pvc "$CORE,PersistentVolumeClaim,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/pvc-values.yaml"
-render postgres "$CORE,PodDisruptionBudget,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/postgres-values.yaml"
+render postgres "$CORE,ConfigMap,PodDisruptionBudget,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/postgres-values.yaml"
 # PostgreSQL with the password as ${PG_PASSWORD} in the URL instead of password_file, no PDB.
 # shellcheck disable=SC2016 # ${PG_PASSWORD} is literal config text
 sed -e '/password_file:/d' -e 's#url: postgres://popbridge@#url: postgres://popbridge:${PG_PASSWORD}@#' \
     -e '/^  podDisruptionBudget:/,/^  [a-z]/s/enabled: true/enabled: false/' \
     "$CHART/ci/postgres-values.yaml" >"$WORK/postgres-env-values.yaml"
 grep -q 'enabled: false' "$WORK/postgres-env-values.yaml" || die "postgres-env scenario: PDB not disabled"
-render postgres-env "$CORE,ServiceAccount,ServiceMonitor,PrometheusRule" "$WORK/postgres-env-values.yaml"
+render postgres-env "$CORE,ConfigMap,ServiceAccount,ServiceMonitor,PrometheusRule" "$WORK/postgres-env-values.yaml"
 for vf in "$CHART"/ci/*-values.yaml; do
     case "$(basename "$vf")" in
         full-values.yaml|ephemeral-values.yaml|pvc-values.yaml|postgres-values.yaml) ;;
         *) die "ci/$(basename "$vf") has no scenario in scripts/check-chart.sh" ;;
     esac
 done
+
+say "Grafana dashboard: every query parses and names only exported metrics"
+"$PY" "$ROOT/scripts/check-chart-manifests.py" dashboard "$CHART/dashboards/popbridge.json"
 
 # ------------------------------------------------------------------ 4. config checksum
 say "config checksum restarts the pod on a config change only"
@@ -228,6 +233,7 @@ reject "a spool off the volume"          "${PG[@]}" --set config.state.spool_dir
 reject "a short grace period on PostgreSQL" "${PG[@]}" --set terminationGracePeriodSeconds=10
 reject "a typo in podDisruptionBudget"   "${PG[@]}" --set postgres.podDisruptionBudget.maxUnavailabe=1
 reject "a bad PDB percentage"            "${PG[@]}" --set postgres.podDisruptionBudget.maxUnavailable=half
+reject "a typo in grafanaDashboard"      --set grafanaDashboard.enable=true
 reject "a replica count below zero"      "${PG[@]}" --set replicaCount=-1
 
 # ------------------------------------------------------------------ 7. Dockerfile and systemd unit
