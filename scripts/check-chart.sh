@@ -20,13 +20,20 @@
 #      - the ServiceMonitor and PrometheusRule are monitoring.coreos.com CRDs that
 #        kubernetes-validate has no schema for: check-chart-manifests.py checks them instead
 #        (expected kinds, selectors, every alert's PromQL parses, only known metric names);
-#      - check-chart-manifests.py checks what the chart promises (one replica, Recreate, mounts,
-#        probes, security context, Secret via envFrom, config checksum, PVC or existing claim).
+#      - check-chart-manifests.py checks what the chart promises per state backend: SQLite (one
+#        replica, Recreate, PVC or existing claim) or PostgreSQL (N replicas, RollingUpdate, no
+#        PVC, the spool on an emptyDir, a PodDisruptionBudget, the database password from its
+#        Secret as a file and PG_PASSWORD, never in the ConfigMap); and for both mounts, probes,
+#        security context, Secret via envFrom, config checksum.
+#      The Grafana dashboard (dashboards/popbridge.json, optionally a ConfigMap for Grafana's
+#      sidecar): every query parses as PromQL and names only exported metrics.
 #   4. The config checksum annotation changes when, and only when, the config changes.
 #   5. The rendered NOTES.txt.
-#   6. Negative tests: typo'd or forbidden values (replicaCount=2, unknown keys, a wrong listen
-#      port, ...) must be rejected by values.schema.json.
-#   7. The Dockerfile and the systemd unit agree with the chart (uid 10001, port 9898, paths);
+#   6. Negative tests: typo'd or forbidden values (replicaCount=2 on SQLite, unknown keys, a
+#      wrong listen port, PostgreSQL without a URL or a Secret, a literal database password, ...)
+#      must be rejected by values.schema.json.
+#   7. The Dockerfile and the systemd unit agree with the chart (uid 10001, port 9898, paths), and
+#      the metric names the checks know are exactly those src/metrics.rs registers;
 #      `systemd-analyze verify` on the unit when systemd-analyze is installed.
 # The Dockerfile itself is not built (no container daemon here) nor linted (hadolint is not
 # available from the registries we use).
@@ -123,12 +130,23 @@ render default "$CORE,PersistentVolumeClaim,ServiceAccount"
 render full "$CORE,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/full-values.yaml"
 render ephemeral "$CORE" "$CHART/ci/ephemeral-values.yaml"
 render pvc "$CORE,PersistentVolumeClaim,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/pvc-values.yaml"
+render postgres "$CORE,ConfigMap,PodDisruptionBudget,ServiceAccount,ServiceMonitor,PrometheusRule" "$CHART/ci/postgres-values.yaml"
+# PostgreSQL with the password as ${PG_PASSWORD} in the URL instead of password_file, no PDB.
+# shellcheck disable=SC2016 # ${PG_PASSWORD} is literal config text
+sed -e '/password_file:/d' -e 's#url: postgres://popbridge@#url: postgres://popbridge:${PG_PASSWORD}@#' \
+    -e '/^  podDisruptionBudget:/,/^  [a-z]/s/enabled: true/enabled: false/' \
+    "$CHART/ci/postgres-values.yaml" >"$WORK/postgres-env-values.yaml"
+grep -q 'enabled: false' "$WORK/postgres-env-values.yaml" || die "postgres-env scenario: PDB not disabled"
+render postgres-env "$CORE,ConfigMap,ServiceAccount,ServiceMonitor,PrometheusRule" "$WORK/postgres-env-values.yaml"
 for vf in "$CHART"/ci/*-values.yaml; do
     case "$(basename "$vf")" in
-        full-values.yaml|ephemeral-values.yaml|pvc-values.yaml) ;;
+        full-values.yaml|ephemeral-values.yaml|pvc-values.yaml|postgres-values.yaml) ;;
         *) die "ci/$(basename "$vf") has no scenario in scripts/check-chart.sh" ;;
     esac
 done
+
+say "Grafana dashboard: every query parses and names only exported metrics"
+"$PY" "$ROOT/scripts/check-chart-manifests.py" dashboard "$CHART/dashboards/popbridge.json"
 
 # ------------------------------------------------------------------ 4. config checksum
 say "config checksum restarts the pod on a config change only"
@@ -153,7 +171,7 @@ cp "$CHART/templates/NOTES.txt" "$WORK/notes-chart/notes-check.txt"
 printf '%s\n' 'apiVersion: v1' 'kind: ConfigMap' 'metadata: {name: notes}' \
     'data: {notes: {{ tpl (.Files.Get "notes-check.txt") . | quote }}}' \
     >"$WORK/notes-chart/templates/zz-notes-check.yaml"
-for variant in default full ephemeral; do
+for variant in default full ephemeral postgres; do
     args=()
     [ "$variant" = default ] || args=(-f "$CHART/ci/$variant-values.yaml")
     "$HELM" template popbridge "$WORK/notes-chart" --namespace mail --kube-version "${KUBE_VERSIONS[0]}" \
@@ -164,7 +182,11 @@ for variant in default full ephemeral; do
 done
 grep -q 'WARNING: persistence is disabled' "$WORK/NOTES.ephemeral.txt" || die "NOTES: no warning without persistence"
 grep -q 'WARNING: existingSecret is empty' "$WORK/NOTES.default.txt" || die "NOTES: no warning without a Secret"
-if grep -q WARNING "$WORK/NOTES.full.txt"; then die "NOTES: a warning with a complete configuration"; fi
+for variant in full postgres; do
+    if grep -q WARNING "$WORK/NOTES.$variant.txt"; then die "NOTES: a warning with a complete configuration ($variant)"; fi
+done
+grep -q 'PostgreSQL' "$WORK/NOTES.postgres.txt" || die "NOTES: postgres mode not explained"
+if grep -q 'PostgreSQL' "$WORK/NOTES.full.txt"; then die "NOTES: PostgreSQL in sqlite mode"; fi
 
 # ------------------------------------------------------------------ 6. schema negative tests
 # Each of these must be rejected by values.schema.json (helm template fails, naming the schema).
@@ -178,7 +200,7 @@ reject() {
         || { cat "$WORK/neg.out"; die "rejected for another reason than the schema: $why"; }
     echo "ok   rejected: $why"
 }
-reject "two replicas"                    --set replicaCount=2
+reject "two replicas on SQLite"          --set replicaCount=2
 reject "an unknown top-level key"        --set replicas=1
 reject "a typo in persistence"           --set persistence.sise=2Gi
 reject "a typo in serviceMonitor"        --set serviceMonitor.enable=true
@@ -191,6 +213,28 @@ reject "a bad volume size"               --set persistence.size=lots
 reject "a string replica count"          --set-string replicaCount=1
 printf 'persistence:\n  enabled: true\n  existingClaim: x\n  storageclass: fast\n' >"$WORK/typo.yaml"
 reject "a typo in a values file"         -f "$WORK/typo.yaml"
+PG=(-f "$CHART/ci/postgres-values.yaml")
+reject "an unknown state backend"        --set stateBackend=mysql
+reject "a state.url on SQLite"           --set config.state.url=postgres://u@db/x
+reject "PostgreSQL without a URL or Secret" --set stateBackend=postgres
+# (values files, not --set k=null: helm 3.6 validates the null before it deletes the key)
+sed '/^    url:/d' "$CHART/ci/postgres-values.yaml" >"$WORK/pg-nourl.yaml"
+reject "PostgreSQL without a database URL" -f "$WORK/pg-nourl.yaml"
+sed '/^  existingSecret: popbridge-postgres/d' "$CHART/ci/postgres-values.yaml" >"$WORK/pg-nosecret.yaml"
+reject "PostgreSQL without a Secret"     -f "$WORK/pg-nosecret.yaml"
+reject "PostgreSQL with an empty Secret name" "${PG[@]}" --set postgres.existingSecret=
+reject "a literal database password"     "${PG[@]}" --set 'config.state.url=postgres://u:hunter2@db/x'
+# shellcheck disable=SC2016 # ${PG_PASSWORD} is literal config text
+reject 'password_file and ${VAR} at once' "${PG[@]}" --set 'config.state.url=postgres://u:${PG_PASSWORD}@db/x'
+reject "a password_file not the Secret's" "${PG[@]}" --set config.state.password_file=/tmp/pw
+sed '/password_file:/d' "$CHART/ci/postgres-values.yaml" >"$WORK/pg-nopw.yaml"
+reject "PostgreSQL without a password"   -f "$WORK/pg-nopw.yaml"
+reject "a spool off the volume"          "${PG[@]}" --set config.state.spool_dir=/etc/popbridge/spool
+reject "a short grace period on PostgreSQL" "${PG[@]}" --set terminationGracePeriodSeconds=10
+reject "a typo in podDisruptionBudget"   "${PG[@]}" --set postgres.podDisruptionBudget.maxUnavailabe=1
+reject "a bad PDB percentage"            "${PG[@]}" --set postgres.podDisruptionBudget.maxUnavailable=half
+reject "a typo in grafanaDashboard"      --set grafanaDashboard.enable=true
+reject "a replica count below zero"      "${PG[@]}" --set replicaCount=-1
 
 # ------------------------------------------------------------------ 7. Dockerfile and systemd unit
 say "Dockerfile and systemd unit agree with the chart"
