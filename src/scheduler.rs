@@ -147,6 +147,10 @@ pub struct Policy {
     pub auth: Backoff,
     /// After a poll panicked (a bug; retried in case it was a one-off).
     pub panic: Backoff,
+    /// After the server said "not now" (`[IN-USE]`, `[LOGIN-DELAY]`, `[SYS/TEMP]`, too many
+    /// connections): polite to providers that throttle, and the mailbox may be locked by
+    /// another client.
+    pub busy: Backoff,
 }
 
 impl Default for Policy {
@@ -159,6 +163,10 @@ impl Default for Policy {
             panic: Backoff {
                 base: Duration::from_secs(5),
                 cap: Duration::from_secs(600),
+            },
+            busy: Backoff {
+                base: Duration::from_secs(30),
+                cap: Duration::from_secs(900),
             },
         }
     }
@@ -331,7 +339,7 @@ pub async fn drive<F, Fut>(
     let mut previous: Option<DateTime<Utc>> = None;
     // The earliest start of the next poll (backoff, LOGIN-DELAY), whatever the schedule says.
     let mut not_before: Option<(Instant, &'static str)> = None;
-    let (mut auth_failures, mut panics) = (0u32, 0u32);
+    let (mut auth_failures, mut panics, mut busy) = (0u32, 0u32, 0u32);
     loop {
         let mut delay = next_delay(schedule, previous, Utc::now());
         if let Some((at, why)) = not_before {
@@ -392,6 +400,22 @@ pub async fn drive<F, Fut>(
                         }
                         auth_failures = 0;
                     }
+                }
+                if report.error.as_ref().is_some_and(|(k, _)| k == "temporary") {
+                    busy += 1;
+                    let wait = policy.busy.after(busy);
+                    tracing::warn!(
+                        mailbox = name,
+                        refusals = busy,
+                        retry_in_secs = wait.as_secs(),
+                        "Server asked to try later; backing off"
+                    );
+                    let at = started + wait;
+                    if not_before.is_none_or(|(t, _)| at > t) {
+                        not_before = Some((at, "backoff after \"try later\" answers"));
+                    }
+                } else {
+                    busy = 0;
                 }
                 if let Some(d) = report.login_delay {
                     let at = started + d;

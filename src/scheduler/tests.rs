@@ -20,6 +20,10 @@ fn policy() -> Policy {
             base: Duration::from_secs(7),
             cap: Duration::from_secs(60),
         },
+        busy: Backoff {
+            base: Duration::from_secs(3),
+            cap: Duration::from_secs(5),
+        },
     }
 }
 
@@ -98,6 +102,25 @@ async fn auth_and_tls_failures_back_off_exponentially_and_success_resets() {
     // 10, 20, 25 (capped); success: the schedule again (1 s); a network error does not
     // back off; a new auth failure starts from the base again.
     assert_eq!(g, [10, 20, 25, 1, 1, 10, 1]);
+}
+
+/// `[IN-USE]`, `[LOGIN-DELAY]`, `[SYS/TEMP]`: the server said "not now"; polls slow down, and
+/// one that gets through resets the pace.
+#[tokio::test(start_paused = true)]
+async fn try_later_answers_back_off_politely_and_success_resets() {
+    let health = Health::default();
+    let g = gaps(
+        vec![
+            report(Some("temporary"), None),
+            report(Some("temporary"), None),
+            report(Some("temporary"), None),
+            report(None, None),
+            report(None, None),
+        ],
+        &health,
+    )
+    .await;
+    assert_eq!(g, [3, 5, 5, 1, 1]);
 }
 
 #[tokio::test(start_paused = true)]
