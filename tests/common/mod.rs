@@ -64,7 +64,12 @@ pub fn read_maildir(dir: &Path) -> Vec<(String, Vec<u8>)> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             let name = name.split(':').next().unwrap_or_default().to_string();
-            let body = std::fs::read(entry.path()).expect("read Maildir file");
+            // A server may expunge a message between the listing and the read: it is gone.
+            let body = match std::fs::read(entry.path()) {
+                Ok(body) => body,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("read Maildir file {}: {e}", entry.path().display()),
+            };
             out.push((name, body));
         }
     }
