@@ -29,6 +29,7 @@ pub struct Metrics {
     without_quit: IntCounterVec,
     backoff: GaugeVec,
     panics: IntCounterVec,
+    oauth2_refreshes: IntCounterVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -173,6 +174,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Polls that panicked (a bug); the mailbox is retried with backoff.",
             &["mailbox"],
         )?,
+        oauth2_refreshes: counter(
+            "popbridge_oauth2_refreshes_total",
+            "OAuth2 token requests by credential and result (ok, transient, relogin_needed, config, local).",
+            &["credential", "result"],
+        )?,
         registry,
     })
 }
@@ -277,6 +283,15 @@ pub fn poll_backoff(mailbox: &str, wait: Duration) {
 pub fn poll_panicked(mailbox: &str) {
     if let Some(m) = get() {
         m.panics.with_label_values(&[mailbox]).inc();
+    }
+}
+
+/// One OAuth2 token request finished with `result`.
+pub fn oauth2_refresh(credential: &str, result: &str) {
+    if let Some(m) = get() {
+        m.oauth2_refreshes
+            .with_label_values(&[credential, result])
+            .inc();
     }
 }
 
