@@ -296,16 +296,22 @@ fn client_credentials_with_a_secret_and_with_rs256_and_ps256_certificates() {
         dc.seed(user, &msgs);
         expected.push((name, user, msgs));
     }
+    let check = bridge.command(&["check", "--connect"]).output().unwrap();
+    let check_text = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    bridge.assert_no_secret(&check_text);
+    assert!(check.status.success(), "check --connect: {check_text}");
     let out = bridge.once();
     assert_eq!(out.code, Some(0), "{}\n{:?}", out.text, ep.refused());
     for (name, user, msgs) in &expected {
         assert_exactly_once(msgs, &bridge.maildir(name));
         assert_exactly_once(msgs, &imap_archive(user));
     }
+    // check --connect and once are two processes: one token per credential in each.
     assert_eq!(
         ep.issued("client_credentials"),
-        3,
-        "one token per credential"
+        6,
+        "one token per credential and process"
     );
     assert!(ep.refused().is_empty(), "{:?}", ep.refused());
     assert!(
@@ -583,6 +589,21 @@ async fn every_mechanism_and_initial_response_form_logs_in_and_a_bad_token_is_ex
         .await;
         assert!(s.is_ok(), "{auth:?}: {}", s.err().unwrap());
     }
+    // Larger than the 255-octet AUTH line (as real tokens are): sent after `+` in `auto`.
+    ep.shared
+        .pad
+        .store(2000, std::sync::atomic::Ordering::SeqCst);
+    let big = token_for(&ep, &user).await;
+    assert!(big.len() > 2000);
+    for mechanism in [OAuthMechanism::XOAuth2, OAuthMechanism::OAuthBearer] {
+        let login = OAuth2Login {
+            mechanism,
+            initial_response: InitialResponse::Auto,
+            token: None,
+        };
+        let t = popbridge::pop3::connect(&pop3_config(dc, &user, &big, login)).await;
+        assert!(t.is_ok(), "{mechanism:?} big token: {}", t.err().unwrap());
+    }
     // A token for another user: the server's JSON reason is in the error, the token is not.
     let other = dc.add_user("oamech-other");
     for mechanism in [OAuthMechanism::XOAuth2, OAuthMechanism::OAuthBearer] {
@@ -600,4 +621,40 @@ async fn every_mechanism_and_initial_response_form_logs_in_and_a_bad_token_is_ex
         assert!(text.contains("status"), "{mechanism:?}: {text}");
         assert!(!text.contains(&token[..40]), "{text}");
     }
+}
+
+#[test]
+fn an_app_not_granted_a_mailbox_gets_a_clear_error() {
+    let dc = oauth2_dovecot_or_skip!();
+    let ep = endpoint(dc, 300);
+    let (granted, other) = (dc.add_user("oagr"), dc.add_user("oang"));
+    // App-only tokens of this app are for `granted` only.
+    ep.add_client(
+        "app",
+        Client {
+            secret: Some("cs-app-secret-000".into()),
+            user: granted.name.clone(),
+            ..Default::default()
+        },
+    );
+    let yaml = format!(
+        "state:\n  path: ./state/popbridge.db\noauth2:\n  app:\n    grant: client_credentials\n    token_url: {url}\n    client_id: app\n    client_secret: ${{PB_TEST_CS}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
+        url = ep.url,
+        mb = mailbox("box", &other, "app", "imap"),
+        imap = imap_sink("imap", "app", &[("box", &other)]),
+    );
+    let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_CS", "cs-app-secret-000")]);
+    dc.seed(&other, &msgs("oang", 1));
+    let out = bridge.once();
+    assert_ne!(out.code, Some(0), "{}", out.text);
+    assert!(
+        out.text.contains("status invalid_token")
+            && out.text.contains("for another user")
+            && out.text.contains("may open this mailbox"),
+        "{}",
+        out.text
+    );
+    // The refused token was replaced once, then the login given up.
+    assert_eq!(ep.issued("client_credentials"), 2, "{}", out.text);
+    assert!(bridge.maildir("box").is_empty());
 }

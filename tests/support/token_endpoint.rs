@@ -54,6 +54,8 @@ pub struct Shared {
     /// Requests refused, with the reason (for assertions).
     pub refused: Mutex<Vec<String>>,
     pub lifetime_secs: AtomicU64,
+    /// Bytes of padding claim in each access token (real Microsoft tokens run to 2-3 KB).
+    pub pad: AtomicU64,
     key: Vec<u8>,
     url: Mutex<String>,
 }
@@ -147,9 +149,10 @@ impl Shared {
     fn access_token(&self, grant: &str, user: &str) -> serde_json::Value {
         let lifetime = self.lifetime_secs.load(Ordering::SeqCst);
         let t = now();
+        let pad = "p".repeat(self.pad.load(Ordering::SeqCst) as usize);
         let claims = serde_json::json!({
             "sub": user, "email": user, "iat": t - 1, "exp": t + lifetime,
-            "jti": hex::encode(rand::random::<[u8; 8]>()),
+            "jti": hex::encode(rand::random::<[u8; 8]>()), "pad": pad,
         });
         let token = popbridge::oauth2::jwt::sign(
             popbridge::oauth2::jwt::Alg::Hs256,

@@ -127,7 +127,28 @@ async fn oauth2(
                         source,
                     })?;
             let mut mech = bearer(caps, login, &cfg.username, &token);
-            sasl(conn, caps, mech.as_mut(), login.initial_response).await
+            sasl(conn, caps, mech.as_mut(), login.initial_response)
+                .await
+                .map_err(|e| match e {
+                    // A fresh token refused too: not expiry but access or identity.
+                    Pop3Error::AuthFailed {
+                        server,
+                        code,
+                        message,
+                    } => Pop3Error::AuthFailed {
+                        server,
+                        code,
+                        message: format!(
+                            "{message}; a fresh OAuth2 token from credential {} was refused as \
+                             well: check that the app may open this mailbox (Exchange: \
+                             Add-MailboxPermission for its service principal; Google: \
+                             domain-wide delegation) and that the token is for user {}",
+                            source.settings().name,
+                            cfg.username
+                        ),
+                    },
+                    e => e,
+                })
         }
         other => other,
     }
