@@ -658,3 +658,104 @@ fn an_app_not_granted_a_mailbox_gets_a_clear_error() {
     assert_eq!(ep.issued("client_credentials"), 2, "{}", out.text);
     assert!(bridge.maildir("box").is_empty());
 }
+
+#[test]
+fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect() {
+    use std::io::BufRead;
+    let dc = oauth2_dovecot_or_skip!();
+    let ep = endpoint(dc, 300);
+    ep.add_client("public-app", Client::default());
+    let user = dc.add_user("oalg");
+    *ep.shared.login_user.lock().unwrap() = user.name.clone();
+    let base = ep.url.trim_end_matches("/token").to_owned();
+    let yaml = format!(
+        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: public-app\n    device_authorization_url: {base}/device\n    authorization_url: {base}/authorize\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
+        url = ep.url,
+        mb = mailbox("box", &user, "me", "imap"),
+        imap = imap_sink("imap", "me", &[("box", &user)]),
+    );
+    let bridge = Bridge::new(dc, &yaml, &[]);
+    let first = msgs("oalg-1", 2);
+    dc.seed(&user, &first);
+    // Never signed in: the error names the command.
+    let out = bridge.once();
+    assert_ne!(out.code, Some(0), "{}", out.text);
+    assert!(
+        out.text.contains("popbridge oauth2 login --credential me"),
+        "{}",
+        out.text
+    );
+
+    // Device code: the code is shown, the sign-in is polled for, a login to POP3 checks it.
+    let login = bridge
+        .command(&["oauth2", "login", "--mailbox", "box"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&login.stdout).to_string()
+        + &String::from_utf8_lossy(&login.stderr);
+    bridge.assert_no_secret(&text);
+    assert!(login.status.success(), "{text}");
+    assert!(
+        text.contains("WDJB-MJHT") && text.contains(&format!("{base}/verify")),
+        "{text}"
+    );
+    assert!(text.contains("login with the new token ok"), "{text}");
+    let device_token = bridge.stored_refresh_token("me").unwrap();
+    assert!(ep.is_live(&device_token));
+    let out = bridge.once();
+    assert_eq!(out.code, Some(0), "{}", out.text);
+    assert_exactly_once(&first, &bridge.maildir("box"));
+    assert_exactly_once(&first, &imap_archive(&user));
+
+    // Browser with PKCE, headless: the user signs in elsewhere and pastes the redirect URL.
+    let mut child = bridge
+        .command(&["oauth2", "login", "--credential", "me", "--flow", "browser"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with(&format!("{base}/authorize?")))
+        .expect("the sign-in URL");
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    let location = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        r.headers()["location"].to_str().unwrap().to_owned()
+    });
+    assert!(location.starts_with("http://127.0.0.1:"), "{location}");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{location}").unwrap();
+    drop(stdin);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", rest.join("\n"));
+    bridge.assert_no_secret(&rest.join("\n"));
+    let browser_token = bridge.stored_refresh_token("me").unwrap();
+    assert_ne!(browser_token, device_token);
+    let second = msgs("oalg-2", 1);
+    dc.seed(&user, &second);
+    let out = bridge.once();
+    assert_eq!(out.code, Some(0), "{}", out.text);
+    assert!(ep.refused().is_empty(), "{:?}", ep.refused());
+
+    let status = bridge.command(&["oauth2", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    bridge.assert_no_secret(&text);
+    assert!(
+        status.status.success()
+            && text.contains("me: refresh_token")
+            && text.contains("stored 0h00m ago"),
+        "{text}"
+    );
+}

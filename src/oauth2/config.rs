@@ -88,6 +88,12 @@ pub struct RawCredential {
     /// Token endpoint timeout (default 30s).
     #[serde(default)]
     pub timeout: Option<ConfigDuration>,
+    /// Device authorization endpoint for `oauth2 login` (RFC 8628); preset for Microsoft.
+    #[serde(default)]
+    pub device_authorization_url: Option<Interpolated>,
+    /// Authorization endpoint for the browser login with PKCE; preset for Microsoft, Google.
+    #[serde(default)]
+    pub authorization_url: Option<Interpolated>,
 }
 
 /// How the client proves who it is to the token endpoint.
@@ -136,6 +142,10 @@ pub struct CredentialSettings {
     pub timeout: Duration,
     /// Where the refresh token lives (`<state dir>/oauth2/<name>.json`).
     pub store_path: PathBuf,
+    /// For `oauth2 login`: the device flow, if the provider offers it for mail.
+    pub device_url: Option<String>,
+    /// For `oauth2 login`: the browser flow.
+    pub authorize_url: Option<String>,
 }
 
 fn read(base: &Path, file: &str, what: &str) -> Result<(PathBuf, String), String> {
@@ -282,6 +292,22 @@ impl RawCredential {
         if !(0.1..=0.95).contains(&refresh_at) {
             return Err("`refresh_at` must be between 0.1 and 0.95".into());
         }
+        let ms = |path: &str| {
+            let tenant = tenant.as_deref().unwrap_or("common");
+            format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/{path}")
+        };
+        // Google turns the device flow down for Gmail scopes: browser only.
+        let device_url = match (self.device_authorization_url, provider) {
+            (Some(u), _) => Some(u.into_string()),
+            (None, Provider::Microsoft) => Some(ms("devicecode")),
+            (None, _) => None,
+        };
+        let authorize_url = match (self.authorization_url, provider) {
+            (Some(u), _) => Some(u.into_string()),
+            (None, Provider::Microsoft) => Some(ms("authorize")),
+            (None, Provider::Google) => Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
+            (None, Provider::Generic) => None,
+        };
         let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, Duration::from);
         if timeout.is_zero() {
             return Err("`timeout` must be greater than 0".into());
@@ -297,6 +323,8 @@ impl RawCredential {
             refresh_at,
             timeout,
             store_path: store_dir.join(format!("{name}.json")),
+            device_url,
+            authorize_url,
         })
     }
 }

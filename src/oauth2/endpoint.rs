@@ -19,7 +19,7 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// POSTs `form` to `url` and classifies the answer. `refreshing` says whether an
 /// `invalid_grant` means the refresh token is dead (else it is a configuration error).
-pub async fn request(
+pub(crate) async fn request(
     client: &reqwest::Client,
     credential: &str,
     store: &str,
@@ -96,18 +96,19 @@ pub async fn request(
             detail,
             store: store.to_owned(),
         },
-        "invalid_client" => config(credential, detail, "check `client_id` and the client secret or certificate (expired? uploaded to the app registration?)"),
-        "unauthorized_client" => config(credential, detail, "the app may not use this grant: enable it in the app registration (public client flows, application permissions) or domain-wide delegation for a service account"),
-        "invalid_scope" => config(credential, detail, "check `scope` (app-only Microsoft tokens need `https://outlook.office365.com/.default`)"),
-        "consent_required" | "interaction_required" => config(credential, detail, "an administrator must grant consent to the app for these permissions"),
-        "invalid_grant" => config(credential, detail, "the assertion was refused: check the key, the service account's domain-wide delegation and that the mailbox exists"),
-        _ => config(credential, detail, "check the credential's settings against the provider's documentation"),
+        "invalid_client" => config(credential, code, detail, "check `client_id` and the client secret or certificate (expired? uploaded to the app registration?)"),
+        "unauthorized_client" => config(credential, code, detail, "the app may not use this grant: enable it in the app registration (public client flows, application permissions) or domain-wide delegation for a service account"),
+        "invalid_scope" => config(credential, code, detail, "check `scope` (app-only Microsoft tokens need `https://outlook.office365.com/.default`)"),
+        "consent_required" | "interaction_required" => config(credential, code, detail, "an administrator must grant consent to the app for these permissions"),
+        "invalid_grant" => config(credential, code, detail, "the assertion was refused: check the key, the service account's domain-wide delegation and that the mailbox exists"),
+        _ => config(credential, code, detail, "check the credential's settings against the provider's documentation"),
     })
 }
 
-fn config(credential: &str, detail: String, fix: &'static str) -> OAuth2Error {
+fn config(credential: &str, code: &str, detail: String, fix: &'static str) -> OAuth2Error {
     OAuth2Error::Config {
         credential: credential.to_owned(),
+        code: code.to_owned(),
         detail,
         fix,
     }

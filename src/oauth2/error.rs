@@ -6,7 +6,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum OAuth2Error {
     /// The refresh token is dead (revoked, expired, password changed): a human must log in.
-    #[error("OAuth2 credential {credential}: re-login needed, the token endpoint refused the refresh token ({detail}); get a new refresh token, put it in the credential's `refresh_token` and restart (the stored one in {store} is replaced)")]
+    #[error("OAuth2 credential {credential}: re-login needed, the token endpoint refused the refresh token ({detail}); run `popbridge oauth2 login --credential {credential}` (it replaces the token stored in {store})")]
     ReloginNeeded {
         credential: String,
         detail: String,
@@ -16,6 +16,8 @@ pub enum OAuth2Error {
     #[error("OAuth2 credential {credential}: the token endpoint refused the configuration: {detail}; {fix}")]
     Config {
         credential: String,
+        /// The OAuth2 `error` code (`invalid_client`, `authorization_pending`, …).
+        code: String,
         detail: String,
         fix: &'static str,
     },

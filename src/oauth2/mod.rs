@@ -7,6 +7,7 @@ pub mod config;
 mod endpoint;
 pub mod error;
 pub mod jwt;
+pub mod login;
 pub mod source;
 pub mod store;
 

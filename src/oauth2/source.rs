@@ -133,14 +133,14 @@ impl TokenSource {
         }
     }
 
-    fn local(&self, detail: impl Into<String>) -> OAuth2Error {
+    pub(crate) fn local(&self, detail: impl Into<String>) -> OAuth2Error {
         OAuth2Error::Local {
             credential: self.settings.name.clone(),
             detail: detail.into(),
         }
     }
 
-    fn client(&self) -> Result<reqwest::Client, OAuth2Error> {
+    pub(crate) fn client(&self) -> Result<reqwest::Client, OAuth2Error> {
         if let Some(c) = self.client.get() {
             return Ok(c.clone());
         }
@@ -267,6 +267,32 @@ impl TokenSource {
             }
         }
         Ok(response)
+    }
+
+    /// A refresh token from a login: stored (marked as descending from the configured one, so
+    /// it wins over it) and used from now on; cached access tokens are dropped.
+    pub async fn adopt(&self, refresh_token: &Secret) -> Result<(), OAuth2Error> {
+        let s = &self.settings;
+        let seed = match &s.grant {
+            Grant::RefreshToken { seed } => seed.as_ref(),
+            _ => return Err(self.local("only `grant: refresh_token` credentials log in")),
+        };
+        let mut state = self.state.lock().await;
+        store::save(
+            &s.store_path,
+            &Stored {
+                version: 1,
+                token_url: s.token_url.clone(),
+                client_id: s.client_id.clone(),
+                seed_sha256: store::seed_hash(seed),
+                refresh_token: refresh_token.expose().to_owned(),
+                received_at: i64::try_from(unix_now()).unwrap_or(i64::MAX),
+            },
+        )
+        .map_err(|e| self.local(e))?;
+        state.refresh_token = Some(refresh_token.clone());
+        state.tokens.clear();
+        Ok(())
     }
 
     /// The stored refresh token when it belongs to this credential and descends from the

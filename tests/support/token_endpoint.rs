@@ -56,6 +56,12 @@ pub struct Shared {
     pub lifetime_secs: AtomicU64,
     /// Bytes of padding claim in each access token (real Microsoft tokens run to 2-3 KB).
     pub pad: AtomicU64,
+    /// Who signs in through the device and browser flows.
+    pub login_user: Mutex<String>,
+    /// Device codes: code → (client id, polls so far).
+    devices: Mutex<HashMap<String, (String, u32)>>,
+    /// Authorization codes: code → (client id, redirect_uri, PKCE challenge).
+    codes: Mutex<HashMap<String, (String, String, String)>>,
     key: Vec<u8>,
     url: Mutex<String>,
 }
@@ -262,6 +268,39 @@ impl Shared {
                 }
                 axum::Json(answer).into_response()
             }
+            "urn:ietf:params:oauth:grant-type:device_code" => {
+                let code = f.get("device_code").cloned().unwrap_or_default();
+                let mut devices = self.devices.lock().unwrap();
+                let Some((client, polls)) = devices.get_mut(&code) else {
+                    return error(400, "expired_token", "unknown device code");
+                };
+                *polls += 1;
+                // The user signs in while the client polls: pending once, then done.
+                if *polls < 2 {
+                    return error(400, "authorization_pending", "waiting for the user");
+                }
+                let client = client.clone();
+                devices.remove(&code);
+                drop(devices);
+                self.login_tokens(&grant, &client)
+            }
+            "authorization_code" => {
+                let code = f.get("code").cloned().unwrap_or_default();
+                let Some((client, redirect, challenge)) = self.codes.lock().unwrap().remove(&code)
+                else {
+                    return error(400, "invalid_grant", "unknown or used code");
+                };
+                let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+                let computed = B64URL.encode(openssl::sha::sha256(verifier.as_bytes()));
+                if f.get("redirect_uri") != Some(&redirect)
+                    || f.get("client_id") != Some(&client)
+                    || computed != challenge
+                {
+                    self.refuse("authorization_code: PKCE or redirect".into());
+                    return error(400, "invalid_grant", "PKCE verifier or redirect_uri");
+                }
+                self.login_tokens(&grant, &client)
+            }
             "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
                 let assertion = f.get("assertion").cloned().unwrap_or_default();
                 let iss = assertion
@@ -292,6 +331,57 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// An access token and a new live refresh token for the signed-in user.
+    fn login_tokens(&self, grant: &str, client: &str) -> Response {
+        let user = self.login_user.lock().unwrap().clone();
+        let mut answer = self.access_token(grant, &user);
+        let rt = format!("rt-{}", hex::encode(rand::random::<[u8; 24]>()));
+        self.refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(rt.clone(), (client.into(), user));
+        answer["refresh_token"] = rt.into();
+        axum::Json(answer).into_response()
+    }
+}
+
+async fn device(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let f = form(&body);
+    let client = f.get("client_id").cloned().unwrap_or_default();
+    let code = hex::encode(rand::random::<[u8; 16]>());
+    s.devices.lock().unwrap().insert(code.clone(), (client, 0));
+    let base = s.url.lock().unwrap().replace("/token", "");
+    axum::Json(serde_json::json!({
+        "device_code": code, "user_code": "WDJB-MJHT", "verification_uri": format!("{base}/verify"),
+        "expires_in": 60, "interval": 1,
+    }))
+    .into_response()
+}
+
+/// The user's sign-in: straight to the redirect with a code (consent is implied).
+async fn authorize(State(s): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
+    let q = form(uri.query().unwrap_or_default().as_bytes());
+    let (Some(client), Some(redirect), Some(challenge), Some(state)) = (
+        q.get("client_id"),
+        q.get("redirect_uri"),
+        q.get("code_challenge"),
+        q.get("state"),
+    ) else {
+        return error(400, "invalid_request", "missing parameters");
+    };
+    if q.get("code_challenge_method").map(String::as_str) != Some("S256") {
+        return error(400, "invalid_request", "PKCE S256 required");
+    }
+    let code = hex::encode(rand::random::<[u8; 16]>());
+    s.codes.lock().unwrap().insert(
+        code.clone(),
+        (client.clone(), redirect.clone(), challenge.clone()),
+    );
+    let location = format!("{redirect}?code={code}&state={state}");
+    (StatusCode::FOUND, [("location", location)]).into_response()
+}
+
 async fn token(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     s.token(&body)
 }
@@ -318,6 +408,8 @@ impl TokenEndpoint {
                 tx.send(url).unwrap();
                 let app = axum::Router::new()
                     .route("/token", axum::routing::post(token))
+                    .route("/device", axum::routing::post(device))
+                    .route("/authorize", axum::routing::get(authorize))
                     .with_state(state);
                 let _ = axum::serve(listener, app).await;
             });
