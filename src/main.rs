@@ -313,6 +313,7 @@ async fn once(
 
 async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
     let listen = config.http.listen;
+    let credentials = token_sources(&config).into_values().collect();
     let app = App::build(config).await.context("cannot start")?;
     let shutdown = shutdown_token();
     let health = Arc::new(popbridge::scheduler::Health::default());
@@ -321,6 +322,7 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
         sinks: app.sinks.clone(),
         scheduler_running: AtomicBool::new(false),
         mailboxes: health.clone(),
+        oauth2: credentials,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await

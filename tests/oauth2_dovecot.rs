@@ -759,3 +759,84 @@ fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect() {
         "{text}"
     );
 }
+
+/// `GET http://127.0.0.1:{port}{path}`: status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[test]
+fn a_revoked_refresh_token_makes_the_daemon_not_ready_and_is_counted() {
+    let dc = oauth2_dovecot_or_skip!();
+    let ep = endpoint(dc, 300);
+    ep.add_client(
+        "delegated-app",
+        Client {
+            rotate: true,
+            ..Default::default()
+        },
+    );
+    let user = dc.add_user("oard");
+    let dead = ep.grant_refresh_token("delegated-app", &user.name);
+    ep.revoke_all();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "state:\n  path: ./state/popbridge.db\nhttp:\n  listen: 127.0.0.1:{port}\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}",
+        url = ep.url,
+        mb = mailbox("box", &user, "me", "archive").replace("[archive, archive]", "[archive]"),
+    );
+    let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &dead)]);
+    let child = bridge.command(&["run"]).spawn().unwrap();
+    let mut ready = (0, String::new());
+    let seen = wait_for(Duration::from_secs(20), || {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return false;
+        }
+        ready = http_get(port, "/readyz");
+        ready.0 == 503 && ready.1.contains("oauth2:me")
+    });
+    let metrics = if seen {
+        http_get(port, "/metrics").1
+    } else {
+        String::new()
+    };
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    bridge.assert_no_secret(&text);
+    assert!(seen, "{ready:?}\n{text}");
+    assert!(
+        ready.1.contains("popbridge oauth2 login --credential me"),
+        "{}",
+        ready.1
+    );
+    assert!(
+        metrics.contains("popbridge_oauth2_relogin_needed{credential=\"me\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "popbridge_oauth2_refreshes_total{credential=\"me\",result=\"relogin_needed\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -216,3 +216,33 @@ async fn a_transient_failure_before_expiry_keeps_the_current_token() {
     ep.set_fault(None);
     assert_ne!(src.access_token("u").await.unwrap(), token);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_by_another_process_is_picked_up_without_a_restart() {
+    let ep = TokenEndpoint::start(KEY, 300);
+    ep.add_client(
+        "app",
+        Client {
+            rotate: true,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let seed = ep.grant_refresh_token("app", "u");
+    let daemon = source(dir.path(), &refresh_config(&ep.url), &[("RT", &seed)]);
+    daemon.access_token("u").await.unwrap();
+    ep.revoke_all();
+    let token = daemon.access_token("u").await.unwrap();
+    daemon.invalidate("u", &token).await;
+    assert!(daemon.access_token("u").await.unwrap_err().needs_relogin());
+    assert!(daemon.needs_relogin());
+    // `oauth2 login` in another process stores a new token for the same credential.
+    let cli = source(dir.path(), &refresh_config(&ep.url), &[("RT", &seed)]);
+    cli.adopt(&popbridge::secret::Secret::new(
+        ep.grant_refresh_token("app", "u"),
+    ))
+    .await
+    .unwrap();
+    daemon.access_token("u").await.unwrap();
+    assert!(!daemon.needs_relogin());
+}

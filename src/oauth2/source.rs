@@ -27,7 +27,7 @@ struct Cached {
 #[derive(Default)]
 struct State {
     tokens: HashMap<String, Cached>,
-    /// The refresh token in use, once loaded.
+    /// The refresh token last sent or received, to tell a rotation from an echo.
     refresh_token: Option<Secret>,
 }
 
@@ -36,6 +36,8 @@ pub struct TokenSource {
     settings: CredentialSettings,
     client: OnceLock<reqwest::Client>,
     state: tokio::sync::Mutex<State>,
+    /// The last refresh said the refresh token is dead (for `/readyz` and the metric).
+    relogin: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -60,11 +62,23 @@ impl TokenSource {
             settings,
             client: OnceLock::new(),
             state: Default::default(),
+            relogin: Default::default(),
         }
     }
 
     pub fn settings(&self) -> &CredentialSettings {
         &self.settings
+    }
+
+    /// Whether a human must run `oauth2 login` before this credential works again.
+    pub fn needs_relogin(&self) -> bool {
+        self.relogin.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_relogin(&self, needed: bool) {
+        self.relogin
+            .store(needed, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::oauth2_relogin_needed(&self.settings.name, needed);
     }
 
     /// A valid access token for `subject` (the login name), from the cache or a refresh.
@@ -90,6 +104,11 @@ impl TokenSource {
                     "Obtained an OAuth2 access token"
                 );
                 crate::metrics::oauth2_refresh(&self.settings.name, "ok");
+                crate::metrics::oauth2_token_expiry(
+                    &self.settings.name,
+                    unix_now() + lifetime.as_secs(),
+                );
+                self.set_relogin(false);
                 let token = r.access_token.clone();
                 state.tokens.insert(
                     key.to_owned(),
@@ -103,6 +122,9 @@ impl TokenSource {
             }
             Err(e) => {
                 crate::metrics::oauth2_refresh(&self.settings.name, e.result_label());
+                if e.needs_relogin() {
+                    self.set_relogin(true);
+                }
                 // A transient failure while the old token is still valid: keep using it.
                 if e.is_transient() {
                     if let Some(c) = state.tokens.get(key) {
@@ -163,10 +185,9 @@ impl TokenSource {
         let refreshing = matches!(s.grant, Grant::RefreshToken { .. });
         match &s.grant {
             Grant::RefreshToken { seed } => {
-                let current = match state.refresh_token.clone() {
-                    Some(t) => t,
-                    None => self.load_refresh_token(seed.as_ref())?,
-                };
+                // From disk each time: a rotated token is stored before it is used, and an
+                // `oauth2 login` run beside a running daemon is picked up without a restart.
+                let current = self.load_refresh_token(seed.as_ref())?;
                 form.push(("grant_type", "refresh_token".into()));
                 form.push(("refresh_token", current.expose().to_owned()));
                 state.refresh_token = Some(current);
@@ -292,6 +313,7 @@ impl TokenSource {
         .map_err(|e| self.local(e))?;
         state.refresh_token = Some(refresh_token.clone());
         state.tokens.clear();
+        self.set_relogin(false);
         Ok(())
     }
 

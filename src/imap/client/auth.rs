@@ -80,6 +80,7 @@ impl Session {
         let mut redactor = Redactor::new(mechanism.secret());
         match self.sasl_exchange(mechanism, &mut redactor).await {
             Ok(mut done) => {
+                crate::metrics::sasl_login(mechanism.name(), done.status == Status::Ok);
                 done.text = redactor.clean(&done.text);
                 done.code = done.code.map(|c| redactor.clean(&c));
                 Ok(done)

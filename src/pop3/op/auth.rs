@@ -195,6 +195,7 @@ async fn sasl(
     for _ in 0..MAX_ROUNDS {
         let status = read_status(conn, &command, &redactor).await?;
         if status.status != Status::Continue {
+            crate::metrics::sasl_login(name, status.status == Status::Ok);
             return check(conn, &command, status, &redactor, server_said.as_deref());
         }
         let answer = match pending.take() {
