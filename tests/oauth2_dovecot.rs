@@ -624,39 +624,53 @@ async fn every_mechanism_and_initial_response_form_logs_in_and_a_bad_token_is_ex
 }
 
 #[test]
-fn an_app_not_granted_a_mailbox_gets_a_clear_error() {
+fn one_app_only_token_opens_every_granted_mailbox_and_an_ungranted_one_gets_a_clear_error() {
     let dc = oauth2_dovecot_or_skip!();
     let ep = endpoint(dc, 300);
-    let (granted, other) = (dc.add_user("oagr"), dc.add_user("oang"));
-    // App-only tokens of this app are for `granted` only.
+    let (a, b, c) = (
+        dc.add_user("oaga"),
+        dc.add_user("oagb"),
+        dc.add_user("oagc"),
+    );
+    // Microsoft's app-only model: one token of the app, the server decides which mailboxes.
     ep.add_client(
         "app",
         Client {
             secret: Some("cs-app-secret-000".into()),
-            user: granted.name.clone(),
+            app_only: true,
             ..Default::default()
         },
     );
+    dc.grant_app("app", &[&a, &b]);
     let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\noauth2:\n  app:\n    grant: client_credentials\n    token_url: {url}\n    client_id: app\n    client_secret: ${{PB_TEST_CS}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
+        "state:\n  path: ./state/popbridge.db\noauth2:\n  app:\n    grant: client_credentials\n    token_url: {url}\n    client_id: app\n    client_secret: ${{PB_TEST_CS}}\nmailboxes:\n{ma}{mb}{mc}sinks:\n{MAILDIR}{imap}",
         url = ep.url,
-        mb = mailbox("box", &other, "app", "imap"),
-        imap = imap_sink("imap", "app", &[("box", &other)]),
+        ma = mailbox("a", &a, "app", "imap"),
+        mb = mailbox("b", &b, "app", "imap"),
+        mc = mailbox("c", &c, "app", "archive").replace("[archive, archive]", "[archive]"),
+        imap = imap_sink("imap", "app", &[("a", &a), ("b", &b)]),
     );
     let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_CS", "cs-app-secret-000")]);
-    dc.seed(&other, &msgs("oang", 1));
+    let (ma, mb) = (msgs("oag-a", 2), msgs("oag-b", 1));
+    dc.seed(&a, &ma);
+    dc.seed(&b, &mb);
+    dc.seed(&c, &msgs("oag-c", 1));
     let out = bridge.once();
     assert_ne!(out.code, Some(0), "{}", out.text);
+    assert_exactly_once(&ma, &bridge.maildir("a"));
+    assert_exactly_once(&mb, &bridge.maildir("b"));
+    assert_exactly_once(&ma, &imap_archive(&a));
+    assert_exactly_once(&mb, &imap_archive(&b));
+    assert!(bridge.maildir("c").is_empty());
     assert!(
-        out.text.contains("status invalid_token")
+        out.text.contains("c: POP3 server")
             && out.text.contains("for another user")
             && out.text.contains("may open this mailbox"),
         "{}",
         out.text
     );
-    // The refused token was replaced once, then the login given up.
+    // One token for a and b over POP3 and IMAP; c's refusal fetched one fresh token.
     assert_eq!(ep.issued("client_credentials"), 2, "{}", out.text);
-    assert!(bridge.maildir("box").is_empty());
 }
 
 #[test]

@@ -301,6 +301,15 @@ impl Dovecot {
         }
     }
 
+    /// Lets the app-only OAuth2 client `client_id` open these mailboxes (and no other).
+    pub fn grant_app(&self, client_id: &str, users: &[&User]) {
+        let lines: String = users
+            .iter()
+            .map(|u| format!("{}::::::::nopassword\n", u.name))
+            .collect();
+        fs::write(self.root.join("oauth2/grants").join(client_id), lines).expect("write grants");
+    }
+
     /// Every message still in the user's mailbox (`new/` and `cur/`), as stored.
     pub fn list_server_messages(&self, user: &User) -> Vec<Vec<u8>> {
         super::read_maildir(&user.maildir)
@@ -343,8 +352,25 @@ fn oauth2_setup(root: &Path, conf: &mut String) -> Vec<u8> {
         "auth_mechanisms = plain login apop cram-md5",
         "auth_mechanisms = plain login apop cram-md5 xoauth2 oauthbearer",
     );
+    // App-only tokens (Microsoft's client credentials: `idtyp: app`, the client in `appid`)
+    // are for no user in particular: a constant username_format passes the user check, and
+    // the grants file of the app lists the mailboxes it may open (LAB.md's model). Every
+    // token carries `email` and `idtyp`, so a passdb that does not fit a token fails it
+    // plainly (a missing claim would be an internal failure, `-ERR [SYS/TEMP]`).
+    fs::write(
+        root.join("oauth2/app-only.conf.ext"),
+        format!(
+            "introspection_mode = local\nlocal_validation_key_dict = fs:posix:prefix={r}/oauth2/keys/\n\
+             username_format = app\nusername_attribute = idtyp\n\
+             pass_attrs = app_client_id=%{{oauth2:appid}}\n"
+        ),
+    )
+    .expect("write app-only passdb config");
+    fs::create_dir_all(root.join("oauth2/grants")).expect("create grants dir");
     conf.push_str(&format!(
-        "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2/dovecot-oauth2.conf.ext\n}}\n"
+        "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2/dovecot-oauth2.conf.ext\n}}\n\
+         passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2/app-only.conf.ext\n  result_success = continue-ok\n}}\n\
+         passdb {{\n  driver = passwd-file\n  mechanisms = xoauth2 oauthbearer\n  args = username_format=%Lu {r}/oauth2/grants/%{{passdb:app_client_id}}\n  skip = unauthenticated\n  result_failure = return-fail\n}}\n"
     ));
     key.to_vec()
 }

@@ -27,6 +27,9 @@ pub struct Client {
     pub user: String,
     /// Whether a refresh answers with a new refresh token and kills the old one.
     pub rotate: bool,
+    /// Client-credentials tokens are app-only (Microsoft's `idtyp: app`, `appid`), for every
+    /// mailbox the server grants the app, instead of for `user`.
+    pub app_only: bool,
 }
 
 /// What the next requests get instead of a token.
@@ -153,13 +156,28 @@ impl Shared {
 
     /// An access token for `user` that Dovecot accepts (`typ: JWT`, `sub`, `exp`, `email`).
     fn access_token(&self, grant: &str, user: &str) -> serde_json::Value {
+        self.token_with(
+            grant,
+            serde_json::json!({"sub": user, "email": user, "idtyp": "user"}),
+        )
+    }
+
+    /// An app-only token of `client`.
+    fn app_token(&self, client: &str) -> serde_json::Value {
+        self.token_with(
+            "client_credentials",
+            serde_json::json!({"sub": client, "email": client, "idtyp": "app", "appid": client}),
+        )
+    }
+
+    fn token_with(&self, grant: &str, mut claims: serde_json::Value) -> serde_json::Value {
         let lifetime = self.lifetime_secs.load(Ordering::SeqCst);
         let t = now();
         let pad = "p".repeat(self.pad.load(Ordering::SeqCst) as usize);
-        let claims = serde_json::json!({
-            "sub": user, "email": user, "iat": t - 1, "exp": t + lifetime,
-            "jti": hex::encode(rand::random::<[u8; 8]>()), "pad": pad,
-        });
+        claims["iat"] = (t - 1).into();
+        claims["exp"] = (t + lifetime).into();
+        claims["jti"] = hex::encode(rand::random::<[u8; 8]>()).into();
+        claims["pad"] = pad.into();
         let token = popbridge::oauth2::jwt::sign(
             popbridge::oauth2::jwt::Alg::Hs256,
             popbridge::oauth2::jwt::Key::Hmac(&self.key),
@@ -232,6 +250,10 @@ impl Shared {
         let grant = f.get("grant_type").cloned().unwrap_or_default();
         match grant.as_str() {
             "client_credentials" => match self.authenticate_client(&f) {
+                Ok(client) if client.app_only => {
+                    let id = f.get("client_id").cloned().unwrap_or_default();
+                    axum::Json(self.app_token(&id)).into_response()
+                }
                 Ok(client) => axum::Json(self.access_token(&grant, &client.user)).into_response(),
                 Err(r) => {
                     self.refuse("client_credentials: client".into());
