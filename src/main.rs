@@ -121,6 +121,14 @@ enum Oauth2Action {
     },
     /// Each credential: its grant, token URL and stored refresh token's age.
     Status(ConfigArg),
+    /// Revoke the stored refresh token where the provider supports it, then delete it.
+    Logout {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `oauth2:` credential.
+        #[arg(long)]
+        credential: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -472,6 +480,15 @@ async fn oauth2(action: Oauth2Action) -> anyhow::Result<u8> {
                 };
                 println!("{name}: {grant} at {}: {stored}", s.token_url);
             }
+            Ok(exit::OK)
+        }
+        Oauth2Action::Logout { config, credential } => {
+            let config = config_or_exit!(&config.config);
+            let Some(source) = token_sources(&config).remove(&credential) else {
+                anyhow::bail!("no OAuth2 credential {credential} in use");
+            };
+            let done = login::logout(&source).await?;
+            eprintln!("{credential}: {done}");
             Ok(exit::OK)
         }
         Oauth2Action::Login {

@@ -683,7 +683,7 @@ fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect() {
     *ep.shared.login_user.lock().unwrap() = user.name.clone();
     let base = ep.url.trim_end_matches("/token").to_owned();
     let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: public-app\n    device_authorization_url: {base}/device\n    authorization_url: {base}/authorize\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
+        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: public-app\n    device_authorization_url: {base}/device\n    authorization_url: {base}/authorize\n    revocation_url: {base}/revoke\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
         url = ep.url,
         mb = mailbox("box", &user, "me", "imap"),
         imap = imap_sink("imap", "me", &[("box", &user)]),
@@ -772,6 +772,21 @@ fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect() {
             && text.contains("stored 0h00m ago"),
         "{text}"
     );
+
+    // Logout: revoked at the provider, deleted here; the next run asks for a login.
+    let logout = bridge
+        .command(&["oauth2", "logout", "--credential", "me"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&logout.stderr).to_string();
+    assert!(
+        logout.status.success() && text.contains("revoked; deleted"),
+        "{text}"
+    );
+    assert!(!ep.is_live(&browser_token));
+    assert!(!bridge.store("me").exists());
+    let out = bridge.once();
+    assert!(out.text.contains("re-login needed"), "{}", out.text);
 }
 
 /// `GET http://127.0.0.1:{port}{path}`: status and body.

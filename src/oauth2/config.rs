@@ -94,6 +94,10 @@ pub struct RawCredential {
     /// Authorization endpoint for the browser login with PKCE; preset for Microsoft, Google.
     #[serde(default)]
     pub authorization_url: Option<Interpolated>,
+    /// Token revocation endpoint (RFC 7009) for `oauth2 logout`; preset for Google
+    /// (Microsoft has none: sessions are revoked in Entra ID).
+    #[serde(default)]
+    pub revocation_url: Option<Interpolated>,
 }
 
 /// How the client proves who it is to the token endpoint.
@@ -146,6 +150,8 @@ pub struct CredentialSettings {
     pub device_url: Option<String>,
     /// For `oauth2 login`: the browser flow.
     pub authorize_url: Option<String>,
+    /// For `oauth2 logout`.
+    pub revocation_url: Option<String>,
 }
 
 fn read(base: &Path, file: &str, what: &str) -> Result<(PathBuf, String), String> {
@@ -308,6 +314,11 @@ impl RawCredential {
             (None, Provider::Google) => Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
             (None, Provider::Generic) => None,
         };
+        let revocation_url = match (self.revocation_url, provider) {
+            (Some(u), _) => Some(u.into_string()),
+            (None, Provider::Google) => Some("https://oauth2.googleapis.com/revoke".into()),
+            (None, _) => None,
+        };
         let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, Duration::from);
         if timeout.is_zero() {
             return Err("`timeout` must be greater than 0".into());
@@ -325,6 +336,7 @@ impl RawCredential {
             store_path: store_dir.join(format!("{name}.json")),
             device_url,
             authorize_url,
+            revocation_url,
         })
     }
 }

@@ -58,6 +58,32 @@ pub async fn login(
     Ok(())
 }
 
+/// `oauth2 logout`: revokes the stored refresh token where the provider supports it (RFC
+/// 7009), then deletes it. Gives what happened, for the user.
+pub async fn logout(source: &TokenSource) -> Result<String, OAuth2Error> {
+    let s = source.settings();
+    let stored = super::store::load(&s.store_path).map_err(|e| source.local(e))?;
+    let Some(stored) = stored else {
+        return Ok(format!("nothing stored in {}", s.store_path.display()));
+    };
+    let revoked = match &s.revocation_url {
+        None => "the provider has no revocation endpoint: revoke the app's sessions there".into(),
+        Some(url) => {
+            let mut form = client_fields(source).unwrap_or_default();
+            form.push(("token", stored.refresh_token.clone()));
+            form.push(("token_type_hint", "refresh_token".into()));
+            match source.client()?.post(url).form(&form).send().await {
+                Ok(r) if r.status().is_success() => "revoked".to_owned(),
+                Ok(r) => format!("revocation answered {}", r.status()),
+                Err(e) => format!("revocation failed: {e}"),
+            }
+        }
+    };
+    std::fs::remove_file(&s.store_path)
+        .map_err(|e| source.local(format!("cannot delete {}: {e}", s.store_path.display())))?;
+    Ok(format!("{revoked}; deleted {}", s.store_path.display()))
+}
+
 /// The client's own fields for a request (`client_id`, and a secret when it has one).
 fn client_fields(source: &TokenSource) -> Result<Vec<(&'static str, String)>, OAuth2Error> {
     let s = source.settings();

@@ -404,6 +404,15 @@ async fn authorize(State(s): State<Arc<Shared>>, uri: axum::http::Uri) -> Respon
     (StatusCode::FOUND, [("location", location)]).into_response()
 }
 
+/// RFC 7009: the token is dead from now on (200 whether or not it was known).
+async fn revoke(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let f = form(&body);
+    if let Some(t) = f.get("token") {
+        s.refresh_tokens.lock().unwrap().remove(t);
+    }
+    StatusCode::OK.into_response()
+}
+
 async fn token(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     s.token(&body)
 }
@@ -432,6 +441,7 @@ impl TokenEndpoint {
                     .route("/token", axum::routing::post(token))
                     .route("/device", axum::routing::post(device))
                     .route("/authorize", axum::routing::get(authorize))
+                    .route("/revoke", axum::routing::post(revoke))
                     .with_state(state);
                 let _ = axum::serve(listener, app).await;
             });
