@@ -518,9 +518,9 @@ async fn oauth2(action: Oauth2Action) -> anyhow::Result<u8> {
                 (None, None) => anyhow::bail!("give --mailbox NAME or --credential NAME"),
             };
             let flow = match flow.as_deref() {
-                None => login::default_flow(&source),
-                Some("device") => Flow::Device,
-                Some("browser") => Flow::Browser,
+                None => None,
+                Some("device") => Some(Flow::Device),
+                Some("browser") => Some(Flow::Browser),
                 Some(other) => anyhow::bail!("--flow {other}: use `device` or `browser`"),
             };
             // A pasted line (the browser flow's redirect URL); stdin at its end pastes nothing.

@@ -674,7 +674,7 @@ fn one_app_only_token_opens_every_granted_mailbox_and_an_ungranted_one_gets_a_cl
 }
 
 #[test]
-fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect() {
+fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect_with_discovered_endpoints() {
     use std::io::BufRead;
     let dc = oauth2_dovecot_or_skip!();
     let ep = endpoint(dc, 300);
@@ -683,8 +683,7 @@ fn oauth2_login_by_device_code_and_by_a_pasted_browser_redirect() {
     *ep.shared.login_user.lock().unwrap() = user.name.clone();
     let base = ep.url.trim_end_matches("/token").to_owned();
     let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: public-app\n    device_authorization_url: {base}/device\n    authorization_url: {base}/authorize\n    revocation_url: {base}/revoke\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
-        url = ep.url,
+        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    issuer: {base}\n    client_id: public-app\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
         mb = mailbox("box", &user, "me", "imap"),
         imap = imap_sink("imap", "me", &[("box", &user)]),
     );

@@ -53,9 +53,13 @@ pub struct RawCredential {
     /// Microsoft tenant (id or domain); default `common` for delegated logins.
     #[serde(default)]
     pub tenant: Option<Interpolated>,
-    /// Overrides the provider's token URL; required for `generic`.
+    /// Overrides the provider's token URL; `generic` needs it or `issuer`.
     #[serde(default)]
     pub token_url: Option<Interpolated>,
+    /// For `generic`: the issuer whose discovery document
+    /// (`<issuer>/.well-known/openid-configuration`) names the endpoints, read at first use.
+    #[serde(default)]
+    pub issuer: Option<Interpolated>,
     /// The application (client) id; not needed for `jwt_bearer`.
     #[serde(default)]
     pub client_id: Option<Interpolated>,
@@ -137,7 +141,11 @@ pub enum Grant {
 pub struct CredentialSettings {
     pub name: String,
     pub provider: Provider,
+    /// The token endpoint; with discovery, the issuer (which names the credential's tokens
+    /// in the store; the endpoint itself comes from the discovery document).
     pub token_url: String,
+    /// `<issuer>/.well-known/openid-configuration`, when the endpoints are discovered.
+    pub discovery_url: Option<String>,
     pub client_id: String,
     pub scope: String,
     pub client_auth: ClientAuth,
@@ -270,8 +278,21 @@ impl RawCredential {
                 format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")
             }
             (None, Provider::Google) => "https://oauth2.googleapis.com/token".into(),
-            (None, Provider::Generic) => return Err("`provider: generic` needs `token_url`".into()),
+            (None, Provider::Generic) => match &self.issuer {
+                Some(issuer) => issuer.as_str().trim_end_matches('/').to_owned(),
+                None => return Err("`provider: generic` needs `token_url` or `issuer`".into()),
+            },
         };
+        // Discovery when the issuer stands in for the token URL.
+        let discovery_url = self
+            .issuer
+            .filter(|i| i.as_str().trim_end_matches('/') == token_url)
+            .map(|i| {
+                format!(
+                    "{}/.well-known/openid-configuration",
+                    i.as_str().trim_end_matches('/')
+                )
+            });
         if !(token_url.starts_with("https://")
             || token_url.starts_with("http://127.0.0.1")
             || token_url.starts_with("http://localhost"))
@@ -327,6 +348,7 @@ impl RawCredential {
             name: name.to_owned(),
             provider,
             token_url,
+            discovery_url,
             client_id: client_id.unwrap_or_default(),
             scope,
             client_auth,

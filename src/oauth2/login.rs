@@ -24,20 +24,11 @@ pub enum Flow {
     Browser,
 }
 
-/// The flow to use when none is asked for: the device flow if the credential has one.
-pub fn default_flow(source: &TokenSource) -> Flow {
-    if source.settings().device_url.is_some() {
-        Flow::Device
-    } else {
-        Flow::Browser
-    }
-}
-
-/// Runs `flow`, telling the user what to do through `say`; `pasted` yields a line the user
+/// Runs `flow` (default: the device flow where the provider has one), telling the user what to do through `say`; `pasted` yields a line the user
 /// pasted (the browser flow accepts the redirect URL that way). Stores the refresh token.
 pub async fn login(
     source: &TokenSource,
-    flow: Flow,
+    flow: Option<Flow>,
     say: &(dyn Fn(&str) + Sync),
     pasted: impl Future<Output = Option<String>>,
 ) -> Result<(), OAuth2Error> {
@@ -46,6 +37,12 @@ pub async fn login(
             "only `grant: refresh_token` credentials log in; app-only grants need no login",
         ));
     }
+    let endpoints = source.endpoints().await?;
+    let flow = flow.unwrap_or(if endpoints.device_url.is_some() {
+        Flow::Device
+    } else {
+        Flow::Browser
+    });
     let token = match flow {
         Flow::Device => device(source, say).await?,
         Flow::Browser => browser(source, say, pasted).await?,
@@ -66,7 +63,7 @@ pub async fn logout(source: &TokenSource) -> Result<String, OAuth2Error> {
     let Some(stored) = stored else {
         return Ok(format!("nothing stored in {}", s.store_path.display()));
     };
-    let revoked = match &s.revocation_url {
+    let revoked = match &source.endpoints().await?.revocation_url {
         None => "the provider has no revocation endpoint: revoke the app's sessions there".into(),
         Some(url) => {
             let mut form = client_fields(source).unwrap_or_default();
@@ -110,7 +107,7 @@ async fn token_request(
         &source.client()?,
         &s.name,
         &s.store_path.display().to_string(),
-        &s.token_url,
+        &source.endpoints().await?.token_url,
         &pairs,
         false,
     )
@@ -125,7 +122,7 @@ async fn token_request(
 
 async fn device(source: &TokenSource, say: &(dyn Fn(&str) + Sync)) -> Result<Secret, OAuth2Error> {
     let s = source.settings();
-    let Some(url) = &s.device_url else {
+    let Some(url) = &source.endpoints().await?.device_url else {
         return Err(source.local(
             "this provider has no device login (Google refuses it for Gmail): use --flow browser",
         ));
@@ -237,7 +234,7 @@ async fn browser(
     pasted: impl Future<Output = Option<String>>,
 ) -> Result<Secret, OAuth2Error> {
     let s = source.settings();
-    let Some(authorize) = &s.authorize_url else {
+    let Some(authorize) = &source.endpoints().await?.authorize_url else {
         return Err(source.local("set `authorization_url` for the browser login"));
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -38,6 +38,16 @@ pub struct TokenSource {
     state: tokio::sync::Mutex<State>,
     /// The last refresh said the refresh token is dead (for `/readyz` and the metric).
     relogin: std::sync::atomic::AtomicBool,
+    endpoints: tokio::sync::OnceCell<Endpoints>,
+}
+
+/// Where to send requests: as configured, or from the issuer's discovery document.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub token_url: String,
+    pub device_url: Option<String>,
+    pub authorize_url: Option<String>,
+    pub revocation_url: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -63,11 +73,66 @@ impl TokenSource {
             client: OnceLock::new(),
             state: Default::default(),
             relogin: Default::default(),
+            endpoints: Default::default(),
         }
     }
 
     pub fn settings(&self) -> &CredentialSettings {
         &self.settings
+    }
+
+    /// The endpoints, discovered at first use for an `issuer` (a failure is transient and
+    /// tried again next time).
+    pub async fn endpoints(&self) -> Result<&Endpoints, OAuth2Error> {
+        self.endpoints
+            .get_or_try_init(|| async {
+                let s = &self.settings;
+                let Some(url) = &s.discovery_url else {
+                    return Ok(Endpoints {
+                        token_url: s.token_url.clone(),
+                        device_url: s.device_url.clone(),
+                        authorize_url: s.authorize_url.clone(),
+                        revocation_url: s.revocation_url.clone(),
+                    });
+                };
+                let transient = |detail: String| OAuth2Error::Transient {
+                    credential: s.name.clone(),
+                    detail,
+                    retry_after: None,
+                };
+                let doc: serde_json::Value = self
+                    .client()?
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| transient(format!("discovery document {url}: {e}")))?
+                    .json()
+                    .await
+                    .map_err(|e| transient(format!("discovery document {url}: {e}")))?;
+                let field = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+                let token_url = field("token_endpoint").ok_or_else(|| {
+                    self.local(format!(
+                        "the discovery document {url} names no token_endpoint"
+                    ))
+                })?;
+                Ok(Endpoints {
+                    token_url,
+                    device_url: s
+                        .device_url
+                        .clone()
+                        .or_else(|| field("device_authorization_endpoint")),
+                    authorize_url: s
+                        .authorize_url
+                        .clone()
+                        .or_else(|| field("authorization_endpoint")),
+                    revocation_url: s
+                        .revocation_url
+                        .clone()
+                        .or_else(|| field("revocation_endpoint")),
+                })
+            })
+            .await
     }
 
     /// Whether a human must run `oauth2 login` before this credential works again.
@@ -177,6 +242,7 @@ impl TokenSource {
     async fn fetch(&self, state: &mut State, subject: &str) -> Result<TokenResponse, OAuth2Error> {
         let s = &self.settings;
         let client = self.client()?;
+        let token_url = self.endpoints().await?.token_url.clone();
         let store_path = s.store_path.display().to_string();
         let mut form: Vec<(&str, String)> = Vec::new();
         if !s.scope.is_empty() {
@@ -200,7 +266,7 @@ impl TokenSource {
             } => {
                 let now = unix_now();
                 let claims = serde_json::json!({
-                    "iss": issuer, "sub": subject, "scope": s.scope, "aud": s.token_url,
+                    "iss": issuer, "sub": subject, "scope": s.scope, "aud": token_url,
                     "iat": now, "exp": now + ASSERTION_LIFETIME,
                 });
                 let mut header = serde_json::Map::new();
@@ -243,7 +309,7 @@ impl TokenSource {
                 };
                 let now = unix_now();
                 let claims = serde_json::json!({
-                    "aud": s.token_url, "iss": s.client_id, "sub": s.client_id,
+                    "aud": token_url, "iss": s.client_id, "sub": s.client_id,
                     "jti": hex::encode(rand::random::<[u8; 16]>()),
                     "iat": now, "nbf": now, "exp": now + ASSERTION_LIFETIME,
                 });
@@ -262,7 +328,7 @@ impl TokenSource {
             &client,
             &s.name,
             &store_path,
-            &s.token_url,
+            &token_url,
             &pairs,
             refreshing,
         )

@@ -404,6 +404,19 @@ async fn authorize(State(s): State<Arc<Shared>>, uri: axum::http::Uri) -> Respon
     (StatusCode::FOUND, [("location", location)]).into_response()
 }
 
+/// The OpenID discovery document naming our endpoints.
+async fn discovery(State(s): State<Arc<Shared>>) -> Response {
+    let token = s.url.lock().unwrap().clone();
+    let base = token.trim_end_matches("/token").to_owned();
+    axum::Json(serde_json::json!({
+        "issuer": base, "token_endpoint": token,
+        "device_authorization_endpoint": format!("{base}/device"),
+        "authorization_endpoint": format!("{base}/authorize"),
+        "revocation_endpoint": format!("{base}/revoke"),
+    }))
+    .into_response()
+}
+
 /// RFC 7009: the token is dead from now on (200 whether or not it was known).
 async fn revoke(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let f = form(&body);
@@ -442,6 +455,10 @@ impl TokenEndpoint {
                     .route("/device", axum::routing::post(device))
                     .route("/authorize", axum::routing::get(authorize))
                     .route("/revoke", axum::routing::post(revoke))
+                    .route(
+                        "/.well-known/openid-configuration",
+                        axum::routing::get(discovery),
+                    )
                     .with_state(state);
                 let _ = axum::serve(listener, app).await;
             });
