@@ -49,6 +49,10 @@ KNOWN_METRICS = {
     "popbridge_fenced_writes_total",
     "popbridge_leases_held",
     "popbridge_lease_events_total",
+    "popbridge_oauth2_refreshes_total",
+    "popbridge_oauth2_access_token_expiry_timestamp_seconds",
+    "popbridge_oauth2_relogin_needed",
+    "popbridge_sasl_logins_total",
     "popbridge_build_info",
 }
 HISTOGRAMS = {"popbridge_delivery_duration_seconds", "popbridge_poll_duration_seconds"}
@@ -305,7 +309,7 @@ def check_prometheusrule(pr, values):
                 promql_parser.parse(expr)
             except Exception as e:  # the binding raises ValueError on a syntax error
                 check(False, f"{name}: PromQL does not parse ({e}): {expr}")
-            for m in re.findall(r"\bpopbridge_[a-z_]+", expr):
+            for m in re.findall(r"\bpopbridge_[a-z0-9_]+", expr):
                 base = re.sub(r"_(bucket|sum|count)$", "", m) if m.endswith(("_bucket", "_sum", "_count")) else m
                 check(m in KNOWN_METRICS or (base in HISTOGRAMS and base != m),
                       f"{name}: unknown metric {m}")
@@ -424,7 +428,7 @@ def check_promql(where, expr):
         promql_parser.parse(expr)
     except Exception as e:
         check(False, f"{where}: PromQL does not parse ({e}): {expr}")
-    names = re.findall(r"\bpopbridge_[a-z_]+", expr)
+    names = re.findall(r"\bpopbridge_[a-z0-9_]+", expr)
     check(bool(names), f"{where}: names no popbridge metric: {expr}")
     for m in names:
         base = re.sub(r"_(bucket|sum|count)$", "", m)
@@ -446,7 +450,7 @@ def cmd_dashboard(path):
         check(p.get("datasource", {}).get("uid") == "${datasource}", f"panel {p.get('title')!r}: datasource")
         for t in targets:
             check_promql(f"panel {p.get('title')!r} {t.get('refId')}", t["expr"])
-            seen.update(re.findall(r"\bpopbridge_[a-z_]+", t["expr"]))
+            seen.update(re.findall(r"\bpopbridge_[a-z0-9_]+", t["expr"]))
     names = set()
     for v in dash.get("templating", {}).get("list", []):
         if v.get("type") != "query":
@@ -479,11 +483,11 @@ def cmd_consistency(root):
         rs = f.read()
     build = rs[rs.index("fn build()"):]
     build = build[:build.index("\n}\n")]
-    registered = set(re.findall(r'"(popbridge_[a-z_]+)"', build))
+    registered = set(re.findall(r'"(popbridge_[a-z0-9_]+)"', build))
     check(registered == KNOWN_METRICS,
           f"KNOWN_METRICS != src/metrics.rs: missing {sorted(registered - KNOWN_METRICS)}, "
           f"stale {sorted(KNOWN_METRICS - registered)}")
-    hist = set(re.findall(r'histogram\(\s*"(popbridge_[a-z_]+)"', build))
+    hist = set(re.findall(r'histogram\(\s*"(popbridge_[a-z0-9_]+)"', build))
     check(hist == HISTOGRAMS, f"HISTOGRAMS != the histograms of src/metrics.rs: {sorted(hist)}")
     with open(f"{root}/Dockerfile") as f:
         df = f.read()

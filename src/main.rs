@@ -113,6 +113,40 @@ enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// OAuth2 credentials: sign in once for a refresh token, see what is stored.
+    Oauth2 {
+        #[command(subcommand)]
+        action: Oauth2Action,
+    },
+}
+
+#[derive(Subcommand)]
+enum Oauth2Action {
+    /// Sign in (device code, or browser with PKCE) and store the refresh token; with
+    /// --mailbox, then log in to its POP3 server to check.
+    Login {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The mailbox whose credential to sign in.
+        #[arg(long, conflicts_with = "credential")]
+        mailbox: Option<String>,
+        /// The `oauth2:` credential to sign in.
+        #[arg(long)]
+        credential: Option<String>,
+        /// `device` or `browser` (default: device where the provider offers it).
+        #[arg(long)]
+        flow: Option<String>,
+    },
+    /// Each credential: its grant, token URL and stored refresh token's age.
+    Status(ConfigArg),
+    /// Revoke the stored refresh token where the provider supports it, then delete it.
+    Logout {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `oauth2:` credential.
+        #[arg(long)]
+        credential: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,6 +309,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         } => plan(config_or_exit!(&config.config), mailbox, json).await,
         Command::Dlq { action } => dlq(action).await,
         Command::State { action } => state(action).await,
+        Command::Oauth2 { action } => oauth2(action).await,
     }
 }
 
@@ -403,6 +438,7 @@ async fn once(
 
 async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
     let listen = config.http.listen;
+    let credentials = token_sources(&config).into_values().collect();
     let app = App::build(config).await.context("cannot start")?;
     let shutdown = shutdown_token();
     let health = Arc::new(popbridge::scheduler::Health::default());
@@ -411,6 +447,7 @@ async fn run(config: popbridge::config::Config) -> anyhow::Result<u8> {
         sinks: app.sinks.clone(),
         scheduler_running: AtomicBool::new(false),
         mailboxes: health.clone(),
+        oauth2: credentials,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -545,6 +582,135 @@ async fn plan(
         }
     }
     Ok(if failed { exit::INCOMPLETE } else { exit::OK })
+}
+
+/// Every token source of the config by credential name (mailboxes' and IMAP sinks').
+fn token_sources(
+    config: &popbridge::config::Config,
+) -> std::collections::BTreeMap<String, std::sync::Arc<popbridge::oauth2::TokenSource>> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in &config.mailboxes {
+        if let popbridge::pop3::AuthMethod::OAuth2(login) = &m.pop3.auth {
+            if let Some(source) = &login.token {
+                out.insert(source.settings().name.clone(), source.clone());
+            }
+        }
+    }
+    for s in &config.sinks {
+        if let popbridge::config::SinkKind::Imap(imap) = &s.kind {
+            if let Some(source) = &imap.oauth2 {
+                out.insert(source.settings().name.clone(), source.clone());
+            }
+        }
+    }
+    out
+}
+
+async fn oauth2(action: Oauth2Action) -> anyhow::Result<u8> {
+    use popbridge::oauth2::login::{self, Flow};
+    match action {
+        Oauth2Action::Status(c) => {
+            let config = config_or_exit!(&c.config);
+            for (name, source) in token_sources(&config) {
+                let s = source.settings();
+                let grant = match s.grant {
+                    popbridge::oauth2::Grant::RefreshToken { .. } => "refresh_token",
+                    popbridge::oauth2::Grant::ClientCredentials => "client_credentials",
+                    popbridge::oauth2::Grant::JwtBearer { .. } => "jwt_bearer",
+                };
+                let stored = match popbridge::oauth2::store::load(&s.store_path) {
+                    Ok(Some(t)) => {
+                        let age = chrono::Utc::now().timestamp() - t.received_at;
+                        let ours = t.token_url == s.token_url && t.client_id == s.client_id;
+                        format!(
+                            "refresh token stored {}h{:02}m ago{}",
+                            age / 3600,
+                            age % 3600 / 60,
+                            if ours {
+                                ""
+                            } else {
+                                " (for another token URL or client: ignored)"
+                            }
+                        )
+                    }
+                    Ok(None) if grant == "refresh_token" => {
+                        "no stored refresh token (the configured one is used, if any)".into()
+                    }
+                    Ok(None) => "nothing stored (app-only)".into(),
+                    Err(e) => format!("ERROR: {e}"),
+                };
+                println!("{name}: {grant} at {}: {stored}", s.token_url);
+            }
+            Ok(exit::OK)
+        }
+        Oauth2Action::Logout { config, credential } => {
+            let config = config_or_exit!(&config.config);
+            let Some(source) = token_sources(&config).remove(&credential) else {
+                anyhow::bail!("no OAuth2 credential {credential} in use");
+            };
+            let done = login::logout(&source).await?;
+            eprintln!("{credential}: {done}");
+            Ok(exit::OK)
+        }
+        Oauth2Action::Login {
+            config,
+            mailbox,
+            credential,
+            flow,
+        } => {
+            let config = config_or_exit!(&config.config);
+            let sources = token_sources(&config);
+            let source = match (&mailbox, &credential) {
+                (Some(m), _) => config
+                    .mailboxes
+                    .iter()
+                    .find(|b| &b.name == m)
+                    .and_then(|b| match &b.pop3.auth {
+                        popbridge::pop3::AuthMethod::OAuth2(l) => l.token.clone(),
+                        _ => None,
+                    })
+                    .ok_or_else(|| anyhow::anyhow!("mailbox {m} has no `oauth2` credential"))?,
+                (None, Some(c)) => sources.get(c).cloned().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no OAuth2 credential {c} in use (known: {})",
+                        sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })?,
+                (None, None) => anyhow::bail!("give --mailbox NAME or --credential NAME"),
+            };
+            let flow = match flow.as_deref() {
+                None => None,
+                Some("device") => Some(Flow::Device),
+                Some("browser") => Some(Flow::Browser),
+                Some(other) => anyhow::bail!("--flow {other}: use `device` or `browser`"),
+            };
+            // A pasted line (the browser flow's redirect URL); stdin at its end pastes nothing.
+            let pasted = async {
+                // A plain thread: a blocked read must not hold up the runtime's shutdown.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let line = std::io::stdin()
+                        .lines()
+                        .map_while(Result::ok)
+                        .map(|l| l.trim().to_owned())
+                        .find(|l| !l.is_empty());
+                    let _ = tx.send(line);
+                });
+                match rx.await {
+                    Ok(Some(line)) => Some(line),
+                    _ => std::future::pending().await,
+                }
+            };
+            let say = |text: &str| eprintln!("{text}");
+            login::login(&source, flow, &say, pasted).await?;
+            if let Some(m) = mailbox.and_then(|m| config.mailboxes.iter().find(|b| b.name == m)) {
+                let session = popbridge::pop3::connect(&m.pop3).await?;
+                let _ = session.quit().await;
+                eprintln!("mailbox {}: login with the new token ok", m.name);
+            }
+            Ok(exit::OK)
+        }
+    }
 }
 
 /// What the server says about itself that changes how popbridge behaves (RFC 2449).

@@ -32,6 +32,10 @@ pub struct Metrics {
     fenced_writes: IntCounterVec,
     leases_held: IntGaugeVec,
     lease_events: IntCounterVec,
+    oauth2_refreshes: IntCounterVec,
+    oauth2_expiry: GaugeVec,
+    oauth2_relogin: IntGaugeVec,
+    sasl_logins: IntCounterVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -191,6 +195,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Mailbox leases claimed, lost (taken over or expired) and released, by event.",
             &["event"],
         )?,
+        oauth2_refreshes: counter(
+            "popbridge_oauth2_refreshes_total",
+            "OAuth2 token requests by credential and result (ok, transient, relogin_needed, config, local).",
+            &["credential", "result"],
+        )?,
+        oauth2_expiry: gauge(
+            "popbridge_oauth2_access_token_expiry_timestamp_seconds",
+            "When the current OAuth2 access token of a credential expires (Unix time).",
+            &["credential"],
+        )?,
+        oauth2_relogin: int_gauge(
+            "popbridge_oauth2_relogin_needed",
+            "1 while a credential's refresh token is refused: run `popbridge oauth2 login`.",
+            &["credential"],
+        )?,
+        sasl_logins: counter(
+            "popbridge_sasl_logins_total",
+            "SASL logins (POP3 AUTH, IMAP AUTHENTICATE) by mechanism and result (ok, failed).",
+            &["mechanism", "result"],
+        )?,
         registry,
     })
 }
@@ -316,6 +340,42 @@ pub fn poll_backoff(mailbox: &str, wait: Duration) {
 pub fn poll_panicked(mailbox: &str) {
     if let Some(m) = get() {
         m.panics.with_label_values(&[mailbox]).inc();
+    }
+}
+
+/// One OAuth2 token request finished with `result`.
+pub fn oauth2_refresh(credential: &str, result: &str) {
+    if let Some(m) = get() {
+        m.oauth2_refreshes
+            .with_label_values(&[credential, result])
+            .inc();
+    }
+}
+
+/// A credential's new access token expires at `unix` seconds.
+pub fn oauth2_token_expiry(credential: &str, unix: u64) {
+    if let Some(m) = get() {
+        m.oauth2_expiry
+            .with_label_values(&[credential])
+            .set(unix as f64);
+    }
+}
+
+/// Whether a credential needs a new login.
+pub fn oauth2_relogin_needed(credential: &str, needed: bool) {
+    if let Some(m) = get() {
+        m.oauth2_relogin
+            .with_label_values(&[credential])
+            .set(i64::from(needed));
+    }
+}
+
+/// One SASL exchange ended.
+pub fn sasl_login(mechanism: &str, ok: bool) {
+    if let Some(m) = get() {
+        m.sasl_logins
+            .with_label_values(&[mechanism, if ok { "ok" } else { "failed" }])
+            .inc();
     }
 }
 

@@ -22,6 +22,16 @@ impl Secret {
     }
 }
 
+/// Overwrites the value when it is dropped, so a freed token does not linger in the heap (copies
+/// made with [`Secret::expose`] are the caller's to keep short-lived).
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&bytes);
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")

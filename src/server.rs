@@ -20,6 +20,8 @@ pub struct Readiness {
     pub scheduler_running: AtomicBool,
     /// Per mailbox: a dead or panicking mailbox makes the service not ready, by name.
     pub mailboxes: Arc<Health>,
+    /// OAuth2 credentials: one whose refresh token is refused makes the service not ready.
+    pub oauth2: Vec<Arc<crate::oauth2::TokenSource>>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +57,17 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, Json<Report>) {
         name: format!("mailbox:{name}"),
         ok: h.ok(),
         error: h.error,
+    }));
+    checks.extend(r.oauth2.iter().map(|source| {
+        let name = &source.settings().name;
+        let relogin = source.needs_relogin();
+        Check {
+            name: format!("oauth2:{name}"),
+            ok: !relogin,
+            error: relogin.then(|| {
+                format!("re-login needed: run `popbridge oauth2 login --credential {name}`")
+            }),
+        }
     }));
     let store = tokio::time::timeout(CHECK_TIMEOUT, r.store.ping()).await;
     checks.push(Check {
@@ -133,6 +146,7 @@ mod tests {
             sinks: Vec::new(),
             scheduler_running: AtomicBool::new(true),
             mailboxes: health.clone(),
+            oauth2: Vec::new(),
         }))
         .await;
         let r = reqwest::get(&url).await.unwrap();

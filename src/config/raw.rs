@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub mailboxes_from: Vec<super::batch::RawBatch>,
     /// Where messages go.
     pub sinks: Vec<RawSink>,
+    /// Named OAuth2 credentials, shared by mailboxes (`pop3.oauth2: NAME`) and IMAP sinks.
+    #[serde(default)]
+    pub oauth2: std::collections::BTreeMap<String, crate::oauth2::config::RawCredential>,
 }
 
 /// `state:`.
@@ -129,9 +132,17 @@ pub struct RawPop3 {
     /// File holding the password; one trailing newline is trimmed. Exclusive with `password`.
     #[serde(default)]
     pub password_file: Option<Interpolated>,
-    /// `auto`, `user`, `apop`, `plain` or `xoauth2` (default `auto`).
+    /// `auto`, `user`, `apop`, `plain`, `xoauth2`, `oauthbearer` or `oauth2` (OAUTHBEARER when
+    /// offered, else XOAUTH2). Default `auto`, or `oauth2` when `oauth2` is given.
     #[serde(default)]
     pub auth: Option<RawAuth>,
+    /// The OAuth2 credential: the name of an `oauth2:` entry, or one written here.
+    #[serde(default)]
+    pub oauth2: Option<RawOAuth2Ref>,
+    /// Where an OAuth2 initial response goes: `auto` (on the AUTH line when it fits), `always`,
+    /// `never` (after `+`; Microsoft's POP3 needs this, the default for `provider: microsoft`).
+    #[serde(default)]
+    pub initial_response: Option<crate::pop3::InitialResponse>,
     /// Extra CA bundle (PEM) to trust.
     #[serde(default)]
     pub ca_file: Option<Interpolated>,
@@ -183,6 +194,37 @@ pub enum RawAuth {
     Plain,
     /// AUTH XOAUTH2.
     Xoauth2,
+    /// AUTH OAUTHBEARER (RFC 7628).
+    Oauthbearer,
+    /// OAUTHBEARER when offered, else XOAUTH2.
+    Oauth2,
+}
+
+/// `oauth2:` of a mailbox: a credential's name, or a credential written in place.
+#[derive(Debug)]
+pub enum RawOAuth2Ref {
+    Named(String),
+    Inline(Box<crate::oauth2::config::RawCredential>),
+}
+
+impl<'de> Deserialize<'de> for RawOAuth2Ref {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOAuth2Ref;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("the name of an `oauth2:` credential, or a credential mapping")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawOAuth2Ref::Named(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|c| RawOAuth2Ref::Inline(Box::new(c)))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// `schedule:`: exactly one of `every` and `cron`, plus optional `jitter`.

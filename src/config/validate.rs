@@ -6,15 +6,20 @@ use super::model::{
     Config, DeletePolicy, HttpConfig, Limits, MailboxConfig, PostgresState, RetryPolicy, Schedule,
     SinkConfig, StateBackend, StateConfig,
 };
+use super::raw::RawOAuth2Ref;
 use super::raw::{
     RawAuth, RawConfig, RawDelete, RawHttp, RawLimits, RawMailbox, RawPop3, RawRetry, RawSchedule,
     RawSink, RawTls,
 };
+use crate::oauth2::config::RawCredential;
+use crate::oauth2::{Provider, TokenSource};
 use crate::pop3::{AuthMethod, ClientConfig, TlsMode};
+use crate::pop3::{InitialResponse, OAuth2Login, OAuthMechanism};
 use crate::secret::Secret;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default `http.listen`.
@@ -45,6 +50,8 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         base,
         problems: Vec::new(),
         warnings: Vec::new(),
+        credentials: Default::default(),
+        token_dir: PathBuf::new(),
     };
 
     let backend = match raw.state.url {
@@ -104,10 +111,13 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         spool_dir,
         retention,
     };
+    v.token_dir = state.path.parent().unwrap_or(Path::new("")).join("oauth2");
+    v.credentials(raw.oauth2);
     let http = v.http(raw.http);
     let limits = v.limits(raw.limits);
 
-    let sinks = v.sinks(raw.sinks);
+    let mut sinks = v.sinks(raw.sinks);
+    v.sink_credentials(&mut sinks);
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
     let mailboxes = v.mailboxes(raw.mailboxes, &sink_names);
 
@@ -188,6 +198,10 @@ struct Validator<'a> {
     base: &'a Path,
     problems: Vec<Problem>,
     warnings: Vec<String>,
+    /// Named OAuth2 credentials, one token cache each, shared by everything naming them.
+    credentials: std::collections::BTreeMap<String, Arc<TokenSource>>,
+    /// `<state dir>/oauth2`, where refresh tokens are kept.
+    token_dir: PathBuf,
 }
 
 impl Validator<'_> {
@@ -196,6 +210,79 @@ impl Validator<'_> {
             at: at.into(),
             message: message.into(),
         });
+    }
+
+    fn credentials(&mut self, raw: std::collections::BTreeMap<String, RawCredential>) {
+        for (name, cred) in raw {
+            let at = format!("oauth2.{name}");
+            if let Some(why) = name_problem(&name) {
+                self.problem(at, why);
+                continue;
+            }
+            match cred.validate(&name, self.base, &self.token_dir) {
+                Ok(settings) => {
+                    self.credentials
+                        .insert(name, Arc::new(TokenSource::new(settings)));
+                }
+                Err(why) => self.problem(at, why),
+            }
+        }
+    }
+
+    /// A mailbox's `oauth2:`: a named credential, or an inline one (named `mailbox.<name>`).
+    fn credential(
+        &mut self,
+        at: &str,
+        mailbox: &str,
+        raw: RawOAuth2Ref,
+    ) -> Option<Arc<TokenSource>> {
+        match raw {
+            RawOAuth2Ref::Named(name) => {
+                let found = self.credentials.get(&name).cloned();
+                if found.is_none() {
+                    let known: Vec<&str> = self.credentials.keys().map(String::as_str).collect();
+                    self.problem(
+                        format!("{at}.oauth2"),
+                        format!(
+                            "unknown OAuth2 credential \"{name}\" (defined: {})",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+                found
+            }
+            RawOAuth2Ref::Inline(cred) => {
+                let name = format!("mailbox.{mailbox}");
+                match cred.validate(&name, self.base, &self.token_dir) {
+                    Ok(settings) => Some(Arc::new(TokenSource::new(settings))),
+                    Err(why) => {
+                        self.problem(format!("{at}.oauth2"), why);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// IMAP sinks naming a credential get its token source.
+    fn sink_credentials(&mut self, sinks: &mut [SinkConfig]) {
+        for sink in sinks {
+            if let crate::config::SinkKind::Imap(imap) = &mut sink.kind {
+                if let Some(name) = imap.oauth2_credential.clone() {
+                    match self.credentials.get(&name) {
+                        Some(source) => imap.oauth2 = Some(source.clone()),
+                        None => self.problem(
+                            format!("sinks[{}].oauth2", sink.name),
+                            format!("unknown OAuth2 credential \"{name}\""),
+                        ),
+                    }
+                }
+            }
+        }
     }
 
     fn http(&mut self, raw: RawHttp) -> HttpConfig {
@@ -334,7 +421,7 @@ impl Validator<'_> {
         for (i, mb) in raw.into_iter().enumerate() {
             self.check_name("mailboxes", i, &mb.name, &mut seen);
             let at = Self::item_path("mailboxes", i, &mb.name);
-            let pop3 = self.pop3(&at, mb.pop3);
+            let pop3 = self.pop3(&at, &mb.name, mb.pop3);
             let schedule = self.schedule(&at, mb.schedule);
             let delete = match mb.delete.unwrap_or(RawDelete::Never) {
                 RawDelete::Never => DeletePolicy::Never,
@@ -429,7 +516,7 @@ impl Validator<'_> {
         }
     }
 
-    fn pop3(&mut self, at: &str, raw: RawPop3) -> Option<ClientConfig> {
+    fn pop3(&mut self, at: &str, mailbox: &str, raw: RawPop3) -> Option<ClientConfig> {
         let at = format!("{at}.pop3");
         let tls = match raw.tls.unwrap_or(RawTls::Implicit) {
             RawTls::Implicit => TlsMode::Implicit,
@@ -451,18 +538,73 @@ impl Validator<'_> {
         if username.is_empty() {
             self.problem(format!("{at}.username"), "must not be empty");
         }
-        let auth = match raw.auth.unwrap_or(RawAuth::Auto) {
-            RawAuth::Auto => AuthMethod::Auto,
-            RawAuth::User => AuthMethod::User,
-            RawAuth::Apop => AuthMethod::Apop,
-            RawAuth::Plain => AuthMethod::Plain,
-            RawAuth::Xoauth2 => AuthMethod::XOAuth2,
+        let token = raw
+            .oauth2
+            .map(|r| self.credential(&at, mailbox, r))
+            .map(|found| found.ok_or(()));
+        let default_auth = if token.is_some() {
+            RawAuth::Oauth2
+        } else {
+            RawAuth::Auto
         };
+        let mechanism = match raw.auth.unwrap_or(default_auth) {
+            RawAuth::Xoauth2 => Some(OAuthMechanism::XOAuth2),
+            RawAuth::Oauthbearer => Some(OAuthMechanism::OAuthBearer),
+            RawAuth::Oauth2 => Some(OAuthMechanism::Auto),
+            _ => None,
+        };
+        let auth = match (raw.auth.unwrap_or(default_auth), mechanism) {
+            (RawAuth::Auto, _) => AuthMethod::Auto,
+            (RawAuth::User, _) => AuthMethod::User,
+            (RawAuth::Apop, _) => AuthMethod::Apop,
+            (RawAuth::Plain, _) => AuthMethod::Plain,
+            (RawAuth::Xoauth2, _) if token.is_none() && raw.initial_response.is_none() => {
+                AuthMethod::XOAuth2
+            }
+            (_, mechanism) => {
+                let source = token.clone().and_then(Result::ok);
+                let microsoft = source
+                    .as_ref()
+                    .is_some_and(|s| s.settings().provider == Provider::Microsoft);
+                AuthMethod::OAuth2(OAuth2Login {
+                    mechanism: mechanism.unwrap_or(OAuthMechanism::Auto),
+                    // Microsoft's POP3 answers a one-line XOAUTH2 with "Protocol error".
+                    initial_response: raw.initial_response.unwrap_or(if microsoft {
+                        InitialResponse::Never
+                    } else {
+                        InitialResponse::Auto
+                    }),
+                    token: source,
+                })
+            }
+        };
+        if token.is_some() && mechanism.is_none() {
+            self.problem(
+                format!("{at}.auth"),
+                "`oauth2` needs `auth: oauth2`, `xoauth2` or `oauthbearer` (or no `auth`)",
+            );
+        }
+        if raw.initial_response.is_some() && mechanism.is_none() {
+            self.problem(
+                format!("{at}.initial_response"),
+                "only applies to `auth: oauth2`, `xoauth2` or `oauthbearer`",
+            );
+        }
         let password_file = raw
             .password_file
             .as_ref()
             .map(|f| resolve(self.base, f.as_str()));
-        let secret = self.secret(&at, raw.password, raw.password_file);
+        let secret = match &token {
+            Some(_) if raw.password.is_some() || raw.password_file.is_some() => {
+                self.problem(
+                    at.clone(),
+                    "with `oauth2`, tokens come from the credential: drop `password`/`password_file`",
+                );
+                None
+            }
+            Some(found) => found.as_ref().map(|_| Secret::new("")).ok(),
+            None => self.secret(&at, raw.password, raw.password_file),
+        };
         let allow_plaintext_auth = raw.allow_plaintext_auth.unwrap_or(false);
         if tls == TlsMode::None && !allow_plaintext_auth {
             self.problem(

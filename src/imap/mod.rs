@@ -29,6 +29,19 @@ pub enum ImapAuth {
     Auto,
     Login,
     Plain,
+    /// AUTHENTICATE XOAUTH2 with an OAuth2 access token.
+    Xoauth2,
+    /// AUTHENTICATE OAUTHBEARER (RFC 7628).
+    Oauthbearer,
+    /// OAUTHBEARER when offered, else XOAUTH2.
+    Oauth2,
+}
+
+impl ImapAuth {
+    /// Whether the secret is an OAuth2 access token.
+    pub fn is_oauth2(self) -> bool {
+        matches!(self, Self::Xoauth2 | Self::Oauthbearer | Self::Oauth2)
+    }
 }
 
 /// How to reach one IMAP server (the account comes per connection).
@@ -88,6 +101,12 @@ pub enum ImapError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot log in to IMAP server {server}: {source}")]
+    OAuth2 {
+        server: String,
+        #[source]
+        source: crate::oauth2::OAuth2Error,
     },
     #[error("cannot read the spooled message: {source}")]
     Spool {

@@ -28,7 +28,54 @@ pub enum AuthMethod {
     Plain,
     /// RFC 5034 AUTH XOAUTH2, the two-step form Microsoft 365 needs; the secret is the token.
     XOAuth2,
+    /// An OAuth2 bearer login (XOAUTH2 or OAUTHBEARER) with a token from a credential.
+    OAuth2(OAuth2Login),
 }
+
+/// Which OAuth2 SASL mechanism to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OAuthMechanism {
+    /// OAUTHBEARER when the server offers it, else XOAUTH2.
+    Auto,
+    XOAuth2,
+    OAuthBearer,
+}
+
+/// Where the SASL initial response goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialResponse {
+    /// On the AUTH line when it fits the 255-octet limit, else after the server's `+`.
+    #[default]
+    Auto,
+    /// Always on the AUTH line (servers without a line limit).
+    Always,
+    /// Always after `+` (the two-step form Microsoft's POP3 requires).
+    Never,
+}
+
+/// An OAuth2 login: the mechanism, the initial response placement, and the token source
+/// (without one, `secret` or `password_file` holds the access token itself).
+#[derive(Clone, Debug)]
+pub struct OAuth2Login {
+    pub mechanism: OAuthMechanism,
+    pub initial_response: InitialResponse,
+    pub token: Option<std::sync::Arc<crate::oauth2::TokenSource>>,
+}
+
+impl PartialEq for OAuth2Login {
+    fn eq(&self, other: &Self) -> bool {
+        self.mechanism == other.mechanism
+            && self.initial_response == other.initial_response
+            && match (&self.token, &other.token) {
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for OAuth2Login {}
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {

@@ -100,6 +100,12 @@ pub enum Pop3Error {
         mechanism: &'static str,
         reason: String,
     },
+    #[error("cannot log in to POP3 server {server}: {source}")]
+    OAuth2 {
+        server: String,
+        #[source]
+        source: crate::oauth2::OAuth2Error,
+    },
     #[error("POP3 server {server} asked to retry later ({code}) after {command}: {message}")]
     Temporary {
         server: String,
@@ -159,6 +165,8 @@ impl Pop3Error {
                 ErrorKind::Auth
             }
             Self::Temporary { .. } => ErrorKind::Temporary,
+            Self::OAuth2 { source, .. } if source.is_transient() => ErrorKind::Temporary,
+            Self::OAuth2 { .. } => ErrorKind::Auth,
             Self::Refused { .. } | Self::Protocol { .. } => ErrorKind::Protocol,
             Self::Spool { .. } => ErrorKind::Spool,
         }

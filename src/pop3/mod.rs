@@ -11,7 +11,7 @@ pub mod op;
 pub mod response;
 pub mod session;
 
-pub use config::{AuthMethod, ClientConfig, TlsMode};
+pub use config::{AuthMethod, ClientConfig, InitialResponse, OAuth2Login, OAuthMechanism, TlsMode};
 pub use error::{ErrorKind, Pop3Error};
 pub use op::retr::Retrieved;
 pub use op::sasl::SaslMechanism;

@@ -28,6 +28,8 @@ pub struct Dovecot {
     pub ca_file: PathBuf,
     /// A CA that did not: trusting only this one must fail verification.
     pub other_ca_file: PathBuf,
+    /// With [`Dovecot::start_oauth2`]: the HS256 key Dovecot validates OAuth2 tokens with.
+    pub oauth2_key: Option<Vec<u8>>,
 }
 
 /// A mailbox on the server.
@@ -118,21 +120,33 @@ fn sweep_stale(parent: &Path) {
 impl Dovecot {
     /// Starts a fresh instance; panics with Dovecot's own log if it does not come up.
     pub fn start() -> Dovecot {
+        Self::start_with(false)
+    }
+
+    /// [`Dovecot::start`] that also accepts XOAUTH2 and OAUTHBEARER logins, validating JWTs
+    /// locally (`passdb oauth2`, `introspection_mode = local`) with an HS256 key of its own
+    /// ([`Dovecot::oauth2_key`]); the token's `email` must be the user name.
+    pub fn start_oauth2() -> Dovecot {
+        Self::start_with(true)
+    }
+
+    fn start_with(oauth2: bool) -> Dovecot {
         let parent = std::env::temp_dir().join("popbridge-tests");
         fs::create_dir_all(&parent).expect("create temp dir");
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).expect("chmod");
         sweep_stale(&parent);
         // The free ports are only free until Dovecot binds them: someone may take one first.
         for _ in 0..2 {
-            match Self::try_start(&parent) {
+            match Self::try_start(&parent, oauth2) {
                 Ok(dovecot) => return dovecot,
                 Err(why) => eprintln!("dovecot did not start, retrying with other ports:\n{why}"),
             }
         }
-        Self::try_start(&parent).unwrap_or_else(|why| panic!("dovecot did not start:\n{why}"))
+        Self::try_start(&parent, oauth2)
+            .unwrap_or_else(|why| panic!("dovecot did not start:\n{why}"))
     }
 
-    fn try_start(parent: &Path) -> Result<Dovecot, String> {
+    fn try_start(parent: &Path, oauth2: bool) -> Result<Dovecot, String> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -151,11 +165,9 @@ impl Dovecot {
 
         let [pop3_port, pop3s_port, imap_port] = free_ports::<3>();
         let conf = root.join("dovecot.conf");
-        fs::write(
-            &conf,
-            config(&root, &leaf, pop3_port, pop3s_port, imap_port),
-        )
-        .expect("write dovecot.conf");
+        let mut text = config(&root, &leaf, pop3_port, pop3s_port, imap_port);
+        let oauth2_key = oauth2.then(|| oauth2_setup(&root, &mut text));
+        fs::write(&conf, text).expect("write dovecot.conf");
         let log = fs::File::create(root.join("dovecot.out")).expect("dovecot.out");
         let status = Command::new(find_binary().expect("dovecot binary"))
             .arg("-c")
@@ -172,6 +184,7 @@ impl Dovecot {
             ca_file: ca.cert,
             other_ca_file: other.cert,
             root,
+            oauth2_key,
         };
         dovecot.watch();
         if !status.success() {
@@ -288,6 +301,15 @@ impl Dovecot {
         }
     }
 
+    /// Lets the app-only OAuth2 client `client_id` open these mailboxes (and no other).
+    pub fn grant_app(&self, client_id: &str, users: &[&User]) {
+        let lines: String = users
+            .iter()
+            .map(|u| format!("{}::::::::nopassword\n", u.name))
+            .collect();
+        fs::write(self.root.join("oauth2/grants").join(client_id), lines).expect("write grants");
+    }
+
     /// Every message still in the user's mailbox (`new/` and `cur/`), as stored.
     pub fn list_server_messages(&self, user: &User) -> Vec<Vec<u8>> {
         super::read_maildir(&user.maildir)
@@ -301,6 +323,56 @@ fn nanos_now() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+/// Adds OAuth2 logins to `conf`: the mechanisms, and a `passdb oauth2` after the passwd-file
+/// one (a token is no user's password, so that one fails and this one decides) validating
+/// HS256 JWTs with a fresh key kept under `<root>/oauth2/keys/default/HS256/default` (the path
+/// for tokens without `azp` and `kid`). Returns the key.
+fn oauth2_setup(root: &Path, conf: &mut String) -> Vec<u8> {
+    use base64::Engine;
+    let key: [u8; 32] = rand::random();
+    let dir = root.join("oauth2/keys/default/HS256");
+    fs::create_dir_all(&dir).expect("create oauth2 key dir");
+    fs::write(
+        dir.join("default"),
+        base64::engine::general_purpose::STANDARD.encode(key),
+    )
+    .expect("write oauth2 key");
+    let r = root.display();
+    fs::write(
+        root.join("oauth2/dovecot-oauth2.conf.ext"),
+        format!(
+            "introspection_mode = local\nlocal_validation_key_dict = fs:posix:prefix={r}/oauth2/keys/\n\
+             username_attribute = email\n"
+        ),
+    )
+    .expect("write oauth2 passdb config");
+    *conf = conf.replace(
+        "auth_mechanisms = plain login apop cram-md5",
+        "auth_mechanisms = plain login apop cram-md5 xoauth2 oauthbearer",
+    );
+    // App-only tokens (Microsoft's client credentials: `idtyp: app`, the client in `appid`)
+    // are for no user in particular: a constant username_format passes the user check, and
+    // the grants file of the app lists the mailboxes it may open (LAB.md's model). Every
+    // token carries `email` and `idtyp`, so a passdb that does not fit a token fails it
+    // plainly (a missing claim would be an internal failure, `-ERR [SYS/TEMP]`).
+    fs::write(
+        root.join("oauth2/app-only.conf.ext"),
+        format!(
+            "introspection_mode = local\nlocal_validation_key_dict = fs:posix:prefix={r}/oauth2/keys/\n\
+             username_format = app\nusername_attribute = idtyp\n\
+             pass_attrs = app_client_id=%{{oauth2:appid}}\n"
+        ),
+    )
+    .expect("write app-only passdb config");
+    fs::create_dir_all(root.join("oauth2/grants")).expect("create grants dir");
+    conf.push_str(&format!(
+        "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2/dovecot-oauth2.conf.ext\n}}\n\
+         passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2/app-only.conf.ext\n  result_success = continue-ok\n}}\n\
+         passdb {{\n  driver = passwd-file\n  mechanisms = xoauth2 oauthbearer\n  args = username_format=%Lu {r}/oauth2/grants/%{{passdb:app_client_id}}\n  skip = unauthenticated\n  result_failure = return-fail\n}}\n"
+    ));
+    key.to_vec()
 }
 
 fn config(root: &Path, leaf: &certs::Leaf, pop3: u16, pop3s: u16, imap: u16) -> String {

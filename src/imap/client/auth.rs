@@ -5,7 +5,7 @@
 use super::{has, Session};
 use crate::imap::codec::{self, Status, Tagged};
 use crate::imap::{ImapAuth, ImapConfig, ImapError};
-use crate::pop3::op::sasl::{Plain, Redactor};
+use crate::pop3::op::sasl::{oauth_error_summary, OAuthBearer, Plain, Redactor, XOAuth2};
 use crate::pop3::SaslMechanism;
 use crate::secret::Secret;
 
@@ -23,8 +23,17 @@ impl Session {
             ImapAuth::Plain => true,
             ImapAuth::Login => false,
             ImapAuth::Auto => has(&self.caps, "AUTH=PLAIN"),
+            ImapAuth::Xoauth2 | ImapAuth::Oauthbearer | ImapAuth::Oauth2 => false,
         };
-        let done = if plain {
+        let bearer = cfg.auth == ImapAuth::Oauthbearer
+            || cfg.auth == ImapAuth::Oauth2 && has(&self.caps, "AUTH=OAUTHBEARER");
+        let done = if bearer {
+            self.authenticate(&mut OAuthBearer::new(username, password))
+                .await?
+        } else if cfg.auth.is_oauth2() {
+            self.authenticate(&mut XOAuth2::new(username, password))
+                .await?
+        } else if plain {
             self.authenticate(&mut Plain::new(username, password))
                 .await?
         } else {
@@ -61,8 +70,8 @@ impl Session {
     }
 
     /// AUTHENTICATE (RFC 3501 6.2.2) driven by any SASL mechanism, the same interface as POP3's
-    /// AUTH: PLAIN today, XOAUTH2 (two-step: an error challenge is answered with an empty line)
-    /// ready. The initial response goes on the command line when the server has SASL-IR. The
+    /// AUTH: PLAIN, XOAUTH2 and OAUTHBEARER (an error challenge is answered as the mechanism
+    /// says, and its JSON reason added to the final NO's text). The initial response goes on the command line when the server has SASL-IR. The
     /// answer's text, and any error, never holds what we sent.
     pub async fn authenticate(
         &mut self,
@@ -71,6 +80,7 @@ impl Session {
         let mut redactor = Redactor::new(mechanism.secret());
         match self.sasl_exchange(mechanism, &mut redactor).await {
             Ok(mut done) => {
+                crate::metrics::sasl_login(mechanism.name(), done.status == Status::Ok);
                 done.text = redactor.clean(&done.text);
                 done.code = done.code.map(|c| redactor.clean(&c));
                 Ok(done)
@@ -105,6 +115,8 @@ impl Session {
         line.push_str("\r\n");
         self.write(line.as_bytes()).await?;
         let (mut rounds, mut untagged) = (0, 0);
+        // An OAuth2 error challenge's reason, for the final NO.
+        let mut said: Option<String> = None;
         loop {
             let answer = self.read_line().await?;
             if let Some(challenge) = answer.strip_prefix(b"+") {
@@ -117,7 +129,13 @@ impl Session {
                 let text = String::from_utf8_lossy(challenge).trim().to_string();
                 let response = match pending.take() {
                     Some(first) => first,
-                    None => mechanism.respond(&b64.decode(text.as_bytes()).unwrap_or_default()),
+                    None => {
+                        let challenge = b64.decode(text.as_bytes()).unwrap_or_default();
+                        if !challenge.is_empty() {
+                            said = Some(oauth_error_summary(&String::from_utf8_lossy(&challenge)));
+                        }
+                        mechanism.respond(&challenge)
+                    }
                 };
                 let response = b64.encode(response);
                 redactor.sent(&response);
@@ -125,7 +143,12 @@ impl Session {
                 continue;
             }
             match codec::parse_tagged(&answer) {
-                Some(done) if done.tag == tag => return Ok(done),
+                Some(mut done) if done.tag == tag => {
+                    if let (Some(said), true) = (said, done.status != Status::Ok) {
+                        done.text = format!("{} (server said: {said})", done.text);
+                    }
+                    return Ok(done);
+                }
                 Some(_) => return Err(self.protocol(&answer)),
                 None if answer.starts_with(b"* BYE") => {
                     let detail = String::from_utf8_lossy(&answer).trim().to_string();

@@ -1,11 +1,12 @@
 //! Login: USER/PASS, APOP, or SASL AUTH. The one rule that matters most lives here: no
 //! credential goes over a connection without TLS unless `allow_plaintext_auth` says so.
 
-use super::sasl::{Plain, Redactor, SaslMechanism, XOAuth2};
+use super::sasl::{oauth_error_summary, OAuthBearer, Plain, Redactor, SaslMechanism, XOAuth2};
 use crate::pop3::conn::{sanitize, Conn};
 use crate::pop3::error::{CodeText, Pop3Error};
 use crate::pop3::response::{Capabilities, RespCode, Status, StatusLine};
-use crate::pop3::{AuthMethod, ClientConfig};
+use crate::pop3::{AuthMethod, ClientConfig, InitialResponse, OAuth2Login, OAuthMechanism};
+use crate::secret::Secret;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use md5::{Digest, Md5};
@@ -33,10 +34,15 @@ pub(crate) async fn authenticate(
     };
     match method {
         AuthMethod::Apop => apop(conn, apop_stamp, cfg).await,
-        AuthMethod::Plain => sasl(conn, caps, &mut Plain::new(&cfg.username, &cfg.secret)).await,
-        AuthMethod::XOAuth2 => {
-            sasl(conn, caps, &mut XOAuth2::new(&cfg.username, &cfg.secret)).await
+        AuthMethod::Plain => {
+            let mut mech = Plain::new(&cfg.username, &cfg.secret);
+            sasl(conn, caps, &mut mech, InitialResponse::Auto).await
         }
+        AuthMethod::XOAuth2 => {
+            let mut mech = XOAuth2::new(&cfg.username, &cfg.secret);
+            sasl(conn, caps, &mut mech, InitialResponse::Auto).await
+        }
+        AuthMethod::OAuth2(ref login) => oauth2(conn, caps, cfg, login).await,
         AuthMethod::User | AuthMethod::Auto => user_pass(conn, cfg).await,
     }
 }
@@ -70,10 +76,89 @@ async fn apop(conn: &mut Conn, stamp: Option<&str>, cfg: &ClientConfig) -> Resul
     check(conn, "APOP", status, &Redactor::new(&cfg.secret), None)
 }
 
+/// The bearer mechanism `login` asks for; `auto` takes OAUTHBEARER when the server offers it.
+fn bearer(
+    caps: &Capabilities,
+    login: &OAuth2Login,
+    username: &str,
+    token: &Secret,
+) -> Box<dyn SaslMechanism> {
+    match login.mechanism {
+        OAuthMechanism::OAuthBearer => Box::new(OAuthBearer::new(username, token)),
+        OAuthMechanism::Auto if caps.sasl("OAUTHBEARER") => {
+            Box::new(OAuthBearer::new(username, token))
+        }
+        OAuthMechanism::Auto | OAuthMechanism::XOAuth2 => Box::new(XOAuth2::new(username, token)),
+    }
+}
+
+/// An OAuth2 login. With a token source: a refused token is dropped from the cache and the
+/// login tried once more with a fresh one on the same connection (a token revoked or expired
+/// early); token endpoint failures come back as [`Pop3Error::OAuth2`].
+async fn oauth2(
+    conn: &mut Conn,
+    caps: &Capabilities,
+    cfg: &ClientConfig,
+    login: &OAuth2Login,
+) -> Result<(), Pop3Error> {
+    let Some(source) = &login.token else {
+        let mut mech = bearer(caps, login, &cfg.username, &cfg.secret);
+        return sasl(conn, caps, mech.as_mut(), login.initial_response).await;
+    };
+    let oauth2_error = |source| Pop3Error::OAuth2 {
+        server: conn.server.clone(),
+        source,
+    };
+    let token = source
+        .access_token(&cfg.username)
+        .await
+        .map_err(oauth2_error)?;
+    let mut mech = bearer(caps, login, &cfg.username, &token);
+    match sasl(conn, caps, mech.as_mut(), login.initial_response).await {
+        Err(Pop3Error::AuthFailed { message, .. }) => {
+            tracing::warn!(server = %conn.server, credential = %source.settings().name, reason = %message, "The server refused the OAuth2 token; getting a fresh one and trying once more");
+            source.invalidate(&cfg.username, &token).await;
+            let token =
+                source
+                    .access_token(&cfg.username)
+                    .await
+                    .map_err(|source| Pop3Error::OAuth2 {
+                        server: conn.server.clone(),
+                        source,
+                    })?;
+            let mut mech = bearer(caps, login, &cfg.username, &token);
+            sasl(conn, caps, mech.as_mut(), login.initial_response)
+                .await
+                .map_err(|e| match e {
+                    // A fresh token refused too: not expiry but access or identity.
+                    Pop3Error::AuthFailed {
+                        server,
+                        code,
+                        message,
+                    } => Pop3Error::AuthFailed {
+                        server,
+                        code,
+                        message: format!(
+                            "{message}; a fresh OAuth2 token from credential {} was refused as \
+                             well: check that the app may open this mailbox (Exchange: \
+                             Add-MailboxPermission for its service principal; Google: \
+                             domain-wide delegation) and that the token is for user {}",
+                            source.settings().name,
+                            cfg.username
+                        ),
+                    },
+                    e => e,
+                })
+        }
+        other => other,
+    }
+}
+
 async fn sasl(
     conn: &mut Conn,
     caps: &Capabilities,
     mech: &mut dyn SaslMechanism,
+    placement: InitialResponse,
 ) -> Result<(), Pop3Error> {
     let name = mech.name();
     let mut redactor = Redactor::new(mech.secret());
@@ -91,8 +176,13 @@ async fn sasl(
     if let Some(ir) = &pending {
         redactor.sent(ir);
     }
+    let fits = |ir: &str| match placement {
+        InitialResponse::Auto => command.len() + 1 + ir.len() + 2 <= MAX_AUTH_LINE,
+        InitialResponse::Always => true,
+        InitialResponse::Never => false,
+    };
     match pending.take() {
-        Some(ir) if command.len() + 1 + ir.len() + 2 <= MAX_AUTH_LINE => {
+        Some(ir) if fits(&ir) => {
             conn.send(&format!("{command} {ir}"), &format!("{command} [redacted]"))
                 .await?;
         }
@@ -105,15 +195,17 @@ async fn sasl(
     for _ in 0..MAX_ROUNDS {
         let status = read_status(conn, &command, &redactor).await?;
         if status.status != Status::Continue {
+            crate::metrics::sasl_login(name, status.status == Status::Ok);
             return check(conn, &command, status, &redactor, server_said.as_deref());
         }
         let answer = match pending.take() {
             Some(ir) => ir,
             None => {
                 let challenge = B64.decode(status.text.trim()).unwrap_or_default();
-                // For XOAUTH2 this is the error JSON, which explains why; scrubbed all the same.
+                // For XOAUTH2 and OAUTHBEARER this is the error JSON, which explains why;
+                // scrubbed all the same.
                 server_said = Some(sanitize(
-                    &redactor.clean(&String::from_utf8_lossy(&challenge)),
+                    &redactor.clean(&oauth_error_summary(&String::from_utf8_lossy(&challenge))),
                 ));
                 encode(&mech.respond(&challenge))
             }
@@ -268,5 +360,99 @@ mod tests {
             assert!(!text.contains("hunter2"), "{reply}: {text}");
             assert!(text.contains("[redacted]"), "{reply}: {text}");
         }
+    }
+
+    /// A POP3 server that plays `script`: each line it receives must equal the expectation
+    /// (a `*` suffix matches a prefix), and it answers with the reply.
+    async fn scripted(
+        script: Vec<(&'static str, &'static str)>,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r);
+            w.write_all(b"+OK ready\r\n").await.unwrap();
+            for (expect, reply) in script {
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                let got = line.trim_end();
+                match expect.strip_suffix('*') {
+                    Some(prefix) => assert!(got.starts_with(prefix), "{got:?} vs {expect:?}"),
+                    None => assert_eq!(got, expect),
+                }
+                w.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        (port, task)
+    }
+
+    fn oauth2_config(
+        port: u16,
+        mechanism: crate::pop3::OAuthMechanism,
+        ir: crate::pop3::InitialResponse,
+    ) -> ClientConfig {
+        ClientConfig {
+            secret: Secret::new("tok-123456789"),
+            auth: AuthMethod::OAuth2(crate::pop3::OAuth2Login {
+                mechanism,
+                initial_response: ir,
+                token: None,
+            }),
+            ..config(port)
+        }
+    }
+
+    #[tokio::test]
+    async fn never_sends_the_token_after_the_servers_plus() {
+        use base64::Engine;
+        let ir = base64::engine::general_purpose::STANDARD
+            .encode("user=user\x01auth=Bearer tok-123456789\x01\x01");
+        let ir: &'static str = Box::leak(ir.into_boxed_str());
+        let (port, task) = scripted(vec![
+            ("CAPA", "+OK\r\nSASL XOAUTH2 OAUTHBEARER\r\n.\r\n"),
+            ("AUTH XOAUTH2", "+ \r\n"),
+            (ir, "+OK logged in\r\n"),
+            ("CAPA", "+OK\r\n.\r\n"),
+        ])
+        .await;
+        let cfg = oauth2_config(
+            port,
+            crate::pop3::OAuthMechanism::XOAuth2,
+            crate::pop3::InitialResponse::Never,
+        );
+        crate::pop3::connect(&cfg).await.unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn auto_prefers_oauthbearer_and_answers_its_error_challenge_with_0x01() {
+        // {"status":"401","schemes":"bearer","scope":"mail"}
+        let (port, task) = scripted(vec![
+            ("CAPA", "+OK\r\nSASL XOAUTH2 OAUTHBEARER\r\n.\r\n"),
+            (
+                "AUTH OAUTHBEARER *",
+                "+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJtYWlsIn0=\r\n",
+            ),
+            ("AQ==", "-ERR [AUTH] Authentication failed.\r\n"),
+        ])
+        .await;
+        let cfg = oauth2_config(
+            port,
+            crate::pop3::OAuthMechanism::Auto,
+            crate::pop3::InitialResponse::Always,
+        );
+        let Err(e) = crate::pop3::connect(&cfg).await else {
+            panic!("a `+ ` challenge is not +OK");
+        };
+        let text = e.to_string();
+        assert_eq!(e.kind(), crate::pop3::ErrorKind::Auth, "{text}");
+        assert!(
+            text.contains("status 401") && text.contains("scope \"mail\""),
+            "{text}"
+        );
+        assert!(!text.contains("tok-123456789"), "{text}");
+        task.await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
-//! SASL for POP3 AUTH (RFC 5034): a small mechanism interface, PLAIN, and XOAUTH2 in the
-//! two-step form (on failure the server sends `+ <base64 JSON>`, we answer an empty line and
-//! get `-ERR`).
+//! SASL for POP3 AUTH (RFC 5034) and IMAP AUTHENTICATE: a small mechanism interface, PLAIN,
+//! XOAUTH2 and OAUTHBEARER (RFC 7628). On a failed OAuth2 login the server sends
+//! `+ <base64 JSON>`; we answer (empty for XOAUTH2, `AQ==` for OAUTHBEARER) and read the final
+//! error, whose reason [`oauth_error_summary`] takes from that JSON.
 
 use crate::secret::Secret;
 
@@ -172,10 +173,96 @@ impl SaslMechanism for XOAuth2 {
     }
 }
 
+/// RFC 7628 OAUTHBEARER: a GS2 header naming the user, then `auth=Bearer <token>`. An error
+/// challenge is answered with a lone `\x01` (`AQ==`), after which the server sends the failure.
+pub struct OAuthBearer {
+    username: String,
+    token: Secret,
+}
+
+impl OAuthBearer {
+    pub fn new(username: &str, token: &Secret) -> Self {
+        Self {
+            username: username.to_owned(),
+            token: token.clone(),
+        }
+    }
+}
+
+impl SaslMechanism for OAuthBearer {
+    fn name(&self) -> &'static str {
+        "OAUTHBEARER"
+    }
+
+    fn initial_response(&mut self) -> Option<Vec<u8>> {
+        // `,` and `=` in the authzid are escaped as `=2C` and `=3D` (RFC 5801 saslname).
+        let user = self.username.replace('=', "=3D").replace(',', "=2C");
+        Some(format!("n,a={user},\x01auth=Bearer {}\x01\x01", self.token.expose()).into_bytes())
+    }
+
+    fn respond(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        vec![0x01]
+    }
+
+    fn secret(&self) -> &Secret {
+        &self.token
+    }
+}
+
+/// `status 401, scope "…"` from an OAuth2 error challenge's JSON (RFC 7628 section 3.2.2), so
+/// the error says whether the token was refused or lacks a scope; other text as it was.
+pub fn oauth_error_summary(challenge: &str) -> String {
+    let Ok(serde_json::Value::Object(json)) = serde_json::from_str::<serde_json::Value>(challenge)
+    else {
+        return challenge.to_owned();
+    };
+    let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let mut parts = Vec::new();
+    if let Some(status) = field("status") {
+        parts.push(format!("status {status}"));
+    }
+    if let Some(scope) = field("scope") {
+        parts.push(format!("scope \"{scope}\""));
+    }
+    if parts.is_empty() {
+        return challenge.to_owned();
+    }
+    if field("status").as_deref() == Some("401")
+        || field("status").as_deref() == Some("invalid_token")
+    {
+        parts.push("the token was refused (expired, revoked, or for another user)".into());
+    } else if field("status").as_deref() == Some("403")
+        || field("status").as_deref() == Some("insufficient_scope")
+    {
+        parts.push("the token lacks a scope the server needs".into());
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oauthbearer_sends_a_gs2_header_and_answers_errors_with_0x01() {
+        let mut m = OAuthBearer::new("a,b=c@example.com", &Secret::new("tok"));
+        assert_eq!(
+            m.initial_response().unwrap(),
+            b"n,a=a=2Cb=3Dc@example.com,\x01auth=Bearer tok\x01\x01"
+        );
+        assert_eq!(m.respond(b"{}"), b"\x01");
+    }
+
+    #[test]
+    fn error_json_becomes_status_and_scope() {
+        let s = oauth_error_summary(r#"{"status":"401","schemes":"bearer","scope":"mail"}"#);
+        assert!(
+            s.contains("status 401") && s.contains("scope \"mail\"") && s.contains("refused"),
+            "{s}"
+        );
+        assert_eq!(oauth_error_summary("not json"), "not json");
+    }
 
     #[test]
     fn plain_message_has_empty_authzid() {

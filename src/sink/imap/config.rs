@@ -36,9 +36,15 @@ pub struct ImapSinkConfig {
     /// `implicit` (default), `starttls` or `none`.
     #[serde(default)]
     pub tls: Option<ImapTls>,
-    /// `auto` (default: AUTHENTICATE PLAIN when offered, else LOGIN), `login`, `plain`.
+    /// `auto` (default: AUTHENTICATE PLAIN when offered, else LOGIN), `login`, `plain`;
+    /// `oauth2` (OAUTHBEARER when offered, else XOAUTH2), `xoauth2`, `oauthbearer` (the
+    /// default with `oauth2`).
     #[serde(default)]
     pub auth: Option<ImapAuth>,
+    /// The name of an `oauth2:` credential whose tokens log in every account without its own
+    /// `password`/`password_file`.
+    #[serde(default)]
+    pub oauth2: Option<String>,
     /// Target user name; `{mailbox}` is replaced by the popbridge mailbox name.
     #[serde(default)]
     pub username: Option<Interpolated>,
@@ -93,6 +99,8 @@ pub enum PasswordSource {
     Value(Secret),
     /// Read when connecting, so a rotated Secret file is picked up.
     File(PathBuf),
+    /// An access token from the sink's OAuth2 credential.
+    OAuth2,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +122,9 @@ pub struct ImapSettings {
     pub flags: Vec<String>,
     pub internaldate: InternalDate,
     pub max_connections: usize,
+    /// The `oauth2:` credential named, resolved into [`Self::oauth2`] by the config validator.
+    pub oauth2_credential: Option<String>,
+    pub oauth2: Option<std::sync::Arc<crate::oauth2::TokenSource>>,
 }
 
 impl ImapSettings {
@@ -189,7 +200,18 @@ impl ImapSinkConfig {
                 return Err(format!("`flags`: {f:?} is not an IMAP flag"));
             }
         }
-        let password = password_source(self.password, self.password_file, base, "")?;
+        let auth = match (self.auth, &self.oauth2) {
+            (None, Some(_)) => ImapAuth::Oauth2,
+            (Some(a), Some(_)) if !a.is_oauth2() => {
+                return Err(
+                    "`oauth2` needs `auth: oauth2`, `xoauth2` or `oauthbearer` (or no `auth`)"
+                        .into(),
+                )
+            }
+            (a, _) => a.unwrap_or_default(),
+        };
+        let password = password_source(self.password, self.password_file, base, "")?
+            .or(self.oauth2.as_ref().map(|_| PasswordSource::OAuth2));
         let mut accounts = BTreeMap::new();
         for (mailbox, a) in self.accounts {
             let at = format!("`accounts.{mailbox}`: ");
@@ -221,7 +243,7 @@ impl ImapSinkConfig {
                 host: self.host.0,
                 port,
                 tls,
-                auth: self.auth.unwrap_or_default(),
+                auth,
                 timeout,
                 allow_plaintext_auth,
             },
@@ -234,6 +256,8 @@ impl ImapSinkConfig {
             flags: self.flags,
             internaldate: self.internaldate.unwrap_or_default(),
             max_connections,
+            oauth2_credential: self.oauth2,
+            oauth2: None,
         })
     }
 }

@@ -87,7 +87,11 @@ impl ImapSink {
     }
 
     async fn connect(&self, account: &Account) -> Result<Session, ImapError> {
+        if let (PasswordSource::OAuth2, Some(source)) = (&account.password, &self.settings.oauth2) {
+            return self.connect_oauth2(account, source).await;
+        }
         let password = match &account.password {
+            PasswordSource::OAuth2 => Secret::new(""),
             PasswordSource::Value(s) => s.clone(),
             PasswordSource::File(p) => Secret::new(
                 std::fs::read_to_string(p)
@@ -106,6 +110,39 @@ impl ImapSink {
             &password,
         )
         .await
+    }
+
+    /// Logs in with the credential's token; a refused token is dropped and the login tried
+    /// once more with a fresh one.
+    async fn connect_oauth2(
+        &self,
+        account: &Account,
+        source: &crate::oauth2::TokenSource,
+    ) -> Result<Session, ImapError> {
+        let server = &self.settings.server;
+        let oauth2_error = |source| ImapError::OAuth2 {
+            server: format!("{}:{}", server.host, server.port),
+            source,
+        };
+        let mut refused = None;
+        for _ in 0..2 {
+            let token = source
+                .access_token(&account.username)
+                .await
+                .map_err(oauth2_error)?;
+            match Session::connect(server, self.tls.as_ref(), &account.username, &token).await {
+                Err(e @ ImapError::Auth { .. }) => {
+                    tracing::warn!(sink = %self.name, credential = %source.settings().name, error = %e, "The IMAP server refused the OAuth2 token; getting a fresh one");
+                    source.invalidate(&account.username, &token).await;
+                    refused = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(refused.unwrap_or_else(|| ImapError::Protocol {
+            server: format!("{}:{}", server.host, server.port),
+            detail: "OAuth2 login failed".into(),
+        }))
     }
 
     fn internal_date(&self, fields: &headers::Fields, message: &SpooledMessage) -> String {
