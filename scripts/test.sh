@@ -4,7 +4,7 @@
 #
 # 1. Installs what the tests need if it is missing, with apt: Dovecot, the peer tools whose state
 #    `state import` reads (mpop, fetchmail, getmail6, and safecat to deliver for fetchmail),
-#    openssl, python3, the
+#    openssl, python3, GNU mailutils pop3d (tests/interop_mailutils.rs runs it privately), the
 #    script linter, promtool (package prometheus, for tests/daemon.rs), npm and python3-venv
 #    (for scripts/check-chart.sh), the C toolchain and OpenSSL headers. No service is started
 #    (policy-rc.d): the tests run their own private Dovecot instances on free loopback ports.
@@ -24,7 +24,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
 packages=(dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv shellcheck
     ca-certificates build-essential pkg-config libssl-dev
-    mpop fetchmail getmail6 safecat)
+    mpop fetchmail getmail6 safecat
+    mailutils-pop3d)
 # By command: a machine may have them from elsewhere (NodeSource's nodejs ships npm and
 # conflicts with Debian's npm package).
 command -v npm >/dev/null || packages+=(npm)

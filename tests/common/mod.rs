@@ -10,6 +10,7 @@ pub mod certs;
 pub mod courier;
 pub mod dovecot;
 pub mod mail;
+pub mod mailutils;
 pub mod popbridge;
 
 pub use dovecot::{Dovecot, User};
