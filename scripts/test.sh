@@ -59,6 +59,11 @@ export PATH="$ORACLES/bin:$PATH"
 source scripts/lib/courier.sh
 export PB_COURIER_DIR=${PB_COURIER_DIR:-${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/courier}
 courier_install "$PB_COURIER_DIR"
+# Cyrus IMAP, the same way (scripts/lib/cyrus.sh); tests/common/cyrus.rs finds it here.
+# shellcheck source=scripts/lib/cyrus.sh
+source scripts/lib/cyrus.sh
+export PB_CYRUS_DIR=${PB_CYRUS_DIR:-${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/cyrus}
+cyrus_install "$PB_CYRUS_DIR"
 
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}

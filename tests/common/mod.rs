@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod courier;
+pub mod cyrus;
 pub mod dovecot;
 pub mod mail;
 pub mod mailutils;
