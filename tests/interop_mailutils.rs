@@ -9,10 +9,8 @@
 
 mod common;
 
-use common::mailutils::{mailutils_or_skip, normalise, Mailutils};
+use common::mailutils::{mailutils_or_skip, normalise, slow_proxy, Mailutils};
 use common::{mail, Bridge, Mailbox, User};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
 /// The seeded messages with CRLF line ends and X-UIDL inserted by pop3d removed.
@@ -62,39 +60,6 @@ fn assert_first_copies(mu: &Mailutils, messages: &[Vec<u8>], delivered: &[Vec<u8
             "a first copy carries only pop3d's X-UIDL: {extra:?}"
         );
     }
-}
-
-/// A TCP proxy to `upstream` on 127.0.0.1 that waits 3 ms before each server→client chunk.
-fn slow_proxy(upstream: u16) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                continue;
-            };
-            let (mut c2, mut s2) = (
-                client.try_clone().expect("dup"),
-                server.try_clone().expect("dup"),
-            );
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut s2);
-                let _ = s2.shutdown(Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let (mut server, mut client) = (server, client);
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n @ 1..) = server.read(&mut buf) {
-                    std::thread::sleep(Duration::from_millis(3));
-                    if client.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = client.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
 }
 
 fn once_ok(bridge: &Bridge) -> String {

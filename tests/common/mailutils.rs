@@ -12,8 +12,8 @@
 
 use super::dovecot::User;
 use std::fs;
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -243,6 +243,40 @@ pub fn normalise(message: &[u8]) -> Vec<u8> {
     format!("{}\n\n{body}", kept.join("\n"))
         .replace('\n', "\r\n")
         .into_bytes()
+}
+
+/// A TCP proxy to `upstream` on 127.0.0.1 that waits 3 ms before each server→client chunk:
+/// a run lasts long enough for a kill -9 to land in the middle of it.
+pub fn slow_proxy(upstream: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (
+                client.try_clone().expect("dup"),
+                server.try_clone().expect("dup"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut server, mut client) = (server, client);
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = server.read(&mut buf) {
+                    std::thread::sleep(Duration::from_millis(3));
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
 }
 
 impl Drop for Mailutils {
