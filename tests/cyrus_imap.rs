@@ -262,3 +262,54 @@ fn cyrus_announces_appendlimit_and_refuses_a_sync_literal_before_the_bytes() {
     assert!(out.contains("c2 NO [TOOBIG]"), "{out}");
     assert!(out.contains("c3 OK"), "{out}");
 }
+
+/// Debian's Cyrus: personal folders live under `INBOX.` with `.` (a top-level CREATE is
+/// "Permission denied"); a folder outside it is refused with the name to use instead.
+#[tokio::test]
+async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use() {
+    let Some(cyrus) = cyrus_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spool(
+        dir.path(),
+        "n",
+        b"Message-ID: <ns@x>\r\n\r\nbody\r\n",
+        false,
+    );
+    let err = sink(cyrus.imap_port, "Migrated/2026")
+        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("use folder: \"INBOX.Migrated.2026\""),
+        "{err}"
+    );
+    let r = sink(cyrus.imap_port, "INBOX.Migrated.2026")
+        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cyrus.log()));
+    assert!(!r.duplicate);
+    assert_eq!(cyrus.stored("INBOX.Migrated.2026").len(), 1);
+}
+
+/// `reject8bit: yes`: Cyrus refuses 8-bit header bytes with a bare `NO` (no response code);
+/// the text says it can never succeed, so it is permanent (dead letter), not retried forever.
+#[tokio::test]
+async fn cyrus_reject8bit_refusal_is_permanent() {
+    let Some(cyrus) = common::cyrus::cyrus_with_or_skip("reject8bit: yes\n") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let body = "Message-ID: <r8@example.org>\r\nSubject: Gr\u{fc}\u{df}e\r\n\r\nbody\r\n";
+    let err = sink(cyrus.imap_port, "INBOX")
+        .deliver(
+            &spool(dir.path(), "r8", body.as_bytes(), false),
+            &IdempotencyKey::derive("m", "r8"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("non-ASCII"), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+}

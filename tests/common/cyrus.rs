@@ -64,8 +64,13 @@ pub fn unavailable() -> Option<String> {
 /// A Cyrus, or `None` (after saying why) outside CI when it cannot run; under `CI=true` a
 /// missing Cyrus fails the test.
 pub fn cyrus_or_skip() -> Option<Cyrus> {
+    cyrus_with_or_skip("")
+}
+
+/// [`cyrus_or_skip`] with `extra` imapd.conf lines.
+pub fn cyrus_with_or_skip(extra: &str) -> Option<Cyrus> {
     match unavailable() {
-        None => Some(Cyrus::start()),
+        None => Some(Cyrus::start_with(extra)),
         Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {why}"),
         Some(why) => {
             let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
@@ -92,6 +97,11 @@ fn own_tree(path: &Path) {
 
 impl Cyrus {
     pub fn start() -> Cyrus {
+        Self::start_with("")
+    }
+
+    /// With `extra` lines appended to imapd.conf (e.g. `reject8bit: yes`).
+    pub fn start_with(extra: &str) -> Cyrus {
         let src = root();
         let dir = tempfile::tempdir().expect("temp dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -126,7 +136,7 @@ impl Cyrus {
                  sasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\n\
                  sasl_sasldb_path: {d}/conf/sasldb2\nsasl_mech_list: PLAIN LOGIN\n\
                  virtdomains: no\nidlesocket: {d}/run/idle\nnotifysocket: {d}/run/notify\n\
-                 lmtpsocket: {d}/run/lmtp\nstatuscache: no\nsyslog_prefix: pbcyrus\n",
+                 lmtpsocket: {d}/run/lmtp\nstatuscache: no\nsyslog_prefix: pbcyrus\n{extra}",
                 d = d.display()
             ),
         )
