@@ -9,8 +9,10 @@
 #   cyrus_install DIR   # DIR/root/usr/lib/cyrus/bin/{master,imapd,pop3d,mkimap}, DIR/root/usr/sbin/saslpasswd2
 cyrus_install() {
     local dir=$1
-    ensure_packages libclamav12 libical3 libicu72 libjansson4 libpcre3 libpq5 libxapian30 \
-        libxml2 libzephyr4 libwrap0 libsasl2-2 libsasl2-modules libsqlite3-0 libdb5.3
+    # What master, imapd, pop3d, ctl_cyrusdb and saslpasswd2 link (ldd), plus the SASL plugins.
+    ensure_packages libical3 libicu72 libjansson4 libpcre3 libpq5 libxapian30 libxml2 libwrap0 \
+        libldap-2.5-0 libkrb5-3 libgssapi-krb5-2 libnsl2 libsqlite3-0 libdb5.3 \
+        libsasl2-2 libsasl2-modules libsasl2-modules-db
     if [ -x "$dir/root/usr/lib/cyrus/bin/imapd" ] && [ -x "$dir/root/usr/lib/cyrus/bin/pop3d" ] &&
         [ -x "$dir/root/usr/sbin/saslpasswd2" ]; then
         return 0
