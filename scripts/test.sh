@@ -4,7 +4,7 @@
 #
 # 1. Installs what the tests need if it is missing, with apt: Dovecot, the peer tools whose state
 #    `state import` reads (mpop, fetchmail, getmail6, and safecat to deliver for fetchmail),
-#    openssl, python3, the
+#    openssl, python3, GNU mailutils pop3d (tests/interop_mailutils.rs runs it privately), the
 #    script linter, promtool (package prometheus, for tests/daemon.rs), npm and python3-venv
 #    (for scripts/check-chart.sh), PostgreSQL (for the PostgreSQL state backend's tests), the C
 #    toolchain and OpenSSL headers. No service is started (policy-rc.d): the tests run their
@@ -26,7 +26,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
 packages=(dovecot-core dovecot-pop3d dovecot-imapd openssl python3 python3-venv shellcheck
     ca-certificates build-essential pkg-config libssl-dev postgresql
-    mpop fetchmail getmail6 safecat)
+    mpop fetchmail getmail6 safecat
+    mailutils-pop3d)
 # By command: a machine may have them from elsewhere (NodeSource's nodejs ships npm and
 # conflicts with Debian's npm package).
 command -v npm >/dev/null || packages+=(npm)
@@ -60,6 +61,11 @@ export PATH="$ORACLES/bin:$PATH"
 source scripts/lib/courier.sh
 export PB_COURIER_DIR=${PB_COURIER_DIR:-${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/courier}
 courier_install "$PB_COURIER_DIR"
+# Cyrus IMAP, the same way (scripts/lib/cyrus.sh); tests/common/cyrus.rs finds it here.
+# shellcheck source=scripts/lib/cyrus.sh
+source scripts/lib/cyrus.sh
+export PB_CYRUS_DIR=${PB_CYRUS_DIR:-${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/cyrus}
+cyrus_install "$PB_CYRUS_DIR"
 
 export CI=${CI:-true}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}

@@ -17,6 +17,8 @@ const VOLATILE: &[&str] = &[
     "status",
     "x-status",
     "x-uidl",
+    // mailutils (and other c-client style mbox servers) number messages for IMAP here.
+    "x-uid",
     "x-keywords",
     "x-mozilla-status",
     "x-mozilla-status2",
@@ -228,6 +230,9 @@ mod tests {
         assert_eq!(fingerprint(MSG), fingerprint(without));
         let rewritten = b"Return-Path: <a@example.org>\r\nstatus : O\r\nSubject: hello\r\n\tfolded\r\nX-Status: A\r\n\r\nbody line\r\nStatus: not a header here\r\n";
         assert_eq!(fingerprint(MSG), fingerprint(rewritten));
+        // What GNU mailutils pop3d writes into an mbox at the end of a session.
+        let mailutils = b"Return-Path: <a@example.org>\r\nSubject: hello\r\n\tfolded\r\nX-UIDL: 9f.1.1\r\nX-IMAPbase: 1796141213 3\r\nX-UID: 1\r\nStatus: OR\r\n\r\nbody line\r\nStatus: not a header here\r\n";
+        assert_eq!(fingerprint(MSG), fingerprint(mailutils));
     }
 
     #[test]

@@ -221,6 +221,42 @@ fn reset_spool(dir: &std::path::Path) -> Result<(), PollError> {
     std::fs::create_dir_all(dir).map_err(err)
 }
 
+/// How long to wait before the one retry of a login refused with `[LOGIN-DELAY]` (RFC 2449).
+/// The refusal does not say how much of the delay is left; a minute is the shortest Cyrus
+/// enforces (`popminpoll` counts minutes), which is the case of `check --connect` (a login)
+/// followed by `once`.
+const LOGIN_DELAY_RETRY: Duration = Duration::from_secs(61);
+
+/// Logs in; when the server refuses because the last login was too recent (`[LOGIN-DELAY]`),
+/// waits [`LOGIN_DELAY_RETRY`] once and tries again, rather than failing a `once` that came
+/// right after another client's or our own login. Shutdown ends the wait with the refusal.
+async fn connect_after_login_delay(
+    ctx: &MailboxContext,
+    shutdown: &CancellationToken,
+    report: &mut PollReport,
+) -> Result<pop3::Transaction, PollError> {
+    let refused = match pop3::connect(&ctx.mailbox.pop3).await {
+        Err(
+            e @ Pop3Error::Temporary {
+                code: pop3::RespCode::LoginDelay,
+                ..
+            },
+        ) => e,
+        other => return Ok(other?),
+    };
+    let text = format!(
+        "The server refused the login: the last one was too recent (LOGIN-DELAY); waiting {}s, then trying once more",
+        LOGIN_DELAY_RETRY.as_secs()
+    );
+    tracing::warn!(mailbox = %ctx.mailbox.name, error = %refused, "{text}");
+    report.warnings.push(text);
+    tokio::select! {
+        () = tokio::time::sleep(LOGIN_DELAY_RETRY) => {}
+        () = shutdown.cancelled() => return Err(refused.into()),
+    }
+    Ok(pop3::connect(&ctx.mailbox.pop3).await?)
+}
+
 async fn poll_inner(
     ctx: &MailboxContext,
     shutdown: &CancellationToken,
@@ -228,7 +264,7 @@ async fn poll_inner(
 ) -> Result<(), PollError> {
     let name = ctx.mailbox.name.as_str();
     reset_spool(&ctx.spool_dir)?;
-    let mut session = pop3::connect(&ctx.mailbox.pop3).await?;
+    let mut session = connect_after_login_delay(ctx, shutdown, report).await?;
     if let Some(t) = session.certificate_expiry() {
         crate::metrics::certificate_expiry(name, t);
     }

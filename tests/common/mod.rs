@@ -8,8 +8,10 @@
 
 pub mod certs;
 pub mod courier;
+pub mod cyrus;
 pub mod dovecot;
 pub mod mail;
+pub mod mailutils;
 pub mod popbridge;
 
 pub use dovecot::{Dovecot, User};
@@ -54,9 +56,24 @@ macro_rules! dovecot_or_skip {
     };
 }
 
-/// Files in `dir/new` and `dir/cur`, by file name (without a `:2,` flag suffix).
+/// Files in `dir/new` and `dir/cur`, by file name (without a `:2,` flag suffix). A server
+/// may move a file from `new/` to `cur/` (or rename its flags) while we list: then the whole
+/// listing is read again.
 pub fn read_maildir(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    for _ in 0..20 {
+        if let Some(out) = try_read_maildir(dir) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{}: files kept moving while being read", dir.display());
+}
+
+/// `None` when a file moved during the read (missing, or read in `new/` and gone from there,
+/// so possibly read again in `cur/`).
+fn try_read_maildir(dir: &Path) -> Option<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
+    let mut read = Vec::new();
     for sub in ["new", "cur"] {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
             continue;
@@ -64,17 +81,20 @@ pub fn read_maildir(dir: &Path) -> Vec<(String, Vec<u8>)> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             let name = name.split(':').next().unwrap_or_default().to_string();
-            // A server may expunge a message between the listing and the read: it is gone.
             let body = match std::fs::read(entry.path()) {
                 Ok(body) => body,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
                 Err(e) => panic!("read Maildir file {}: {e}", entry.path().display()),
             };
             out.push((name, body));
+            read.push(entry.path());
         }
     }
+    if read.iter().any(|p| !p.exists()) {
+        return None;
+    }
     out.sort();
-    out
+    Some(out)
 }
 
 /// Asserts `delivered` holds each of `expected` exactly once, byte for byte, and nothing else.

@@ -92,6 +92,25 @@ impl Bridge {
 
     /// With `http.listen` for the daemon's endpoints.
     pub fn with_http(dc: &Dovecot, mailboxes: &[Mailbox], listen: Option<SocketAddr>) -> Bridge {
+        Self::build(
+            (dc.pop3_port, dc.pop3s_port, &dc.ca_file),
+            mailboxes,
+            listen,
+        )
+    }
+
+    /// Against another plain POP3 server on 127.0.0.1 (mailutils, Cyrus): `Tls::None` only.
+    pub fn plain(pop3_port: u16, mailboxes: &[Mailbox]) -> Bridge {
+        assert!(mailboxes.iter().all(|m| m.tls == Tls::None));
+        Self::build((pop3_port, 0, Path::new("")), mailboxes, None)
+    }
+
+    /// The first argument: the server's POP3 port, POP3S port and CA file.
+    fn build(
+        (pop3_port, pop3s_port, ca_file): (u16, u16, &Path),
+        mailboxes: &[Mailbox],
+        listen: Option<SocketAddr>,
+    ) -> Bridge {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut yaml = String::from("state:\n  path: ./state/popbridge.db\n");
         if let Some(addr) = listen {
@@ -101,9 +120,9 @@ impl Bridge {
         let mut env = Vec::new();
         for m in mailboxes {
             let (host, port, tls) = match m.tls {
-                Tls::None => ("127.0.0.1", dc.pop3_port, "none"),
-                Tls::Implicit => ("127.0.0.1", dc.pop3s_port, "implicit"),
-                Tls::Stls => ("localhost", dc.pop3_port, "starttls"),
+                Tls::None => ("127.0.0.1", pop3_port, "none"),
+                Tls::Implicit => ("127.0.0.1", pop3s_port, "implicit"),
+                Tls::Stls => ("localhost", pop3_port, "starttls"),
             };
             let var = env_name(m.name);
             env.push((
@@ -119,7 +138,7 @@ impl Bridge {
             if m.tls == Tls::None {
                 yaml.push_str("      allow_plaintext_auth: true\n");
             } else {
-                let ca = m.ca_file.unwrap_or(&dc.ca_file);
+                let ca = m.ca_file.unwrap_or(ca_file);
                 yaml.push_str(&format!("      ca_file: {}\n", ca.display()));
             }
             yaml.push_str(&format!(

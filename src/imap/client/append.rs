@@ -12,6 +12,19 @@ use std::path::Path;
 
 const CHUNK: usize = 64 * 1024;
 
+/// Above this size a message goes as a synchronising literal even when the server has
+/// LITERAL+: one round trip lets the server refuse it (`NO [TOOBIG]`, quota) before the bytes
+/// flow, where Cyrus would otherwise answer `BYE` in the middle of the literal and reset the
+/// connection, which looks like a network failure and is retried forever.
+const SYNC_LITERAL_ABOVE: u64 = 64 * 1024;
+
+/// The server-wide `APPENDLIMIT=n` (RFC 7889) among capabilities, if announced.
+fn append_limit(caps: &[String]) -> Option<u64> {
+    caps.iter()
+        .find_map(|c| c.strip_prefix("APPENDLIMIT="))
+        .and_then(|n| n.parse().ok())
+}
+
 fn spool(source: std::io::Error) -> ImapError {
     ImapError::Spool { source }
 }
@@ -36,7 +49,8 @@ fn has_nul(file: &mut File) -> std::io::Result<bool> {
 impl Session {
     /// APPEND the file at `path` (`size` bytes) to `folder`; `(uidvalidity, uid)` when the
     /// server has UIDPLUS. A message with a NUL byte goes as a binary literal (`~{n}`) when
-    /// the server has BINARY, else as a normal literal.
+    /// the server has BINARY, else as a normal literal. A message over the server's
+    /// `APPENDLIMIT` is refused here with `TOOBIG`, without sending anything.
     pub async fn append(
         &mut self,
         folder: &str,
@@ -53,9 +67,21 @@ impl Session {
                 "the spool file has {on_disk} bytes, {size} expected"
             ))));
         }
+        if let Some(limit) = append_limit(&self.caps).filter(|limit| size > *limit) {
+            // What the server would answer; permanent, and the session stays usable.
+            return Err(ImapError::Refused {
+                server: self.server.clone(),
+                command: "APPEND".into(),
+                code: Some("TOOBIG".into()),
+                text: format!(
+                    "the message has {size} bytes, over the server's APPENDLIMIT of {limit} \
+                     (RFC 7889): not sent"
+                ),
+            });
+        }
         let binary = has(&self.caps, "BINARY") && has_nul(&mut file).map_err(spool)?;
         let tag = self.next_tag();
-        let plus = has(&self.caps, "LITERAL+");
+        let plus = has(&self.caps, "LITERAL+") && size <= SYNC_LITERAL_ABOVE;
         let head = format!(
             "{tag} APPEND {name} ({}) \"{internal_date}\" {}{{{size}{}}}\r\n",
             flags.join(" "),
@@ -132,5 +158,22 @@ impl Session {
             });
         }
         self.write(b"\r\n").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_limit;
+
+    #[test]
+    fn reads_the_server_wide_append_limit() {
+        let caps = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            append_limit(&caps("IMAP4REV1 LITERAL+ APPENDLIMIT=100000")),
+            Some(100_000)
+        );
+        // Without a value the limit is per mailbox (STATUS), not known here.
+        assert_eq!(append_limit(&caps("IMAP4REV1 APPENDLIMIT")), None);
+        assert_eq!(append_limit(&caps("IMAP4REV1 APPENDLIMIT=x")), None);
     }
 }

@@ -257,6 +257,16 @@ async fn find_copy(
     Ok(None)
 }
 
+/// APPEND refusals without a response code that the same message always gets: Cyrus'
+/// `reject8bit` and its other content checks (`imap_err.et`), answered with a bare `NO`.
+const PERMANENT_TEXTS: &[&str] = &[
+    "Message contains non-ASCII characters in headers",
+    "Message contains NUL characters",
+    "Message contains bare newlines",
+    "Message contains invalid header",
+    "Message has no header/body separator",
+];
+
 fn classify(e: ImapError) -> DeliveryError {
     let text = e.to_string();
     match &e {
@@ -270,6 +280,15 @@ fn classify(e: ImapError) -> DeliveryError {
                 .iter()
                 .any(|c| code.eq_ignore_ascii_case(c)) =>
         {
+            DeliveryError::permanent(text)
+        }
+        // Refusals without a response code that can never succeed, known by their text.
+        ImapError::Refused {
+            command,
+            code: None,
+            text: said,
+            ..
+        } if command == "APPEND" && PERMANENT_TEXTS.iter().any(|t| said.contains(t)) => {
             DeliveryError::permanent(text)
         }
         ImapError::Plaintext { .. } => DeliveryError::permanent(text),
@@ -366,6 +385,14 @@ mod tests {
             text: "no".into(),
         };
         assert!(!classify(refused("TOOBIG")).is_retryable());
+        let bare = |text: &str| ImapError::Refused {
+            server: "s".into(),
+            command: "APPEND".into(),
+            code: None,
+            text: text.into(),
+        };
+        assert!(!classify(bare("Message contains non-ASCII characters in headers")).is_retryable());
+        assert!(classify(bare("Mailbox is locked, try later")).is_retryable());
         assert!(!classify(refused("cannot")).is_retryable());
         assert!(classify(refused("OVERQUOTA")).is_retryable());
         let login = ImapError::Auth {
