@@ -214,13 +214,17 @@ fn parts(body: &[u8], boundary: &str) -> Result<Vec<(String, Vec<u8>)>, String> 
             end -= 1;
         }
         let part = &body[start..end];
-        let (head, content) = if let Some(i) = part.windows(4).position(|w| w == b"\r\n\r\n") {
-            (&part[..i], &part[i + 4..])
-        } else if let Some(i) = part.windows(2).position(|w| w == b"\n\n") {
-            (&part[..i], &part[i + 2..])
-        } else {
+        // The part's header section ends at its first empty line, CRLF or LF (Google's own
+        // client writes LF), whichever comes first: the message inside has its own.
+        let crlf = part
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| (i, 4));
+        let lf = part.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+        let Some((i, n)) = [crlf, lf].into_iter().flatten().min_by_key(|(i, _)| *i) else {
             return Err("part without a header section".into());
         };
+        let (head, content) = (&part[..i], &part[i + n..]);
         out.push((String::from_utf8_lossy(head).into_owned(), content.to_vec()));
         at = next;
     }
