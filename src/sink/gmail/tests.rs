@@ -193,3 +193,56 @@ fn bad_settings_are_refused() {
     let s = parse(&format!("{base}internal_date_source: receivedTime\n")).unwrap();
     assert_eq!(s.internal_date_source.as_str(), "receivedTime");
 }
+
+#[test]
+fn the_example_config_has_a_gmail_sink_with_templates_and_accounts() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("carol-password");
+    std::fs::write(&secret, "carol-secret\n").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "/run/secrets/carol-pop3-password",
+        &secret.to_string_lossy(),
+    );
+    let loaded = crate::config::load_str_with_env(&text, &path, |name| {
+        (name != "APP_WEBHOOK_SECRET")
+            .then(|| format!("pw-{name}"))
+            .or_else(|| Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let gmail = loaded
+        .config
+        .sinks
+        .iter()
+        .find_map(|s| match &s.kind {
+            crate::config::SinkKind::Gmail(g) => Some(g),
+            _ => None,
+        })
+        .expect("the example has a gmail sink");
+    let alice = gmail.account_for("alice").unwrap();
+    assert_eq!(alice.user, "alice@gmail.example.com");
+    assert_eq!(
+        alice.token_file,
+        std::path::Path::new("/run/secrets/gmail/alice.token")
+    );
+    assert_eq!(alice.labels, vec!["POP/alice".to_string()]);
+    let carol = gmail.account_for("carol").unwrap();
+    assert_eq!(carol.user, "carol.smith@gmail.example.com");
+    assert_eq!(
+        carol.token_file,
+        std::path::Path::new("/run/secrets/gmail/carol.token")
+    );
+    assert_eq!(carol.labels, vec!["Old mail/Carol".to_string()]);
+}
+
+#[test]
+fn a_gmail_sink_needs_an_account_for_every_mailbox_it_serves() {
+    let text = "state: { path: /tmp/x.db }\nmailboxes:\n  - name: alice\n    pop3: { host: pop.example.com, username: a, password: p }\n    sinks: [gmail]\nsinks:\n  - name: gmail\n    type: gmail\n    accounts:\n      bob: { user: bob@example.com, access_token_file: /t }\n";
+    let shown = crate::config::load_str(text, std::path::Path::new("/etc/popbridge/c.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.contains("no target account for mailbox alice"),
+        "{shown}"
+    );
+}
