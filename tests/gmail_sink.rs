@@ -328,3 +328,45 @@ async fn the_token_file_is_read_again_at_each_request() {
         .unwrap();
     assert_eq!(server.messages(USER).len(), 2);
 }
+
+#[tokio::test]
+async fn a_resumable_chunk_without_answer_is_resumed_where_the_session_stands() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&server, dir.path());
+    s.timeout = Duration::from_millis(1500);
+    let sink = GmailSink::new("gmail", s).unwrap();
+    let body = mail("resumed", 600 * 1024);
+    server.shared.hang_chunks.store(1, Ordering::SeqCst);
+    sink.deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap();
+    let stored = server.messages(USER);
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].raw == body, "stored bytes differ");
+    let ranges = server.shared.ranges.lock().unwrap().clone();
+    let total = body.len();
+    assert_eq!(
+        ranges,
+        vec![
+            format!("bytes 0-262143/{total}"),
+            format!("bytes */{total}"),
+            format!("bytes 262144-524287/{total}"),
+            format!("bytes 524288-{}/{total}", total - 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn too_large_is_permanent_with_the_reason() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    server.fault(Fault::Error(413, "uploadTooLarge", None));
+    let e = sink
+        .deliver(&spool(dir.path(), "1", &mail("big", 800), false), &key("1"))
+        .await
+        .unwrap_err();
+    assert!(!e.is_retryable(), "{e:?}");
+    assert!(e.to_string().contains("too large"), "{e}");
+}

@@ -58,6 +58,8 @@ pub struct Shared {
     pub labels: Mutex<HashMap<String, Vec<(String, String)>>>,
     sessions: Mutex<HashMap<String, Session>>,
     pub faults: Mutex<VecDeque<Fault>>,
+    /// Resumable PUTs to keep and then leave unanswered, counted down.
+    pub hang_chunks: AtomicUsize,
     /// The bearer token the server accepts.
     pub token: Mutex<String>,
     /// Every request as `METHOD path?query`.
@@ -365,59 +367,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
             };
             let range = header("content-range").unwrap_or_default();
             s.ranges.lock().unwrap().push(range.clone());
-            let mut sessions = s.sessions.lock().unwrap();
-            let Some(sess) = sessions.get_mut(id) else {
-                return error(404, "notFound", "no such upload session");
-            };
-            let spec = range.strip_prefix("bytes ").unwrap_or("");
-            let (span, total) = spec.split_once('/').unwrap_or(("", ""));
-            if total.parse::<u64>().ok() != Some(sess.total) {
-                return error(
-                    400,
-                    "badRequest",
-                    "Content-Range total differs from X-Upload-Content-Length",
-                );
-            }
-            if span != "*" {
-                let (a, b) = span.split_once('-').unwrap_or(("x", "x"));
-                let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
-                    return error(400, "badRequest", "bad Content-Range");
-                };
-                if a != sess.received.len() as u64 || b < a || b - a + 1 != body.len() as u64 {
-                    return error(
-                        400,
-                        "badRequest",
-                        "Content-Range does not follow what was received",
-                    );
+            match put_chunk(&s, id, &range, &body) {
+                Some(resp) => resp,
+                None => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    StatusCode::GATEWAY_TIMEOUT.into_response()
                 }
-                let last = b + 1 == sess.total;
-                if !last && body.len() % (256 * 1024) != 0 {
-                    return error(400, "badRequest", "chunk is not a multiple of 256 KiB");
-                }
-                sess.received.extend_from_slice(&body);
             }
-            if sess.received.len() as u64 == sess.total {
-                let sess = sessions.remove(id).unwrap();
-                drop(sessions);
-                let stored = s.store(
-                    &sess.user,
-                    sess.received,
-                    sess.labels,
-                    "resumable",
-                    sess.query,
-                );
-                return json(resource(&stored));
-            }
-            let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
-            if !sess.received.is_empty() {
-                resp.headers_mut().insert(
-                    "range",
-                    format!("bytes=0-{}", sess.received.len() - 1)
-                        .parse()
-                        .unwrap(),
-                );
-            }
-            resp
         }
         _ if !s.authorised(auth.as_deref()) => error(401, "authError", "Invalid Credentials"),
         (Method::POST, ["upload", "gmail", "v1", "users", user, "messages", "import"])
@@ -646,6 +602,74 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
         }
         _ => error(404, "notFound", &format!("no route {path}")),
     }
+}
+
+/// One PUT to a resumable session; `None`: keep the chunk and leave it unanswered.
+fn put_chunk(s: &Shared, id: &str, range: &str, body: &[u8]) -> Option<Response> {
+    let mut sessions = s.sessions.lock().unwrap();
+    let Some(sess) = sessions.get_mut(id) else {
+        return Some(error(404, "notFound", "no such upload session"));
+    };
+    let spec = range.strip_prefix("bytes ").unwrap_or("");
+    let (span, total) = spec.split_once('/').unwrap_or(("", ""));
+    if total.parse::<u64>().ok() != Some(sess.total) {
+        return Some(error(
+            400,
+            "badRequest",
+            "Content-Range total differs from X-Upload-Content-Length",
+        ));
+    }
+    if span != "*" {
+        let (a, b) = span.split_once('-').unwrap_or(("x", "x"));
+        let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+            return Some(error(400, "badRequest", "bad Content-Range"));
+        };
+        if a != sess.received.len() as u64 || b < a || b - a + 1 != body.len() as u64 {
+            return Some(error(
+                400,
+                "badRequest",
+                "Content-Range does not follow what was received",
+            ));
+        }
+        let last = b + 1 == sess.total;
+        if !last && !body.len().is_multiple_of(256 * 1024) {
+            return Some(error(
+                400,
+                "badRequest",
+                "chunk is not a multiple of 256 KiB",
+            ));
+        }
+        sess.received.extend_from_slice(body);
+        let hang = s
+            .hang_chunks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang {
+            return None;
+        }
+    }
+    if sess.received.len() as u64 == sess.total {
+        let sess = sessions.remove(id).unwrap();
+        drop(sessions);
+        let stored = s.store(
+            &sess.user,
+            sess.received,
+            sess.labels,
+            "resumable",
+            sess.query,
+        );
+        return Some(json(resource(&stored)));
+    }
+    let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
+    if !sess.received.is_empty() {
+        resp.headers_mut().insert(
+            "range",
+            format!("bytes=0-{}", sess.received.len() - 1)
+                .parse()
+                .unwrap(),
+        );
+    }
+    Some(resp)
 }
 
 fn percent_decode(s: &str) -> String {
