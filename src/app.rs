@@ -58,6 +58,14 @@ pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
                 },
             )?,
         ),
+        SinkKind::Gmail(settings) => Arc::new(
+            crate::sink::gmail::GmailSink::new(cfg.name.clone(), (**settings).clone()).map_err(
+                |message| BuildError::Sink {
+                    name: cfg.name.clone(),
+                    message,
+                },
+            )?,
+        ),
         SinkKind::S3(settings) => Arc::new(
             crate::sink::s3::S3Sink::new(cfg.name.clone(), (**settings).clone()).map_err(
                 |message| BuildError::Sink {

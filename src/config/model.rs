@@ -114,6 +114,7 @@ pub enum SinkKind {
     Webhook(Box<WebhookSettings>),
     S3(Box<crate::sink::s3::S3Settings>),
     Imap(Box<crate::sink::imap::ImapSettings>),
+    Gmail(Box<crate::sink::gmail::GmailSettings>),
 }
 
 /// How failed deliveries are retried. Within a poll, a retryable failure is retried up to

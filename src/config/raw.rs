@@ -383,6 +383,8 @@ pub enum RawSinkKind {
     S3(crate::sink::s3::S3SinkConfig),
     /// `type: imap`.
     Imap(crate::sink::imap::ImapSinkConfig),
+    /// `type: gmail`.
+    Gmail(crate::sink::gmail::GmailSinkConfig),
 }
 
 impl RawSinkKind {
@@ -404,6 +406,9 @@ impl RawSinkKind {
             RawSinkKind::Imap(c) => c
                 .validate(base)
                 .map(|s| (SinkKind::Imap(Box::new(s)), vec![])),
+            RawSinkKind::Gmail(c) => c
+                .validate(base)
+                .map(|(s, w)| (SinkKind::Gmail(Box::new(s)), w)),
         }
     }
 }

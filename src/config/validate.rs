@@ -125,11 +125,19 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         .iter()
         .flat_map(|m| m.sinks.iter().map(String::as_str))
         .collect();
-    // An IMAP sink must know the target account of every mailbox routed to it.
+    // An IMAP or Gmail sink must know the target account of every mailbox routed to it.
     for m in &mailboxes {
         for s in sinks.iter().filter(|s| m.sinks.contains(&s.name)) {
             if let crate::config::SinkKind::Imap(imap) = &s.kind {
                 if let Err(why) = imap.account_for(&m.name) {
+                    v.problem(
+                        format!("sinks[{}]", s.name),
+                        format!("no target account for mailbox {}: {why}", m.name),
+                    );
+                }
+            }
+            if let crate::config::SinkKind::Gmail(gmail) = &s.kind {
+                if let Err(why) = gmail.account_for(&m.name) {
                     v.problem(
                         format!("sinks[{}]", s.name),
                         format!("no target account for mailbox {}: {why}", m.name),

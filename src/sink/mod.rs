@@ -4,6 +4,7 @@
 //! config and validation), `sink.rs` (the [`Sink`] impl), `tests.rs`, and where it has one,
 //! `encoder.rs`/`payload.rs` and `service.rs` (transport).
 
+pub mod gmail;
 pub mod http;
 pub mod imap;
 pub mod maildir;

@@ -1,0 +1,372 @@
+//! The Gmail sink against an in-process Gmail API (`support::gmail`) that follows Google's
+//! published contract: multipart and resumable imports byte for byte, labels, the duplicate
+//! search after an unanswered import, rate limits, the daily quota and token refresh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use async_trait::async_trait;
+use popbridge::key::IdempotencyKey;
+use popbridge::secret::Secret;
+use popbridge::sink::gmail::config::Account;
+use popbridge::sink::gmail::{AccessToken, GmailSettings, GmailSink, TokenError};
+use popbridge::sink::{DeliveryError, Sink, SpooledMessage};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::gmail::{Fault, GmailServer};
+
+const TOKEN: &str = "ya29.test-token";
+const USER: &str = "alice@example.com";
+
+fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessage {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    SpooledMessage {
+        mailbox: "alice".into(),
+        uidl: name.into(),
+        path,
+        size: body.len() as u64,
+        sha256: hex::encode(Sha256::digest(body)),
+        fetched_at: chrono::Utc::now(),
+        seen_before,
+    }
+}
+
+fn mail(id: &str, body_len: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: test {id}\r\n\
+         Message-ID: <{id}@example.org>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\n"
+    )
+    .into_bytes();
+    // Bytes of every value, and a line that looks like a multipart boundary.
+    m.extend_from_slice(b"--popbridge_not_the_boundary\r\n\xe4\xf6\xfc\r\n");
+    let mut i = 0u32;
+    while m.len() < body_len {
+        m.extend_from_slice(
+            format!("line {i} of {id} with some text to fill it up\r\n").as_bytes(),
+        );
+        i += 1;
+    }
+    m
+}
+
+/// Settings against the server with the token in a file (the `{mailbox}` template).
+fn settings(server: &GmailServer, dir: &Path) -> GmailSettings {
+    std::fs::write(dir.join("alice.token"), format!("{TOKEN}\n")).unwrap();
+    let mut s = GmailSettings::new(
+        server.base.parse().unwrap(),
+        "{mailbox}@example.com",
+        dir.join("{mailbox}.token"),
+    );
+    s.timeout = Duration::from_secs(5);
+    s.resumable_threshold = 512 * 1024;
+    s.chunk_size = 256 * 1024;
+    s
+}
+
+fn key(n: &str) -> IdempotencyKey {
+    IdempotencyKey::derive("alice", n)
+}
+
+#[tokio::test]
+async fn small_message_is_imported_multipart_byte_identical_into_inbox_unread() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let body = mail("small1", 2000);
+    let receipt = sink
+        .deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap();
+    let stored = server.messages(USER);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].raw, body, "stored bytes differ");
+    assert_eq!(stored[0].upload, "multipart");
+    assert_eq!(stored[0].label_ids, vec!["INBOX", "UNREAD"]);
+    assert_eq!(stored[0].query["internalDateSource"], "dateHeader");
+    assert_eq!(stored[0].query["neverMarkSpam"], "false");
+    assert!(
+        receipt.detail.contains(&stored[0].id) && !receipt.duplicate,
+        "{receipt:?}"
+    );
+}
+
+#[tokio::test]
+async fn large_message_is_imported_by_resumable_chunks_byte_identical() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let body = mail("large1", 700 * 1024);
+    sink.deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap();
+    let stored = server.messages(USER);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].upload, "resumable");
+    assert!(stored[0].raw == body, "stored bytes differ");
+    let ranges = server.shared.ranges.lock().unwrap().clone();
+    let total = body.len();
+    assert_eq!(
+        ranges,
+        vec![
+            format!("bytes 0-262143/{total}"),
+            format!("bytes 262144-524287/{total}"),
+            format!("bytes 524288-{}/{total}", total - 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn labels_are_created_once_and_applied_with_skip_inbox_and_mark_read() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s =
+        settings(&server, dir.path()).with_labels(vec!["POP/{mailbox}".into(), "Imported".into()]);
+    s.skip_inbox = true;
+    s.mark_read = true;
+    let sink = GmailSink::new("gmail", s).unwrap();
+    for n in ["1", "2", "3"] {
+        sink.deliver(&spool(dir.path(), n, &mail(n, 500), false), &key(n))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.shared.label_creates.load(Ordering::SeqCst), 2);
+    let stored = server.messages(USER);
+    assert_eq!(stored.len(), 3);
+    for m in &stored {
+        let names: Vec<String> = m
+            .label_ids
+            .iter()
+            .map(|id| server.label_name(USER, id).unwrap_or(id.clone()))
+            .collect();
+        assert_eq!(names, vec!["POP/alice", "Imported"], "{:?}", m.label_ids);
+    }
+    let lists = server
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.ends_with("/labels"))
+        .count();
+    assert_eq!(lists, 1, "labels.list once, then the cache");
+}
+
+#[tokio::test]
+async fn an_unanswered_import_retried_leaves_exactly_one_copy() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&server, dir.path());
+    s.timeout = Duration::from_millis(1500);
+    let sink = GmailSink::new("gmail", s).unwrap();
+    let body = mail("dropped", 3000);
+    server.fault(Fault::HangAfterStore);
+    let first = sink
+        .deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap_err();
+    assert!(first.is_retryable() && !first.is_sink_wide(), "{first:?}");
+    assert_eq!(server.messages(USER).len(), 1, "stored without an answer");
+    // A new process: the state knew the message, so the sink must search first.
+    let again = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let receipt = again
+        .deliver(&spool(dir.path(), "1", &body, true), &key("1"))
+        .await
+        .unwrap();
+    assert!(receipt.duplicate, "{receipt:?}");
+    assert_eq!(server.messages(USER).len(), 1, "imported twice");
+    // The same process remembers the unanswered import too.
+    let receipt = sink
+        .deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap();
+    assert!(receipt.duplicate, "{receipt:?}");
+    assert_eq!(server.messages(USER).len(), 1);
+    assert!(server
+        .log()
+        .iter()
+        .any(|l| l.contains("q=rfc822msgid%3Adropped%40example.org")));
+}
+
+#[tokio::test]
+async fn a_message_without_message_id_is_found_by_size_and_content() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let body = b"From: a@example.org\r\nSubject: no id\r\n\r\nhello\r\n".to_vec();
+    let other = b"From: a@example.org\r\nSubject: no id\r\n\r\nhellO\r\n".to_vec();
+    sink.deliver(&spool(dir.path(), "o", &other, false), &key("o"))
+        .await
+        .unwrap();
+    sink.deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap();
+    let receipt = sink
+        .deliver(&spool(dir.path(), "1", &body, true), &key("1"))
+        .await
+        .unwrap();
+    assert!(receipt.duplicate, "{receipt:?}");
+    let stored = server.messages(USER);
+    assert_eq!(stored.len(), 2);
+    assert!(
+        receipt.detail.contains(&stored[1].id),
+        "the same-size other message was taken: {receipt:?}"
+    );
+    // A seen-before message that is not there is imported.
+    let fresh = b"From: a@example.org\r\nSubject: no id\r\n\r\nHELLO\r\n".to_vec();
+    let r = sink
+        .deliver(&spool(dir.path(), "2", &fresh, true), &key("2"))
+        .await
+        .unwrap();
+    assert!(!r.duplicate);
+    assert_eq!(server.messages(USER).len(), 3);
+}
+
+#[tokio::test]
+async fn rate_limit_is_retryable_with_retry_after_then_succeeds() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    server.fault(Fault::Error(429, "rateLimitExceeded", Some("3")));
+    let msg = spool(dir.path(), "1", &mail("rl", 800), false);
+    match sink.deliver(&msg, &key("1")).await.unwrap_err() {
+        DeliveryError::Retryable { retry_after, .. } => {
+            assert_eq!(retry_after, Some(Duration::from_secs(3)))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(server.messages(USER).is_empty());
+    sink.deliver(&msg, &key("1")).await.unwrap();
+    assert_eq!(server.messages(USER).len(), 1);
+}
+
+#[tokio::test]
+async fn daily_limit_puts_the_sink_down() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    server.fault(Fault::Error(403, "dailyLimitExceeded", None));
+    let e = sink
+        .deliver(&spool(dir.path(), "1", &mail("dl", 800), false), &key("1"))
+        .await
+        .unwrap_err();
+    assert!(e.is_sink_wide(), "{e:?}");
+    assert!(e.to_string().contains("daily Gmail API quota"), "{e}");
+    let e = {
+        server.fault(Fault::Error(400, "invalidArgument", None));
+        sink.deliver(&spool(dir.path(), "2", &mail("bad", 800), false), &key("2"))
+            .await
+            .unwrap_err()
+    };
+    assert!(!e.is_retryable(), "400 is permanent: {e:?}");
+}
+
+/// Tokens that change when invalidated, like an OAuth2 refresh.
+struct Rotating {
+    generation: AtomicUsize,
+    invalidated: AtomicUsize,
+}
+
+#[async_trait]
+impl AccessToken for Rotating {
+    async fn token(&self, _account: &Account) -> Result<Secret, TokenError> {
+        Ok(Secret::new(format!(
+            "token-{}",
+            self.generation.load(Ordering::SeqCst)
+        )))
+    }
+    fn invalidate(&self, _account: &Account) {
+        self.invalidated.fetch_add(1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_401_invalidates_the_token_and_the_refreshed_one_is_used() {
+    let server = GmailServer::start("token-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Rotating {
+        generation: AtomicUsize::new(0),
+        invalidated: AtomicUsize::new(0),
+    });
+    let sink =
+        GmailSink::with_tokens("gmail", settings(&server, dir.path()), tokens.clone()).unwrap();
+    sink.deliver(
+        &spool(dir.path(), "1", &mail("auth", 800), false),
+        &key("1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tokens.invalidated.load(Ordering::SeqCst), 1);
+    assert_eq!(server.messages(USER).len(), 1);
+    // Refused again after the refresh: the sink is down, nothing dead-lettered.
+    server.fault(Fault::Unauthorized);
+    server.fault(Fault::Unauthorized);
+    let e = sink
+        .deliver(
+            &spool(dir.path(), "2", &mail("auth2", 800), false),
+            &key("2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_sink_wide(), "{e:?}");
+    assert_eq!(tokens.invalidated.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn the_token_file_is_read_again_at_each_request() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    sink.deliver(&spool(dir.path(), "1", &mail("f1", 800), false), &key("1"))
+        .await
+        .unwrap();
+    *server.shared.token.lock().unwrap() = "ya29.rotated".into();
+    std::fs::write(dir.path().join("alice.token"), "ya29.rotated\n").unwrap();
+    sink.deliver(&spool(dir.path(), "2", &mail("f2", 800), false), &key("2"))
+        .await
+        .unwrap();
+    assert_eq!(server.messages(USER).len(), 2);
+}
+
+#[tokio::test]
+async fn a_resumable_chunk_without_answer_is_resumed_where_the_session_stands() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&server, dir.path());
+    s.timeout = Duration::from_millis(1500);
+    let sink = GmailSink::new("gmail", s).unwrap();
+    let body = mail("resumed", 600 * 1024);
+    server.shared.hang_chunks.store(1, Ordering::SeqCst);
+    sink.deliver(&spool(dir.path(), "1", &body, false), &key("1"))
+        .await
+        .unwrap();
+    let stored = server.messages(USER);
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].raw == body, "stored bytes differ");
+    let ranges = server.shared.ranges.lock().unwrap().clone();
+    let total = body.len();
+    assert_eq!(
+        ranges,
+        vec![
+            format!("bytes 0-262143/{total}"),
+            format!("bytes */{total}"),
+            format!("bytes 262144-524287/{total}"),
+            format!("bytes 524288-{}/{total}", total - 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn too_large_is_permanent_with_the_reason() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    server.fault(Fault::Error(413, "uploadTooLarge", None));
+    let e = sink
+        .deliver(&spool(dir.path(), "1", &mail("big", 800), false), &key("1"))
+        .await
+        .unwrap_err();
+    assert!(!e.is_retryable(), "{e:?}");
+    assert!(e.to_string().contains("too large"), "{e}");
+}
