@@ -45,14 +45,15 @@ for component in rustfmt clippy; do
     fi
 done
 
-# Python test oracles (tests/support/receiver.rs): the reference Standard Webhooks
-# implementation and jsonschema, pinned, in a venv whose python3 comes first in PATH.
+# Python test oracles, pinned, in a venv whose python3 comes first in PATH: the reference
+# Standard Webhooks implementation and jsonschema (tests/support/receiver.rs), and Google's
+# official API client with its bundled Gmail discovery document (tests/gmail_contract.rs).
 ORACLES=${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/test-venv
-if ! "$ORACLES/bin/python3" -c 'import standardwebhooks, jsonschema' 2>/dev/null; then
+if ! "$ORACLES/bin/python3" -c 'import standardwebhooks, jsonschema, googleapiclient' 2>/dev/null; then
     echo "installing the Python test oracles into $ORACLES" >&2
     python3 -m venv "$ORACLES"
     "$ORACLES/bin/pip" install --quiet --disable-pip-version-check \
-        standardwebhooks==1.1.0 jsonschema==4.23.0
+        standardwebhooks==1.1.0 jsonschema==4.23.0 google-api-python-client==2.202.0
 fi
 export PATH="$ORACLES/bin:$PATH"
 
