@@ -58,14 +58,22 @@ pub fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, BuildError> {
                 },
             )?,
         ),
-        SinkKind::Gmail(settings) => Arc::new(
-            crate::sink::gmail::GmailSink::new(cfg.name.clone(), (**settings).clone()).map_err(
-                |message| BuildError::Sink {
-                    name: cfg.name.clone(),
-                    message,
-                },
-            )?,
-        ),
+        SinkKind::Gmail(settings) => {
+            use crate::sink::gmail::{auth, GmailSink};
+            let settings = (**settings).clone();
+            let made = match settings.oauth2.clone() {
+                Some(source) => GmailSink::with_tokens(
+                    cfg.name.clone(),
+                    settings,
+                    Arc::new(auth::OAuth2Tokens(source)),
+                ),
+                None => GmailSink::new(cfg.name.clone(), settings),
+            };
+            Arc::new(made.map_err(|message| BuildError::Sink {
+                name: cfg.name.clone(),
+                message,
+            })?)
+        }
         SinkKind::S3(settings) => Arc::new(
             crate::sink::s3::S3Sink::new(cfg.name.clone(), (**settings).clone()).map_err(
                 |message| BuildError::Sink {

@@ -275,7 +275,7 @@ impl AccessToken for Rotating {
             self.generation.load(Ordering::SeqCst)
         )))
     }
-    fn invalidate(&self, _account: &Account) {
+    async fn invalidate(&self, _account: &Account, _token: &Secret) {
         self.invalidated.fetch_add(1, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
@@ -369,4 +369,60 @@ async fn too_large_is_permanent_with_the_reason() {
         .unwrap_err();
     assert!(!e.is_retryable(), "{e:?}");
     assert!(e.to_string().contains("too large"), "{e}");
+}
+
+/// With `oauth2:` the sink gets its tokens from the credential's token source (here a client
+/// credentials grant at a local token endpoint): no token file, and a refused token is
+/// replaced by a fresh one from the endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oauth2_credential_supplies_and_refreshes_the_tokens() {
+    use std::sync::atomic::AtomicU64;
+    // A token endpoint that hands out token-1, token-2, … for client credentials.
+    let issued = Arc::new(AtomicU64::new(0));
+    let counter = issued.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                axum::Json(serde_json::json!({
+                    "access_token": format!("token-{n}"),
+                    "token_type": "Bearer",
+                    "expires_in": 3600
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // The API accepts only the second token: the first is refused with 401.
+    let server = GmailServer::start("token-2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "state: {{ path: ./s.db }}\noauth2:\n  workspace:\n    grant: client_credentials\n    \
+         token_url: {token_url}\n    client_id: app\n    client_secret: s3cr3t\n\
+         mailboxes:\n  - name: alice\n    pop3: {{ host: pop.example.com, username: a, password: p }}\n    \
+         sinks: [gmail]\nsinks:\n  - name: gmail\n    type: gmail\n    api_base: {}\n    \
+         allow_plaintext: true\n    user: \"{{mailbox}}@example.com\"\n    oauth2: workspace\n",
+        server.base
+    );
+    let loaded =
+        popbridge::config::load_str_with_env(&yaml, &dir.path().join("c.yaml"), |_| None).unwrap();
+    let sink = popbridge::app::build_sink(&loaded.config.sinks[0]).unwrap();
+    let receipt = sink
+        .deliver(
+            &spool(dir.path(), "1", &mail("oauth2", 800), false),
+            &key("1"),
+        )
+        .await
+        .unwrap();
+    assert!(!receipt.duplicate, "{receipt:?}");
+    assert_eq!(
+        issued.load(Ordering::SeqCst),
+        2,
+        "refused token-1 was replaced"
+    );
 }

@@ -276,18 +276,25 @@ impl Validator<'_> {
         }
     }
 
-    /// IMAP sinks naming a credential get its token source.
+    /// IMAP and Gmail sinks naming a credential get its token source.
     fn sink_credentials(&mut self, sinks: &mut [SinkConfig]) {
         for sink in sinks {
-            if let crate::config::SinkKind::Imap(imap) = &mut sink.kind {
-                if let Some(name) = imap.oauth2_credential.clone() {
-                    match self.credentials.get(&name) {
-                        Some(source) => imap.oauth2 = Some(source.clone()),
-                        None => self.problem(
-                            format!("sinks[{}].oauth2", sink.name),
-                            format!("unknown OAuth2 credential \"{name}\""),
-                        ),
-                    }
+            let (named, slot) = match &mut sink.kind {
+                crate::config::SinkKind::Imap(imap) => {
+                    (imap.oauth2_credential.clone(), &mut imap.oauth2)
+                }
+                crate::config::SinkKind::Gmail(gmail) => {
+                    (gmail.oauth2_credential.clone(), &mut gmail.oauth2)
+                }
+                _ => continue,
+            };
+            if let Some(name) = named {
+                match self.credentials.get(&name) {
+                    Some(source) => *slot = Some(source.clone()),
+                    None => self.problem(
+                        format!("sinks[{}].oauth2", sink.name),
+                        format!("unknown OAuth2 credential \"{name}\""),
+                    ),
                 }
             }
         }

@@ -1,6 +1,6 @@
-//! Where the Gmail sink gets an OAuth2 access token for a target account. A trait, so the
-//! project's OAuth2 token manager (refresh tokens, service accounts) can be plugged in; for
-//! now [`FileTokens`] reads a file that another process keeps fresh.
+//! Where the Gmail sink gets an OAuth2 access token for a target account: from an `oauth2:`
+//! credential ([`OAuth2Tokens`]: refresh tokens, service accounts with `sub` = the account),
+//! or from a file another process keeps fresh ([`FileTokens`]).
 
 use super::config::Account;
 use crate::secret::Secret;
@@ -17,6 +17,8 @@ pub enum TokenError {
     },
     #[error("the access token file {path} is empty")]
     Empty { path: String },
+    #[error("{0}")]
+    OAuth2(String),
 }
 
 /// A bearer token per target account. Keyed by the [`Account`] (its `user` is the Gmail
@@ -25,9 +27,9 @@ pub enum TokenError {
 pub trait AccessToken: Send + Sync {
     /// A token for `account` to send now.
     async fn token(&self, account: &Account) -> Result<Secret, TokenError>;
-    /// The API refused the last token (HTTP 401): forget any cached one, so the next
-    /// [`AccessToken::token`] gets a fresh one.
-    fn invalidate(&self, account: &Account);
+    /// The API refused `token` (HTTP 401): forget it, so the next [`AccessToken::token`]
+    /// gets a fresh one.
+    async fn invalidate(&self, account: &Account, token: &Secret);
 }
 
 /// Tokens read from `access_token_file` at every request: nothing is cached, so a file that
@@ -55,5 +57,23 @@ impl AccessToken for FileTokens {
     }
 
     /// Nothing is cached: the next request reads the file again.
-    fn invalidate(&self, _account: &Account) {}
+    async fn invalidate(&self, _account: &Account, _token: &Secret) {}
+}
+
+/// Tokens from an `oauth2:` credential, cached and refreshed by its token source; the
+/// account's address is the subject (a Workspace service account's `sub`).
+pub struct OAuth2Tokens(pub std::sync::Arc<crate::oauth2::TokenSource>);
+
+#[async_trait]
+impl AccessToken for OAuth2Tokens {
+    async fn token(&self, account: &Account) -> Result<Secret, TokenError> {
+        self.0
+            .access_token(&account.user)
+            .await
+            .map_err(|e| TokenError::OAuth2(e.to_string()))
+    }
+
+    async fn invalidate(&self, account: &Account, token: &Secret) {
+        self.0.invalidate(&account.user, token).await;
+    }
 }

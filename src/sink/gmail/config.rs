@@ -39,9 +39,13 @@ pub struct GmailSinkConfig {
     #[serde(default)]
     pub user: Option<Interpolated>,
     /// File holding an OAuth2 access token, re-read at every request (another process
-    /// refreshes it); `{mailbox}` allowed.
+    /// refreshes it); `{mailbox}` allowed. Not needed with `oauth2`.
     #[serde(default)]
     pub access_token_file: Option<String>,
+    /// The name of an `oauth2:` credential whose tokens open every account (a user's refresh
+    /// token, or a Workspace service account with `sub` = the account's address).
+    #[serde(default)]
+    pub oauth2: Option<String>,
     /// Per-mailbox accounts, by mailbox name; they win over the templates.
     #[serde(default)]
     pub accounts: BTreeMap<String, RawAccount>,
@@ -127,6 +131,9 @@ pub struct GmailSettings {
     pub timeout: Duration,
     pub concurrency: usize,
     pub ca_file: Option<PathBuf>,
+    /// The `oauth2:` credential named, resolved into [`Self::oauth2`] by the config validator.
+    pub oauth2_credential: Option<String>,
+    pub oauth2: Option<std::sync::Arc<crate::oauth2::TokenSource>>,
 }
 
 /// Resumable chunks must be multiples of this (Google's upload protocol).
@@ -154,6 +161,8 @@ impl GmailSettings {
             timeout: Duration::from_secs(120),
             concurrency: 4,
             ca_file: None,
+            oauth2_credential: None,
+            oauth2: None,
         }
     }
 
@@ -173,13 +182,15 @@ impl GmailSettings {
             .as_ref()
             .ok_or_else(|| format!("no `user` and no `accounts.{mailbox}`"))?
             .replace("{mailbox}", mailbox);
-        let token_file = self
-            .token_file
-            .as_ref()
-            .ok_or_else(|| format!("no `access_token_file` for {mailbox}"))?;
+        // With `oauth2` the file is not used: an empty path.
+        let token_file = match (&self.token_file, &self.oauth2_credential) {
+            (Some(f), _) => fill(f, mailbox),
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => return Err(format!("no `access_token_file` for {mailbox}")),
+        };
         Ok(Account {
             user,
-            token_file: fill(token_file, mailbox),
+            token_file,
             labels: self
                 .labels
                 .iter()
@@ -271,7 +282,10 @@ impl GmailSinkConfig {
                 .access_token_file
                 .map(|f| resolve(base, &f))
                 .or_else(|| token_file.as_ref().map(|f| fill(f, &mailbox)))
-                .ok_or_else(|| format!("{at}needs an `access_token_file`"))?;
+                .or_else(|| self.oauth2.as_ref().map(|_| PathBuf::new()))
+                .ok_or_else(|| {
+                    format!("{at}needs an `access_token_file` (or the sink `oauth2`)")
+                })?;
             let labels = match a.labels {
                 Some(l) => {
                     check_labels(&l, &at)?;
@@ -307,6 +321,8 @@ impl GmailSinkConfig {
             timeout,
             concurrency,
             ca_file: self.ca_file.map(|p| resolve(base, &p)),
+            oauth2_credential: self.oauth2,
+            oauth2: None,
         };
         Ok((settings, warning.into_iter().collect()))
     }

@@ -171,7 +171,7 @@ impl GmailSink {
                     account.user
                 ))
             })?;
-            let resp = build(token)
+            let resp = build(token.clone())
                 .await?
                 .send()
                 .await
@@ -179,7 +179,7 @@ impl GmailSink {
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
-            self.tokens.invalidate(account);
+            self.tokens.invalidate(account, &token).await;
             if fresh {
                 return Err(error_from(resp, &account.user).await);
             }
