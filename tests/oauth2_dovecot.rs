@@ -869,3 +869,81 @@ fn a_revoked_refresh_token_makes_the_daemon_not_ready_and_is_counted() {
         "{metrics}"
     );
 }
+
+/// kill -9 between a refresh that rotated the refresh token and the write of the new one:
+/// the endpoint has moved on, our store has not. Where the provider keeps the old token valid
+/// for a while (Microsoft), the next run refreshes with it and carries on; where it treats a
+/// second use as reuse, the next run stops with a clear re-login message, loses no mail, and
+/// sends nothing it should not.
+#[test]
+fn a_kill_between_a_rotation_and_its_write_recovers_where_the_provider_allows_it() {
+    let dc = oauth2_dovecot_or_skip!();
+    for keep_old in [true, false] {
+        let ep = endpoint(dc, 300);
+        ep.add_client(
+            "delegated-app",
+            Client {
+                rotate: true,
+                keep_old,
+                ..Default::default()
+            },
+        );
+        let user = dc.add_user(if keep_old { "oakk" } else { "oakr" });
+        let seed = ep.grant_refresh_token("delegated-app", &user.name);
+        let yaml = format!(
+            "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
+            url = ep.url,
+            mb = mailbox("box", &user, "me", "imap"),
+            imap = imap_sink("imap", "me", &[("box", &user)]),
+        );
+        let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &seed)]);
+        let first = msgs(if keep_old { "oakk-1" } else { "oakr-1" }, 2);
+        dc.seed(&user, &first);
+        let out = bridge.once();
+        assert_eq!(out.code, Some(0), "{}", out.text);
+        let stored = bridge.stored_refresh_token("me").expect("a stored token");
+
+        // The next run's refresh rotates `stored` away, and the process dies before it hears
+        // the new token.
+        let second = msgs(if keep_old { "oakk-2" } else { "oakr-2" }, 2);
+        dc.seed(&user, &second);
+        ep.set_stall(Some(std::time::Duration::from_secs(30)));
+        let mut child = bridge
+            .command(&["once"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while ep.stalled() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refresh was attempted"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        ep.set_stall(None);
+        assert_eq!(
+            bridge.stored_refresh_token("me").as_deref(),
+            Some(stored.as_str()),
+            "the kill came before the write"
+        );
+
+        let out = bridge.once();
+        let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
+        if keep_old {
+            assert_eq!(out.code, Some(0), "{}", out.text);
+            assert_exactly_once(&all, &bridge.maildir("box"));
+            let now = bridge.stored_refresh_token("me").expect("a stored token");
+            assert!(ep.is_live(&now), "the newest token is stored and live");
+        } else {
+            assert_ne!(out.code, Some(0), "{}", out.text);
+            assert!(out.text.contains("oauth2 login"), "{}", out.text);
+            // Nothing lost: the second batch is still on the server, the first delivered once.
+            assert_exactly_once(&first, &bridge.maildir("box"));
+            assert_eq!(dc.list_server_messages(&user).len(), 4);
+        }
+    }
+}

@@ -27,6 +27,9 @@ pub struct Client {
     pub user: String,
     /// Whether a refresh answers with a new refresh token and kills the old one.
     pub rotate: bool,
+    /// With `rotate`: the old refresh token stays valid too (as Microsoft keeps it for a
+    /// while), so presenting it again is not reuse.
+    pub keep_old: bool,
     /// Client-credentials tokens are app-only (Microsoft's `idtyp: app`, `appid`), for every
     /// mailbox the server grants the app, instead of for `user`.
     pub app_only: bool,
@@ -52,6 +55,11 @@ pub struct Shared {
     pub service_accounts: Mutex<HashMap<String, PKey<Public>>>,
     /// Applied to every request while set.
     pub fault: Mutex<Option<Fault>>,
+    /// While set, every answer is held back this long after it was decided (a refresh has
+    /// rotated already): a client killed meanwhile never learns its new refresh token.
+    pub stall: Mutex<Option<std::time::Duration>>,
+    /// Answers held back by `stall` so far.
+    pub stalled: std::sync::atomic::AtomicU64,
     /// Access tokens issued, by grant type.
     pub issued: Mutex<BTreeMap<String, u64>>,
     /// Requests refused, with the reason (for assertions).
@@ -281,9 +289,11 @@ impl Shared {
                     return error(400, "invalid_grant", "token of another client");
                 }
                 let mut answer = self.access_token(&grant, &user);
-                if client.rotate {
+                if client.rotate && !client.keep_old {
                     live.remove(&presented);
                     self.retired.lock().unwrap().push(presented);
+                }
+                if client.rotate {
                     let next = format!("rt-{}", hex::encode(rand::random::<[u8; 24]>()));
                     live.insert(next.clone(), (owner, user));
                     answer["refresh_token"] = next.into();
@@ -427,7 +437,13 @@ async fn revoke(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Respon
 }
 
 async fn token(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
-    s.token(&body)
+    let answer = s.token(&body);
+    let stall = *s.stall.lock().unwrap();
+    if let Some(d) = stall {
+        s.stalled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(d).await;
+    }
+    answer
 }
 
 impl TokenEndpoint {
@@ -501,6 +517,17 @@ impl TokenEndpoint {
 
     pub fn set_fault(&self, fault: Option<Fault>) {
         *self.shared.fault.lock().unwrap() = fault;
+    }
+
+    /// Holds every answer back for `d` (see [`Shared::stall`]); `None` ends it.
+    pub fn set_stall(&self, d: Option<std::time::Duration>) {
+        *self.shared.stall.lock().unwrap() = d;
+    }
+
+    pub fn stalled(&self) -> u64 {
+        self.shared
+            .stalled
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn issued(&self, grant: &str) -> u64 {
