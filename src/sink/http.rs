@@ -1,6 +1,7 @@
 //! What the HTTP sinks (webhook, S3) share: the client, what they say about a request that
 //! got no answer, how much of an answer they read, and what of an endpoint they may show.
 
+use crate::sink::DeliveryError;
 use futures_util::StreamExt;
 use reqwest::Url;
 use std::net::IpAddr;
@@ -114,6 +115,29 @@ pub fn client_builder(
         b = b.add_root_certificate(cert);
     }
     Ok(b)
+}
+
+/// A healthcheck that costs the endpoint nothing: a TCP connect to `url`'s host and port
+/// within `timeout` (no request is sent, no token spent). `no_host` is the error for a URL
+/// without a host.
+pub async fn reachable(
+    url: &reqwest::Url,
+    timeout: std::time::Duration,
+    no_host: DeliveryError,
+) -> Result<(), DeliveryError> {
+    let Some(host) = url.host_str() else {
+        return Err(no_host);
+    };
+    let port = url.port_or_known_default().unwrap_or(443);
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(DeliveryError::retryable(format!(
+            "cannot connect to {host}:{port}: {e}"
+        ))),
+        Err(_) => Err(DeliveryError::retryable(format!(
+            "connecting to {host}:{port} timed out"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! stopped when the value is dropped, and by a detached watchdog when the test process ends.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -66,10 +66,7 @@ impl Courier {
         for sub in ["cur", "new", "tmp"] {
             fs::create_dir_all(maildir.join(sub)).expect("Maildir");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = super::free_port();
         let log = fs::File::create(home.path().join("courier.log")).expect("log");
         let child = Command::new(root.join("usr/sbin/couriertcpd"))
             .current_dir(home.path())
@@ -102,7 +99,7 @@ impl Courier {
             .process_group(0)
             .spawn()
             .expect("start couriertcpd");
-        watchdog(child.id());
+        super::kill_when_gone(child.id(), false);
         let courier = Courier { port, home, child };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -146,18 +143,4 @@ impl Drop for Courier {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Kills `pid` once this test process is gone, however it ends.
-fn watchdog(pid: u32) {
-    let script = r#"(while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill "$2" 2>/dev/null) &"#;
-    let _ = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .status();
 }

@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -79,13 +79,6 @@ pub fn cyrus_with_or_skip(extra: &str) -> Option<Cyrus> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn own_tree(path: &Path) {
     chown(path, Some(8), Some(8)).expect("chown");
     if path.is_dir() {
@@ -124,7 +117,7 @@ impl Cyrus {
         {
             fs::copy(entry.path(), d.join("lib").join(entry.file_name())).expect("copy lib");
         }
-        let (imap_port, pop3_port) = (free_port(), free_port());
+        let (imap_port, pop3_port) = (super::free_port(), super::free_port());
         let conf = d.join("imapd.conf");
         fs::write(
             &conf,
@@ -188,7 +181,7 @@ impl Cyrus {
             .process_group(0)
             .spawn()
             .expect("start Cyrus master");
-        watchdog(child.id());
+        super::kill_when_gone(child.id(), true);
         let cyrus = Cyrus {
             imap_port,
             pop3_port,
@@ -298,19 +291,4 @@ impl Drop for Cyrus {
             .status();
         let _ = self.child.wait();
     }
-}
-
-/// Kills the process group `pid` once this test process is gone, however it ends.
-fn watchdog(pid: u32) {
-    let script =
-        r#"(while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -KILL -- "-$2" 2>/dev/null) &"#;
-    let _ = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .status();
 }

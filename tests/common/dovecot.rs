@@ -254,12 +254,6 @@ impl Dovecot {
 
     /// A new user `<prefix><n>` with a random password and an empty Maildir.
     pub fn add_user(&self, prefix: &str) -> User {
-        self.add_user_with(prefix, "")
-    }
-
-    /// [`Dovecot::add_user`] with userdb extra fields, which override settings for this user
-    /// alone (e.g. `pop3_uidl_format=%u`).
-    pub fn add_user_with(&self, prefix: &str, extra: &str) -> User {
         let name = format!("{prefix}{}", seq());
         let password = format!("pw-{:032x}", rand::random::<u128>());
         let home = self.root.join("home").join(&name);
@@ -274,7 +268,7 @@ impl Dovecot {
             chown_mail(&maildir.join(sub));
         }
         let line = format!(
-            "{name}:{{PLAIN}}{password}:{MAIL_UID}:{MAIL_UID}::{}::{extra}\n",
+            "{name}:{{PLAIN}}{password}:{MAIL_UID}:{MAIL_UID}::{}::\n",
             home.display()
         );
         fs::write(self.root.join("users").join(&name), line).expect("write passwd-file");

@@ -72,10 +72,7 @@ impl Mailutils {
         };
         fs::create_dir_all(dir.path().join("passwd")).expect("passwd dir");
         fs::write(dir.path().join("passwd").join(DOMAIN), "").expect("passwd file");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = super::free_port();
         let conf = dir.path().join("pop3d.conf");
         fs::write(
             &conf,
@@ -102,7 +99,7 @@ impl Mailutils {
             .process_group(0)
             .spawn()
             .expect("start pop3d");
-        watchdog(child.id());
+        super::kill_when_gone(child.id(), false);
         let server = Mailutils {
             port,
             dir,
@@ -284,18 +281,4 @@ impl Drop for Mailutils {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Kills `pid` once this test process is gone, however it ends.
-fn watchdog(pid: u32) {
-    let script = r#"(while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill "$2" 2>/dev/null) &"#;
-    let _ = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .status();
 }

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod courier;
 pub mod cyrus;
 pub mod dovecot;
+pub mod imap_target;
 pub mod mail;
 pub mod mailutils;
 pub mod popbridge;
@@ -125,4 +126,34 @@ pub fn assert_exactly_once(expected: &[Vec<u8>], delivered: &[Vec<u8>]) {
         extra.len(),
         extra.iter().take(10).collect::<Vec<_>>(),
     );
+}
+
+/// A free loopback port (free until someone else binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Kills `pid` (with `group`, its whole process group, by SIGKILL) once this test process is
+/// gone, however it ends: a detached shell watches for us, so no server outlives its tests.
+pub fn kill_when_gone(pid: u32, group: bool) {
+    use std::os::unix::process::CommandExt;
+    let kill = if group {
+        r#"kill -KILL -- "-$2""#
+    } else {
+        r#"kill "$2""#
+    };
+    let script =
+        format!(r#"(while kill -0 "$1" 2>/dev/null; do sleep 1; done; {kill} 2>/dev/null) &"#);
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &script, "watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .status();
 }

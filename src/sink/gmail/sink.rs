@@ -604,24 +604,11 @@ impl Sink for GmailSink {
 
     /// Can we reach the API? A TCP connect to its host and port: no token is spent.
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
-        let base = &self.settings.api_base;
-        let host = base
-            .host_str()
-            .ok_or_else(|| DeliveryError::sink_down("Gmail api_base has no host"))?;
-        let port = base.port_or_known_default().unwrap_or(443);
-        match tokio::time::timeout(
+        crate::sink::http::reachable(
+            &self.settings.api_base,
             self.settings.timeout,
-            tokio::net::TcpStream::connect((host, port)),
+            DeliveryError::sink_down("Gmail api_base has no host"),
         )
         .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(DeliveryError::retryable(format!(
-                "cannot connect to {host}:{port}: {e}"
-            ))),
-            Err(_) => Err(DeliveryError::retryable(format!(
-                "connecting to {host}:{port} timed out"
-            ))),
-        }
     }
 }

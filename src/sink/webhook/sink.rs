@@ -267,24 +267,11 @@ impl Sink for WebhookSink {
     /// Can we reach the endpoint? A TCP connect to its host and port; it never POSTs, so the
     /// receiver sees no test traffic.
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
-        let url = &self.settings.url;
-        let host = url
-            .host_str()
-            .ok_or_else(|| DeliveryError::permanent("webhook url has no host"))?;
-        let port = url.port_or_known_default().unwrap_or(443);
-        match tokio::time::timeout(
+        crate::sink::http::reachable(
+            &self.settings.url,
             self.settings.timeout,
-            tokio::net::TcpStream::connect((host, port)),
+            DeliveryError::permanent("webhook url has no host"),
         )
         .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(DeliveryError::retryable(format!(
-                "cannot connect to {host}:{port}: {e}"
-            ))),
-            Err(_) => Err(DeliveryError::retryable(format!(
-                "connecting to {host}:{port} timed out"
-            ))),
-        }
     }
 }

@@ -1,0 +1,98 @@
+//! What the tests of a real IMAP target share: a proxy that withholds the answer to the first
+//! APPEND ("the server stored it, the OK never arrived", deterministic), a spooled message, and
+//! an IMAP sink over plain TCP on loopback.
+
+use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
+use popbridge::sink::SpooledMessage;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A proxy to `upstream` that forwards everything except the tagged answer to the first
+/// APPEND: when it comes, both connections are closed.
+pub async fn withholding_proxy(upstream: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let done = Arc::new(Mutex::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+            let (cr, mut cw) = client.into_split();
+            let (sr, mut sw) = server.into_split();
+            let tag: Arc<Mutex<Option<String>>> = Arc::default();
+            let (t, d) = (tag.clone(), done.clone());
+            // Client → server: remember the tag of the first APPEND.
+            tokio::spawn(async move {
+                let mut r = BufReader::new(cr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&line).to_string();
+                    let mut words = text.split(' ');
+                    if let (Some(tg), Some(cmd)) = (words.next(), words.next()) {
+                        if cmd.eq_ignore_ascii_case("APPEND") && !*d.lock().unwrap() {
+                            *t.lock().unwrap() = Some(format!("{tg} "));
+                        }
+                    }
+                    if sw.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            // Server → client: line by line (literals pass as lines), until the answer.
+            let d = done.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(sr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let withheld = tag
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|t| line.starts_with(t.as_bytes()));
+                    if withheld {
+                        *d.lock().unwrap() = true;
+                        return; // drops both halves: the client sees the connection close
+                    }
+                    if cw.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// An IMAP sink named `name` into `folder` of `user` at `127.0.0.1:port`, without TLS.
+pub fn plain_sink(name: &str, port: u16, user: &str, password: &str, folder: &str) -> ImapSink {
+    let yaml = format!(
+        "host: 127.0.0.1\nport: {port}\ntls: none\nallow_plaintext_auth: true\nusername: {user}\npassword: {password}\ntimeout: 10s\nfolder: \"{folder}\"\n"
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    ImapSink::new(name, raw.validate(Path::new("/")).unwrap()).unwrap()
+}
+
+/// `body` written to `dir/name` as a spooled message of mailbox `m`.
+pub fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessage {
+    use sha2::Digest;
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    SpooledMessage {
+        mailbox: "m".into(),
+        uidl: name.into(),
+        path,
+        size: body.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(body)),
+        fetched_at: chrono::Utc::now(),
+        seen_before,
+    }
+}
