@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod imap;
 pub mod key;
 pub mod metrics;
+pub mod net;
 pub mod oauth2;
 pub mod pop3;
 pub mod progress;

@@ -1,18 +1,21 @@
 //! A thin IMAP client for the APPEND sink: connect (TCP, implicit TLS or STARTTLS), log in
 //! (LOGIN or AUTHENTICATE, `auth.rs`) unless the server sent PREAUTH, SELECT/CREATE, APPEND
-//! (`append.rs`), UID SEARCH, UID FETCH of a body to hash it, LOGOUT. Every read and write has
-//! a timeout; response lines, their literals and the untagged lines per command are bounded.
+//! (`append.rs`), UID SEARCH, UID FETCH of a body to hash it, LOGOUT. The transport (stream,
+//! TLS, timeouts, the bounded line reader and its broken flag) is [`crate::net::line`], shared
+//! with POP3; literals and the untagged lines per command are bounded here.
 
 mod append;
 mod auth;
 
 use super::codec::{self, Greeting, Status, Tagged};
 use super::{ImapConfig, ImapError, ImapTls};
-use crate::pop3::Stream;
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::net::line::{LineConn, NetError};
+use bytes::Buf;
 
+/// Longest response line (without its literals).
+const MAX_LINE: usize = 64 * 1024;
+/// Bytes asked from the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
 /// A literal in a response we did not ask for a body in is skipped up to this size.
 const MAX_RESPONSE_LITERAL: usize = 1 << 20;
 /// One response line with all its literals: a line of endless small literals ends here.
@@ -24,11 +27,9 @@ const MAX_UNTAGGED_LINES: usize = 10_000;
 const MAX_UNTAGGED_BYTES: usize = 4 << 20;
 
 pub struct Session {
-    stream: Stream,
-    buf: BytesMut,
+    /// After a transport or protocol error it is broken and the session is not used again.
+    conn: LineConn,
     server: String,
-    timeout: std::time::Duration,
-    max_line: usize,
     caps: Vec<String>,
     tag: u32,
     /// The folder SELECTed now.
@@ -36,8 +37,6 @@ pub struct Session {
     /// UIDVALIDITY and UIDNEXT of the selected folder, as SELECT said and our own APPENDUIDs
     /// advanced it: UIDs from there on are what an APPEND about to be sent can create.
     uids: Option<(u32, u32)>,
-    /// After a transport or protocol error the session is not used again.
-    broken: bool,
 }
 
 fn has(caps: &[String], cap: &str) -> bool {
@@ -53,31 +52,16 @@ impl Session {
         password: &crate::secret::Secret,
     ) -> Result<Self, ImapError> {
         let server = format!("{}:{}", cfg.host, cfg.port);
-        let tcp = tokio::time::timeout(
-            cfg.timeout,
-            TcpStream::connect((cfg.host.as_str(), cfg.port)),
-        )
-        .await
-        .map_err(|_| ImapError::Timeout {
-            server: server.clone(),
-            during: "connecting",
-        })?
-        .map_err(|source| ImapError::Connect {
-            server: server.clone(),
-            source,
-        })?;
-        let _ = tcp.set_nodelay(true);
+        let conn = LineConn::connect(&cfg.host, cfg.port, cfg.timeout, MAX_LINE, READ_CHUNK)
+            .await
+            .map_err(|e| net_error(&server, e))?;
         let mut s = Self {
-            stream: Stream::Plain(tcp),
-            buf: BytesMut::with_capacity(16 * 1024),
+            conn,
             server,
-            timeout: cfg.timeout,
-            max_line: 64 * 1024,
             caps: Vec::new(),
             tag: 0,
             selected: None,
             uids: None,
-            broken: false,
         };
         if cfg.tls == ImapTls::Implicit {
             s.handshake(tls, &cfg.host).await?;
@@ -122,17 +106,11 @@ impl Session {
                 });
             }
             s.simple("STARTTLS").await?;
-            if !s.buf.is_empty() {
-                // Bytes before the handshake came unprotected: the STARTTLS injection attack.
-                return Err(ImapError::Protocol {
-                    server: s.server.clone(),
-                    detail: "data arrived before the TLS handshake".into(),
-                });
-            }
+            // Refuses bytes that came before the handshake (the STARTTLS injection attack).
             s.handshake(tls, &cfg.host).await?;
             s.capability().await?;
         }
-        if !matches!(s.stream, Stream::Tls(_)) && !cfg.allow_plaintext_auth {
+        if !s.conn.is_tls() && !cfg.allow_plaintext_auth {
             return Err(ImapError::Plaintext {
                 server: s.server.clone(),
             });
@@ -150,24 +128,10 @@ impl Session {
             server: self.server.clone(),
             detail: "no TLS connector".into(),
         })?;
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err(ImapError::Protocol {
-                server: self.server.clone(),
-                detail: "TLS requested twice".into(),
-            });
-        };
-        let tls = tokio::time::timeout(self.timeout, connector.connect(host, tcp))
+        self.conn
+            .start_tls(connector, host)
             .await
-            .map_err(|_| ImapError::Timeout {
-                server: self.server.clone(),
-                during: "the TLS handshake",
-            })?
-            .map_err(|e| ImapError::Tls {
-                server: self.server.clone(),
-                detail: e.to_string(),
-            })?;
-        self.stream = Stream::Tls(Box::new(tls));
-        Ok(())
+            .map_err(|e| net_error(&self.server, e))
     }
 
     async fn capability(&mut self) -> Result<(), ImapError> {
@@ -310,14 +274,15 @@ impl Session {
             // Only one body per FETCH: a second literal (unasked) is not ours to hash.
             let first = !found;
             while left > 0 {
-                if self.buf.is_empty() {
+                if self.conn.buf().is_empty() {
                     self.fill().await?;
                 }
-                let n = left.min(self.buf.len());
+                let buf = self.conn.buf();
+                let n = left.min(buf.len());
                 if first {
-                    each(&self.buf[..n]);
+                    each(&buf[..n]);
                 }
-                self.buf.advance(n);
+                buf.advance(n);
                 left -= n;
             }
             found = true;
@@ -328,13 +293,18 @@ impl Session {
     }
 
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.conn.is_broken()
+    }
+
+    /// Marks the session unusable (e.g. stopped inside a literal).
+    fn poison(&mut self) {
+        self.conn.poison();
     }
 
     /// Ends the session politely (LOGOUT), so the server sees a clean end rather than a
     /// dropped connection. Best effort: a broken session is just dropped.
     pub async fn logout(mut self) {
-        if self.broken {
+        if self.conn.is_broken() {
             return;
         }
         let tag = self.next_tag();
@@ -353,7 +323,7 @@ impl Session {
                 Err(_) => return,
             }
         }
-        let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
+        self.conn.shutdown().await;
     }
 
     fn next_tag(&mut self) -> String {
@@ -394,11 +364,8 @@ impl Session {
         loop {
             let line = self.read_line().await?;
             if line.starts_with(b"* BYE") {
-                self.broken = true;
-                return Err(ImapError::Closed {
-                    server: self.server.clone(),
-                    detail: String::from_utf8_lossy(&line).trim().to_string(),
-                });
+                let detail = String::from_utf8_lossy(&line).trim().to_string();
+                return Err(self.closed(&detail));
             }
             if let Some(done) = codec::parse_tagged(&line) {
                 if done.tag == tag {
@@ -433,7 +400,7 @@ impl Session {
 
     /// A server sending more than any sane answer: the session is not used again.
     fn too_much(&mut self, detail: String) -> ImapError {
-        self.broken = true;
+        self.poison();
         ImapError::Protocol {
             server: self.server.clone(),
             detail,
@@ -450,7 +417,7 @@ impl Session {
     }
 
     fn protocol(&mut self, line: &[u8]) -> ImapError {
-        self.broken = true;
+        self.poison();
         ImapError::Protocol {
             server: self.server.clone(),
             detail: format!(
@@ -461,14 +428,10 @@ impl Session {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ImapError> {
-        if self.broken {
-            return Err(self.closed("the connection was dropped after an earlier error"));
-        }
-        match tokio::time::timeout(self.timeout, self.stream.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.io(e)),
-            Err(_) => Err(self.timed_out("writing")),
-        }
+        self.conn
+            .write(bytes, "writing")
+            .await
+            .map_err(|e| net_error(&self.server, e))
     }
 
     /// One logical response line; a literal inside it (`{n}`) is read and kept when small,
@@ -484,70 +447,72 @@ impl Session {
                     "a response longer than {MAX_RESPONSE_BYTES} bytes with its literals"
                 )));
             }
-            while self.buf.len() < n {
+            while self.conn.buf().len() < n {
                 self.fill().await?;
             }
-            line.extend_from_slice(&self.buf[..n]);
-            self.buf.advance(n);
+            line.extend_from_slice(&self.conn.buf()[..n]);
+            self.conn.buf().advance(n);
             line.extend_from_slice(&self.read_raw_line().await?);
         }
         Ok(line)
     }
 
+    /// One line as the server sent it, at most [`MAX_LINE`] bytes.
     async fn read_raw_line(&mut self) -> Result<Vec<u8>, ImapError> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                return Ok(self.buf.split_to(i + 1).to_vec());
-            }
-            if self.buf.len() > self.max_line {
-                self.broken = true;
-                return Err(ImapError::Protocol {
-                    server: self.server.clone(),
-                    detail: format!("a response line longer than {} bytes", self.max_line),
-                });
-            }
-            self.fill().await?;
-        }
+        self.conn
+            .read_line("waiting for a response")
+            .await
+            .map(|line| line.to_vec())
+            .map_err(|e| net_error(&self.server, e))
     }
 
     async fn fill(&mut self) -> Result<(), ImapError> {
-        if self.broken {
-            return Err(self.closed("the connection was dropped after an earlier error"));
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => Err(self.closed("the server closed the connection")),
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(self.io(e)),
-            Err(_) => Err(self.timed_out("waiting for a response")),
-        }
+        self.conn
+            .fill("waiting for a response")
+            .await
+            .map_err(|e| net_error(&self.server, e))
     }
 
     fn closed(&mut self, detail: &str) -> ImapError {
-        self.broken = true;
+        self.poison();
         ImapError::Closed {
             server: self.server.clone(),
             detail: detail.to_string(),
         }
     }
+}
 
-    fn io(&mut self, source: std::io::Error) -> ImapError {
-        self.broken = true;
-        ImapError::Io {
-            server: self.server.clone(),
-            source,
-        }
-    }
-
-    fn timed_out(&mut self, during: &'static str) -> ImapError {
-        self.broken = true;
-        ImapError::Timeout {
-            server: self.server.clone(),
-            during,
-        }
+/// A transport error as the IMAP error users have always seen for it.
+fn net_error(server: &str, e: NetError) -> ImapError {
+    let server = server.to_owned();
+    match e {
+        NetError::Connect(source) => ImapError::Connect { server, source },
+        NetError::Timeout { during } => ImapError::Timeout { server, during },
+        NetError::Closed { .. } => ImapError::Closed {
+            server,
+            detail: "the server closed the connection".into(),
+        },
+        NetError::Io { source, .. } => ImapError::Io { server, source },
+        NetError::Broken => ImapError::Closed {
+            server,
+            detail: "the connection was dropped after an earlier error".into(),
+        },
+        NetError::LineTooLong { max } => ImapError::Protocol {
+            server,
+            detail: format!("a response line longer than {max} bytes"),
+        },
+        NetError::TlsHandshake(e) => ImapError::Tls {
+            server,
+            detail: e.to_string(),
+        },
+        NetError::Injection => ImapError::Protocol {
+            server,
+            detail: "data arrived before the TLS handshake".into(),
+        },
+        NetError::AlreadyTls => ImapError::Protocol {
+            server,
+            detail: "TLS requested twice".into(),
+        },
     }
 }
 

@@ -118,8 +118,8 @@ pub enum ImapError {
 impl ImapError {
     /// The error with server text scrubbed of what we sent during a login (see [`Redactor`]).
     ///
-    /// [`Redactor`]: crate::pop3::op::sasl::Redactor
-    pub(crate) fn scrubbed(self, redactor: &crate::pop3::op::sasl::Redactor) -> Self {
+    /// [`Redactor`]: crate::net::sasl::Redactor
+    pub(crate) fn scrubbed(self, redactor: &crate::net::sasl::Redactor) -> Self {
         match self {
             Self::Auth {
                 server,

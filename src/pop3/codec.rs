@@ -17,13 +17,9 @@ pub enum CodecError {
 
 /// Removes one complete line (LF included) from the front of `buf`, or `None` if it has no LF
 /// yet. A partial line longer than `max` is an error rather than a reason to keep reading.
+/// The rule is the shared transport's ([`crate::net::line::take_line`]), IMAP's too.
 pub fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, CodecError> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(i) if i < max => Ok(Some(buf.split_to(i + 1))),
-        Some(_) => Err(CodecError::LineTooLong { max }),
-        None if buf.len() >= max => Err(CodecError::LineTooLong { max }),
-        None => Ok(None),
-    }
+    crate::net::line::take_line(buf, max).map_err(|_| CodecError::LineTooLong { max })
 }
 
 /// The line without its CRLF, or bare LF from a broken server.

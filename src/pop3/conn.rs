@@ -1,93 +1,26 @@
-//! The byte pipe under a POP3 session: TCP or TLS, one bounded read buffer, and a timeout on
-//! every connect, read and write. It knows lines and bodies only through `codec`.
+//! The POP3 side of the shared transport ([`crate::net::line::LineConn`]): the same bounded
+//! reader, timeouts and broken flag as IMAP's, with POP3's errors and its codec (status lines,
+//! multi-line items, bodies) on top. It knows lines and bodies only through `codec`.
 
 use super::codec::{self, BodyDecoder};
 use super::error::{CodeText, Pop3Error};
 use super::response::{Status, StatusLine};
 use super::ClientConfig;
+use crate::net::line::{LineConn, NetError};
 use bytes::BytesMut;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Bytes asked from the socket per read; with `max_line` this bounds the read buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// TCP before STLS or with `tls: none`, TLS otherwise.
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<async_native_tls::TlsStream<TcpStream>>),
-    /// Only while the TCP stream is inside a TLS handshake.
-    Gone,
-}
-
-fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "connection lost during TLS handshake",
-    )
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
 /// One connection. After any transport or protocol error it is marked broken and refuses
 /// further commands, because pipelined responses could no longer be matched to commands.
 pub(crate) struct Conn {
-    stream: Stream,
-    buf: BytesMut,
-    chunk: Box<[u8]>,
+    net: LineConn,
     pub(crate) server: String,
-    timeout: Duration,
     pub(crate) max_line: usize,
     pub(crate) max_message_bytes: u64,
     /// When the server's certificate expires (Unix seconds), once TLS is up.
     pub(crate) cert_not_after: Option<i64>,
-    broken: bool,
 }
 
 impl Conn {
@@ -97,34 +30,21 @@ impl Conn {
         tls: Option<&async_native_tls::TlsConnector>,
     ) -> Result<Self, Pop3Error> {
         let server = cfg.server();
-        let tcp = match tokio::time::timeout(
+        let net = LineConn::connect(
+            &cfg.host,
+            cfg.port,
             cfg.timeout,
-            TcpStream::connect((cfg.host.as_str(), cfg.port)),
+            cfg.max_line_length,
+            READ_CHUNK,
         )
         .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => return Err(Pop3Error::Connect { server, source }),
-            Err(_) => {
-                return Err(Pop3Error::Timeout {
-                    server,
-                    during: "connecting",
-                    secs: cfg.timeout.as_secs_f64(),
-                })
-            }
-        };
-        // Commands are tiny and we wait for their answers; do not let Nagle delay them.
-        let _ = tcp.set_nodelay(true);
+        .map_err(|e| net_error(&server, cfg.timeout.as_secs_f64(), "connecting", e))?;
         let mut conn = Self {
-            stream: Stream::Plain(tcp),
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            max_line: net.max_line(),
+            net,
             server,
-            timeout: cfg.timeout,
-            max_line: cfg.max_line_length.max(16),
             max_message_bytes: cfg.max_message_bytes,
             cert_not_after: None,
-            broken: false,
         };
         if let Some(connector) = tls {
             conn.handshake(connector, &cfg.host)
@@ -135,7 +55,12 @@ impl Conn {
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self.stream, Stream::Tls(_))
+        self.net.is_tls()
+    }
+
+    /// This connection's [`NetError`] as a [`Pop3Error`].
+    fn err(&self, command: &str, e: NetError) -> Pop3Error {
+        net_error(&self.server, self.net.timeout().as_secs_f64(), command, e)
     }
 
     /// Wraps the TCP stream in TLS. Bytes already buffered before the handshake would have
@@ -145,62 +70,17 @@ impl Conn {
         connector: &async_native_tls::TlsConnector,
         host: &str,
     ) -> Result<(), Pop3Error> {
-        if !self.buf.is_empty() {
-            self.broken = true;
-            return Err(Pop3Error::StlsInjection {
-                server: self.server.clone(),
-            });
-        }
-        let tcp = match std::mem::replace(&mut self.stream, Stream::Gone) {
-            Stream::Plain(tcp) => tcp,
-            other => {
-                self.stream = other;
-                return Ok(());
-            }
-        };
-        // Until the handshake succeeds the connection has no stream.
-        self.broken = true;
-        match tokio::time::timeout(self.timeout, connector.connect(host, tcp)).await {
-            Ok(Ok(tls)) => {
-                self.cert_not_after = tls
-                    .peer_certificate()
-                    .ok()
-                    .flatten()
-                    .and_then(|c| c.to_der().ok())
-                    .and_then(|der| crate::tls::not_after_unix(&der));
-                self.stream = Stream::Tls(Box::new(tls));
-                self.broken = false;
-                Ok(())
-            }
-            Ok(Err(source)) => Err(Pop3Error::TlsHandshake {
-                server: self.server.clone(),
-                source,
-            }),
-            Err(_) => Err(self.timeout_err("doing the TLS handshake")),
-        }
+        self.net
+            .start_tls(connector, host)
+            .await
+            .map_err(|e| self.err("STLS", e))?;
+        self.cert_not_after = self.net.cert_not_after();
+        Ok(())
     }
 
     /// Marks the connection unusable after an error in the middle of a response.
     pub(crate) fn poison(&mut self) {
-        self.broken = true;
-    }
-
-    fn timeout_err(&mut self, during: &'static str) -> Pop3Error {
-        self.broken = true;
-        Pop3Error::Timeout {
-            server: self.server.clone(),
-            during,
-            secs: self.timeout.as_secs_f64(),
-        }
-    }
-
-    fn check(&self) -> Result<(), Pop3Error> {
-        if self.broken {
-            return Err(Pop3Error::Broken {
-                server: self.server.clone(),
-            });
-        }
-        Ok(())
+        self.net.poison();
     }
 
     /// Writes raw bytes (one or more CRLF-terminated commands) and flushes.
@@ -209,23 +89,10 @@ impl Conn {
         bytes: &[u8],
         during: &'static str,
     ) -> Result<(), Pop3Error> {
-        self.check()?;
-        let io = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(self.timeout, io).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => {
-                self.broken = true;
-                Err(Pop3Error::Io {
-                    server: self.server.clone(),
-                    during,
-                    source,
-                })
-            }
-            Err(_) => Err(self.timeout_err(during)),
-        }
+        self.net
+            .write(bytes, during)
+            .await
+            .map_err(|e| self.err(during, e))
     }
 
     /// Sends one command. `shown` is what the log may say (no secrets).
@@ -237,48 +104,17 @@ impl Conn {
         self.write(&line, "sending a command").await
     }
 
-    /// Reads more bytes into the buffer; a closed connection is an error here, because we
-    /// only read when a response is owed to us.
-    async fn fill(&mut self, during: &'static str) -> Result<(), Pop3Error> {
-        self.check()?;
-        match tokio::time::timeout(self.timeout, self.stream.read(&mut self.chunk)).await {
-            Ok(Ok(0)) => {
-                self.broken = true;
-                Err(Pop3Error::Closed {
-                    server: self.server.clone(),
-                    during,
-                })
-            }
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&self.chunk[..n]);
-                Ok(())
-            }
-            Ok(Err(source)) => {
-                self.broken = true;
-                Err(Pop3Error::Io {
-                    server: self.server.clone(),
-                    during,
-                    source,
-                })
-            }
-            Err(_) => Err(self.timeout_err(during)),
-        }
-    }
-
     fn protocol(&mut self, command: &str, err: codec::CodecError) -> Pop3Error {
-        self.broken = true;
+        self.net.poison();
         Pop3Error::codec(&self.server, command, err)
     }
 
     /// One line, with its line ending.
     pub(crate) async fn read_line(&mut self, command: &str) -> Result<BytesMut, Pop3Error> {
-        loop {
-            match codec::take_line(&mut self.buf, self.max_line) {
-                Ok(Some(line)) => return Ok(line),
-                Ok(None) => self.fill("waiting for a response").await?,
-                Err(e) => return Err(self.protocol(command, e)),
-            }
-        }
+        self.net
+            .read_line("waiting for a response")
+            .await
+            .map_err(|e| self.err(command, e))
     }
 
     /// The status line answering `command`.
@@ -315,7 +151,7 @@ impl Conn {
                 return Ok(());
             };
             if let Err(detail) = item(content) {
-                self.broken = true;
+                self.net.poison();
                 return Err(Pop3Error::Protocol {
                     server: self.server.clone(),
                     command: command.to_owned(),
@@ -333,16 +169,49 @@ impl Conn {
         out: &mut Vec<u8>,
         command: &str,
     ) -> Result<bool, Pop3Error> {
-        if self.buf.is_empty() {
-            self.fill("reading a message").await?;
+        if self.net.buf().is_empty() {
+            self.net
+                .fill("reading a message")
+                .await
+                .map_err(|e| self.err(command, e))?;
         }
-        dec.decode_buf(&mut self.buf, out)
+        dec.decode_buf(self.net.buf(), out)
             .map_err(|e| self.protocol(command, e))
     }
 
     /// Closes the write side politely; errors do not matter any more.
     pub(crate) async fn shutdown(mut self) {
-        let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
+        self.net.shutdown().await;
+    }
+}
+
+/// A transport error as the POP3 error users have always seen for it.
+fn net_error(server: &str, secs: f64, command: &str, e: NetError) -> Pop3Error {
+    let server = server.to_owned();
+    match e {
+        NetError::Connect(source) => Pop3Error::Connect { server, source },
+        NetError::Timeout { during } => Pop3Error::Timeout {
+            server,
+            during,
+            secs,
+        },
+        NetError::Closed { during } => Pop3Error::Closed { server, during },
+        NetError::Io { during, source } => Pop3Error::Io {
+            server,
+            during,
+            source,
+        },
+        NetError::Broken => Pop3Error::Broken { server },
+        NetError::LineTooLong { max } => {
+            Pop3Error::codec(&server, command, codec::CodecError::LineTooLong { max })
+        }
+        NetError::TlsHandshake(source) => Pop3Error::TlsHandshake { server, source },
+        NetError::Injection => Pop3Error::StlsInjection { server },
+        NetError::AlreadyTls => Pop3Error::Protocol {
+            server,
+            command: command.to_owned(),
+            detail: "TLS requested on a connection that already has it".into(),
+        },
     }
 }
 

@@ -5,7 +5,6 @@
 pub mod codec;
 pub mod config;
 mod conn;
-pub(crate) use conn::Stream;
 pub mod error;
 pub mod op;
 pub mod response;
@@ -14,6 +13,5 @@ pub mod session;
 pub use config::{AuthMethod, ClientConfig, InitialResponse, OAuth2Login, OAuthMechanism, TlsMode};
 pub use error::{ErrorKind, Pop3Error};
 pub use op::retr::Retrieved;
-pub use op::sasl::SaslMechanism;
 pub use response::{Capabilities, RespCode, Status, StatusLine};
 pub use session::{connect, Authorization, Transaction};

@@ -94,7 +94,7 @@ impl Session {
         }
         if let Err(e) = self.send_literal(&mut file, size).await {
             // The server is inside the literal: whatever we send next would be message data.
-            self.broken = true;
+            self.poison();
             return Err(e);
         }
         let (_, done) = self.finish(&tag, "APPEND").await?;

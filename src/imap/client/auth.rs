@@ -1,12 +1,11 @@
-//! Logging in: LOGIN, or AUTHENTICATE through the SASL mechanism interface POP3's AUTH uses.
+//! Logging in: LOGIN, or AUTHENTICATE through the SASL mechanisms shared with POP3's AUTH (`crate::net::sasl`).
 //! The challenge rounds are bounded, and server text is scrubbed of what we sent before it
 //! reaches an error or a log (a server may echo our response in its `NO`).
 
 use super::{has, Session};
 use crate::imap::codec::{self, Status, Tagged};
 use crate::imap::{ImapAuth, ImapConfig, ImapError};
-use crate::pop3::op::sasl::{oauth_error_summary, OAuthBearer, Plain, Redactor, XOAuth2};
-use crate::pop3::SaslMechanism;
+use crate::net::sasl::{oauth_error_summary, OAuthBearer, Plain, Redactor, SaslMechanism, XOAuth2};
 use crate::secret::Secret;
 
 /// AUTHENTICATE challenges answered before giving up on a server that keeps asking.

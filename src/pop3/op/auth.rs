@@ -1,7 +1,7 @@
 //! Login: USER/PASS, APOP, or SASL AUTH. The one rule that matters most lives here: no
 //! credential goes over a connection without TLS unless `allow_plaintext_auth` says so.
 
-use super::sasl::{oauth_error_summary, OAuthBearer, Plain, Redactor, SaslMechanism, XOAuth2};
+use crate::net::sasl::{oauth_error_summary, OAuthBearer, Plain, Redactor, SaslMechanism, XOAuth2};
 use crate::pop3::conn::{sanitize, Conn};
 use crate::pop3::error::{CodeText, Pop3Error};
 use crate::pop3::response::{Capabilities, RespCode, Status, StatusLine};

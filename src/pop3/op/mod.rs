@@ -5,6 +5,5 @@ pub(crate) mod capa;
 pub(crate) mod dele;
 pub(crate) mod list;
 pub mod retr;
-pub mod sasl;
 pub(crate) mod stls;
 pub(crate) mod top;

@@ -5,10 +5,11 @@
 
 use crate::secret::Secret;
 
-/// One SASL mechanism, driven by [`super::auth`]. Responses are raw bytes; the driver does
-/// base64 and the 255-octet rule for initial responses.
+/// One SASL mechanism, driven by each protocol's own AUTH/AUTHENTICATE code (POP3's
+/// `op::auth`, IMAP's `client::auth`). Responses are raw bytes; the driver does base64 and
+/// the 255-octet rule for initial responses.
 pub trait SaslMechanism: Send {
-    /// The name sent in `AUTH <name>`.
+    /// The name sent in `AUTH <name>` / `AUTHENTICATE <name>`.
     fn name(&self) -> &'static str;
     /// The client-first message, if the mechanism has one.
     fn initial_response(&mut self) -> Option<Vec<u8>>;
