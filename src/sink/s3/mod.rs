@@ -4,6 +4,7 @@ pub mod config;
 pub mod credentials;
 pub mod key;
 mod multipart;
+mod object;
 pub mod service;
 pub mod sigv4;
 mod sink;

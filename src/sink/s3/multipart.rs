@@ -2,9 +2,9 @@
 //! a time read from the spool file (so memory holds one part), and a conditional complete. Any
 //! failure after the upload began aborts it, so no invisible parts are left to bill.
 
+use super::object::{existing, receipt_detail, spool_error, Object};
 use super::service::{classify, Call, Service};
 use super::sigv4::EMPTY_SHA256;
-use super::sink::{existing, receipt_detail, spool_error, Object};
 use super::xml;
 use crate::sink::{DeliveryError, Receipt, SpooledMessage};
 use reqwest::{Method, StatusCode};
