@@ -29,7 +29,7 @@ def strip_tests(text):
     """Drops `#[cfg(test)] mod x { ... }` blocks and comments."""
     text = re.sub(r"//[^\n]*", "", text)
     out, i = [], 0
-    for m in re.finditer(r"#\[cfg\(test\)\]\s*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{", text):
+    for m in re.finditer(r"#\[cfg\(test\)\]\s*(#\[[^\]]*\]\s*)*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{", text):
         if m.start() < i:
             continue
         out.append(text[i : m.start()])

@@ -337,6 +337,45 @@ mod tests {
         );
     }
 
+    /// Pins what the copy comparison computes for every fixture form, and for the forms
+    /// Courier (LF), Cyrus (8-bit header bytes as `X`) and delivery paths (added `Received:`,
+    /// `Return-Path:`) store: the normalised fingerprint and the lengths the size window uses.
+    #[test]
+    fn normalised_forms_of_the_fixtures_are_pinned() {
+        let mut out = String::new();
+        for (name, message) in crate::content::golden::inputs() {
+            let mut added = b"Return-Path: <a@example.org>\r\nReceived: from x\r\n\tby y; Mon, 2 Mar 2026 10:11:12 +0100\r\n".to_vec();
+            added.extend_from_slice(&message);
+            for (form, bytes) in [
+                ("", message.clone()),
+                ("+munged", munged_any(&message)),
+                ("+added", added),
+            ] {
+                let n = normalise(&bytes);
+                out.push_str(&format!(
+                    "{name}{form} {} {} {} {}\n",
+                    n.fingerprint, n.len, n.raw_len, n.lines
+                ));
+            }
+        }
+        crate::content::golden::check("normalised.golden", &out);
+    }
+
+    /// [`munged`] for messages that may have no header/body separator or LF line ends.
+    fn munged_any(m: &[u8]) -> Vec<u8> {
+        let end = m
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .into_iter()
+            .chain(m.windows(4).position(|w| w == b"\r\n\r\n"))
+            .min()
+            .unwrap_or(m.len());
+        m.iter()
+            .enumerate()
+            .map(|(i, &b)| if i < end && b >= 0x80 { b'X' } else { b })
+            .collect()
+    }
+
     #[test]
     fn header_only_messages_and_empty_input() {
         assert_ne!(
