@@ -8,7 +8,9 @@
 //! two messages that differ in any other header or any body byte differ here.
 //!
 //! The fingerprint is computed while RETR streams to the spool, in chunks of any size; the
-//! result does not depend on how the bytes were split.
+//! result does not depend on how the bytes were split. The header state machine
+//! ([`HeaderFilter`]) takes its drop list as a parameter, so the IMAP sink's copy comparison
+//! (`sink/imap/compare.rs`) uses the same one with its longer list and 8-bit munging.
 
 use sha2::{Digest, Sha256};
 
@@ -28,8 +30,25 @@ const VOLATILE: &[&str] = &[
     "lines",
 ];
 
+/// What a [`HeaderFilter`] takes out of a header section. One state machine serves the
+/// content fingerprint ([`BOOKKEEPING`]) and the IMAP sink's copy comparison (its own list of
+/// delivery headers, with Cyrus' 8-bit munging), so the two cannot drift apart in how they
+/// find fields, folded lines and the end of the header section.
+pub struct HeaderRules {
+    /// Field names dropped with their continuation lines (lower case).
+    pub drop: &'static [&'static str],
+    /// Every 8-bit byte in the header section becomes `X` (Cyrus' `munge8bit`).
+    pub munge_8bit: bool,
+}
+
+/// The fingerprint's rules: the mbox bookkeeping fields, bytes as they are.
+pub const BOOKKEEPING: HeaderRules = HeaderRules {
+    drop: VOLATILE,
+    munge_8bit: false,
+};
+
 /// A header line is classified by its field name; a longer prefix than this without a colon
-/// is not one of [`VOLATILE`], so nothing more is buffered per line.
+/// is none of the dropped names, so nothing more is buffered per line.
 const NAME_MAX: usize = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,24 +59,144 @@ enum State {
     Name,
     /// In a header line that counts.
     Keep,
-    /// In a volatile header field (or its continuation): not hashed.
-    Skip,
+    /// In a dropped header field (or its continuation): passed on to nobody.
+    Drop,
     /// After the empty line: everything counts.
     Body,
+}
+
+/// Streaming header filter: bytes in, in chunks of any size, and the bytes that count out,
+/// the same at any chunking. Line endings are left alone (an empty line is `\n` or `\r\n`).
+#[derive(Clone)]
+pub struct HeaderFilter {
+    rules: &'static HeaderRules,
+    state: State,
+    /// The start of the current header line, until its name is known.
+    head: Vec<u8>,
+    /// The current header field is dropped (continuation lines follow it).
+    dropping: bool,
+    out: Vec<u8>,
+}
+
+impl HeaderFilter {
+    pub fn new(rules: &'static HeaderRules) -> Self {
+        Self {
+            rules,
+            state: State::LineStart,
+            head: Vec::with_capacity(NAME_MAX),
+            dropping: false,
+            out: Vec::new(),
+        }
+    }
+
+    fn munge(&self, b: u8) -> u8 {
+        if self.rules.munge_8bit && b >= 0x80 {
+            b'X'
+        } else {
+            b
+        }
+    }
+
+    fn is_dropped(&self, name: &[u8]) -> bool {
+        let name = name.trim_ascii_end();
+        self.rules
+            .drop
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+    }
+
+    /// Passes what counts of `bytes` to `emit`.
+    pub fn update(&mut self, bytes: &[u8], emit: &mut impl FnMut(&[u8])) {
+        if self.state == State::Body {
+            emit(bytes);
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        for (i, &b) in bytes.iter().enumerate() {
+            match self.state {
+                State::Body => {
+                    // Switched in this chunk: the rest goes straight through.
+                    emit(&out);
+                    out.clear();
+                    emit(&bytes[i..]);
+                    break;
+                }
+                State::LineStart => match b {
+                    b'\n' => {
+                        out.push(b);
+                        self.state = State::Body;
+                    }
+                    b' ' | b'\t' => {
+                        self.state = if self.dropping {
+                            State::Drop
+                        } else {
+                            out.push(b);
+                            State::Keep
+                        };
+                    }
+                    _ => {
+                        self.head.clear();
+                        self.head.push(self.munge(b));
+                        self.state = State::Name;
+                    }
+                },
+                State::Name => {
+                    // A CR alone on a line ("\r\n") is the empty line.
+                    if b == b'\n' && self.head == b"\r" {
+                        out.extend_from_slice(b"\r\n");
+                        self.head.clear();
+                        self.state = State::Body;
+                    } else if b == b':' || b == b'\n' || self.head.len() >= NAME_MAX {
+                        self.dropping = b == b':' && self.is_dropped(&self.head);
+                        if !self.dropping {
+                            out.extend_from_slice(&self.head);
+                            out.push(self.munge(b));
+                        }
+                        self.head.clear();
+                        self.state = match (b, self.dropping) {
+                            (b'\n', _) => State::LineStart,
+                            (_, true) => State::Drop,
+                            (_, false) => State::Keep,
+                        };
+                    } else {
+                        let m = self.munge(b);
+                        self.head.push(m);
+                    }
+                }
+                State::Keep => {
+                    out.push(self.munge(b));
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                    }
+                }
+                State::Drop => {
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                    }
+                }
+            }
+        }
+        emit(&out);
+        out.clear();
+        self.out = out;
+    }
+
+    /// The end of the message: a header line still waiting for its name's end counts.
+    pub fn finish(&mut self, emit: &mut impl FnMut(&[u8])) {
+        if self.state == State::Name {
+            emit(&std::mem::take(&mut self.head));
+        }
+    }
 }
 
 /// Streaming fingerprint: feed chunks with [`Fingerprint::update`], then [`Fingerprint::finish`].
 #[derive(Clone)]
 pub struct Fingerprint {
     hasher: Sha256,
-    state: State,
+    headers: HeaderFilter,
     /// The last byte was a CR whose partner we have not seen yet.
     pending_cr: bool,
-    /// The start of the current header line, until its name is known.
-    head: Vec<u8>,
-    /// The current header field is volatile (continuation lines follow it).
-    skipping: bool,
-    out: Vec<u8>,
 }
 
 impl Default for Fingerprint {
@@ -70,11 +209,8 @@ impl Fingerprint {
     pub fn new() -> Self {
         Self {
             hasher: Sha256::new(),
-            state: State::LineStart,
+            headers: HeaderFilter::new(&BOOKKEEPING),
             pending_cr: false,
-            head: Vec::with_capacity(NAME_MAX),
-            skipping: false,
-            out: Vec::new(),
         }
     }
 
@@ -107,87 +243,16 @@ impl Fingerprint {
             self.pending_cr = false;
             self.feed(b"\r");
         }
-        if self.state == State::Name {
-            let head = std::mem::take(&mut self.head);
-            self.hasher.update(&head);
-        }
+        let hasher = &mut self.hasher;
+        self.headers.finish(&mut |b| hasher.update(b));
         hex::encode(self.hasher.finalize())
     }
 
     /// Bytes with LF line ends.
     fn feed(&mut self, bytes: &[u8]) {
-        if self.state == State::Body {
-            self.hasher.update(bytes);
-            return;
-        }
-        self.out.clear();
-        for (i, &b) in bytes.iter().enumerate() {
-            match self.state {
-                State::Body => {
-                    // Switched in this chunk: the rest goes straight through.
-                    self.hasher.update(&self.out);
-                    self.out.clear();
-                    self.hasher.update(&bytes[i..]);
-                    return;
-                }
-                State::LineStart => match b {
-                    b'\n' => {
-                        self.out.push(b'\n');
-                        self.state = State::Body;
-                    }
-                    b' ' | b'\t' => {
-                        self.state = if self.skipping {
-                            State::Skip
-                        } else {
-                            self.out.push(b);
-                            State::Keep
-                        };
-                    }
-                    _ => {
-                        self.head.clear();
-                        self.head.push(b);
-                        self.state = State::Name;
-                    }
-                },
-                State::Name => {
-                    if b == b':' || b == b'\n' || self.head.len() >= NAME_MAX {
-                        self.skipping = b == b':' && is_volatile(&self.head);
-                        if !self.skipping {
-                            self.out.extend_from_slice(&self.head);
-                            self.out.push(b);
-                        }
-                        self.head.clear();
-                        self.state = match (b, self.skipping) {
-                            (b'\n', _) => State::LineStart,
-                            (_, true) => State::Skip,
-                            (_, false) => State::Keep,
-                        };
-                    } else {
-                        self.head.push(b);
-                    }
-                }
-                State::Keep => {
-                    self.out.push(b);
-                    if b == b'\n' {
-                        self.state = State::LineStart;
-                    }
-                }
-                State::Skip => {
-                    if b == b'\n' {
-                        self.state = State::LineStart;
-                    }
-                }
-            }
-        }
-        self.hasher.update(&self.out);
+        let hasher = &mut self.hasher;
+        self.headers.update(bytes, &mut |b| hasher.update(b));
     }
-}
-
-fn is_volatile(name: &[u8]) -> bool {
-    let name = name.trim_ascii_end();
-    VOLATILE
-        .iter()
-        .any(|v| name.eq_ignore_ascii_case(v.as_bytes()))
 }
 
 /// The fingerprint of a whole message in memory.
