@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod sink;
+pub mod spool;
 pub mod store;
 pub mod summary;
 pub mod telemetry;

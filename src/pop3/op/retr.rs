@@ -7,7 +7,6 @@ use crate::pop3::conn::refusal;
 use crate::pop3::error::Pop3Error;
 use crate::pop3::response::Status;
 use crate::pop3::session::Transaction;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
 use tokio::sync::mpsc::Sender;
@@ -148,16 +147,12 @@ impl Transaction {
         // No line limit inside a message: nothing is held per line, and a real message with a
         // long line must not become undeliverable. The size cap bounds an endless one.
         let mut dec = BodyDecoder::new(usize::MAX);
-        let mut hasher = Sha256::new();
-        let mut fingerprint = crate::content::Fingerprint::new();
-        let mut size = 0u64;
+        let mut digests = crate::spool::Digests::new();
         loop {
             out.clear();
             let done = self.conn.body_chunk(&mut dec, out, &command).await?;
-            hasher.update(&out[..]);
-            fingerprint.update(&out[..]);
-            size += out.len() as u64;
-            if size > self.conn.max_message_bytes {
+            digests.update(out);
+            if digests.size() > self.conn.max_message_bytes {
                 self.conn.poison();
                 return Err(Pop3Error::Protocol {
                     server: self.conn.server.clone(),
@@ -184,13 +179,14 @@ impl Transaction {
                 failed = Some(e);
             }
         }
-        tracing::debug!(server = %self.conn.server, msgno, size, "Retrieved message");
+        let digested = digests.finish();
+        tracing::debug!(server = %self.conn.server, msgno, size = digested.size, "Retrieved message");
         Ok(match (failed, path) {
             (None, Some(file)) => Ok(Retrieved {
                 file,
-                size,
-                sha256: hex::encode(hasher.finalize()),
-                fingerprint: fingerprint.finish(),
+                size: digested.size,
+                sha256: digested.sha256,
+                fingerprint: digested.fingerprint,
             }),
             (Some(e), _) => Err(spool_err(e)),
             (None, None) => Err(spool_err(std::io::Error::other("no spool file"))),

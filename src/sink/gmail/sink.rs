@@ -119,20 +119,6 @@ fn next_offset(resp: &Response) -> u64 {
         .map_or(0, |n| n + 1)
 }
 
-fn fingerprint_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut fp = crate::content::Fingerprint::new();
-    loop {
-        let n = file.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(fp.finish());
-        }
-        fp.update(&chunk[..n]);
-    }
-}
-
 impl GmailSink {
     /// A sink whose tokens come from `access_token_file`.
     pub fn new(name: impl Into<String>, settings: GmailSettings) -> Result<Self, String> {
@@ -303,7 +289,10 @@ impl GmailSink {
     ) -> Result<Option<String>, DeliveryError> {
         let path = message.path.clone();
         let (id, ours) = tokio::task::spawn_blocking(move || {
-            Ok::<_, std::io::Error>((payload::message_id(&path)?, fingerprint_file(&path)?))
+            Ok::<_, std::io::Error>((
+                payload::message_id(&path)?,
+                crate::spool::fingerprint_file(&path)?,
+            ))
         })
         .await
         .map_err(|e| spool_error("read the spooled message", e))?

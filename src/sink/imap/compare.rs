@@ -116,17 +116,9 @@ pub fn normalise(message: &[u8]) -> Normalised {
 
 /// The normalised form of a spool file, read in chunks: never the whole message in memory.
 pub fn normalise_file(path: &std::path::Path) -> std::io::Result<Normalised> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut chunk = vec![0u8; 64 * 1024];
     let mut n = Normaliser::new();
-    loop {
-        let read = file.read(&mut chunk)?;
-        if read == 0 {
-            return Ok(n.finish());
-        }
-        n.update(&chunk[..read]);
-    }
+    crate::spool::for_each_chunk(std::fs::File::open(path)?, |c| n.update(c))?;
+    Ok(n.finish())
 }
 
 #[cfg(test)]

@@ -13,12 +13,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// during a rotation). The body is read from `body` in chunks, once for all keys.
 ///
 /// `keys` hold the base64 HMAC key (the part after `whsec_`, see `config::decode_secret`).
-pub fn sign(
-    keys: &[Secret],
-    id: &str,
-    timestamp: i64,
-    mut body: impl Read,
-) -> std::io::Result<String> {
+pub fn sign(keys: &[Secret], id: &str, timestamp: i64, body: impl Read) -> std::io::Result<String> {
     let mut macs = Vec::with_capacity(keys.len());
     for key in keys {
         let raw = STANDARD
@@ -32,16 +27,11 @@ pub fn sign(
         mac.update(b".");
         macs.push(mac);
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = body.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+    crate::spool::for_each_chunk(body, |chunk| {
         for mac in &mut macs {
-            mac.update(&buf[..n]);
+            mac.update(chunk);
         }
-    }
+    })?;
     Ok(macs
         .into_iter()
         .map(|m| format!("v1,{}", STANDARD.encode(m.finalize().into_bytes())))
