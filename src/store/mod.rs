@@ -8,6 +8,7 @@ mod contract;
 pub mod lease;
 pub mod lock;
 pub mod postgres;
+mod rows;
 mod sqlite;
 
 pub use lease::{Fence, LeaseSlot};

@@ -6,8 +6,9 @@
 //! (`idle_in_transaction_session_timeout`, `statement_timeout`, `lock_timeout`).
 
 use super::lease::{Fence, LeaseRow, LeaseSlot};
+use super::rows::{self, to_u32};
 use super::*;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use std::future::Future;
 use std::str::FromStr;
@@ -185,73 +186,12 @@ fn redacted(url: &str) -> String {
     }
 }
 
-fn to_u32(v: i64) -> u32 {
-    u32::try_from(v).unwrap_or(u32::MAX)
-}
-
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn delivery_from_row(row: &PgRow) -> Result<DeliveryState, StoreError> {
-    let status: String = row.try_get("status")?;
-    let attempts = to_u32(row.try_get::<i64, _>("attempts")?);
-    let error: Option<String> = row.try_get("last_error")?;
-    Ok(match status.as_str() {
-        "delivered" => {
-            let receipt: Option<String> = row.try_get("receipt")?;
-            DeliveryState::Delivered {
-                at: row.try_get::<Option<i64>, _>("delivered_at")?.unwrap_or(0),
-                receipt: match receipt {
-                    Some(json) => serde_json::from_str(&json)?,
-                    None => Receipt::new(""),
-                },
-            }
-        }
-        "dead" => DeliveryState::Dead {
-            attempts,
-            error: error.unwrap_or_default(),
-        },
-        "dropped" => DeliveryState::Dropped {
-            error: error.unwrap_or_default(),
-        },
-        _ => DeliveryState::Pending {
-            attempts,
-            first_attempt_at: row.try_get("first_attempt_at")?,
-            next_attempt_at: row.try_get("next_attempt_at")?,
-            last_error: error,
-        },
-    })
-}
-
-fn message_from_row(row: &PgRow) -> Result<KnownMessage, StoreError> {
-    Ok(KnownMessage {
-        uidl: row.try_get("uidl")?,
-        idem_key: row.try_get("idem_key")?,
-        size: row.try_get::<Option<i64>, _>("size")?.map(to_u64),
-        sha256: row.try_get("sha256")?,
-        first_seen_at: row.try_get("first_seen_at")?,
-        on_server: row.try_get("on_server")?,
-        deleted_at: row.try_get("deleted_at")?,
-        replaced_by: row.try_get("replaced_by")?,
-        list_size: row.try_get::<Option<i64>, _>("list_size")?.map(to_u64),
-        fingerprint: row.try_get("fingerprint")?,
-        deliveries: HashMap::new(),
-    })
-}
-
-fn failure_from_row(row: &PgRow) -> Result<RetrievalFailure, StoreError> {
-    let status: String = row.try_get("status")?;
-    Ok(RetrievalFailure {
-        failures: to_u32(row.try_get("failures")?),
-        last_error: row.try_get("last_error")?,
-        dead: status == "dead",
-        dropped: status == "dropped",
-    })
 }
 
 const LISTED: &str =
@@ -318,7 +258,7 @@ async fn load_where(
     let rows = q.fetch_all(pool).await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let m = message_from_row(row)?;
+        let m = rows::message(row)?;
         out.insert(m.uidl.clone(), m);
     }
     if out.is_empty() {
@@ -337,7 +277,7 @@ async fn load_where(
         let uidl: String = row.try_get("uidl")?;
         let sink: String = row.try_get("sink")?;
         if let Some(m) = out.get_mut(&uidl) {
-            m.deliveries.insert(sink, delivery_from_row(row)?);
+            m.deliveries.insert(sink, rows::delivery(row)?);
         }
     }
     Ok(out)
@@ -355,7 +295,7 @@ async fn deliveries_of(
         .await?;
     for row in &rows {
         let sink: String = row.try_get("sink")?;
-        m.deliveries.insert(sink, delivery_from_row(row)?);
+        m.deliveries.insert(sink, rows::delivery(row)?);
     }
     Ok(())
 }
@@ -628,7 +568,7 @@ impl Store for PgStore {
                 .await?;
             }
             let Some(row) = row else { return Ok(None) };
-            let mut m = message_from_row(&row)?;
+            let mut m = rows::message(&row)?;
             deliveries_of(&self.pool, mailbox, &mut m).await?;
             Ok(Some(m))
         })
@@ -746,7 +686,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;
-            failure_from_row(&row)
+            rows::failure(&row)
         })
         .await
     }
@@ -761,7 +701,7 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await?;
             rows.iter()
-                .map(|row| Ok((row.try_get("uidl")?, failure_from_row(row)?)))
+                .map(|row| Ok((row.try_get("uidl")?, rows::failure(row)?)))
                 .collect()
         })
         .await

@@ -1,5 +1,6 @@
 //! The embedded SQLite backend (WAL, one file, created 0600).
 
+use super::rows::{self, to_u32};
 use super::*;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
@@ -77,61 +78,6 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn to_u32(v: i64) -> u32 {
-    u32::try_from(v).unwrap_or(u32::MAX)
-}
-
-fn delivery_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeliveryState, StoreError> {
-    let status: String = row.try_get("status")?;
-    let attempts = to_u32(row.try_get::<i64, _>("attempts")?);
-    let error: Option<String> = row.try_get("last_error")?;
-    Ok(match status.as_str() {
-        "delivered" => {
-            let receipt: Option<String> = row.try_get("receipt")?;
-            DeliveryState::Delivered {
-                at: row.try_get::<Option<i64>, _>("delivered_at")?.unwrap_or(0),
-                receipt: match receipt {
-                    Some(json) => serde_json::from_str(&json)?,
-                    None => Receipt::new(""),
-                },
-            }
-        }
-        "dead" => DeliveryState::Dead {
-            attempts,
-            error: error.unwrap_or_default(),
-        },
-        "dropped" => DeliveryState::Dropped {
-            error: error.unwrap_or_default(),
-        },
-        _ => DeliveryState::Pending {
-            attempts,
-            first_attempt_at: row.try_get("first_attempt_at")?,
-            next_attempt_at: row.try_get("next_attempt_at")?,
-            last_error: error,
-        },
-    })
-}
-
-fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KnownMessage, StoreError> {
-    Ok(KnownMessage {
-        uidl: row.try_get("uidl")?,
-        idem_key: row.try_get("idem_key")?,
-        size: row
-            .try_get::<Option<i64>, _>("size")?
-            .and_then(|s| u64::try_from(s).ok()),
-        sha256: row.try_get("sha256")?,
-        first_seen_at: row.try_get("first_seen_at")?,
-        on_server: row.try_get::<i64, _>("on_server")? != 0,
-        deleted_at: row.try_get("deleted_at")?,
-        replaced_by: row.try_get("replaced_by")?,
-        list_size: row
-            .try_get::<Option<i64>, _>("list_size")?
-            .and_then(|s| u64::try_from(s).ok()),
-        fingerprint: row.try_get("fingerprint")?,
-        deliveries: HashMap::new(),
-    })
-}
-
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -201,7 +147,7 @@ async fn load_where(
     }
     let mut rows = rows.fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        let m = message_from_row(&row)?;
+        let m = rows::message(&row)?;
         out.insert(m.uidl.clone(), m);
     }
     drop(rows);
@@ -222,7 +168,7 @@ async fn load_where(
         let uidl: String = row.try_get("uidl")?;
         let sink: String = row.try_get("sink")?;
         if let Some(m) = out.get_mut(&uidl) {
-            m.deliveries.insert(sink, delivery_from_row(&row)?);
+            m.deliveries.insert(sink, rows::delivery(&row)?);
         }
     }
     Ok(out)
@@ -388,7 +334,7 @@ impl Store for SqliteStore {
             .await?;
         }
         let Some(row) = row else { return Ok(None) };
-        let mut m = message_from_row(&row)?;
+        let mut m = rows::message(&row)?;
         let rows = sqlx::query("SELECT * FROM deliveries WHERE mailbox = ? AND uidl = ?")
             .bind(mailbox)
             .bind(&m.uidl)
@@ -396,7 +342,7 @@ impl Store for SqliteStore {
             .await?;
         for row in &rows {
             let sink: String = row.try_get("sink")?;
-            m.deliveries.insert(sink, delivery_from_row(row)?);
+            m.deliveries.insert(sink, rows::delivery(row)?);
         }
         Ok(Some(m))
     }
@@ -491,7 +437,7 @@ impl Store for SqliteStore {
         .bind(i64::from(max))
         .fetch_one(&self.pool)
         .await?;
-        failure_from_row(&row)
+        rows::failure(&row)
     }
 
     async fn retrieval_failures(
@@ -503,7 +449,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("uidl")?, failure_from_row(row)?)))
+            .map(|row| Ok((row.try_get("uidl")?, rows::failure(row)?)))
             .collect()
     }
 
@@ -696,16 +642,6 @@ async fn dead_letter_change(
     .execute(pool)
     .await?;
     Ok(r.rows_affected() + f.rows_affected())
-}
-
-fn failure_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RetrievalFailure, StoreError> {
-    let status: String = row.try_get("status")?;
-    Ok(RetrievalFailure {
-        failures: to_u32(row.try_get("failures")?),
-        last_error: row.try_get("last_error")?,
-        dead: status == "dead",
-        dropped: status == "dropped",
-    })
 }
 
 #[cfg(test)]
