@@ -177,6 +177,23 @@ pub async fn deliver_to_sink(
                     next_attempt_at: now.saturating_add(millis(backoff(policy, attempts, None))),
                 };
             }
+            Err(DeliveryError::Paused {
+                message: text,
+                until,
+            }) => {
+                // One target of the sink is closed until a known time (a daily quota): the
+                // message waits for it, neither dead-lettered (the retry window does not run
+                // against it) nor held against the sink's other targets (no circuit).
+                handle.circuit.answered();
+                let at = until.timestamp_millis();
+                tracing::warn!(mailbox = %message.mailbox, sink = %handle.name, key = %key,
+                    error = %text, until = %until.to_rfc3339(),
+                    "Sink target paused; the message waits on the server until then");
+                break OutcomeResult::Retry {
+                    error: text,
+                    next_attempt_at: at,
+                };
+            }
             Err(DeliveryError::Retryable {
                 message,
                 retry_after,

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod payload;
+pub mod quota;
 pub mod service;
 mod sink;
 #[cfg(test)]
