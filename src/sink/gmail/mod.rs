@@ -7,6 +7,7 @@ pub mod config;
 pub mod payload;
 pub mod quota;
 pub mod service;
+pub mod setup;
 mod sink;
 #[cfg(test)]
 mod tests;
