@@ -108,8 +108,18 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, n, accts, paced) in [
         ("paced (default quota)", *paced_n, 1, true),
-        ("paced (default quota)", *paced_n * accounts, *accounts, true),
-        ("unpaced (`quota_units_per_minute: 0`)", *unpaced_n, 1, false),
+        (
+            "paced (default quota)",
+            *paced_n * accounts,
+            *accounts,
+            true,
+        ),
+        (
+            "unpaced (`quota_units_per_minute: 0`)",
+            *unpaced_n,
+            1,
+            false,
+        ),
     ] {
         let tag = format!("{}-{accts}-{paced}", n);
         let (secs, rate) = run(dir.path(), &server, n, accts, *size, paced, &tag).await;
