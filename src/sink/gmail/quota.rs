@@ -93,11 +93,27 @@ impl Pacer {
         wait
     }
 
-    /// Waits until `units` may be sent to `account`.
-    pub async fn acquire(&self, account: &str, units: u32) {
+    /// Waits until `units` may be sent to `account`. A wait longer than `max` (a long
+    /// `Retry-After`) is not slept through while holding a delivery slot: the units are given
+    /// back and `Err` says how long the account needs, for a later try.
+    pub async fn acquire(&self, account: &str, units: u32, max: Duration) -> Result<(), Duration> {
         let wait = self.reserve_at(account, units, Instant::now());
+        if wait > max {
+            self.refund(account, units);
+            return Err(wait);
+        }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// Gives back units reserved but not spent.
+    fn refund(&self, account: &str, units: u32) {
+        if let Ok(mut buckets) = self.buckets.lock() {
+            if let Some(b) = buckets.get_mut(account) {
+                b.level = (b.level + f64::from(units)).min(self.burst);
+            }
         }
     }
 
@@ -241,6 +257,22 @@ mod tests {
         }
         assert!(sent <= USER_UNITS_PER_MINUTE, "{sent}");
         assert!(sent >= USER_UNITS_PER_MINUTE - 2 * cost::IMPORT, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn a_long_wait_is_handed_back_with_the_units() {
+        let p = Pacer::new(15_000, 250);
+        p.rate_limited("a", Duration::from_secs(60), Instant::now());
+        let max = Duration::from_secs(10);
+        let w = p.acquire("a", cost::IMPORT, max).await.unwrap_err();
+        assert!(w > Duration::from_secs(59), "{w:?}");
+        // Refunded: asking again gives the same answer, not a longer queue.
+        let again = p.acquire("a", cost::IMPORT, max).await.unwrap_err();
+        assert!(
+            again <= w + Duration::from_millis(50),
+            "{again:?} after {w:?}"
+        );
+        assert!(p.acquire("b", cost::IMPORT, max).await.is_ok());
     }
 
     #[test]

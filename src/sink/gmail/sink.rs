@@ -28,6 +28,10 @@ const MAX_CANDIDATES: usize = 20;
 /// in memory); a larger one is taken as there when its Message-ID matches.
 const COMPARE_MAX: u64 = 32 << 20;
 
+/// The longest quota wait slept through while holding a delivery slot; a longer one (a long
+/// `Retry-After`) makes the delivery a retry for later, like the engine's in-poll limit.
+const MAX_PACING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Times a resumable upload that lost an answer asks the session where it stands.
 const MAX_PROBES: u32 = 3;
 
@@ -236,7 +240,20 @@ impl GmailSink {
             if let Some(e) = self.paused(account) {
                 return Err(e);
             }
-            self.pacer.acquire(&account.user, units).await;
+            if let Err(wait) = self
+                .pacer
+                .acquire(&account.user, units, MAX_PACING_WAIT)
+                .await
+            {
+                return Err(DeliveryError::Retryable {
+                    message: format!(
+                        "Gmail: {} is rate limited for {}s more; trying later",
+                        account.user,
+                        wait.as_secs()
+                    ),
+                    retry_after: Some(wait),
+                });
+            }
             let token = self.tokens.token(account).await.map_err(|e| {
                 DeliveryError::sink_down(format!(
                     "Gmail: no access token for {}: {e}",
