@@ -182,8 +182,8 @@ pub async fn deliver_to_sink(
                 until,
             }) => {
                 // One target of the sink is closed until a known time (a daily quota): the
-                // message waits for it, neither dead-lettered (the retry window does not run
-                // against it) nor held against the sink's other targets (no circuit).
+                // message waits for it, never dead-lettered for the pause itself, and the
+                // sink's other targets are not held back (no circuit).
                 handle.circuit.answered();
                 let at = until.timestamp_millis();
                 tracing::warn!(mailbox = %message.mailbox, sink = %handle.name, key = %key,
