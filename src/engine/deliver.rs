@@ -155,6 +155,9 @@ pub async fn deliver_to_sink(
         };
     }
     let mut attempts = 0u32;
+    // A pause is recorded as of its end, so a message whose first failure is the pause gets
+    // its whole retry window after it (the store keeps the time of the first failure).
+    let mut recorded_at = None;
     let result = loop {
         attempts += 1;
         let (text, retry_after) = match handle.sink.deliver(message, key).await {
@@ -186,6 +189,7 @@ pub async fn deliver_to_sink(
                 // sink's other targets are not held back (no circuit).
                 handle.circuit.answered();
                 let at = until.timestamp_millis();
+                recorded_at = Some(at);
                 tracing::warn!(mailbox = %message.mailbox, sink = %handle.name, key = %key,
                     error = %text, until = %until.to_rfc3339(),
                     "Sink target paused; the message waits on the server until then");
@@ -251,7 +255,7 @@ pub async fn deliver_to_sink(
         uidl: message.uidl.clone(),
         sink: handle.name.clone(),
         attempts_made: attempts,
-        at: crate::store::now_millis(),
+        at: recorded_at.unwrap_or_else(crate::store::now_millis),
         result,
     }
 }
