@@ -46,6 +46,7 @@ async fn a_used_up_daily_quota_pauses_that_account_keeps_its_mail_and_the_other_
     ));
     server.exhaust("alice@example.com", true);
 
+    let before = popbridge::sink::gmail::quota::next_pacific_midnight(chrono::Utc::now());
     let run = bridge.run(&["once", "--report", "report.json"]);
     assert_eq!(run.code, Some(1), "{}", run.output());
     // Bob's account is not held back by Alice's: all his mail is in Gmail and off the server.
@@ -65,8 +66,13 @@ async fn a_used_up_daily_quota_pauses_that_account_keeps_its_mail_and_the_other_
     let tried = server.import_times("alice@example.com").len();
     assert!((1..=4).contains(&tried), "{tried}");
     // Said in the summary (status and why), in the log and in the report file.
-    let midnight = popbridge::sink::gmail::quota::next_pacific_midnight(chrono::Utc::now())
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // The pause ends at the next Pacific midnight (a run across midnight itself: the one after).
+    let after = popbridge::sink::gmail::quota::next_pacific_midnight(chrono::Utc::now());
+    let midnight = [before, after]
+        .iter()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .find(|t| run.stdout.contains(&format!("paused until {t}")))
+        .unwrap_or_else(|| panic!("no pause until {before} or {after}\n{}", run.output()));
     let alice_row = run
         .stdout
         .lines()
