@@ -53,6 +53,7 @@ KNOWN_METRICS = {
     "popbridge_oauth2_access_token_expiry_timestamp_seconds",
     "popbridge_oauth2_relogin_needed",
     "popbridge_sasl_logins_total",
+    "popbridge_sink_paused_until_timestamp_seconds",
     "popbridge_build_info",
 }
 HISTOGRAMS = {"popbridge_delivery_duration_seconds", "popbridge_poll_duration_seconds"}

@@ -118,6 +118,53 @@ enum Command {
         #[command(subcommand)]
         action: Oauth2Action,
     },
+    /// Authorise a Gmail account for the Gmail sink in one go: sign in (browser with PKCE,
+    /// or the device flow where the server offers it), store the refresh token, check it
+    /// against the Gmail API, print the config block to paste.
+    GmailSetup(GmailSetupArgs),
+}
+
+#[derive(clap::Args)]
+struct GmailSetupArgs {
+    /// The OAuth client ID (Google Cloud console → APIs & Services → Credentials).
+    #[arg(long)]
+    client_id: String,
+    /// The environment variable holding the client secret; unset means a public client.
+    #[arg(long, default_value = "GMAIL_CLIENT_SECRET")]
+    client_secret_env: String,
+    /// The Gmail address to import into.
+    #[arg(long)]
+    user: String,
+    /// Name of the `oauth2:` credential (default `gmail-<local part>`).
+    #[arg(long)]
+    credential: Option<String>,
+    /// Name of the sink in the printed block.
+    #[arg(long, default_value = "gmail")]
+    sink: String,
+    /// The directory of the config's `state.path`: the token goes to DIR/oauth2/.
+    #[arg(long, default_value = "./state")]
+    state_dir: PathBuf,
+    /// `browser` (default for Google) or `device`.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Scopes (default: gmail.insert gmail.labels gmail.readonly, the least the sink needs).
+    #[arg(long)]
+    scope: Option<String>,
+    /// Another token endpoint (default Google's).
+    #[arg(long)]
+    token_url: Option<String>,
+    /// A device authorization endpoint (RFC 8628); Google has none for Gmail scopes.
+    #[arg(long)]
+    device_authorization_url: Option<String>,
+    /// Another authorization endpoint (default Google's).
+    #[arg(long)]
+    authorization_url: Option<String>,
+    /// Another Gmail API root (default https://gmail.googleapis.com).
+    #[arg(long)]
+    api_base: Option<String>,
+    /// Do not call the Gmail API to check the new token.
+    #[arg(long)]
+    no_check: bool,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +357,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Dlq { action } => dlq(action).await,
         Command::State { action } => state(action).await,
         Command::Oauth2 { action } => oauth2(action).await,
+        Command::GmailSetup(args) => gmail_setup(args).await,
     }
 }
 
@@ -597,13 +645,80 @@ fn token_sources(
         }
     }
     for s in &config.sinks {
-        if let popbridge::config::SinkKind::Imap(imap) = &s.kind {
-            if let Some(source) = &imap.oauth2 {
-                out.insert(source.settings().name.clone(), source.clone());
-            }
+        let source = match &s.kind {
+            popbridge::config::SinkKind::Imap(imap) => imap.oauth2.as_ref(),
+            popbridge::config::SinkKind::Gmail(gmail) => gmail.oauth2.as_ref(),
+            _ => None,
+        };
+        if let Some(source) = source {
+            out.insert(source.settings().name.clone(), source.clone());
         }
     }
     out
+}
+
+/// A line the user pastes on stdin (the browser flow's redirect URL); stdin at its end pastes
+/// nothing and the login waits for the redirect instead.
+async fn pasted_line() -> Option<String> {
+    // A plain thread: a blocked read must not hold up the runtime's shutdown.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let line = std::io::stdin()
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| l.trim().to_owned())
+            .find(|l| !l.is_empty());
+        let _ = tx.send(line);
+    });
+    match rx.await {
+        Ok(Some(line)) => Some(line),
+        _ => std::future::pending().await,
+    }
+}
+
+async fn gmail_setup(a: GmailSetupArgs) -> anyhow::Result<u8> {
+    use popbridge::oauth2::login::Flow;
+    use popbridge::sink::gmail::setup::{self, SetupArgs};
+    let mut args = SetupArgs::new(&a.client_id, &a.user);
+    args.client_secret = std::env::var(&a.client_secret_env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            (
+                popbridge::secret::Secret::new(v),
+                a.client_secret_env.clone(),
+            )
+        });
+    if let Some(c) = a.credential {
+        args.credential = c;
+    }
+    args.sink = a.sink;
+    args.state_dir = a.state_dir;
+    if let Some(scope) = a.scope {
+        args.scope = scope;
+    }
+    args.flow = match a.flow.as_deref() {
+        None => None,
+        Some("device") => Some(Flow::Device),
+        Some("browser") => Some(Flow::Browser),
+        Some(other) => anyhow::bail!("--flow {other}: use `device` or `browser`"),
+    };
+    args.token_url = a.token_url;
+    args.device_url = a.device_authorization_url;
+    args.authorize_url = a.authorization_url;
+    args.api_base = a.api_base;
+    args.check = !a.no_check;
+    if args.client_secret.is_none() {
+        eprintln!(
+            "No client secret in ${}: signing in as a public client (Google's desktop clients \
+             need their secret: export {} first).",
+            a.client_secret_env, a.client_secret_env
+        );
+    }
+    let say = |text: &str| eprintln!("{text}");
+    let block = setup::setup(&args, &say, pasted_line()).await?;
+    print!("{block}");
+    Ok(exit::OK)
 }
 
 async fn oauth2(action: Oauth2Action) -> anyhow::Result<u8> {
@@ -684,25 +799,8 @@ async fn oauth2(action: Oauth2Action) -> anyhow::Result<u8> {
                 Some("browser") => Some(Flow::Browser),
                 Some(other) => anyhow::bail!("--flow {other}: use `device` or `browser`"),
             };
-            // A pasted line (the browser flow's redirect URL); stdin at its end pastes nothing.
-            let pasted = async {
-                // A plain thread: a blocked read must not hold up the runtime's shutdown.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                std::thread::spawn(move || {
-                    let line = std::io::stdin()
-                        .lines()
-                        .map_while(Result::ok)
-                        .map(|l| l.trim().to_owned())
-                        .find(|l| !l.is_empty());
-                    let _ = tx.send(line);
-                });
-                match rx.await {
-                    Ok(Some(line)) => Some(line),
-                    _ => std::future::pending().await,
-                }
-            };
             let say = |text: &str| eprintln!("{text}");
-            login::login(&source, flow, &say, pasted).await?;
+            login::login(&source, flow, &say, pasted_line()).await?;
             if let Some(m) = mailbox.and_then(|m| config.mailboxes.iter().find(|b| b.name == m)) {
                 let session = popbridge::pop3::connect(&m.pop3).await?;
                 let _ = session.quit().await;

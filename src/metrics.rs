@@ -36,6 +36,7 @@ pub struct Metrics {
     oauth2_expiry: GaugeVec,
     oauth2_relogin: IntGaugeVec,
     sasl_logins: IntCounterVec,
+    sink_paused: GaugeVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -215,8 +216,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "SASL logins (POP3 AUTH, IMAP AUTHENTICATE) by mechanism and result (ok, failed).",
             &["mechanism", "result"],
         )?,
+        sink_paused: gauge(
+            "popbridge_sink_paused_until_timestamp_seconds",
+            "When a sink's target for a mailbox accepts deliveries again (Unix time; a used-up Gmail daily quota); 0 when not paused.",
+            &["mailbox", "sink"],
+        )?,
         registry,
     })
+}
+
+/// A sink's target for `mailbox` is paused until `until` (a used-up daily quota), or not.
+pub fn sink_paused(mailbox: &str, sink: &str, until: Option<chrono::DateTime<chrono::Utc>>) {
+    if let Some(m) = get() {
+        m.sink_paused
+            .with_label_values(&[mailbox, sink])
+            .set(until.map_or(0.0, |t| t.timestamp() as f64));
+    }
 }
 
 /// A state write was refused: the mailbox's lease is no longer ours.
@@ -416,6 +431,11 @@ mod tests {
         poll_panicked("alice");
         fenced_write("alice");
         leases(3, "claimed", 3);
+        sink_paused(
+            "alice",
+            "gmail",
+            chrono::DateTime::from_timestamp(1_764_662_400, 0),
+        );
         let text = render();
         for name in [
             "popbridge_build_info",
@@ -433,6 +453,7 @@ mod tests {
             "popbridge_leases_held 3",
             "popbridge_lease_events_total{event=\"claimed\"} 3",
             "popbridge_poll_panics_total{mailbox=\"alice\"} 1",
+            "popbridge_sink_paused_until_timestamp_seconds{mailbox=\"alice\",sink=\"gmail\"} 1764662400",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -17,6 +17,8 @@ pub struct Progress {
     bytes: AtomicU64,
     finished: AtomicBool,
     started: Mutex<Option<Instant>>,
+    /// Sinks paused for this mailbox (a used-up daily quota) and until when: no ETA holds.
+    paused: Mutex<Vec<(String, chrono::DateTime<chrono::Utc>)>>,
 }
 
 impl Progress {
@@ -33,6 +35,16 @@ impl Progress {
     pub fn message_done(&self, bytes: u64) {
         self.done.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `sink` refuses this mailbox's messages until `until`: the line says so instead of an ETA.
+    pub fn paused(&self, sink: &str, until: chrono::DateTime<chrono::Utc>) {
+        if let Ok(mut p) = self.paused.lock() {
+            match p.iter_mut().find(|(s, _)| s == sink) {
+                Some(e) => e.1 = until,
+                None => p.push((sink.to_string(), until)),
+            }
+        }
     }
 
     pub fn finish(&self) {
@@ -56,8 +68,17 @@ impl Progress {
             bytes as f64 / 1e6,
             planned_bytes as f64 / 1e6
         );
+        let paused = self.paused.lock().map(|p| p.clone()).unwrap_or_default();
         let secs = elapsed.as_secs_f64();
-        if secs > 0.0 && done > 0 {
+        if !paused.is_empty() {
+            for (sink, until) in paused {
+                let _ = write!(
+                    out,
+                    "  {sink} PAUSED until {} (daily quota): messages wait on the server",
+                    until.format("%Y-%m-%d %H:%M UTC")
+                );
+            }
+        } else if secs > 0.0 && done > 0 {
             let rate = done as f64 / secs;
             let _ = write!(out, "  {rate:>7.0} msg/s");
             if !self.finished.load(Ordering::Relaxed) && planned > done {
@@ -138,5 +159,22 @@ mod tests {
         p.finish();
         let l = p.line("alice");
         assert!(l.ends_with("done") && !l.contains("ETA"), "{l}");
+    }
+
+    #[test]
+    fn a_paused_sink_replaces_the_eta_with_when_it_resumes() {
+        let p = Progress::default();
+        p.plan(10, 10_000);
+        std::thread::sleep(Duration::from_millis(20));
+        p.message_done(1000);
+        let until = chrono::DateTime::parse_from_rfc3339("2026-12-02T08:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        p.paused("gmail", until);
+        let l = p.line("alice");
+        assert!(
+            l.contains("gmail PAUSED until 2026-12-02 08:00 UTC") && !l.contains("ETA"),
+            "{l}"
+        );
     }
 }

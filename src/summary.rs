@@ -14,6 +14,7 @@ pub fn csv(reports: &[PollReport]) -> String {
         let status = match (&r.error, r.complete()) {
             (Some(_), _) => "failed",
             (None, true) => "ok",
+            (None, false) if !r.paused.is_empty() => "paused",
             (None, false) => "incomplete",
         };
         let error = r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or("");
@@ -57,6 +58,7 @@ pub fn table(reports: &[PollReport]) -> String {
         let status = match (&r.error, r.complete()) {
             (Some((kind, _)), _) => format!("FAILED ({kind})"),
             (None, true) => "ok".to_string(),
+            (None, false) if !r.paused.is_empty() => "PAUSED".to_string(),
             (None, false) => "INCOMPLETE".to_string(),
         };
         let _ = writeln!(
@@ -100,6 +102,13 @@ pub fn table(reports: &[PollReport]) -> String {
                 out,
                 "{}: {} delivery(ies) wait for their next retry time",
                 r.mailbox, r.waiting
+            );
+        }
+        for p in &r.paused {
+            let _ = writeln!(
+                out,
+                "{}: sink {} paused until {} ({}); its messages wait on the server, not deleted, and go at the first poll after that",
+                r.mailbox, p.sink, p.until, p.reason
             );
         }
         for w in &r.warnings {
@@ -159,6 +168,29 @@ mod tests {
             ..Default::default()
         };
         assert!(!dead.complete());
+    }
+
+    #[test]
+    fn a_paused_sink_says_until_when_and_that_the_mail_waits() {
+        let r = PollReport {
+            mailbox: "alice".into(),
+            listed: 5,
+            waiting: 5,
+            paused: vec![crate::engine::poll::PausedSink {
+                sink: "gmail".into(),
+                until: "2026-12-02T08:00:00Z".into(),
+                reason: "the Gmail API daily quota is used up".into(),
+            }],
+            ..Default::default()
+        };
+        assert!(!r.complete());
+        let t = table(std::slice::from_ref(&r));
+        assert!(t.lines().nth(1).unwrap().ends_with("PAUSED"), "{t}");
+        assert!(
+            t.contains("alice: sink gmail paused until 2026-12-02T08:00:00Z (the Gmail API daily quota is used up); its messages wait on the server, not deleted"),
+            "{t}"
+        );
+        assert!(csv(&[r]).contains("alice,paused,5,"));
     }
 
     #[test]

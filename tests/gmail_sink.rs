@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+#[path = "support/token_endpoint.rs"]
+#[allow(dead_code)]
+mod token_endpoint;
 
 use async_trait::async_trait;
 use popbridge::key::IdempotencyKey;
@@ -240,25 +243,133 @@ async fn rate_limit_is_retryable_with_retry_after_then_succeeds() {
     assert_eq!(server.messages(USER).len(), 1);
 }
 
+/// A message for `mailbox` (its account is `{mailbox}@example.com`).
+fn spool_for(dir: &Path, mailbox: &str, name: &str, body: &[u8]) -> SpooledMessage {
+    SpooledMessage {
+        mailbox: mailbox.into(),
+        ..spool(dir, name, body, false)
+    }
+}
+
 #[tokio::test]
-async fn daily_limit_puts_the_sink_down() {
+async fn daily_limit_pauses_that_account_until_pacific_midnight_and_not_the_others() {
     let server = GmailServer::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
-    server.fault(Fault::Error(403, "dailyLimitExceeded", None));
+    let s = settings(&server, dir.path());
+    std::fs::write(dir.path().join("bob.token"), TOKEN).unwrap();
+    let sink = GmailSink::new("gmail", s).unwrap();
+    server.exhaust(USER, true);
+    let before = popbridge::sink::gmail::quota::next_pacific_midnight(chrono::Utc::now());
     let e = sink
         .deliver(&spool(dir.path(), "1", &mail("dl", 800), false), &key("1"))
         .await
         .unwrap_err();
-    assert!(e.is_sink_wide(), "{e:?}");
-    assert!(e.to_string().contains("daily Gmail API quota"), "{e}");
-    let e = {
-        server.fault(Fault::Error(400, "invalidArgument", None));
-        sink.deliver(&spool(dir.path(), "2", &mail("bad", 800), false), &key("2"))
-            .await
-            .unwrap_err()
+    let after = popbridge::sink::gmail::quota::next_pacific_midnight(chrono::Utc::now());
+    let DeliveryError::Paused { until, message } = &e else {
+        panic!("{e:?}")
     };
-    assert!(!e.is_retryable(), "400 is permanent: {e:?}");
+    assert!(!e.is_sink_wide() && e.is_retryable(), "{e:?}");
+    assert!(message.contains("daily Gmail API quota"), "{message}");
+    // The next Pacific midnight (a run across midnight itself: the one after).
+    assert!(
+        *until == before || *until == after,
+        "{until} not {before} or {after}"
+    );
+    assert_eq!(sink.paused_until("alice").unwrap().until, *until);
+    assert!(sink.paused_until("bob").is_none());
+
+    // The paused account's next message is not even tried: no request reaches the API.
+    let requests = server.log().len();
+    let e = sink
+        .deliver(&spool(dir.path(), "2", &mail("dl2", 800), false), &key("2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DeliveryError::Paused { .. }), "{e:?}");
+    assert_eq!(server.log().len(), requests, "a paused account was called");
+
+    // Another account of the same sink carries on.
+    sink.deliver(
+        &spool_for(dir.path(), "bob", "3", &mail("bob", 800)),
+        &key("3"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.messages("bob@example.com").len(), 1);
+    assert!(server.messages(USER).is_empty());
+}
+
+#[tokio::test]
+async fn imports_to_one_account_are_paced_to_its_quota_units() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&server, dir.path());
+    // 100 units/s (4 imports a second) after a burst of 50 units (2 imports).
+    s.quota_units_per_minute = 6050;
+    s.quota_burst_units = 50;
+    s.concurrency = 8;
+    std::fs::write(dir.path().join("bob.token"), TOKEN).unwrap();
+    let sink = Arc::new(GmailSink::new("gmail", s).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (sink, body) = (sink.clone(), mail(&format!("paced{i}"), 800));
+        let msg = spool(dir.path(), &format!("p{i}"), &body, false);
+        tasks.push(tokio::spawn(async move {
+            sink.deliver(&msg, &key(&format!("p{i}"))).await.unwrap()
+        }));
+    }
+    // Bob's account has its own bucket (the unit tests in `quota.rs` show it is not queued
+    // behind Alice's); here it only has to go through meanwhile.
+    sink.deliver(
+        &spool_for(dir.path(), "bob", "b", &mail("bob-paced", 800)),
+        &key("b"),
+    )
+    .await
+    .unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut times = server.import_times(USER);
+    assert_eq!(times.len(), 10);
+    times.sort();
+    // Between any two imports i < j the server saw (j - i + 1) × 25 units; the bucket allows
+    // 50 + 100 units/s × the time between them (plus one import for transit jitter). Without
+    // pacing the ten arrive within milliseconds and this fails.
+    for i in 0..times.len() {
+        for j in i + 1..times.len() {
+            let units = (j - i + 1) as f64 * 25.0;
+            let allowed = 50.0 + 100.0 * (times[j] - times[i]).as_secs_f64() + 25.0;
+            assert!(
+                units <= allowed,
+                "imports {i}..={j}: {units} units in {:?}",
+                times[j] - times[i]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_the_account_back_for_retry_after() {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    server.fault(Fault::Error(403, "userRateLimitExceeded", Some("1")));
+    let msg = spool(dir.path(), "1", &mail("rl403", 800), false);
+    match sink.deliver(&msg, &key("1")).await.unwrap_err() {
+        DeliveryError::Retryable { retry_after, .. } => {
+            assert_eq!(retry_after, Some(Duration::from_secs(1)))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Tried again at once (as another message would be): the sink holds it back itself.
+    sink.deliver(&msg, &key("1")).await.unwrap();
+    let times = server.import_times(USER);
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= Duration::from_secs(1),
+        "the retry came {:?} after the rate limit",
+        times[1] - times[0]
+    );
+    assert_eq!(server.messages(USER).len(), 1);
 }
 
 /// Tokens that change when invalidated, like an OAuth2 refresh.
@@ -425,4 +536,64 @@ async fn an_oauth2_credential_supplies_and_refreshes_the_tokens() {
         2,
         "refused token-1 was replaced"
     );
+}
+
+/// A Workspace service account with domain-wide delegation (`grant: jwt_bearer`): the sink
+/// asks the token endpoint for a token per target account (`sub` = the account's address,
+/// in an RS256 assertion the endpoint verifies), and the API, which accepts a token only for
+/// the account it names, takes each account's import. A refused token is replaced once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_account_gets_a_token_per_account_with_sub_and_imports_into_each() {
+    const KEY: &[u8] = b"gmail-test-signing-key";
+    let ep = token_endpoint::TokenEndpoint::start(KEY, 300);
+    let dir = tempfile::tempdir().unwrap();
+    let (sa_file, public) =
+        token_endpoint::service_account(dir.path(), "bridge@project.iam.example", &ep.url);
+    ep.add_service_account("bridge@project.iam.example", public);
+    let server = GmailServer::start_jwt(KEY).await;
+    let yaml = format!(
+        "state: {{ path: ./s.db }}\noauth2:\n  workspace:\n    provider: google\n    \
+         grant: jwt_bearer\n    service_account_file: {sa}\n    scope: \"{scope}\"\n\
+         mailboxes:\n  - name: alice\n    pop3: {{ host: pop.example.com, username: a, password: p }}\n    \
+         sinks: [gmail]\n  - name: bob\n    pop3: {{ host: pop.example.com, username: b, password: p }}\n    \
+         sinks: [gmail]\nsinks:\n  - name: gmail\n    type: gmail\n    api_base: {api}\n    \
+         allow_plaintext: true\n    user: \"{{mailbox}}@example.com\"\n    oauth2: workspace\n",
+        sa = sa_file.display(),
+        scope = popbridge::sink::gmail::service::MINIMAL_SCOPES,
+        api = server.base,
+    );
+    let loaded =
+        popbridge::config::load_str_with_env(&yaml, &dir.path().join("c.yaml"), |_| None).unwrap();
+    let sink = popbridge::app::build_sink(&loaded.config.sinks[0]).unwrap();
+    sink.deliver(
+        &spool(dir.path(), "1", &mail("sa-alice", 800), false),
+        &key("1"),
+    )
+    .await
+    .unwrap();
+    sink.deliver(
+        &spool_for(dir.path(), "bob", "2", &mail("sa-bob", 800)),
+        &key("2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.messages(USER).len(), 1);
+    assert_eq!(server.messages("bob@example.com").len(), 1);
+    let jwt = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+    assert_eq!(
+        ep.issued(jwt),
+        2,
+        "one token per account: {:?}",
+        ep.refused()
+    );
+    // Refused once (as after a revocation): a fresh token for that account, then it goes.
+    server.fault(Fault::Unauthorized);
+    sink.deliver(
+        &spool(dir.path(), "3", &mail("sa-alice-2", 800), false),
+        &key("3"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ep.issued(jwt), 3);
+    assert_eq!(server.messages(USER).len(), 2);
 }

@@ -155,6 +155,9 @@ pub async fn deliver_to_sink(
         };
     }
     let mut attempts = 0u32;
+    // A pause is recorded as of its end, so a message whose first failure is the pause gets
+    // its whole retry window after it (the store keeps the time of the first failure).
+    let mut recorded_at = None;
     let result = loop {
         attempts += 1;
         let (text, retry_after) = match handle.sink.deliver(message, key).await {
@@ -175,6 +178,24 @@ pub async fn deliver_to_sink(
                 break OutcomeResult::Retry {
                     error: text,
                     next_attempt_at: now.saturating_add(millis(backoff(policy, attempts, None))),
+                };
+            }
+            Err(DeliveryError::Paused {
+                message: text,
+                until,
+            }) => {
+                // One target of the sink is closed until a known time (a daily quota): the
+                // message waits for it, never dead-lettered for the pause itself, and the
+                // sink's other targets are not held back (no circuit).
+                handle.circuit.answered();
+                let at = until.timestamp_millis();
+                recorded_at = Some(at);
+                tracing::warn!(mailbox = %message.mailbox, sink = %handle.name, key = %key,
+                    error = %text, until = %until.to_rfc3339(),
+                    "Sink target paused; the message waits on the server until then");
+                break OutcomeResult::Retry {
+                    error: text,
+                    next_attempt_at: at,
                 };
             }
             Err(DeliveryError::Retryable {
@@ -234,7 +255,7 @@ pub async fn deliver_to_sink(
         uidl: message.uidl.clone(),
         sink: handle.name.clone(),
         attempts_made: attempts,
-        at: crate::store::now_millis(),
+        at: recorded_at.unwrap_or_else(crate::store::now_millis),
         result,
     }
 }

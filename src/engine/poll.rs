@@ -123,6 +123,19 @@ pub struct PollReport {
     pub login_delay: Option<std::time::Duration>,
     /// How long the poll took, connect to QUIT.
     pub duration_ms: u64,
+    /// Sinks whose target for this mailbox refuses deliveries until a known time (a used-up
+    /// daily quota): their messages wait on the server, undeleted, and resume by themselves.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paused: Vec<PausedSink>,
+}
+
+/// One sink paused for a mailbox, as the summary, the report file and the progress show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PausedSink {
+    pub sink: String,
+    /// RFC 3339, UTC.
+    pub until: String,
+    pub reason: String,
 }
 
 impl PollReport {
@@ -178,6 +191,7 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         tracing::error!(mailbox = %ctx.mailbox.name, kind = e.kind(), error = %e, "Poll failed");
         report.error = Some((e.kind().to_string(), e.to_string()));
     }
+    note_pauses(ctx, &mut report);
     ctx.progress.finish();
     report.duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     crate::metrics::poll_finished(&report, clock.elapsed());
@@ -432,6 +446,26 @@ async fn poll_inner(
     delete_and_quit(ctx, session, to_delete, report).await
 }
 
+/// The sinks paused for this mailbox's target at the end of the poll: in the report (summary,
+/// report file), the progress line, the log and the `popbridge_sink_paused_until` metric.
+fn note_pauses(ctx: &MailboxContext, report: &mut PollReport) {
+    let name = ctx.mailbox.name.as_str();
+    for h in &ctx.sinks {
+        let pause = h.sink.paused_until(name);
+        crate::metrics::sink_paused(name, &h.name, pause.as_ref().map(|p| p.until));
+        let Some(p) = pause else { continue };
+        let until = p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        tracing::warn!(mailbox = name, sink = %h.name, until = %until, reason = %p.reason,
+            "Sink paused for this mailbox: its messages wait on the server, undeleted, until then");
+        ctx.progress.paused(&h.name, p.until);
+        report.paused.push(PausedSink {
+            sink: h.name.clone(),
+            until,
+            reason: p.reason,
+        });
+    }
+}
+
 /// Messages are not downloaded for a sink whose circuit is open (see `deliver::Circuit`):
 /// they wait, counted as waiting, until it closes. Messages that must be compared by content
 /// are fetched anyway (their sinks are decided after the fetch).
@@ -441,10 +475,11 @@ fn skip_sinks_that_are_down(
     report: &mut PollReport,
 ) {
     let now = crate::store::now_millis();
+    let paused = |h: &SinkHandle| h.sink.paused_until(&ctx.mailbox.name).is_some();
     let down: Vec<&str> = ctx
         .sinks
         .iter()
-        .filter(|h| h.circuit.open_until(now).is_some())
+        .filter(|h| h.circuit.open_until(now).is_some() || paused(h))
         .map(|h| h.name.as_str())
         .collect();
     if down.is_empty() {
@@ -463,7 +498,7 @@ fn skip_sinks_that_are_down(
     });
     report.waiting += waiting;
     let text = format!(
-        "sink(s) {} down: {} message(s) wait on the server for them, not fetched this poll",
+        "sink(s) {} down or paused: {} message(s) wait on the server for them, not fetched this poll",
         down.join(", "),
         before - fetch.len()
     );
@@ -935,6 +970,11 @@ async fn process(
     .await;
     store.record_outcomes(&outcomes).await?;
     ctx.progress.message_done(retrieved.size);
+    for h in &handles {
+        if let Some(p) = h.sink.paused_until(name) {
+            ctx.progress.paused(&h.name, p.until);
+        }
+    }
     let retrieved_fingerprint = retrieved.fingerprint.clone();
     drop(retrieved);
 

@@ -84,6 +84,14 @@ pub enum DeliveryError {
     /// this message's fault and must not dead-letter it.
     #[error("{message}")]
     SinkDown { message: String },
+    /// The sink refuses this message's target (one account of several) until a known time,
+    /// e.g. a used-up daily API quota: the message waits until then, neither dead-lettered
+    /// nor counted against the sink as a whole.
+    #[error("{message}")]
+    Paused {
+        message: String,
+        until: chrono::DateTime<Utc>,
+    },
 }
 
 impl DeliveryError {
@@ -108,7 +116,10 @@ impl DeliveryError {
 
     /// The message may still go through later: a passing failure, or a sink that is down.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. } | Self::SinkDown { .. })
+        matches!(
+            self,
+            Self::Retryable { .. } | Self::SinkDown { .. } | Self::Paused { .. }
+        )
     }
 
     /// The failure is the sink's, not this message's: the same answer awaits every message.
@@ -138,6 +149,20 @@ pub trait Sink: Send + Sync {
 
     /// End of the run: close connections politely (IMAP LOGOUT). Nothing is lost without it.
     async fn close(&self) {}
+
+    /// The sink refuses `mailbox`'s target until this time (a used-up daily quota of one
+    /// account): its messages are not fetched for this sink before then. Default: never.
+    fn paused_until(&self, _mailbox: &str) -> Option<SinkPause> {
+        None
+    }
+}
+
+/// A target of a sink that refuses deliveries until a known time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkPause {
+    pub until: DateTime<Utc>,
+    /// Why, for people: "the Gmail API daily quota of alice@example.com is used up".
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -68,6 +68,13 @@ pub struct Shared {
     pub ranges: Mutex<Vec<String>>,
     pub label_creates: AtomicUsize,
     next_id: AtomicUsize,
+    /// Accounts whose daily quota is used up: each import answers 403 `dailyLimitExceeded`.
+    pub exhausted: Mutex<std::collections::HashSet<String>>,
+    /// When each import request (the first request of an upload) arrived, and for whom.
+    pub import_times: Mutex<Vec<(String, std::time::Instant)>>,
+    /// When set, tokens are HS256 JWTs signed with this key (the test token endpoint's), not
+    /// expired, whose `sub` must be the user in the path: a token opens only its own account.
+    pub jwt_key: Mutex<Option<Vec<u8>>>,
 }
 
 pub struct GmailServer {
@@ -243,8 +250,35 @@ fn part_type(head: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The `sub` of an HS256 JWT signed with `key` that has not expired.
+fn jwt_subject(jwt: &str, key: &[u8]) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    let (input, sig) = jwt.rsplit_once('.')?;
+    let pkey = openssl::pkey::PKey::hmac(key).ok()?;
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).ok()?;
+    signer.update(input.as_bytes()).ok()?;
+    if B64URL.encode(signer.sign_to_vec().ok()?) != sig {
+        return None;
+    }
+    let claims: serde_json::Value =
+        serde_json::from_slice(&B64URL.decode(input.split('.').nth(1)?).ok()?).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    (claims["exp"].as_u64()? > now).then(|| claims["sub"].as_str().map(str::to_owned))?
+}
+
 impl Shared {
-    fn authorised(&self, req_auth: Option<&str>) -> bool {
+    fn authorised(&self, req_auth: Option<&str>, user: Option<&str>) -> bool {
+        let key = self.jwt_key.lock().unwrap().clone();
+        if let Some(key) = key {
+            let Some(jwt) = req_auth.and_then(|a| a.strip_prefix("Bearer ")) else {
+                return false;
+            };
+            return jwt_subject(jwt, &key).is_some_and(|sub| user.is_none_or(|u| u == sub));
+        }
         let token = self.token.lock().unwrap().clone();
         req_auth == Some(format!("Bearer {token}").as_str())
     }
@@ -359,7 +393,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
     match (method, segs.as_slice()) {
         // The session URI of a resumable upload: the upload id authorises it.
         (Method::PUT, ["upload" | "resumable", ..]) => {
-            if auth.is_some() && !s.authorised(auth.as_deref()) {
+            if auth.is_some() && !s.authorised(auth.as_deref(), None) {
                 return error(401, "authError", "Invalid Credentials");
             }
             let Some(id) = q.get("upload_id") else {
@@ -375,7 +409,15 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
                 }
             }
         }
-        _ if !s.authorised(auth.as_deref()) => error(401, "authError", "Invalid Credentials"),
+        _ if !s.authorised(
+            auth.as_deref(),
+            segs.iter()
+                .position(|x| *x == "users")
+                .and_then(|i| segs.get(i + 1).copied()),
+        ) =>
+        {
+            error(401, "authError", "Invalid Credentials")
+        }
         (Method::POST, ["upload", "gmail", "v1", "users", user, "messages", "import"])
         | (
             Method::POST,
@@ -392,6 +434,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
                 ],
             ) {
                 return r;
+            }
+            s.import_times
+                .lock()
+                .unwrap()
+                .push((user.clone(), std::time::Instant::now()));
+            if s.exhausted.lock().unwrap().contains(&user) {
+                return error(403, "dailyLimitExceeded", "Daily Limit Exceeded");
             }
             let fault = s.faults.lock().unwrap().pop_front();
             match fault {
@@ -704,6 +753,35 @@ impl GmailServer {
             let _ = axum::serve(listener, app).await;
         });
         Self { base, shared }
+    }
+
+    /// Starts accepting only JWT access tokens signed with `key` for the account they name.
+    pub async fn start_jwt(key: &[u8]) -> Self {
+        let server = Self::start("unused").await;
+        *server.shared.jwt_key.lock().unwrap() = Some(key.to_vec());
+        server
+    }
+
+    /// `user`'s daily quota is used up (or, with `false`, reset).
+    pub fn exhaust(&self, user: &str, exhausted: bool) {
+        let mut e = self.shared.exhausted.lock().unwrap();
+        if exhausted {
+            e.insert(user.to_string());
+        } else {
+            e.remove(user);
+        }
+    }
+
+    /// Arrival times of the import requests for `user`.
+    pub fn import_times(&self, user: &str) -> Vec<std::time::Instant> {
+        self.shared
+            .import_times
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, t)| *t)
+            .collect()
     }
 
     pub fn fault(&self, f: Fault) {

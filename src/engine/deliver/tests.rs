@@ -230,3 +230,28 @@ async fn a_long_retry_after_is_left_to_a_later_poll_not_slept_through() {
     }
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_paused_target_waits_until_the_pause_ends_without_dead_letter_or_circuit() {
+    let until = chrono::Utc::now() + chrono::Duration::hours(20);
+    let s = Scripted::new(vec![Err(DeliveryError::Paused {
+        message: "daily quota".into(),
+        until,
+    })]);
+    let h = handle(s.clone(), policy());
+    let key = IdempotencyKey::derive("alice", "u1");
+    // Its retry window (1 h) is long spent: a pause must still not dead-letter it.
+    let first = Some(crate::store::now_millis() - 7_200_000);
+    let o = deliver_to_sink(&h, &message(), &key, first, &CancellationToken::new()).await;
+    let at = until.timestamp_millis();
+    match &o.result {
+        OutcomeResult::Retry {
+            next_attempt_at, ..
+        } => assert_eq!(*next_attempt_at, at),
+        other => panic!("{other:?}"),
+    }
+    // Recorded as of the pause's end: a first failure's window starts then.
+    assert_eq!(o.at, at);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1, "no in-poll retry");
+    assert!(h.circuit.open_until(crate::store::now_millis()).is_none());
+}

@@ -88,6 +88,13 @@ pub struct GmailSinkConfig {
     /// Accept a plain `http://` api_base off this machine (default false).
     #[serde(default)]
     pub allow_plaintext: Option<bool>,
+    /// Quota units per minute this process spends on one account (default 15000, Google's
+    /// per-user limit; an import costs 25, so 600 imports a minute); 0 switches pacing off.
+    #[serde(default)]
+    pub quota_units_per_minute: Option<u32>,
+    /// Units one quiet account may spend at once (default 250: ten imports).
+    #[serde(default)]
+    pub quota_burst_units: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +141,9 @@ pub struct GmailSettings {
     /// The `oauth2:` credential named, resolved into [`Self::oauth2`] by the config validator.
     pub oauth2_credential: Option<String>,
     pub oauth2: Option<std::sync::Arc<crate::oauth2::TokenSource>>,
+    /// Pacing per account (see `quota.rs`); 0 units per minute: no pacing.
+    pub quota_units_per_minute: u32,
+    pub quota_burst_units: u32,
 }
 
 /// Resumable chunks must be multiples of this (Google's upload protocol).
@@ -163,6 +173,8 @@ impl GmailSettings {
             ca_file: None,
             oauth2_credential: None,
             oauth2: None,
+            quota_units_per_minute: super::quota::USER_UNITS_PER_MINUTE,
+            quota_burst_units: super::quota::DEFAULT_BURST_UNITS,
         }
     }
 
@@ -268,6 +280,21 @@ impl GmailSinkConfig {
         if concurrency == 0 {
             return Err("`concurrency` must be at least 1".into());
         }
+        let quota_units_per_minute = self
+            .quota_units_per_minute
+            .unwrap_or(super::quota::USER_UNITS_PER_MINUTE);
+        let quota_burst_units = self
+            .quota_burst_units
+            .unwrap_or(super::quota::DEFAULT_BURST_UNITS);
+        let import = super::quota::cost::IMPORT;
+        if quota_units_per_minute > 0
+            && (quota_burst_units < import || quota_burst_units >= quota_units_per_minute)
+        {
+            return Err(format!(
+                "`quota_burst_units` must be at least {import} (one import) and below \
+                 `quota_units_per_minute`"
+            ));
+        }
         let user = self.user.map(Interpolated::into_string);
         let token_file = self.access_token_file.map(|f| resolve(base, &f));
         let mut accounts = BTreeMap::new();
@@ -323,6 +350,8 @@ impl GmailSinkConfig {
             ca_file: self.ca_file.map(|p| resolve(base, &p)),
             oauth2_credential: self.oauth2,
             oauth2: None,
+            quota_units_per_minute,
+            quota_burst_units,
         };
         Ok((settings, warning.into_iter().collect()))
     }

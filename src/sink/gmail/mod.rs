@@ -5,7 +5,9 @@
 pub mod auth;
 pub mod config;
 pub mod payload;
+pub mod quota;
 pub mod service;
+pub mod setup;
 mod sink;
 #[cfg(test)]
 mod tests;

@@ -65,27 +65,56 @@ pub fn parse_error(body: &[u8]) -> (Vec<String>, String) {
     (reasons, message)
 }
 
-/// The scope that covers everything the sink does (import, labels, the duplicate search).
+/// The one scope that covers everything the sink does (import, labels, the duplicate search).
 pub const SCOPE: &str = "https://www.googleapis.com/auth/gmail.modify";
 
-/// What one Gmail error answer means. `user` only feeds the message.
+/// The least-privilege scopes that cover it, from the gmail v1 discovery document's
+/// per-method `scopes`: `messages.import` takes `gmail.insert` (or `gmail.modify`,
+/// `mail.google.com`); `labels.list`/`labels.create` take `gmail.labels`; the duplicate
+/// search (`messages.list` with `q`, `messages.get` with `format=raw`) needs
+/// `gmail.readonly` (`gmail.metadata` allows neither a query nor raw content). None of the
+/// three sends, deletes or changes existing mail.
+pub const MINIMAL_SCOPES: &str = "https://www.googleapis.com/auth/gmail.insert \
+     https://www.googleapis.com/auth/gmail.labels https://www.googleapis.com/auth/gmail.readonly";
+
+/// A "too fast" answer: Google's per-user or per-project rate limit (429, or 403 with
+/// `rateLimitExceeded`/`userRateLimitExceeded`).
+pub fn is_rate_limit(status: StatusCode, body: &[u8]) -> bool {
+    let (reasons, _) = parse_error(body);
+    status.as_u16() == 429
+        || reasons.iter().any(|r| {
+            r.eq_ignore_ascii_case("rateLimitExceeded")
+                || r.eq_ignore_ascii_case("userRateLimitExceeded")
+        })
+}
+
+/// What one Gmail error answer means at `now`. `user` only feeds the message.
 pub fn classify(
     status: StatusCode,
     retry_after: Option<&str>,
     body: &[u8],
     user: &str,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> DeliveryError {
     let code = status.as_u16();
     let (reasons, message) = parse_error(body);
     let has = |r: &str| reasons.iter().any(|x| x.eq_ignore_ascii_case(r));
     let detail = format!("Gmail HTTP {code} for {user}: {message}");
-    let later = retry_after
-        .and_then(|v| super::super::webhook::service::parse_retry_after(v, chrono::Utc::now()));
+    let later = retry_after.and_then(|v| super::super::webhook::service::parse_retry_after(v, now));
     if has("dailyLimitExceeded") {
-        return DeliveryError::sink_down(format!(
-            "{detail} (the daily Gmail API quota is used up: the sink pauses until it \
-             resets, at midnight Pacific time)"
-        ));
+        // This account waits (not the sink's other accounts) until Google's day ends, or
+        // until the server's Retry-After if it names a time.
+        let until = later
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map_or_else(|| super::quota::next_pacific_midnight(now), |d| now + d);
+        return DeliveryError::Paused {
+            message: format!(
+                "{detail} (the daily Gmail API quota is used up: {user} is paused until {}, \
+                 when it resets; its messages wait on the POP3 server)",
+                until.format("%Y-%m-%d %H:%M UTC")
+            ),
+            until,
+        };
     }
     if code == 429 || has("rateLimitExceeded") || has("userRateLimitExceeded") {
         return DeliveryError::Retryable {
@@ -132,6 +161,11 @@ pub fn classify_error(e: &reqwest::Error) -> DeliveryError {
 
 /// The answer's error, its body read capped.
 pub async fn error_from(resp: reqwest::Response, user: &str) -> DeliveryError {
+    error_and_body(resp, user).await.0
+}
+
+/// The answer's error and the error body it was read from (capped).
+pub async fn error_and_body(resp: reqwest::Response, user: &str) -> (DeliveryError, Vec<u8>) {
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -141,5 +175,12 @@ pub async fn error_from(resp: reqwest::Response, user: &str) -> DeliveryError {
     let body = crate::sink::http::read_capped(resp, crate::sink::http::BODY_CAP)
         .await
         .unwrap_or_default();
-    classify(status, retry_after.as_deref(), &body, user)
+    let e = classify(
+        status,
+        retry_after.as_deref(),
+        &body,
+        user,
+        chrono::Utc::now(),
+    );
+    (e, body.to_vec())
 }

@@ -6,10 +6,11 @@
 use super::auth::{AccessToken, FileTokens};
 use super::config::{Account, GmailSettings, MAX_IMPORT_BYTES};
 use super::payload;
-use super::service::{build_client, classify_error, error_from, url};
+use super::quota::{cost, Pacer, Pauses};
+use super::service::{build_client, classify_error, error_and_body, is_rate_limit, url};
 use crate::key::IdempotencyKey;
 use crate::secret::Secret;
-use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
+use crate::sink::{DeliveryError, Receipt, Sink, SinkPause, SpooledMessage};
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -26,6 +27,10 @@ const MAX_CANDIDATES: usize = 20;
 /// Messages up to this size are compared by content (`format=raw` is one JSON answer, held
 /// in memory); a larger one is taken as there when its Message-ID matches.
 const COMPARE_MAX: u64 = 32 << 20;
+
+/// The longest quota wait slept through while holding a delivery slot; a longer one (a long
+/// `Retry-After`) makes the delivery a retry for later, like the engine's in-poll limit.
+const MAX_PACING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Times a resumable upload that lost an answer asks the session where it stands.
 const MAX_PROBES: u32 = 3;
@@ -48,6 +53,10 @@ pub struct GmailSink {
     labels: tokio::sync::Mutex<HashMap<String, HashMap<String, String>>>,
     /// Keys whose import was sent and not confirmed in this process: searched for first.
     uncertain: Mutex<HashSet<String>>,
+    /// Quota units per account: every request waits for its units.
+    pacer: Pacer,
+    /// Accounts whose daily quota is used up, until it resets.
+    pauses: Pauses,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +128,18 @@ fn next_offset(resp: &Response) -> u64 {
         .map_or(0, |n| n + 1)
 }
 
+/// The Gmail sink's one size-limit decision: `Some` refusal when `messages.import` cannot
+/// take a message of `size` bytes (over 150 MB, or empty). This is where a "store it
+/// elsewhere and import a stub with a link" path hooks in for the messages over the limit.
+pub fn size_limit_refusal(size: u64) -> Option<DeliveryError> {
+    if size > MAX_IMPORT_BYTES {
+        return Some(DeliveryError::permanent(format!(
+            "the message is {size} bytes: Gmail imports at most {MAX_IMPORT_BYTES} (150 MB)"
+        )));
+    }
+    (size == 0).then(|| DeliveryError::permanent("the message is empty"))
+}
+
 impl GmailSink {
     /// A sink whose tokens come from `access_token_file`.
     pub fn new(name: impl Into<String>, settings: GmailSettings) -> Result<Self, String> {
@@ -131,26 +152,94 @@ impl GmailSink {
         settings: GmailSettings,
         tokens: Arc<dyn AccessToken>,
     ) -> Result<Self, String> {
+        let pacer = Pacer::new(settings.quota_units_per_minute, settings.quota_burst_units);
         Ok(Self {
             name: name.into(),
             client: build_client(&settings)?,
             limit: Semaphore::new(settings.concurrency),
+            pacer,
             settings,
             tokens,
             labels: tokio::sync::Mutex::new(HashMap::new()),
             uncertain: Mutex::new(HashSet::new()),
+            pauses: Pauses::default(),
         })
     }
 
-    /// Sends the request `build` makes with a token; on 401 the token is invalidated and the
-    /// request built and sent once more with a fresh one (a 401 means it was not acted on).
-    /// Any other answer is returned as is; `Err` is no answer, no token, or 401 twice.
-    async fn call<F, Fut>(&self, account: &Account, build: F) -> Result<Response, DeliveryError>
+    /// The account's daily quota is used up: the error that makes its messages wait.
+    fn paused(&self, account: &Account) -> Option<DeliveryError> {
+        let until = self
+            .pauses
+            .paused_until(&account.user, chrono::Utc::now())?;
+        Some(DeliveryError::Paused {
+            message: format!(
+                "Gmail: the daily API quota of {} is used up; paused until {}",
+                account.user,
+                until.format("%Y-%m-%d %H:%M UTC")
+            ),
+            until,
+        })
+    }
+
+    /// The error of a failed answer, after acting on what it says about the account: a rate
+    /// limit blocks the account's bucket (for `Retry-After`, else a refill), a used-up daily
+    /// quota pauses the account until it resets.
+    async fn fail(&self, resp: Response, account: &Account) -> DeliveryError {
+        let status = resp.status();
+        let (e, body) = error_and_body(resp, &account.user).await;
+        if is_rate_limit(status, &body) {
+            let wait = match &e {
+                DeliveryError::Retryable {
+                    retry_after: Some(d),
+                    ..
+                } => *d,
+                _ => self.pacer.default_backoff(),
+            };
+            self.pacer
+                .rate_limited(&account.user, wait, std::time::Instant::now());
+            tracing::info!(sink = %self.name, wait_ms = wait.as_millis() as u64,
+                "Gmail rate limit: holding this account's requests back");
+        }
+        if let DeliveryError::Paused { until, .. } = &e {
+            self.pauses.pause(&account.user, *until);
+            tracing::warn!(sink = %self.name, until = %until.to_rfc3339(),
+                "Gmail daily quota used up for an account: it is paused, the sink's other accounts carry on");
+        }
+        e
+    }
+
+    /// Sends the request `build` makes with a token, after waiting for `units` of the
+    /// account's quota; on 401 the token is invalidated and the request built and sent once
+    /// more with a fresh one (a 401 means it was not acted on). Any other answer is returned
+    /// as is; `Err` is no answer, no token, 401 twice, or a paused account.
+    async fn call<F, Fut>(
+        &self,
+        account: &Account,
+        units: u32,
+        build: F,
+    ) -> Result<Response, DeliveryError>
     where
         F: Fn(Secret) -> Fut,
         Fut: Future<Output = Result<RequestBuilder, DeliveryError>>,
     {
         for fresh in [false, true] {
+            if let Some(e) = self.paused(account) {
+                return Err(e);
+            }
+            if let Err(wait) = self
+                .pacer
+                .acquire(&account.user, units, MAX_PACING_WAIT)
+                .await
+            {
+                return Err(DeliveryError::Retryable {
+                    message: format!(
+                        "Gmail: {} is rate limited for {}s more; trying later",
+                        account.user,
+                        wait.as_secs()
+                    ),
+                    retry_after: Some(wait),
+                });
+            }
             let token = self.tokens.token(account).await.map_err(|e| {
                 DeliveryError::sink_down(format!(
                     "Gmail: no access token for {}: {e}",
@@ -167,7 +256,7 @@ impl GmailSink {
             }
             self.tokens.invalidate(account, &token).await;
             if fresh {
-                return Err(error_from(resp, &account.user).await);
+                return Err(self.fail(resp, account).await);
             }
             tracing::debug!(sink = %self.name, "Gmail refused the access token; refreshing it once");
         }
@@ -221,7 +310,7 @@ impl GmailSink {
             .to_string();
             let u = self.api(account, &["labels"], &[])?;
             let resp = self
-                .call(account, |t| {
+                .call(account, cost::LABELS_CREATE, |t| {
                     let rb = self
                         .client
                         .post(u.clone())
@@ -243,7 +332,7 @@ impl GmailSink {
                 continue;
             }
             if !resp.status().is_success() {
-                return Err(error_from(resp, &account.user).await);
+                return Err(self.fail(resp, account).await);
             }
             let label: Label = json(resp, crate::sink::http::BODY_CAP, "labels.create").await?;
             tracing::info!(sink = %self.name, label = %name, "Created Gmail label");
@@ -265,13 +354,13 @@ impl GmailSink {
     ) -> Result<(), DeliveryError> {
         let u = self.api(account, &["labels"], &[])?;
         let resp = self
-            .call(account, |t| {
+            .call(account, cost::LABELS_LIST, |t| {
                 let rb = self.client.get(u.clone()).bearer_auth(t.expose());
                 async move { Ok(rb) }
             })
             .await?;
         if !resp.status().is_success() {
-            return Err(error_from(resp, &account.user).await);
+            return Err(self.fail(resp, account).await);
         }
         let list: LabelList = json(resp, 4 << 20, "labels.list").await?;
         for l in list.labels {
@@ -309,13 +398,13 @@ impl GmailSink {
             ],
         )?;
         let resp = self
-            .call(account, |t| {
+            .call(account, cost::LIST, |t| {
                 let rb = self.client.get(u.clone()).bearer_auth(t.expose());
                 async move { Ok(rb) }
             })
             .await?;
         if !resp.status().is_success() {
-            return Err(error_from(resp, &account.user).await);
+            return Err(self.fail(resp, account).await);
         }
         let list: MessageList = json(resp, crate::sink::http::BODY_CAP, "messages.list").await?;
         for candidate in list.messages.into_iter().take(MAX_CANDIDATES) {
@@ -327,7 +416,7 @@ impl GmailSink {
             }
             let u = self.api(account, &["messages", &candidate.id], &[("format", "raw")])?;
             let resp = self
-                .call(account, |t| {
+                .call(account, cost::GET, |t| {
                     let rb = self.client.get(u.clone()).bearer_auth(t.expose());
                     async move { Ok(rb) }
                 })
@@ -336,7 +425,7 @@ impl GmailSink {
                 continue;
             }
             if !resp.status().is_success() {
-                return Err(error_from(resp, &account.user).await);
+                return Err(self.fail(resp, account).await);
             }
             let cap = (COMPARE_MAX as usize) / 3 * 4 + (1 << 20);
             let got: RawMessage = json(resp, cap, "messages.get").await?;
@@ -396,7 +485,7 @@ impl GmailSink {
         let u = self.upload_url(account, "multipart")?;
         let framing = payload::multipart(meta, &payload::boundary());
         let len = framing.head.len() as u64 + message.size + framing.tail.len() as u64;
-        self.call(account, |t| {
+        self.call(account, cost::IMPORT, |t| {
             let (u, framing, path) = (u.clone(), &framing, &message.path);
             async move {
                 let file = tokio::fs::File::open(path)
@@ -439,7 +528,7 @@ impl GmailSink {
         let size = message.size;
         let u = self.upload_url(account, "resumable")?;
         let resp = self
-            .call(account, |t| {
+            .call(account, cost::IMPORT, |t| {
                 let rb = self
                     .client
                     .post(u.clone())
@@ -452,7 +541,7 @@ impl GmailSink {
             })
             .await?;
         if !resp.status().is_success() {
-            return Err(error_from(resp, &account.user).await);
+            return Err(self.fail(resp, account).await);
         }
         let session = resp
             .headers()
@@ -469,7 +558,7 @@ impl GmailSink {
         loop {
             let len = self.settings.chunk_size.min(size - offset);
             let sent = self
-                .call(account, |t| {
+                .call(account, 0, |t| {
                     let session = session.clone();
                     async move {
                         let body = file_body(&message.path, offset, len).await?;
@@ -494,7 +583,7 @@ impl GmailSink {
                 Err(e @ DeliveryError::Retryable { .. }) if probes < MAX_PROBES => {
                     probes += 1;
                     tracing::debug!(sink = %self.name, error = %e, "Resumable chunk got no answer; asking the session");
-                    self.call(account, |t| {
+                    self.call(account, 0, |t| {
                         let mut rb = self
                             .client
                             .put(session.clone())
@@ -538,14 +627,11 @@ impl Sink for GmailSink {
             .settings
             .account_for(&message.mailbox)
             .map_err(DeliveryError::permanent)?;
-        if message.size > MAX_IMPORT_BYTES {
-            return Err(DeliveryError::permanent(format!(
-                "the message is {} bytes: Gmail imports at most {MAX_IMPORT_BYTES} (150 MB)",
-                message.size
-            )));
+        if let Some(refusal) = size_limit_refusal(message.size) {
+            return Err(refusal);
         }
-        if message.size == 0 {
-            return Err(DeliveryError::permanent("the message is empty"));
+        if let Some(paused) = self.paused(&account) {
+            return Err(paused);
         }
         let _permit = self
             .limit
@@ -578,7 +664,7 @@ impl Sink for GmailSink {
             self.import_multipart(&account, message, &meta).await?
         };
         if !resp.status().is_success() {
-            return Err(error_from(resp, &account.user).await);
+            return Err(self.fail(resp, &account).await);
         }
         let imported: MessageRef =
             json(resp, crate::sink::http::BODY_CAP, "messages.import").await?;
@@ -589,6 +675,18 @@ impl Sink for GmailSink {
             "Gmail message {} for {}",
             imported.id, account.user
         )))
+    }
+
+    /// The target account of `mailbox` while its daily quota is used up.
+    fn paused_until(&self, mailbox: &str) -> Option<SinkPause> {
+        let account = self.settings.account_for(mailbox).ok()?;
+        let until = self
+            .pauses
+            .paused_until(&account.user, chrono::Utc::now())?;
+        Some(SinkPause {
+            until,
+            reason: format!("the Gmail API daily quota of {} is used up", account.user),
+        })
     }
 
     /// Can we reach the API? A TCP connect to its host and port: no token is spent.

@@ -2,8 +2,25 @@
 #![allow(clippy::unwrap_used)]
 
 use super::payload;
-use super::service::classify;
+use super::service::classify as classify_at;
+use crate::sink::DeliveryError;
 use reqwest::StatusCode;
+
+/// 2026-12-01 17:38 UTC: Pacific standard time, midnight there is 08:00 UTC.
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-12-01T17:38:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<&str>,
+    body: &[u8],
+    user: &str,
+) -> DeliveryError {
+    classify_at(status, retry_after, body, user, now())
+}
 
 fn google_error(code: u16, reason: &str, message: &str) -> Vec<u8> {
     serde_json::json!({"error": {"code": code, "message": message,
@@ -43,15 +60,38 @@ fn rate_limits_are_retryable_and_keep_retry_after() {
 }
 
 #[test]
-fn daily_limit_pauses_the_sink_and_says_why() {
+fn daily_limit_pauses_the_account_until_pacific_midnight_and_says_why() {
     let e = classify(
         StatusCode::FORBIDDEN,
         None,
         &google_error(403, "dailyLimitExceeded", "Daily Limit Exceeded"),
+        "alice@example.com",
+    );
+    assert!(!e.is_sink_wide() && e.is_retryable(), "{e:?}");
+    match &e {
+        DeliveryError::Paused { until, message } => {
+            assert_eq!(until.to_rfc3339(), "2026-12-02T08:00:00+00:00");
+            assert!(
+                message.contains("daily Gmail API quota")
+                    && message.contains("alice@example.com is paused until 2026-12-02 08:00 UTC"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A Retry-After, if the server gives one, says better when.
+    let e = classify(
+        StatusCode::FORBIDDEN,
+        Some("3600"),
+        &google_error(403, "dailyLimitExceeded", "Daily Limit Exceeded"),
         "u",
     );
-    assert!(e.is_sink_wide(), "{e:?}");
-    assert!(e.to_string().contains("daily Gmail API quota"), "{e}");
+    match e {
+        DeliveryError::Paused { until, .. } => {
+            assert_eq!(until, now() + chrono::Duration::hours(1))
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
