@@ -160,8 +160,9 @@ impl App {
             .collect::<Result<Vec<_>, BuildError>>()?;
         let mut mailboxes = Vec::new();
         for m in &config.mailboxes {
+            // Every sink the mailbox may route to: its own, plus those its rules name.
             let handles = m
-                .sinks
+                .all_sinks()
                 .iter()
                 .map(|name| {
                     sinks

@@ -189,6 +189,7 @@ async fn record(
             fetched_at: at,
             sinks,
             retire: false,
+            route: None,
         })
         .await?;
     let outcomes: Vec<Outcome> = sinks

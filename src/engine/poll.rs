@@ -11,6 +11,7 @@
 //! messages that are fully delivered go through a second session that retrieves nothing.
 
 use super::deliver::{deliver_to_sink, SinkHandle};
+use super::routing;
 use super::plan::{self, DeleteItem, FetchItem, Identity, Known, Listed, Plan, Prior, Warning};
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
@@ -123,6 +124,8 @@ pub struct PollReport {
     pub login_delay: Option<std::time::Duration>,
     /// How long the poll took, connect to QUIT.
     pub duration_ms: u64,
+    /// New messages the routing rules kept on the server (`unmatched: keep`), not fetched.
+    pub kept_by_rules: usize,
 }
 
 impl PollReport {
@@ -296,7 +299,8 @@ async fn poll_inner(
         ctx.store.lookup(name, &unknown).await?
     };
     let failures = ctx.store.retrieval_failures(name).await?;
-    let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    // The mailbox's own sinks; a message with a recorded route goes to the route's instead.
+    let sink_names: Vec<String> = ctx.mailbox.sinks.clone();
     let now = crate::store::now_millis();
     let plan = plan::plan(
         &listing,
@@ -337,6 +341,15 @@ async fn poll_inner(
     let Plan {
         mut fetch, delete, ..
     } = plan;
+    let configured: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    routing::drop_unconfigured(&mut fetch, &known, &configured, report);
+    let routes = match &ctx.mailbox.routes {
+        Some(rules) => {
+            routing::route_before_fetch(rules, name, &mut session, &mut fetch, &known, report)
+                .await?
+        }
+        None => HashMap::new(),
+    };
     skip_sinks_that_are_down(ctx, &mut fetch, report);
     // Too large to fetch: reported every poll (never skipped in silence), kept on the server.
     let cap = ctx.mailbox.pop3.max_message_bytes;
@@ -371,6 +384,7 @@ async fn poll_inner(
             &known,
             &others,
             some_vanished,
+            &routes,
             shutdown,
             report,
         )
@@ -674,6 +688,7 @@ async fn fetch_and_deliver(
     known: &HashMap<String, KnownMessage>,
     others: &HashMap<String, KnownMessage>,
     some_vanished: bool,
+    routes: &HashMap<u32, crate::route::Route>,
     shutdown: &CancellationToken,
     report: &mut PollReport,
 ) -> Result<Fetched, PollError> {
@@ -701,7 +716,8 @@ async fn fetch_and_deliver(
                     }
                     match (items.get(&msgno), result) {
                         (Some(item), Ok(retrieved)) => {
-                            running.push(process(ctx, item, retrieved, known, others, some_vanished, shutdown));
+                            let routed = routes.get(&msgno);
+                            running.push(process(ctx, item, retrieved, known, others, some_vanished, routed, shutdown));
                         }
                         (_, Err(e)) => failures.push(format!("message {msgno}: {e}")),
                         (None, Ok(_)) => {}
@@ -759,6 +775,8 @@ fn merge_report(into: &mut PollReport, from: &PollReport) {
     into.dead_lettered += from.dead_lettered;
     into.dead_earlier += from.dead_earlier;
     into.waiting += from.waiting;
+    into.kept_by_rules += from.kept_by_rules;
+    into.warnings.extend(from.warnings.iter().cloned());
     into.failures.extend(from.failures.iter().cloned());
 }
 
@@ -771,6 +789,7 @@ async fn process(
     known: &HashMap<String, KnownMessage>,
     others: &HashMap<String, KnownMessage>,
     some_vanished: bool,
+    routed: Option<&crate::route::Route>,
     shutdown: &CancellationToken,
 ) -> Result<Processed, PollError> {
     let name = ctx.mailbox.name.as_str();
@@ -780,7 +799,7 @@ async fn process(
         bytes: retrieved.size,
         ..Default::default()
     };
-    let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    let sink_names: Vec<String> = ctx.mailbox.sinks.clone();
     let now = crate::store::now_millis();
     if item.failures > 0 {
         store.clear_retrieval_failure(name, item_uidl(item)).await?;
@@ -881,6 +900,39 @@ async fn process(
             });
         }
     }
+    // A new message goes where the rules say (decided from its headers before RETR, or now);
+    // a known one where its recorded route said.
+    let mut route = state.as_ref().and_then(|s| s.route.clone());
+    if let (None, Some(rules)) = (&state, &ctx.mailbox.routes) {
+        let decision = match routed {
+            Some(rt) => crate::route::Decision::Route(rt.clone()),
+            None => routing::decide_spooled(rules, name, &retrieved.file, item.size)
+                .await
+                .map_err(|source| PollError::Spool {
+                    path: retrieved.file.display().to_string(),
+                    source,
+                })?,
+        };
+        match decision {
+            crate::route::Decision::Keep { reason } => {
+                tracing::info!(mailbox = name, uidl = %uidl, reason = %reason, "Kept on the server by the routing rules");
+                routing::note_kept(&mut r, vec![format!("message {}: {reason}", item.msgno)]);
+                ctx.progress.message_done(retrieved.size);
+                return Ok(Processed {
+                    msgno: item.msgno,
+                    uidl,
+                    deletable: false,
+                    held: false,
+                    report: r,
+                });
+            }
+            crate::route::Decision::Route(rt) => {
+                tracing::debug!(mailbox = name, uidl = %uidl, route = %rt.describe(), "Routed");
+                pending = rt.sinks();
+                route = Some(rt);
+            }
+        }
+    }
     let key_text = state
         .as_ref()
         .map(|s| s.idem_key.clone())
@@ -899,6 +951,7 @@ async fn process(
         sha256: retrieved.sha256.clone(),
         fetched_at: chrono::Utc::now(),
         seen_before: state.is_some(),
+        params: Default::default(),
     };
     if !pending.is_empty() || retire {
         store
@@ -913,6 +966,7 @@ async fn process(
                 fetched_at: now,
                 sinks: &pending,
                 retire,
+                route: route.as_ref(),
             })
             .await?;
     }
@@ -921,7 +975,24 @@ async fn process(
         .iter()
         .filter(|h| pending.contains(&h.name))
         .collect();
-    let outcomes = futures_util::future::join_all(handles.iter().map(|h| {
+    if handles.len() < pending.len() {
+        let missing: Vec<String> = pending
+            .iter()
+            .filter(|s| !handles.iter().any(|h| &h.name == *s))
+            .cloned()
+            .collect();
+        r.failures
+            .push(routing::unconfigured_text(item.msgno, &uidl, &missing));
+    }
+    // Each sink gets the parameters its target in the route names.
+    let messages: Vec<SpooledMessage> = handles
+        .iter()
+        .map(|h| SpooledMessage {
+            params: route.as_ref().map(|rt| rt.params(&h.name)).unwrap_or_default(),
+            ..message.clone()
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(handles.iter().zip(&messages).map(|(h, message)| {
         let first = state
             .as_ref()
             .and_then(|s| match s.deliveries.get(&h.name) {
@@ -930,7 +1001,7 @@ async fn process(
                 }) => *first_attempt_at,
                 _ => None,
             });
-        deliver_to_sink(h, &message, &key, first, shutdown)
+        deliver_to_sink(h, message, &key, first, shutdown)
     }))
     .await;
     store.record_outcomes(&outcomes).await?;
@@ -949,6 +1020,7 @@ async fn process(
         replaced_by: None,
         list_size: Some(item.size),
         fingerprint: Some(retrieved_fingerprint),
+        route: route.clone(),
         deliveries: HashMap::new(),
     });
     for o in &outcomes {
@@ -991,7 +1063,7 @@ async fn process(
         ctx.mailbox.delete,
         crate::store::now_millis(),
     );
-    let held = sink_names.iter().all(|s| {
+    let held = after.sinks_or(&sink_names).iter().all(|s| {
         matches!(
             after.deliveries.get(s),
             Some(DeliveryState::Delivered { .. })

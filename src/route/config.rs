@@ -21,7 +21,7 @@ impl<'de> Deserialize<'de> for Pattern {
 }
 
 /// `routes:` of a mailbox: the name of a shared rule set, or a rule set written in place.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum RawRouteRef {
     Named(String),
     Inline(Box<RawRuleSet>),
@@ -48,7 +48,7 @@ impl<'de> Deserialize<'de> for RawRouteRef {
 }
 
 /// One rule set.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuleSet {
     /// Rules in order; every matching rule adds its targets (fan-out) until one says `stop`.
@@ -68,7 +68,7 @@ pub struct RawRuleSet {
 }
 
 /// One rule: conditions (all must hold) and the sinks it selects.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Shown in logs, `plan` and the recorded decision.
@@ -85,7 +85,7 @@ pub struct RawRule {
 
 /// `match:` of a rule. Regexes may have named groups (`(?P<user>…)`), usable as `{user}` in
 /// the rule's targets.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Header name → regex on its topmost occurrence (e.g. `X-Spam-Flag: '^YES'`).
@@ -110,7 +110,7 @@ pub struct RawMatch {
 }
 
 /// One entry of `to:`: a sink and the per-delivery parameters it supports (templates).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     /// The sink's name.

@@ -38,6 +38,10 @@ pub struct SpooledMessage {
     /// The state already knew this message (an earlier attempt may have reached a sink without
     /// being recorded): a sink that cannot deduplicate by key looks for a copy first.
     pub seen_before: bool,
+    /// Per-delivery parameters a routing rule chose for this sink (`folder`, `subfolder`,
+    /// `prefix`, `path`, `header.<Name>`; see `route::config::supported_params`). Empty without
+    /// rules. A sink reads only its own keys; validation made sure no other reaches it.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Proof that a sink holds the message durably. Stored in the state as JSON.

@@ -240,6 +240,10 @@ fn message_from_row(row: &PgRow) -> Result<KnownMessage, StoreError> {
         replaced_by: row.try_get("replaced_by")?,
         list_size: row.try_get::<Option<i64>, _>("list_size")?.map(to_u64),
         fingerprint: row.try_get("fingerprint")?,
+        route: match row.try_get::<Option<String>, _>("route")? {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        },
         deliveries: HashMap::new(),
     })
 }
@@ -277,9 +281,9 @@ async fn retire(
     let history = format!("{uidl} {key}@{now}");
     sqlx::query(
         "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
-            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at)
+            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at, route)
          SELECT mailbox, $3, idem_key, size, sha256, first_seen_at, fetched_at, FALSE, deleted_at,
-            replaced_by, list_size, fingerprint, COALESCE(gone_at, $4), $4
+            replaced_by, list_size, fingerprint, COALESCE(gone_at, $4), $4, route
            FROM messages WHERE mailbox = $1 AND uidl = $2",
     )
     .bind(mailbox)
@@ -452,6 +456,7 @@ impl Store for PgStore {
     }
 
     async fn record_fetched(&self, r: &FetchRecord<'_>) -> Result<(), StoreError> {
+        let route = r.route.map(serde_json::to_string).transpose()?;
         self.timed("record_fetched", async {
             let mut tx = self.pool.begin().await?;
             self.fence(&mut tx, r.mailbox).await?;
@@ -469,12 +474,13 @@ impl Store for PgStore {
             }
             sqlx::query(
                 "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, fingerprint,
-                    list_size, first_seen_at, fetched_at, on_server)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, TRUE)
+                    list_size, first_seen_at, fetched_at, on_server, route)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, TRUE, $9)
                  ON CONFLICT (mailbox, uidl) DO UPDATE SET size = excluded.size,
                     sha256 = excluded.sha256, fingerprint = excluded.fingerprint,
                     list_size = excluded.list_size, fetched_at = excluded.fetched_at,
-                    on_server = TRUE, gone_at = NULL",
+                    on_server = TRUE, gone_at = NULL,
+                    route = COALESCE(messages.route, excluded.route)",
             )
             .bind(r.mailbox)
             .bind(r.uidl)
@@ -484,6 +490,7 @@ impl Store for PgStore {
             .bind(r.fingerprint)
             .bind(to_i64(r.list_size))
             .bind(r.fetched_at)
+            .bind(&route)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -661,9 +668,9 @@ impl Store for PgStore {
             retire(&mut tx, mailbox, new_uidl, now).await?;
             sqlx::query(
                 "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at,
-                    fetched_at, on_server, list_size, fingerprint)
+                    fetched_at, on_server, list_size, fingerprint, route)
                  SELECT mailbox, $3, idem_key, size, sha256, first_seen_at, $4, TRUE, list_size,
-                    fingerprint
+                    fingerprint, route
                    FROM messages WHERE mailbox = $1 AND uidl = $2",
             )
             .bind(mailbox)

@@ -128,6 +128,10 @@ fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KnownMessage, Store
             .try_get::<Option<i64>, _>("list_size")?
             .and_then(|s| u64::try_from(s).ok()),
         fingerprint: row.try_get("fingerprint")?,
+        route: match row.try_get::<Option<String>, _>("route")? {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        },
         deliveries: HashMap::new(),
     })
 }
@@ -159,9 +163,9 @@ pub(super) async fn retire(
     let history = format!("{uidl} {key}@{now}");
     sqlx::query(
         "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
-            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at)
+            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at, route)
          SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, fetched_at, 0, deleted_at,
-            replaced_by, list_size, fingerprint, COALESCE(gone_at, ?4), ?4
+            replaced_by, list_size, fingerprint, COALESCE(gone_at, ?4), ?4, route
            FROM messages WHERE mailbox = ?1 AND uidl = ?2",
     )
     .bind(mailbox)
@@ -330,6 +334,7 @@ impl Store for SqliteStore {
             fetched_at: r.fetched_at,
             sinks: r.sinks.to_vec(),
             retire: r.retire,
+            route: r.route.map(serde_json::to_string).transpose()?,
         };
         self.group
             .write(&self.pool, group::Write::Fetched(fetched))
@@ -424,8 +429,9 @@ impl Store for SqliteStore {
         retire(&mut tx, mailbox, new_uidl, now).await?;
         sqlx::query(
             "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
-                on_server, list_size, fingerprint)
-             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1, list_size, fingerprint
+                on_server, list_size, fingerprint, route)
+             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1, list_size, fingerprint,
+                route
                FROM messages WHERE mailbox = ?1 AND uidl = ?2",
         )
         .bind(mailbox)

@@ -64,6 +64,7 @@ fn message() -> SpooledMessage {
         sha256: String::new(),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        params: Default::default(),
     }
 }
 

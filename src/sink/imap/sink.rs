@@ -164,7 +164,11 @@ impl ImapSink {
         key: &IdempotencyKey,
         fields: &headers::Fields,
     ) -> Result<Receipt, ImapError> {
-        let folder = &self.settings.folder;
+        // A routing rule may name the folder for this message.
+        let folder = message
+            .params
+            .get("folder")
+            .unwrap_or(&self.settings.folder);
         session.select(folder).await?;
         let at = format!("{folder} of {}", account.username);
         let intent = match self.uncertain.lock() {
