@@ -508,7 +508,14 @@ impl Validator<'_> {
                         let defined: Vec<&str> = shared.keys().map(String::as_str).collect();
                         self.problem(
                             at,
-                            format!("unknown rule set {n:?} (defined under routes: {})", if defined.is_empty() { "none".to_string() } else { defined.join(", ") }),
+                            format!(
+                                "unknown rule set {n:?} (defined under routes: {})",
+                                if defined.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    defined.join(", ")
+                                }
+                            ),
                         );
                         continue;
                     }

@@ -11,8 +11,8 @@
 //! messages that are fully delivered go through a second session that retrieves nothing.
 
 use super::deliver::{deliver_to_sink, SinkHandle};
-use super::routing;
 use super::plan::{self, DeleteItem, FetchItem, Identity, Known, Listed, Plan, Prior, Warning};
+use super::routing;
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
 use crate::pop3::{self, ErrorKind, Pop3Error, Retrieved};
@@ -988,22 +988,26 @@ async fn process(
     let messages: Vec<SpooledMessage> = handles
         .iter()
         .map(|h| SpooledMessage {
-            params: route.as_ref().map(|rt| rt.params(&h.name)).unwrap_or_default(),
+            params: route
+                .as_ref()
+                .map(|rt| rt.params(&h.name))
+                .unwrap_or_default(),
             ..message.clone()
         })
         .collect();
-    let outcomes = futures_util::future::join_all(handles.iter().zip(&messages).map(|(h, message)| {
-        let first = state
-            .as_ref()
-            .and_then(|s| match s.deliveries.get(&h.name) {
-                Some(DeliveryState::Pending {
-                    first_attempt_at, ..
-                }) => *first_attempt_at,
-                _ => None,
-            });
-        deliver_to_sink(h, message, &key, first, shutdown)
-    }))
-    .await;
+    let outcomes =
+        futures_util::future::join_all(handles.iter().zip(&messages).map(|(h, message)| {
+            let first = state
+                .as_ref()
+                .and_then(|s| match s.deliveries.get(&h.name) {
+                    Some(DeliveryState::Pending {
+                        first_attempt_at, ..
+                    }) => *first_attempt_at,
+                    _ => None,
+                });
+            deliver_to_sink(h, message, &key, first, shutdown)
+        }))
+        .await;
     store.record_outcomes(&outcomes).await?;
     ctx.progress.message_done(retrieved.size);
     let retrieved_fingerprint = retrieved.fingerprint.clone();

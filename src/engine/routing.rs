@@ -160,7 +160,9 @@ pub fn drop_unconfigured(
         if missing.is_empty() {
             return true;
         }
-        report.failures.push(unconfigured_text(item.msgno, u, &missing));
+        report
+            .failures
+            .push(unconfigured_text(item.msgno, u, &missing));
         item.sinks.retain(|s| configured.contains(s));
         !item.sinks.is_empty()
     });

@@ -65,6 +65,11 @@ pub struct RawRuleSet {
     /// prepend theirs; anything below may be the sender's forgery).
     #[serde(default)]
     pub envelope_occurrence: Option<usize>,
+    /// Count only occurrences above the first `Received:` field (default true): the receiving
+    /// server's is there, while one the sender wrote sits below every relay's trace field,
+    /// which also rejects a forged copy when the server added none.
+    #[serde(default)]
+    pub envelope_above_received: Option<bool>,
 }
 
 /// One rule: conditions (all must hold) and the sinks it selects.
@@ -152,6 +157,7 @@ pub struct RuleSet {
     pub unmatched: Unmatched,
     pub envelope_header: String,
     pub envelope_occurrence: usize,
+    pub envelope_above_received: bool,
     /// The mailbox's own sinks, for unmatched messages.
     pub default_sinks: Vec<String>,
 }
@@ -217,7 +223,10 @@ impl RawRuleSet {
     ) -> Result<RuleSet, Vec<(String, String)>> {
         let mut problems = Vec::new();
         if self.rules.is_empty() {
-            problems.push(("rules".to_string(), "at least one rule is required".to_string()));
+            problems.push((
+                "rules".to_string(),
+                "at least one rule is required".to_string(),
+            ));
         }
         let envelope_header = self
             .envelope_header
@@ -260,7 +269,11 @@ impl RawRuleSet {
                     let defined: Vec<&str> = sinks.iter().map(|(n, _)| *n).collect();
                     problems.push((
                         tat,
-                        format!("unknown sink {:?} (defined: {})", t.sink, defined.join(", ")),
+                        format!(
+                            "unknown sink {:?} (defined: {})",
+                            t.sink,
+                            defined.join(", ")
+                        ),
                     ));
                     continue;
                 };
@@ -269,7 +282,12 @@ impl RawRuleSet {
                     continue;
                 }
                 let mut written: Vec<(String, String)> = Vec::new();
-                for (k, v) in [("folder", t.folder), ("subfolder", t.subfolder), ("prefix", t.prefix), ("path", t.path)] {
+                for (k, v) in [
+                    ("folder", t.folder),
+                    ("subfolder", t.subfolder),
+                    ("prefix", t.prefix),
+                    ("path", t.path),
+                ] {
                     if let Some(v) = v {
                         written.push((k.to_string(), v));
                     }
@@ -280,13 +298,23 @@ impl RawRuleSet {
                 let allowed = supported_params(kind);
                 let mut params = BTreeMap::new();
                 for (k, v) in written {
-                    let base = if k.starts_with("header.") { "header." } else { k.as_str() };
+                    let base = if k.starts_with("header.") {
+                        "header."
+                    } else {
+                        k.as_str()
+                    };
                     if !allowed.contains(&base) {
                         let shown = if base == "header." { "headers" } else { base };
                         problems.push((
                             tat.clone(),
-                            format!("a {kind} sink takes no `{shown}` (it takes: {})",
-                                if allowed.is_empty() { "nothing".to_string() } else { allowed.join(", ").replace("header.", "headers") }),
+                            format!(
+                                "a {kind} sink takes no `{shown}` (it takes: {})",
+                                if allowed.is_empty() {
+                                    "nothing".to_string()
+                                } else {
+                                    allowed.join(", ").replace("header.", "headers")
+                                }
+                            ),
                         ));
                         continue;
                     }
@@ -297,7 +325,10 @@ impl RawRuleSet {
                         Err(e) => problems.push((format!("{tat}.{k}"), e)),
                     }
                 }
-                targets.push(TargetTemplate { sink: t.sink, params });
+                targets.push(TargetTemplate {
+                    sink: t.sink,
+                    params,
+                });
             }
             rules.push(Rule {
                 name: raw.name,
@@ -318,6 +349,7 @@ impl RawRuleSet {
                 unmatched: self.unmatched.unwrap_or_default(),
                 envelope_header,
                 envelope_occurrence,
+                envelope_above_received: self.envelope_above_received.unwrap_or(true),
                 default_sinks: default_sinks.to_vec(),
             })
         } else {

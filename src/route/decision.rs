@@ -60,7 +60,9 @@ impl Route {
 pub enum Decision {
     Route(Route),
     /// Left on the server: no rule matched and `unmatched: keep`.
-    Keep { reason: String },
+    Keep {
+        reason: String,
+    },
 }
 
 /// Decide where the message described by `facts` goes.
@@ -79,7 +81,11 @@ pub fn decide(set: &RuleSet, mailbox: &str, facts: &Facts<'_>) -> Decision {
             }
             targets.push(Target {
                 sink: t.sink.clone(),
-                params: t.params.iter().map(|(k, v)| (k.clone(), v.render(&values))).collect(),
+                params: t
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.render(&values)))
+                    .collect(),
             });
         }
         if rule.stop {

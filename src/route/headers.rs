@@ -42,6 +42,19 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `n`th occurrence of `name` (1 = topmost) above the first `stop` field: trace fields
+    /// (`Received:`) are prepended by every relay, so a field below the first of them was
+    /// written before the message reached the receiving server — by the sender.
+    pub fn nth_above<'a>(&'a self, name: &str, n: usize, stop: &str) -> Option<&'a str> {
+        let skip = n.checked_sub(1)?;
+        self.fields
+            .iter()
+            .take_while(|(f, _)| !f.eq_ignore_ascii_case(stop))
+            .filter(|(f, _)| f.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .nth(skip)
+    }
+
     /// The `n`th occurrence of `name` (1 = topmost).
     pub fn nth<'a>(&'a self, name: &str, n: usize) -> Option<&'a str> {
         let skip = n.checked_sub(1)?;
@@ -83,8 +96,10 @@ pub fn has_attachment(raw: &[u8]) -> bool {
             if lower.starts_with(b"content-disposition:") && contains(&lower, b"attachment") {
                 return true;
             }
-            if (lower.starts_with(b"content-disposition:") || lower.starts_with(b"content-type:")
-                || lower.starts_with(b" ") || lower.starts_with(b"\t"))
+            if (lower.starts_with(b"content-disposition:")
+                || lower.starts_with(b"content-type:")
+                || lower.starts_with(b" ")
+                || lower.starts_with(b"\t"))
                 && (contains(&lower, b"filename=") || contains(&lower, b"filename*="))
             {
                 return true;
@@ -112,6 +127,11 @@ mod tests {
         assert_eq!(h.nth("Delivered-To", 3), None);
         assert_eq!(h.nth("Received", 1), Some("from x by y"));
         assert_eq!(h.nth("Received", 0), None);
+        assert_eq!(
+            h.nth_above("Delivered-To", 1, "Received"),
+            Some("real@example.com")
+        );
+        assert_eq!(h.nth_above("Delivered-To", 2, "Received"), None);
     }
 
     #[test]
@@ -124,7 +144,8 @@ mod tests {
     fn finds_attachments_in_parts_only() {
         let with = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf; name=x.pdf\r\nContent-Disposition: attachment;\r\n filename=x.pdf\r\n\r\nAAAA\r\n--b--\r\n";
         assert!(has_attachment(with));
-        let without = b"Content-Type: text/plain\r\n\r\nContent-Disposition: attachment; filename=x\r\n";
+        let without =
+            b"Content-Type: text/plain\r\n\r\nContent-Disposition: attachment; filename=x\r\n";
         assert!(!has_attachment(without));
     }
 }

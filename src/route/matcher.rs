@@ -16,9 +16,12 @@ pub struct Facts<'a> {
 
 /// The envelope recipient: the configured occurrence of the configured header, never To/Cc.
 pub fn envelope<'a>(set: &RuleSet, headers: &'a Headers) -> Option<&'a str> {
-    headers
-        .nth(&set.envelope_header, set.envelope_occurrence)
-        .map(address)
+    let field = if set.envelope_above_received {
+        headers.nth_above(&set.envelope_header, set.envelope_occurrence, "Received")
+    } else {
+        headers.nth(&set.envelope_header, set.envelope_occurrence)
+    };
+    field.map(address)
 }
 
 /// The captures when `rule` matches, `None` otherwise.

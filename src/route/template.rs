@@ -102,13 +102,19 @@ mod tests {
     use super::*;
 
     fn values(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn fills_captures_and_builtins() {
         let t = Template::parse("Lists/{list}-{mailbox} {{x}}", &["list".into()]).unwrap();
-        assert_eq!(t.render(&values(&[("list", "rust"), ("mailbox", "mb")])), "Lists/rust-mb {x}");
+        assert_eq!(
+            t.render(&values(&[("list", "rust"), ("mailbox", "mb")])),
+            "Lists/rust-mb {x}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ fn fetch<'a>(uidl: &'a str, sinks: &'a [String]) -> FetchRecord<'a> {
         fetched_at: 1_000,
         sinks,
         retire: false,
+        route: None,
     }
 }
 
@@ -63,6 +64,7 @@ pub async fn run_all(s: &dyn Store) {
     a_receipt_is_never_undone(s).await;
     a_reused_uidl_starts_a_new_message(s).await;
     broken_retrievals_become_a_dead_letter(s).await;
+    the_first_recorded_route_stays_with_the_message(s).await;
     s.sync().await.unwrap();
     s.ping().await.unwrap();
 }
@@ -202,6 +204,46 @@ async fn listing_marks_vanished_and_content_match_adopts(s: &dyn Store) {
         .await
         .unwrap()
         .is_none_or(|m| m.uidl != "u1"));
+}
+
+async fn the_first_recorded_route_stays_with_the_message(s: &dyn Store) {
+    use crate::route::{Route, Target};
+    let route = |rule: &str, folder: &str| Route {
+        rules: vec![rule.into()],
+        targets: vec![Target {
+            sink: "imap".into(),
+            params: [("folder".to_string(), folder.to_string())].into(),
+        }],
+    };
+    let first = route("v1", "Sales");
+    let sinks = vec!["imap".to_string()];
+    s.record_fetched(&FetchRecord {
+        route: Some(&first),
+        ..fetch("r1", &sinks)
+    })
+    .await
+    .unwrap();
+    // A retry after the rules changed records another decision: the first one stays.
+    let later = route("v2", "Elsewhere");
+    s.record_fetched(&FetchRecord {
+        route: Some(&later),
+        ..fetch("r1", &sinks)
+    })
+    .await
+    .unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(m["r1"].route.as_ref(), Some(&first));
+    assert_eq!(m["r1"].sinks_or(&["archive".to_string()]).to_vec(), sinks);
+    // Renamed by the server (same content under a new UIDL): the route goes along.
+    s.record_presence("alice", &[], &["r1".to_string()], 5_000)
+        .await
+        .unwrap();
+    s.adopt("alice", "r1", "r1-new", 5_100).await.unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(m["r1-new"].route.as_ref(), Some(&first));
+    // A message recorded without rules has no route: the mailbox's sinks apply.
+    s.record_fetched(&fetch("r2", &sinks)).await.unwrap();
+    assert!(s.load_mailbox("alice").await.unwrap()["r2"].route.is_none());
 }
 
 async fn backlog_counts_pending_and_dead_by_sink(s: &dyn Store) {
