@@ -782,6 +782,7 @@ fn merge_report(into: &mut PollReport, from: &PollReport) {
 
 /// Resolve the message's identity, record the attempt, deliver to each pending sink, record the
 /// outcomes, and say whether it may now be deleted.
+#[allow(clippy::too_many_arguments)]
 async fn process(
     ctx: &MailboxContext,
     item: &FetchItem,
