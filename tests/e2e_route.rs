@@ -1,7 +1,8 @@
 //! Routing rules against a real Dovecot: a catch-all split by the envelope recipient the server
 //! wrote (a forged copy written by the sender further down is ignored), fan-out to several
 //! sinks, the default sinks, messages kept on the server with a reason and never retrieved
-//! (`TOP n 0` only), and a retry that routes as recorded although the rules changed.
+//! (`TOP n 0` only), and a retry (after a failure, or a kill -9 mid-delivery) that routes as
+//! recorded although the rules changed.
 //!
 //! The messages are seeded the way a receiving server leaves them: its `Delivered-To:` on top
 //! (Dovecot's LDA/LMTP and Postfix prepend theirs), the sender's own header fields below.
@@ -303,4 +304,109 @@ routes:
         .map(|m| mail::id_of(m))
         .collect();
     assert_eq!(left, vec!["second"]);
+}
+
+/// An HTTP receiver on its own thread answering 200 to every request; gives the request lines
+/// and `X-User` headers it saw.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if request.is_empty() || lower.starts_with("x-user:") {
+                    request.push_str(line.trim_end());
+                    request.push(' ');
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            log.lock().unwrap().push(request);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_delivery_killed_mid_way_is_routed_as_recorded_after_the_rules_changed() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("route-kill");
+    dc.seed(
+        &user,
+        &[delivered_to(Some("sales@example.com"), "killed", "")],
+    );
+    let mut mb = Mailbox::new("kill", &user);
+    mb.delete = "after_delivery";
+    let bridge = Bridge::new(dc, &[mb]);
+    // A receiver that accepts and never answers: popbridge connects only after it recorded the
+    // attempt and its route, and is killed while waiting for the answer.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let tail = |port: u16, version: &str| {
+        format!(
+            "sinks:
+  - name: archive
+    type: maildir
+    path: ./mail/{{mailbox}}
+  - name: hook
+    type: webhook
+    url: http://127.0.0.1:{port}/in
+    format: raw
+    timeout: 60s
+routes:
+  rules:
+    rules:
+      - name: {version}
+        match: {{ envelope: '^(?P<user>[a-z]+)@example\\.com$' }}
+        to: [{{ sink: hook, path: '{version}/{{user}}', headers: {{ X-User: '{version}-{{user}}' }} }}]
+"
+        )
+    };
+    configure(&bridge, "rules", &tail(silent_port, "v1"));
+    let mut child = bridge.spawn(&["once"]);
+    silent.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let _held = loop {
+        match silent.accept() {
+            Ok((conn, _)) => break conn,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("popbridge never reached the webhook: {e}"),
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(dc.list_server_messages(&user).len(), 1);
+
+    // Meanwhile the rules change (another path and header) and the receiver answers.
+    let (port, seen) = receiver();
+    reconfigure(&bridge, &tail(port, "v2"));
+    let run = bridge.once();
+    assert!(run.ok(), "{}", run.output());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("POST /in/v1/sales "), "{seen:?}");
+    assert!(
+        seen[0].to_ascii_lowercase().contains("x-user: v1-sales"),
+        "{seen:?}"
+    );
+    assert!(dc.list_server_messages(&user).is_empty());
 }
