@@ -177,6 +177,19 @@ pub async fn deliver_to_sink(
                     next_attempt_at: now.saturating_add(millis(backoff(policy, attempts, None))),
                 };
             }
+            Err(DeliveryError::Deferred {
+                message: text,
+                wait,
+            }) => {
+                // The sink's own schedule (a daily budget): pending until then, outside the
+                // retry window, and no circuit (it concerns one account, not the sink).
+                handle.circuit.answered();
+                let now = crate::store::now_millis();
+                break OutcomeResult::Retry {
+                    error: text,
+                    next_attempt_at: now.saturating_add(millis(wait)),
+                };
+            }
             Err(DeliveryError::Retryable {
                 message,
                 retry_after,

@@ -88,6 +88,11 @@ pub enum DeliveryError {
     /// this message's fault and must not dead-letter it.
     #[error("{message}")]
     SinkDown { message: String },
+    /// Not now, by the sink's own rule, for this many more: a daily upload budget is spent.
+    /// Neither the message's fault (never a dead letter, however long) nor the whole sink's
+    /// (no circuit: other accounts go on).
+    #[error("{message}")]
+    Deferred { message: String, wait: Duration },
 }
 
 impl DeliveryError {
@@ -112,7 +117,10 @@ impl DeliveryError {
 
     /// The message may still go through later: a passing failure, or a sink that is down.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. } | Self::SinkDown { .. })
+        matches!(
+            self,
+            Self::Retryable { .. } | Self::SinkDown { .. } | Self::Deferred { .. }
+        )
     }
 
     /// The failure is the sink's, not this message's: the same answer awaits every message.
@@ -142,6 +150,16 @@ pub trait Sink: Send + Sync {
 
     /// End of the run: close connections politely (IMAP LOGOUT). Nothing is lost without it.
     async fn close(&self) {}
+
+    /// A sink with a daily budget (IMAP `daily_upload_limit`): since when it counts today's
+    /// uploads. `None` (the default): no budget.
+    fn daily_usage_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+
+    /// Bytes the state says were delivered to this sink since [`Sink::daily_usage_since`], by
+    /// mailbox: uploads of earlier processes today count against the budget.
+    fn seed_daily_usage(&self, _by_mailbox: &std::collections::HashMap<String, u64>) {}
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub async fn run_all(s: &dyn Store) {
     a_reused_uidl_starts_a_new_message(s).await;
     broken_retrievals_become_a_dead_letter(s).await;
     the_first_recorded_route_stays_with_the_message(s).await;
+    delivered_bytes_count_since_a_time_without_duplicates(s).await;
     s.sync().await.unwrap();
     s.ping().await.unwrap();
 }
@@ -244,6 +245,32 @@ async fn the_first_recorded_route_stays_with_the_message(s: &dyn Store) {
     // A message recorded without rules has no route: the mailbox's sinks apply.
     s.record_fetched(&fetch("r2", &sinks)).await.unwrap();
     assert!(s.load_mailbox("alice").await.unwrap()["r2"].route.is_none());
+}
+
+async fn delivered_bytes_count_since_a_time_without_duplicates(s: &dyn Store) {
+    let sinks = vec!["budgeted".to_string()];
+    for (uidl, at, receipt) in [
+        ("q1", 10_000, Receipt::new("APPENDUID 1 1")),
+        ("q2", 20_000, Receipt::new("APPENDUID 1 2")),
+        ("q3", 20_000, Receipt::duplicate("UID 3 (already there)")),
+    ] {
+        s.record_fetched(&fetch(uidl, &sinks)).await.unwrap();
+        s.record_outcomes(&[Outcome {
+            at,
+            ..outcome(uidl, "budgeted", OutcomeResult::Delivered(receipt))
+        }])
+        .await
+        .unwrap();
+    }
+    let since = s.delivered_bytes_since("budgeted", 15_000).await.unwrap();
+    assert_eq!(since.get("alice"), Some(&42), "{since:?}");
+    let all = s.delivered_bytes_since("budgeted", 0).await.unwrap();
+    assert_eq!(all.get("alice"), Some(&84), "{all:?}");
+    assert!(s
+        .delivered_bytes_since("other", 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn backlog_counts_pending_and_dead_by_sink(s: &dyn Store) {

@@ -368,6 +368,14 @@ pub trait Store: Send + Sync {
     /// Pending and dead deliveries of a mailbox, by sink.
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError>;
 
+    /// Bytes (message sizes) delivered to `sink` since `since`, by mailbox, duplicates left
+    /// out: what counts against a daily upload budget.
+    async fn delivered_bytes_since(
+        &self,
+        sink: &str,
+        since: Millis,
+    ) -> Result<HashMap<String, u64>, StoreError>;
+
     /// Cheap liveness query for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -971,6 +971,31 @@ impl Store for PgStore {
         .await
     }
 
+    async fn delivered_bytes_since(
+        &self,
+        sink: &str,
+        since: Millis,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        self.timed("delivered_bytes_since", async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT d.mailbox, COALESCE(SUM(m.size), 0)::BIGINT FROM deliveries d
+                   JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
+                  WHERE d.sink = $1 AND d.status = 'delivered' AND d.delivered_at >= $2
+                    AND COALESCE((d.receipt::jsonb ->> 'duplicate')::boolean, FALSE) = FALSE
+                  GROUP BY d.mailbox",
+            )
+            .bind(sink)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(m, b)| (m, u64::try_from(b).unwrap_or(0)))
+                .collect())
+        })
+        .await
+    }
+
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {
         self.timed("backlog", async {
             let rows = sqlx::query(

@@ -645,6 +645,28 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn delivered_bytes_since(
+        &self,
+        sink: &str,
+        since: Millis,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT d.mailbox, COALESCE(SUM(m.size), 0) FROM deliveries d
+               JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
+              WHERE d.sink = ? AND d.status = 'delivered' AND d.delivered_at >= ?
+                AND COALESCE(json_extract(d.receipt, '$.duplicate'), 0) = 0
+              GROUP BY d.mailbox",
+        )
+        .bind(sink)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(m, b)| (m, u64::try_from(b).unwrap_or(0)))
+            .collect())
+    }
+
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {
         let rows = sqlx::query(
             "SELECT sink, SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead
