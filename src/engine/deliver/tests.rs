@@ -231,3 +231,30 @@ async fn a_long_retry_after_is_left_to_a_later_poll_not_slept_through() {
     }
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_deferral_waits_its_time_outside_the_retry_window_and_the_circuit() {
+    // First tried two days ago (a budget-limited migration): still not a dead letter.
+    let sink = Scripted::new(vec![Err(DeliveryError::Deferred {
+        message: "daily upload budget reached".into(),
+        wait: Duration::from_secs(3600),
+    })]);
+    let before = crate::store::now_millis();
+    let h = handle(sink.clone(), policy());
+    let o = deliver_to_sink(
+        &h,
+        &message(),
+        &IdempotencyKey::derive("mb", "u1"),
+        Some(before - 2 * 24 * 3600 * 1000),
+        &CancellationToken::new(),
+    )
+    .await;
+    match o.result {
+        OutcomeResult::Retry {
+            next_attempt_at, ..
+        } => assert!(next_attempt_at >= before + 3_600_000, "{next_attempt_at}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 1);
+    assert!(h.circuit.open_until(crate::store::now_millis()).is_none());
+}
