@@ -118,6 +118,24 @@ enum Command {
         #[command(subcommand)]
         action: Oauth2Action,
     },
+    /// Config helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print popbridge mailbox entries proposed from a fetchmailrc or getmailrc (passwords are
+    /// never copied: each entry reads a `${VAR}` instead).
+    Import {
+        /// The tool whose config FILE is.
+        #[arg(long = "from", value_enum)]
+        tool: popbridge::cutover::rc::RcTool,
+        /// `.fetchmailrc`, or a getmail6 `getmailrc`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +328,24 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Dlq { action } => dlq(action).await,
         Command::State { action } => state(action).await,
         Command::Oauth2 { action } => oauth2(action).await,
+        Command::Config {
+            action: ConfigAction::Import { tool, file },
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", file.display());
+                    return Ok(exit::CONFIG);
+                }
+            };
+            let imported = popbridge::cutover::rc::parse(tool, &text);
+            print!("{}", popbridge::cutover::rc::render(tool, &imported));
+            Ok(if imported.mailboxes.is_empty() {
+                exit::INCOMPLETE
+            } else {
+                exit::OK
+            })
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! baseline`), are recorded as delivered to the chosen sinks, so they are never fetched.
 
 pub mod formats;
+pub mod rc;
 
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
