@@ -410,3 +410,93 @@ routes:
     );
     assert!(dc.list_server_messages(&user).is_empty());
 }
+
+/// A multipart message with a PDF attachment.
+fn with_attachment(envelope: &str, id: &str) -> Vec<u8> {
+    format!(
+        "Delivered-To: {envelope}\r\nReceived: from mx.example.org by mail.example.com\r\n\
+         From: Sender <sender@example.org>\r\nSubject: {id}\r\nX-Pb-Id: {id}\r\n\
+         Message-ID: <{id}@popbridge.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+         Content-Type: text/plain\r\n\r\nSee attached.\r\n--b1\r\n\
+         Content-Type: application/pdf; name=\"x.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"x.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_rule_on_attachments_decides_after_retrieval_and_sets_the_imap_folder() {
+    let dc = dovecot_or_skip!();
+    let user = dc.add_user("route-body");
+    let dst = dc.add_user("route-body-dst");
+    dc.seed(
+        &user,
+        &[
+            with_attachment("sales@example.com", "with-pdf"),
+            delivered_to(Some("sales@example.com"), "plain", ""),
+        ],
+    );
+    let mut mb = Mailbox::new("body", &user);
+    mb.delete = "after_delivery";
+    let bridge = Bridge::new(dc, &[mb]);
+    configure(
+        &bridge,
+        "files",
+        &format!(
+            "sinks:
+  - name: archive
+    type: maildir
+    path: ./mail/{{mailbox}}
+  - name: newhome
+    type: imap
+    host: localhost
+    port: {port}
+    tls: starttls
+    ca_file: {ca}
+    timeout: 10s
+    username: {dst}
+    password: \"${{ROUTE_BODY_DST}}\"
+routes:
+  files:
+    unmatched: keep
+    rules:
+      - name: files
+        match: {{ has_attachment: true, envelope: '^(?P<user>[a-z]+)@example\\.com$' }}
+        to: [{{ sink: newhome, folder: 'Files-{{user}}' }}]
+",
+            port = dc.imap_port,
+            ca = dc.ca_file.display(),
+            dst = dst.name,
+        ),
+    );
+    let env = [("ROUTE_BODY_DST", dst.password.as_str())];
+    let plan = bridge.run_with_env(&["plan", "--json"], &env);
+    assert!(plan.ok(), "{}", plan.output());
+    assert!(
+        plan.stdout
+            .contains("routing rules need the body: decided after retrieval"),
+        "{}",
+        plan.stdout
+    );
+    let run = bridge.run_with_env(&["once"], &env);
+    assert!(run.ok(), "{}", run.output());
+    assert!(
+        run.output()
+            .contains("kept on the server by the routing rules"),
+        "{}",
+        run.output()
+    );
+    // Appended into the folder the rule named (Dovecot's Maildir++ `.Files-sales`).
+    assert_eq!(ids(&dst.maildir.join(".Files-sales")), vec!["with-pdf"]);
+    assert!(dc.list_server_messages(&dst).is_empty());
+    // The routed one is deleted (in a second session: a kept message was retrieved), the
+    // other stays.
+    let left: Vec<String> = dc
+        .list_server_messages(&user)
+        .iter()
+        .map(|m| mail::id_of(m))
+        .collect();
+    assert_eq!(left, vec!["plain"]);
+}
