@@ -6,7 +6,7 @@
 use super::plan::{FetchItem, Identity, Prior};
 use super::poll::PollReport;
 use crate::pop3::{Pop3Error, Transaction};
-use crate::route::headers::{has_attachment, Headers};
+use crate::route::headers::{AttachmentScan, Headers};
 use crate::route::matcher::Facts;
 use crate::route::{decision, Decision, Route, RuleSet};
 use crate::store::KnownMessage;
@@ -109,29 +109,43 @@ pub async fn decide_spooled(
 ) -> std::io::Result<Decision> {
     let path = path.to_path_buf();
     let needs_body = rules.needs_body();
-    let raw = tokio::task::spawn_blocking(move || read_for_rules(&path, needs_body))
+    let (head, attachment) = tokio::task::spawn_blocking(move || read_for_rules(&path, needs_body))
         .await
         .map_err(std::io::Error::other)??;
-    let headers = Headers::parse(&raw);
+    let headers = Headers::parse(&head);
     let facts = Facts {
         headers: &headers,
         size,
-        has_attachment: needs_body.then(|| has_attachment(&raw)),
+        has_attachment: attachment,
     };
     Ok(decision::decide(rules, mailbox, &facts))
 }
 
-/// The header section, or the whole message when the body is needed.
-fn read_for_rules(path: &Path, whole: bool) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut out = Vec::new();
-    if whole {
-        file.read_to_end(&mut out)?;
-        return Ok(out);
+/// The header section (at most [`MAX_HEADER_BYTES`]) and, when the body is needed, whether it
+/// has an attachment: scanned line by line as it streams from the spool file.
+fn read_for_rules(path: &Path, body: bool) -> std::io::Result<(Vec<u8>, Option<bool>)> {
+    use std::io::{BufRead, Read};
+    let mut head = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_HEADER_BYTES as u64)
+        .read_to_end(&mut head)?;
+    if !body {
+        return Ok((head, None));
     }
-    file.take(MAX_HEADER_BYTES as u64).read_to_end(&mut out)?;
-    Ok(out)
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut scan = AttachmentScan::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // A longer line is read in pieces; no MIME part header is that long.
+        let n = (&mut reader).take(64 * 1024).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok((head, Some(false)));
+        }
+        if scan.line(&line) {
+            return Ok((head, Some(true)));
+        }
+    }
 }
 
 /// Remove from each planned fetch the sinks its recorded route names that are no longer

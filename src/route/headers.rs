@@ -74,39 +74,46 @@ pub fn address(value: &str) -> &str {
     }
 }
 
-/// True when the MIME structure in `raw` (a whole message) declares an attachment: a part
-/// with `Content-Disposition: attachment` or a file name. A line scan, so it needs no parse
-/// of the whole message in memory.
+/// True when the MIME structure in `raw` (a whole message) declares an attachment.
 pub fn has_attachment(raw: &[u8]) -> bool {
-    let mut in_part_headers = false;
-    let mut seen_boundary_line = false;
-    for line in raw.split(|b| *b == b'\n') {
+    let mut scan = AttachmentScan::default();
+    raw.split(|b| *b == b'\n').any(|line| scan.line(line))
+}
+
+/// A line-by-line search for a MIME part with `Content-Disposition: attachment` or a file
+/// name, so a message is scanned as it streams from disk, never held in memory.
+#[derive(Default)]
+pub struct AttachmentScan {
+    in_part_headers: bool,
+}
+
+impl AttachmentScan {
+    /// Feed one line (with or without its line ending); true once an attachment is seen.
+    pub fn line(&mut self, line: &[u8]) -> bool {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.starts_with(b"--") {
-            in_part_headers = true;
-            seen_boundary_line = true;
-            continue;
+            self.in_part_headers = true;
+            return false;
         }
         if line.is_empty() {
-            in_part_headers = false;
-            continue;
+            self.in_part_headers = false;
+            return false;
         }
-        if in_part_headers && seen_boundary_line {
-            let lower = line.to_ascii_lowercase();
-            if lower.starts_with(b"content-disposition:") && contains(&lower, b"attachment") {
-                return true;
-            }
-            if (lower.starts_with(b"content-disposition:")
-                || lower.starts_with(b"content-type:")
-                || lower.starts_with(b" ")
-                || lower.starts_with(b"\t"))
-                && (contains(&lower, b"filename=") || contains(&lower, b"filename*="))
-            {
-                return true;
-            }
+        if !self.in_part_headers {
+            return false;
         }
+        let lower = line.to_ascii_lowercase();
+        let disposition = lower.starts_with(b"content-disposition:");
+        if disposition && contains(&lower, b"attachment") {
+            return true;
+        }
+        let field_or_fold = disposition
+            || lower.starts_with(b"content-type:")
+            || lower.starts_with(b" ")
+            || lower.starts_with(b"\t");
+        field_or_fold && (contains(&lower, b"filename=") || contains(&lower, b"filename*="))
     }
-    false
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
