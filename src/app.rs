@@ -158,10 +158,20 @@ impl App {
                 ))
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
+        // Daily upload budgets count what earlier processes delivered today.
+        for h in &sinks {
+            if let Some(since) = h.sink.daily_usage_since() {
+                let used = store
+                    .delivered_bytes_since(&h.name, since.timestamp_millis())
+                    .await?;
+                h.sink.seed_daily_usage(&used);
+            }
+        }
         let mut mailboxes = Vec::new();
         for m in &config.mailboxes {
+            // Every sink the mailbox may route to: its own, plus those its rules name.
             let handles = m
-                .sinks
+                .all_sinks()
                 .iter()
                 .map(|name| {
                     sinks

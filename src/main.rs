@@ -122,6 +122,11 @@ enum Command {
     /// or the device flow where the server offers it), store the refresh token, check it
     /// against the Gmail API, print the config block to paste.
     GmailSetup(GmailSetupArgs),
+    /// Config helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
 }
 
 #[derive(clap::Args)]
@@ -165,6 +170,19 @@ struct GmailSetupArgs {
     /// Do not call the Gmail API to check the new token.
     #[arg(long)]
     no_check: bool,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print popbridge mailbox entries proposed from a fetchmailrc or getmailrc (passwords are
+    /// never copied: each entry reads a `${VAR}` instead).
+    Import {
+        /// The tool whose config FILE is.
+        #[arg(long = "from", value_enum)]
+        tool: popbridge::cutover::rc::RcTool,
+        /// `.fetchmailrc`, or a getmail6 `getmailrc`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -358,6 +376,24 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::State { action } => state(action).await,
         Command::Oauth2 { action } => oauth2(action).await,
         Command::GmailSetup(args) => gmail_setup(args).await,
+        Command::Config {
+            action: ConfigAction::Import { tool, file },
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", file.display());
+                    return Ok(exit::CONFIG);
+                }
+            };
+            let imported = popbridge::cutover::rc::parse(tool, &text);
+            print!("{}", popbridge::cutover::rc::render(tool, &imported));
+            Ok(if imported.mailboxes.is_empty() {
+                exit::INCOMPLETE
+            } else {
+                exit::OK
+            })
+        }
     }
 }
 

@@ -66,6 +66,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
             },
             delete,
             sinks: vec!["archive".into()],
+            routes: None,
         }],
         sinks: vec![SinkConfig {
             name: "archive".into(),

@@ -368,6 +368,7 @@ fn spooled(dir: &std::path::Path, mailbox: &str, body: &[u8]) -> popbridge::sink
         sha256: hex::encode(sha2::Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        params: Default::default(),
     }
 }
 

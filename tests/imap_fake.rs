@@ -242,6 +242,7 @@ fn spool(dir: &Path, body: &[u8]) -> SpooledMessage {
         sha256: hex::encode(sha2::Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        params: Default::default(),
     }
 }
 

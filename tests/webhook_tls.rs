@@ -154,6 +154,7 @@ fn message(dir: &Path) -> SpooledMessage {
         sha256: "00".into(),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        params: Default::default(),
     }
 }
 

@@ -73,8 +73,21 @@ pub struct MailboxConfig {
     pub pop3: ClientConfig,
     pub schedule: Schedule,
     pub delete: DeletePolicy,
-    /// Names of sinks, each checked to exist in `Config::sinks`.
+    /// Names of sinks, each checked to exist in `Config::sinks` (with `routes`, the sinks of
+    /// unmatched messages).
     pub sinks: Vec<String>,
+    /// Routing rules, when the mailbox has any.
+    pub routes: Option<std::sync::Arc<crate::route::RuleSet>>,
+}
+
+impl MailboxConfig {
+    /// Every sink a message of this mailbox may go to: its own, plus those its rules name.
+    pub fn all_sinks(&self) -> Vec<String> {
+        match &self.routes {
+            Some(r) => r.all_sinks(),
+            None => self.sinks.clone(),
+        }
+    }
 }
 
 /// When a mailbox is polled.

@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// Named OAuth2 credentials, shared by mailboxes (`pop3.oauth2: NAME`) and IMAP sinks.
     #[serde(default)]
     pub oauth2: std::collections::BTreeMap<String, crate::oauth2::config::RawCredential>,
+    /// Named routing rule sets, shared by mailboxes (`routes: NAME`).
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, crate::route::config::RawRuleSet>,
 }
 
 /// `state:`.
@@ -108,8 +111,12 @@ pub struct RawMailbox {
     /// When to delete messages from the server (default `never`).
     #[serde(default)]
     pub delete: Option<RawDelete>,
-    /// Names of the sinks every message goes to (at least one).
+    /// Names of the sinks every message goes to (at least one); with `routes`, the sinks of
+    /// messages no rule matched.
     pub sinks: Vec<String>,
+    /// Routing rules: the name of a shared `routes:` entry, or a rule set written here.
+    #[serde(default)]
+    pub routes: Option<crate::route::config::RawRouteRef>,
 }
 
 /// `pop3:` of a mailbox.

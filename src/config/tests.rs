@@ -656,3 +656,79 @@ fn state_url_selects_postgres_with_its_defaults() {
     let none = MINIMAL.replace("  path: state/popbridge.db\n", "  retention: 1d\n");
     assert!(format!("{}", err(&none)).contains("state.url"));
 }
+
+const ROUTED: &str = "
+routes:
+  split:
+    unmatched: keep
+    rules:
+      - name: sales
+        match: { envelope: '^(?P<user>[a-z]+)@example\\.com$' }
+        to: [{ sink: archive, subfolder: '{user}' }]
+";
+
+#[test]
+fn a_shared_rule_set_is_built_for_the_mailbox() {
+    let text = format!(
+        "{}{ROUTED}",
+        MINIMAL.replace(
+            "    sinks: [archive]\n",
+            "    sinks: [archive]\n    routes: split\n"
+        )
+    );
+    let Loaded { config, warnings } = load(&text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let rules = config.mailboxes[0].routes.as_ref().unwrap();
+    assert_eq!(rules.name, "split");
+    assert_eq!(rules.unmatched, crate::route::Unmatched::Keep);
+    assert_eq!(rules.envelope_header, "Delivered-To");
+    assert!(rules.envelope_above_received && !rules.needs_body());
+}
+
+#[test]
+fn an_unknown_key_in_a_rule_is_located() {
+    let text = format!(
+        "{}{}",
+        MINIMAL.replace(
+            "    sinks: [archive]\n",
+            "    sinks: [archive]\n    routes: split\n"
+        ),
+        ROUTED.replace("        to: [", "        stopp: true\n        to: [")
+    );
+    let line = text.lines().position(|l| l.contains("stopp")).unwrap() + 1;
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (line, 9), "{msg}");
+    assert!(msg.contains("unknown field `stopp`"), "{msg}");
+}
+
+#[test]
+fn a_rule_naming_an_unknown_sink_or_set_is_refused() {
+    let text = format!(
+        "{}{}",
+        MINIMAL.replace(
+            "    sinks: [archive]\n",
+            "    sinks: [archive]\n    routes: splt\n"
+        ),
+        ROUTED
+    );
+    let msg = invalid(&text);
+    assert!(
+        msg.contains(
+            "mailboxes[alice].routes: unknown rule set \"splt\" (defined under routes: split)"
+        ),
+        "{msg}"
+    );
+    let text = format!(
+        "{}{}",
+        MINIMAL.replace(
+            "    sinks: [archive]\n",
+            "    sinks: [archive]\n    routes: split\n"
+        ),
+        ROUTED.replace("sink: archive,", "sink: archiv,")
+    );
+    let msg = invalid(&text);
+    assert!(
+        msg.contains("mailboxes[alice].routes.rules[0].to[0]: unknown sink \"archiv\""),
+        "{msg}"
+    );
+}

@@ -52,6 +52,7 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         warnings: Vec::new(),
         credentials: Default::default(),
         token_dir: PathBuf::new(),
+        route_refs: Vec::new(),
     };
 
     let backend = match raw.state.url {
@@ -119,15 +120,26 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
     let mut sinks = v.sinks(raw.sinks);
     v.sink_credentials(&mut sinks);
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
-    let mailboxes = v.mailboxes(raw.mailboxes, &sink_names);
-
-    let used: BTreeSet<&str> = mailboxes
+    let sink_types: Vec<(&str, &str)> = sinks
         .iter()
-        .flat_map(|m| m.sinks.iter().map(String::as_str))
+        .map(|s| (s.name.as_str(), sink_type(&s.kind)))
+        .collect();
+    let mut mailboxes = v.mailboxes(raw.mailboxes, &sink_names);
+    v.routes(&mut mailboxes, raw.routes, &sink_types);
+
+    let all_sinks: Vec<(usize, Vec<String>)> = mailboxes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i, m.all_sinks()))
+        .collect();
+    let used: BTreeSet<&str> = all_sinks
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(String::as_str))
         .collect();
     // An IMAP or Gmail sink must know the target account of every mailbox routed to it.
-    for m in &mailboxes {
-        for s in sinks.iter().filter(|s| m.sinks.contains(&s.name)) {
+    for (i, routed) in &all_sinks {
+        let m = &mailboxes[*i];
+        for s in sinks.iter().filter(|s| routed.contains(&s.name)) {
             if let crate::config::SinkKind::Imap(imap) = &s.kind {
                 if let Err(why) = imap.account_for(&m.name) {
                     v.problem(
@@ -165,6 +177,18 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         Ok((config, v.warnings))
     } else {
         Err(v.problems)
+    }
+}
+
+/// The `type:` of a sink, as written.
+fn sink_type(kind: &crate::config::SinkKind) -> &'static str {
+    use crate::config::SinkKind;
+    match kind {
+        SinkKind::Maildir(_) => "maildir",
+        SinkKind::Webhook(_) => "webhook",
+        SinkKind::S3(_) => "s3",
+        SinkKind::Imap(_) => "imap",
+        SinkKind::Gmail(_) => "gmail",
     }
 }
 
@@ -210,6 +234,8 @@ struct Validator<'a> {
     credentials: std::collections::BTreeMap<String, Arc<TokenSource>>,
     /// `<state dir>/oauth2`, where refresh tokens are kept.
     token_dir: PathBuf,
+    /// Each built mailbox's `routes:` as written, resolved once the sinks are known.
+    route_refs: Vec<Option<crate::route::config::RawRouteRef>>,
 }
 
 impl Validator<'_> {
@@ -451,10 +477,64 @@ impl Validator<'_> {
                     schedule,
                     delete,
                     sinks: mb.sinks,
+                    routes: None,
                 });
+                self.route_refs.push(mb.routes);
             }
         }
         out
+    }
+
+    /// Resolve each mailbox's `routes` (kept in `route_refs` by [`Self::mailboxes`]).
+    fn routes(
+        &mut self,
+        mailboxes: &mut [MailboxConfig],
+        shared: std::collections::BTreeMap<String, crate::route::config::RawRuleSet>,
+        sinks: &[(&str, &str)],
+    ) {
+        use crate::route::config::RawRouteRef;
+        let refs = std::mem::take(&mut self.route_refs);
+        let mut used = BTreeSet::new();
+        for (m, r) in mailboxes.iter_mut().zip(refs) {
+            let at = format!("mailboxes[{}].routes", m.name);
+            let (name, raw) = match r {
+                None => continue,
+                Some(RawRouteRef::Named(n)) => match shared.get(&n) {
+                    Some(raw) => {
+                        used.insert(n.clone());
+                        (n, raw.clone())
+                    }
+                    None => {
+                        let defined: Vec<&str> = shared.keys().map(String::as_str).collect();
+                        self.problem(
+                            at,
+                            format!(
+                                "unknown rule set {n:?} (defined under routes: {})",
+                                if defined.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    defined.join(", ")
+                                }
+                            ),
+                        );
+                        continue;
+                    }
+                },
+                Some(RawRouteRef::Inline(raw)) => (format!("mailbox.{}", m.name), *raw),
+            };
+            match raw.validate(&name, sinks, &m.sinks) {
+                Ok(set) => m.routes = Some(std::sync::Arc::new(set)),
+                Err(problems) => {
+                    for (place, what) in problems {
+                        self.problem(format!("{at}.{place}"), what);
+                    }
+                }
+            }
+        }
+        for name in shared.keys().filter(|n| !used.contains(*n)) {
+            self.warnings
+                .push(format!("routes[{name}]: not used by any mailbox"));
+        }
     }
 
     fn mailbox_sinks(&mut self, at: &str, names: &[String], defined: &[&str]) {

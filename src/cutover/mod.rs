@@ -3,6 +3,7 @@
 //! baseline`), are recorded as delivered to the chosen sinks, so they are never fetched.
 
 pub mod formats;
+pub mod rc;
 
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
@@ -189,6 +190,7 @@ async fn record(
             fetched_at: at,
             sinks,
             retire: false,
+            route: None,
         })
         .await?;
     let outcomes: Vec<Outcome> = sinks

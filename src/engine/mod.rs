@@ -4,3 +4,4 @@ pub mod deliver;
 pub mod plan;
 pub mod poll;
 pub mod preview;
+pub mod routing;

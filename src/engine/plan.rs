@@ -117,7 +117,7 @@ pub struct Plan {
     pub dropped: usize,
 }
 
-/// Sinks of `sinks` that still need this message now.
+/// Sinks of `sinks` (or of the message's recorded route) that still need this message now.
 pub fn pending_sinks(
     known: Option<&KnownMessage>,
     sinks: &[String],
@@ -125,7 +125,8 @@ pub fn pending_sinks(
 ) -> (Vec<String>, usize, usize) {
     let mut pending = Vec::new();
     let (mut waiting, mut dead) = (0, 0);
-    for sink in sinks {
+    let sinks = known.map_or(std::borrow::Cow::Borrowed(sinks), |k| k.sinks_or(sinks));
+    for sink in sinks.iter() {
         match known.and_then(|m| m.deliveries.get(sink)) {
             None => pending.push(sink.clone()),
             Some(DeliveryState::Delivered { .. }) => {}
@@ -145,6 +146,7 @@ pub fn pending_sinks(
 
 /// How many of `sinks` an operator dropped for this message (`dlq drop`).
 pub fn dropped_sinks(known: Option<&KnownMessage>, sinks: &[String]) -> usize {
+    let sinks = known.map_or(std::borrow::Cow::Borrowed(sinks), |k| k.sinks_or(sinks));
     sinks
         .iter()
         .filter(|s| {
@@ -164,7 +166,7 @@ pub fn deletable(
     now: Millis,
 ) -> bool {
     let mut last_delivery = 0;
-    for sink in sinks {
+    for sink in known.sinks_or(sinks).iter() {
         match known.deliveries.get(sink) {
             Some(DeliveryState::Delivered { at, .. }) => last_delivery = last_delivery.max(*at),
             _ => return false,

@@ -12,6 +12,7 @@
 
 use super::deliver::{deliver_to_sink, SinkHandle};
 use super::plan::{self, DeleteItem, FetchItem, Identity, Known, Listed, Plan, Prior, Warning};
+use super::routing;
 use crate::config::MailboxConfig;
 use crate::key::IdempotencyKey;
 use crate::pop3::{self, ErrorKind, Pop3Error, Retrieved};
@@ -127,6 +128,8 @@ pub struct PollReport {
     /// daily quota): their messages wait on the server, undeleted, and resume by themselves.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub paused: Vec<PausedSink>,
+    /// New messages the routing rules kept on the server (`unmatched: keep`), not fetched.
+    pub kept_by_rules: usize,
 }
 
 /// One sink paused for a mailbox, as the summary, the report file and the progress show it.
@@ -310,7 +313,8 @@ async fn poll_inner(
         ctx.store.lookup(name, &unknown).await?
     };
     let failures = ctx.store.retrieval_failures(name).await?;
-    let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    // The mailbox's own sinks; a message with a recorded route goes to the route's instead.
+    let sink_names: Vec<String> = ctx.mailbox.sinks.clone();
     let now = crate::store::now_millis();
     let plan = plan::plan(
         &listing,
@@ -351,6 +355,15 @@ async fn poll_inner(
     let Plan {
         mut fetch, delete, ..
     } = plan;
+    let configured: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    routing::drop_unconfigured(&mut fetch, &known, &configured, report);
+    let routes = match &ctx.mailbox.routes {
+        Some(rules) => {
+            routing::route_before_fetch(rules, name, &mut session, &mut fetch, &known, report)
+                .await?
+        }
+        None => HashMap::new(),
+    };
     skip_sinks_that_are_down(ctx, &mut fetch, report);
     // Too large to fetch: reported every poll (never skipped in silence), kept on the server.
     let cap = ctx.mailbox.pop3.max_message_bytes;
@@ -385,6 +398,7 @@ async fn poll_inner(
             &known,
             &others,
             some_vanished,
+            &routes,
             shutdown,
             report,
         )
@@ -709,6 +723,7 @@ async fn fetch_and_deliver(
     known: &HashMap<String, KnownMessage>,
     others: &HashMap<String, KnownMessage>,
     some_vanished: bool,
+    routes: &HashMap<u32, crate::route::Route>,
     shutdown: &CancellationToken,
     report: &mut PollReport,
 ) -> Result<Fetched, PollError> {
@@ -736,7 +751,8 @@ async fn fetch_and_deliver(
                     }
                     match (items.get(&msgno), result) {
                         (Some(item), Ok(retrieved)) => {
-                            running.push(process(ctx, item, retrieved, known, others, some_vanished, shutdown));
+                            let routed = routes.get(&msgno);
+                            running.push(process(ctx, item, retrieved, known, others, some_vanished, routed, shutdown));
                         }
                         (_, Err(e)) => failures.push(format!("message {msgno}: {e}")),
                         (None, Ok(_)) => {}
@@ -794,11 +810,14 @@ fn merge_report(into: &mut PollReport, from: &PollReport) {
     into.dead_lettered += from.dead_lettered;
     into.dead_earlier += from.dead_earlier;
     into.waiting += from.waiting;
+    into.kept_by_rules += from.kept_by_rules;
+    into.warnings.extend(from.warnings.iter().cloned());
     into.failures.extend(from.failures.iter().cloned());
 }
 
 /// Resolve the message's identity, record the attempt, deliver to each pending sink, record the
 /// outcomes, and say whether it may now be deleted.
+#[allow(clippy::too_many_arguments)]
 async fn process(
     ctx: &MailboxContext,
     item: &FetchItem,
@@ -806,6 +825,7 @@ async fn process(
     known: &HashMap<String, KnownMessage>,
     others: &HashMap<String, KnownMessage>,
     some_vanished: bool,
+    routed: Option<&crate::route::Route>,
     shutdown: &CancellationToken,
 ) -> Result<Processed, PollError> {
     let name = ctx.mailbox.name.as_str();
@@ -815,7 +835,7 @@ async fn process(
         bytes: retrieved.size,
         ..Default::default()
     };
-    let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    let sink_names: Vec<String> = ctx.mailbox.sinks.clone();
     let now = crate::store::now_millis();
     if item.failures > 0 {
         store.clear_retrieval_failure(name, item_uidl(item)).await?;
@@ -916,6 +936,39 @@ async fn process(
             });
         }
     }
+    // A new message goes where the rules say (decided from its headers before RETR, or now);
+    // a known one where its recorded route said.
+    let mut route = state.as_ref().and_then(|s| s.route.clone());
+    if let (None, Some(rules)) = (&state, &ctx.mailbox.routes) {
+        let decision = match routed {
+            Some(rt) => crate::route::Decision::Route(rt.clone()),
+            None => routing::decide_spooled(rules, name, &retrieved.file, item.size)
+                .await
+                .map_err(|source| PollError::Spool {
+                    path: retrieved.file.display().to_string(),
+                    source,
+                })?,
+        };
+        match decision {
+            crate::route::Decision::Keep { reason } => {
+                tracing::info!(mailbox = name, uidl = %uidl, reason = %reason, "Kept on the server by the routing rules");
+                routing::note_kept(&mut r, vec![format!("message {}: {reason}", item.msgno)]);
+                ctx.progress.message_done(retrieved.size);
+                return Ok(Processed {
+                    msgno: item.msgno,
+                    uidl,
+                    deletable: false,
+                    held: false,
+                    report: r,
+                });
+            }
+            crate::route::Decision::Route(rt) => {
+                tracing::debug!(mailbox = name, uidl = %uidl, route = %rt.describe(), "Routed");
+                pending = rt.sinks();
+                route = Some(rt);
+            }
+        }
+    }
     let key_text = state
         .as_ref()
         .map(|s| s.idem_key.clone())
@@ -934,6 +987,7 @@ async fn process(
         sha256: retrieved.sha256.clone(),
         fetched_at: chrono::Utc::now(),
         seen_before: state.is_some(),
+        params: Default::default(),
     };
     if !pending.is_empty() || retire {
         store
@@ -948,6 +1002,7 @@ async fn process(
                 fetched_at: now,
                 sinks: &pending,
                 retire,
+                route: route.as_ref(),
             })
             .await?;
     }
@@ -956,18 +1011,39 @@ async fn process(
         .iter()
         .filter(|h| pending.contains(&h.name))
         .collect();
-    let outcomes = futures_util::future::join_all(handles.iter().map(|h| {
-        let first = state
-            .as_ref()
-            .and_then(|s| match s.deliveries.get(&h.name) {
-                Some(DeliveryState::Pending {
-                    first_attempt_at, ..
-                }) => *first_attempt_at,
-                _ => None,
-            });
-        deliver_to_sink(h, &message, &key, first, shutdown)
-    }))
-    .await;
+    if handles.len() < pending.len() {
+        let missing: Vec<String> = pending
+            .iter()
+            .filter(|s| !handles.iter().any(|h| &h.name == *s))
+            .cloned()
+            .collect();
+        r.failures
+            .push(routing::unconfigured_text(item.msgno, &uidl, &missing));
+    }
+    // Each sink gets the parameters its target in the route names.
+    let messages: Vec<SpooledMessage> = handles
+        .iter()
+        .map(|h| SpooledMessage {
+            params: route
+                .as_ref()
+                .map(|rt| rt.params(&h.name))
+                .unwrap_or_default(),
+            ..message.clone()
+        })
+        .collect();
+    let outcomes =
+        futures_util::future::join_all(handles.iter().zip(&messages).map(|(h, message)| {
+            let first = state
+                .as_ref()
+                .and_then(|s| match s.deliveries.get(&h.name) {
+                    Some(DeliveryState::Pending {
+                        first_attempt_at, ..
+                    }) => *first_attempt_at,
+                    _ => None,
+                });
+            deliver_to_sink(h, message, &key, first, shutdown)
+        }))
+        .await;
     store.record_outcomes(&outcomes).await?;
     ctx.progress.message_done(retrieved.size);
     for h in &handles {
@@ -989,6 +1065,7 @@ async fn process(
         replaced_by: None,
         list_size: Some(item.size),
         fingerprint: Some(retrieved_fingerprint),
+        route: route.clone(),
         deliveries: HashMap::new(),
     });
     for o in &outcomes {
@@ -1031,7 +1108,7 @@ async fn process(
         ctx.mailbox.delete,
         crate::store::now_millis(),
     );
-    let held = sink_names.iter().all(|s| {
+    let held = after.sinks_or(&sink_names).iter().all(|s| {
         matches!(
             after.deliveries.get(s),
             Some(DeliveryState::Delivered { .. })

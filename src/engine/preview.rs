@@ -1,6 +1,6 @@
 //! `popbridge plan`: what a run would do to each listed message, with no side effect — the
-//! server is listed (LIST, UIDL, then QUIT: no RETR, no DELE), the state is read, never
-//! written, and no sink is called.
+//! server is listed (LIST, UIDL, for routing rules `TOP n 0` of new messages, then QUIT: no
+//! RETR, no DELE), the state is read, never written, and no sink is called.
 
 use super::plan::{self, Identity, Known, Listed, Prior};
 use super::poll::{MailboxContext, PollError};
@@ -48,7 +48,6 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
     let mut session = pop3::connect(&ctx.mailbox.pop3).await?;
     let sizes = session.list().await?;
     let uidls = session.uidl().await?;
-    let _ = session.quit().await;
     let listing = super::poll::merge_listing(&sizes, uidls.as_deref());
     let known = ctx.store.load_mailbox(name).await?;
     let unknown: Vec<String> = listing
@@ -58,7 +57,7 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
         .collect();
     let others = ctx.store.lookup(name, &unknown).await?;
     let failures = ctx.store.retrieval_failures(name).await?;
-    let sinks: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    let sinks: Vec<String> = ctx.mailbox.sinks.clone();
     let now = crate::store::now_millis();
     let p = plan::plan(
         &listing,
@@ -71,6 +70,14 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
         ctx.mailbox.delete,
         now,
     );
+    let decisions = match &ctx.mailbox.routes {
+        Some(rules) => {
+            super::routing::decide_by_headers(rules, name, &mut session, &p.fetch, &known).await?
+        }
+        None => HashMap::new(),
+    };
+    let _ = session.quit().await;
+    let after_retrieval = ctx.mailbox.routes.as_ref().map(|r| r.needs_body());
     let fetch: HashMap<u32, &plan::FetchItem> = p.fetch.iter().map(|f| (f.msgno, f)).collect();
     let delete: Vec<u32> = p.delete.iter().map(|d| d.msgno).collect();
     let cap = ctx.mailbox.pop3.max_message_bytes;
@@ -80,15 +87,21 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
             msgno: l.msgno,
             uidl: l.uidl.clone(),
             size: l.size,
-            action: action(
+            action: routed(
+                action(
+                    l,
+                    fetch.get(&l.msgno).copied(),
+                    &delete,
+                    &known,
+                    &p,
+                    cap,
+                    &sinks,
+                    now,
+                ),
                 l,
-                fetch.get(&l.msgno).copied(),
-                &delete,
+                decisions.get(&l.msgno),
                 &known,
-                &p,
-                cap,
-                &sinks,
-                now,
+                after_retrieval,
             ),
         })
         .collect();
@@ -97,6 +110,44 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
         steps,
         warnings: p.warnings.iter().map(super::poll::describe).collect(),
     })
+}
+
+/// The routing side of a step: the decision for a new message (kept ones are not fetched),
+/// the recorded route of a known one.
+fn routed(
+    action: Action,
+    l: &Listed,
+    decision: Option<&crate::route::Decision>,
+    known: &HashMap<String, KnownMessage>,
+    after_retrieval: Option<bool>,
+) -> Action {
+    use crate::route::Decision;
+    let Action::Fetch { sinks, why } = action else {
+        return action;
+    };
+    let recorded = l
+        .uidl
+        .as_ref()
+        .and_then(|u| known.get(u))
+        .and_then(|k| k.route.as_ref());
+    match (decision, recorded, after_retrieval) {
+        (Some(Decision::Keep { reason }), _, _) => Action::Keep {
+            why: format!("{reason}; not fetched"),
+        },
+        (Some(Decision::Route(r)), _, _) => Action::Fetch {
+            sinks: r.sinks(),
+            why: format!("{why}; route {}", r.describe()),
+        },
+        (None, Some(r), _) => Action::Fetch {
+            sinks,
+            why: format!("{why}; recorded route {}", r.describe()),
+        },
+        (None, None, Some(true)) => Action::Fetch {
+            sinks,
+            why: format!("{why}; routing rules need the body: decided after retrieval"),
+        },
+        _ => Action::Fetch { sinks, why },
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

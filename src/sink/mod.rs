@@ -38,6 +38,10 @@ pub struct SpooledMessage {
     /// The state already knew this message (an earlier attempt may have reached a sink without
     /// being recorded): a sink that cannot deduplicate by key looks for a copy first.
     pub seen_before: bool,
+    /// Per-delivery parameters a routing rule chose for this sink (`folder`, `subfolder`,
+    /// `prefix`, `path`, `header.<Name>`; see `route::config::supported_params`). Empty without
+    /// rules. A sink reads only its own keys; validation made sure no other reaches it.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Proof that a sink holds the message durably. Stored in the state as JSON.
@@ -155,6 +159,16 @@ pub trait Sink: Send + Sync {
     fn paused_until(&self, _mailbox: &str) -> Option<SinkPause> {
         None
     }
+
+    /// A sink with a daily budget (IMAP `daily_upload_limit`): since when it counts today's
+    /// uploads. `None` (the default): no budget.
+    fn daily_usage_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+
+    /// Bytes the state says were delivered to this sink since [`Sink::daily_usage_since`], by
+    /// mailbox: uploads of earlier processes today count against the budget.
+    fn seed_daily_usage(&self, _by_mailbox: &std::collections::HashMap<String, u64>) {}
 }
 
 /// A target of a sink that refuses deliveries until a known time.

@@ -15,6 +15,7 @@ fn fetch<'a>(uidl: &'a str, sinks: &'a [String]) -> FetchRecord<'a> {
         fetched_at: 1_000,
         sinks,
         retire: false,
+        route: None,
     }
 }
 
@@ -63,6 +64,8 @@ pub async fn run_all(s: &dyn Store) {
     a_receipt_is_never_undone(s).await;
     a_reused_uidl_starts_a_new_message(s).await;
     broken_retrievals_become_a_dead_letter(s).await;
+    the_first_recorded_route_stays_with_the_message(s).await;
+    delivered_bytes_count_since_a_time_without_duplicates(s).await;
     s.sync().await.unwrap();
     s.ping().await.unwrap();
 }
@@ -202,6 +205,72 @@ async fn listing_marks_vanished_and_content_match_adopts(s: &dyn Store) {
         .await
         .unwrap()
         .is_none_or(|m| m.uidl != "u1"));
+}
+
+async fn the_first_recorded_route_stays_with_the_message(s: &dyn Store) {
+    use crate::route::{Route, Target};
+    let route = |rule: &str, folder: &str| Route {
+        rules: vec![rule.into()],
+        targets: vec![Target {
+            sink: "imap".into(),
+            params: [("folder".to_string(), folder.to_string())].into(),
+        }],
+    };
+    let first = route("v1", "Sales");
+    let sinks = vec!["imap".to_string()];
+    s.record_fetched(&FetchRecord {
+        route: Some(&first),
+        ..fetch("r1", &sinks)
+    })
+    .await
+    .unwrap();
+    // A retry after the rules changed records another decision: the first one stays.
+    let later = route("v2", "Elsewhere");
+    s.record_fetched(&FetchRecord {
+        route: Some(&later),
+        ..fetch("r1", &sinks)
+    })
+    .await
+    .unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(m["r1"].route.as_ref(), Some(&first));
+    assert_eq!(m["r1"].sinks_or(&["archive".to_string()]).to_vec(), sinks);
+    // Renamed by the server (same content under a new UIDL): the route goes along.
+    s.record_presence("alice", &[], &["r1".to_string()], 5_000)
+        .await
+        .unwrap();
+    s.adopt("alice", "r1", "r1-new", 5_100).await.unwrap();
+    let m = s.load_mailbox("alice").await.unwrap();
+    assert_eq!(m["r1-new"].route.as_ref(), Some(&first));
+    // A message recorded without rules has no route: the mailbox's sinks apply.
+    s.record_fetched(&fetch("r2", &sinks)).await.unwrap();
+    assert!(s.load_mailbox("alice").await.unwrap()["r2"].route.is_none());
+}
+
+async fn delivered_bytes_count_since_a_time_without_duplicates(s: &dyn Store) {
+    let sinks = vec!["budgeted".to_string()];
+    for (uidl, at, receipt) in [
+        ("q1", 10_000, Receipt::new("APPENDUID 1 1")),
+        ("q2", 20_000, Receipt::new("APPENDUID 1 2")),
+        ("q3", 20_000, Receipt::duplicate("UID 3 (already there)")),
+    ] {
+        s.record_fetched(&fetch(uidl, &sinks)).await.unwrap();
+        s.record_outcomes(&[Outcome {
+            at,
+            ..outcome(uidl, "budgeted", OutcomeResult::Delivered(receipt))
+        }])
+        .await
+        .unwrap();
+    }
+    let since = s.delivered_bytes_since("budgeted", 15_000).await.unwrap();
+    assert_eq!(since.get("alice"), Some(&42), "{since:?}");
+    let all = s.delivered_bytes_since("budgeted", 0).await.unwrap();
+    assert_eq!(all.get("alice"), Some(&84), "{all:?}");
+    assert!(s
+        .delivered_bytes_since("other", 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn backlog_counts_pending_and_dead_by_sink(s: &dyn Store) {

@@ -112,12 +112,24 @@ pub struct KnownMessage {
     pub list_size: Option<u64>,
     /// [`crate::content::Fingerprint`] of the message (`None` before schema 2).
     pub fingerprint: Option<String>,
+    /// The routing decision recorded when the message was first fetched (`None` for a
+    /// mailbox without rules, or a row from before schema 3): its sinks replace the
+    /// mailbox's, so a retry routes the same way whatever the config says by then.
+    pub route: Option<crate::route::Route>,
     pub deliveries: HashMap<String, DeliveryState>,
 }
 
 impl KnownMessage {
     /// History, not identity: we deleted it, or another UIDL took it over. A UIDL listed again
     /// after this is a new message.
+    /// The sinks this message must reach: those of its recorded route, else `mailbox_sinks`.
+    pub fn sinks_or<'a>(&'a self, mailbox_sinks: &'a [String]) -> std::borrow::Cow<'a, [String]> {
+        match &self.route {
+            Some(r) => std::borrow::Cow::Owned(r.sinks()),
+            None => std::borrow::Cow::Borrowed(mailbox_sinks),
+        }
+    }
+
     pub fn is_history(&self) -> bool {
         self.deleted_at.is_some() || self.replaced_by.is_some()
     }
@@ -168,6 +180,8 @@ pub struct FetchRecord<'a> {
     /// Another message held this UIDL before: move its row to history first. (A deleted or
     /// replaced row at this UIDL is moved to history in any case.)
     pub retire: bool,
+    /// The routing decision to record; a decision already recorded for the row is kept.
+    pub route: Option<&'a crate::route::Route>,
 }
 
 /// The result of delivering one message to one sink, to be recorded.
@@ -354,6 +368,14 @@ pub trait Store: Send + Sync {
 
     /// Pending and dead deliveries of a mailbox, by sink.
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError>;
+
+    /// Bytes (message sizes) delivered to `sink` since `since`, by mailbox, duplicates left
+    /// out: what counts against a daily upload budget.
+    async fn delivered_bytes_since(
+        &self,
+        sink: &str,
+        since: Millis,
+    ) -> Result<HashMap<String, u64>, StoreError>;
 
     /// Cheap liveness query for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -217,9 +217,9 @@ async fn retire(
     let history = format!("{uidl} {key}@{now}");
     sqlx::query(
         "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
-            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at)
+            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at, route)
          SELECT mailbox, $3, idem_key, size, sha256, first_seen_at, fetched_at, FALSE, deleted_at,
-            replaced_by, list_size, fingerprint, COALESCE(gone_at, $4), $4
+            replaced_by, list_size, fingerprint, COALESCE(gone_at, $4), $4, route
            FROM messages WHERE mailbox = $1 AND uidl = $2",
     )
     .bind(mailbox)
@@ -392,6 +392,7 @@ impl Store for PgStore {
     }
 
     async fn record_fetched(&self, r: &FetchRecord<'_>) -> Result<(), StoreError> {
+        let route = r.route.map(serde_json::to_string).transpose()?;
         self.timed("record_fetched", async {
             let mut tx = self.pool.begin().await?;
             self.fence(&mut tx, r.mailbox).await?;
@@ -409,12 +410,13 @@ impl Store for PgStore {
             }
             sqlx::query(
                 "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, fingerprint,
-                    list_size, first_seen_at, fetched_at, on_server)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, TRUE)
+                    list_size, first_seen_at, fetched_at, on_server, route)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, TRUE, $9)
                  ON CONFLICT (mailbox, uidl) DO UPDATE SET size = excluded.size,
                     sha256 = excluded.sha256, fingerprint = excluded.fingerprint,
                     list_size = excluded.list_size, fetched_at = excluded.fetched_at,
-                    on_server = TRUE, gone_at = NULL",
+                    on_server = TRUE, gone_at = NULL,
+                    route = COALESCE(messages.route, excluded.route)",
             )
             .bind(r.mailbox)
             .bind(r.uidl)
@@ -424,6 +426,7 @@ impl Store for PgStore {
             .bind(r.fingerprint)
             .bind(to_i64(r.list_size))
             .bind(r.fetched_at)
+            .bind(&route)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -601,9 +604,9 @@ impl Store for PgStore {
             retire(&mut tx, mailbox, new_uidl, now).await?;
             sqlx::query(
                 "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at,
-                    fetched_at, on_server, list_size, fingerprint)
+                    fetched_at, on_server, list_size, fingerprint, route)
                  SELECT mailbox, $3, idem_key, size, sha256, first_seen_at, $4, TRUE, list_size,
-                    fingerprint
+                    fingerprint, route
                    FROM messages WHERE mailbox = $1 AND uidl = $2",
             )
             .bind(mailbox)
@@ -900,6 +903,31 @@ impl Store for PgStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn delivered_bytes_since(
+        &self,
+        sink: &str,
+        since: Millis,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        self.timed("delivered_bytes_since", async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT d.mailbox, COALESCE(SUM(m.size), 0)::BIGINT FROM deliveries d
+                   JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
+                  WHERE d.sink = $1 AND d.status = 'delivered' AND d.delivered_at >= $2
+                    AND COALESCE((d.receipt::jsonb ->> 'duplicate')::boolean, FALSE) = FALSE
+                  GROUP BY d.mailbox",
+            )
+            .bind(sink)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(m, b)| (m, u64::try_from(b).unwrap_or(0)))
+                .collect())
         })
         .await
     }

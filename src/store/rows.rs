@@ -94,6 +94,10 @@ pub(super) fn message(row: &impl Columns) -> Result<KnownMessage, StoreError> {
         replaced_by: row.opt_text("replaced_by")?,
         list_size: size(row.opt_int("list_size")?),
         fingerprint: row.opt_text("fingerprint")?,
+        route: match row.opt_text("route")? {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        },
         deliveries: HashMap::new(),
     })
 }

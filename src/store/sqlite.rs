@@ -105,9 +105,9 @@ pub(super) async fn retire(
     let history = format!("{uidl} {key}@{now}");
     sqlx::query(
         "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
-            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at)
+            on_server, deleted_at, replaced_by, list_size, fingerprint, gone_at, retired_at, route)
          SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, fetched_at, 0, deleted_at,
-            replaced_by, list_size, fingerprint, COALESCE(gone_at, ?4), ?4
+            replaced_by, list_size, fingerprint, COALESCE(gone_at, ?4), ?4, route
            FROM messages WHERE mailbox = ?1 AND uidl = ?2",
     )
     .bind(mailbox)
@@ -276,6 +276,7 @@ impl Store for SqliteStore {
             fetched_at: r.fetched_at,
             sinks: r.sinks.to_vec(),
             retire: r.retire,
+            route: r.route.map(serde_json::to_string).transpose()?,
         };
         self.group
             .write(&self.pool, group::Write::Fetched(fetched))
@@ -370,8 +371,9 @@ impl Store for SqliteStore {
         retire(&mut tx, mailbox, new_uidl, now).await?;
         sqlx::query(
             "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at, fetched_at,
-                on_server, list_size, fingerprint)
-             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1, list_size, fingerprint
+                on_server, list_size, fingerprint, route)
+             SELECT mailbox, ?3, idem_key, size, sha256, first_seen_at, ?4, 1, list_size, fingerprint,
+                route
                FROM messages WHERE mailbox = ?1 AND uidl = ?2",
         )
         .bind(mailbox)
@@ -583,6 +585,28 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn delivered_bytes_since(
+        &self,
+        sink: &str,
+        since: Millis,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT d.mailbox, COALESCE(SUM(m.size), 0) FROM deliveries d
+               JOIN messages m ON m.mailbox = d.mailbox AND m.uidl = d.uidl
+              WHERE d.sink = ? AND d.status = 'delivered' AND d.delivered_at >= ?
+                AND COALESCE(json_extract(d.receipt, '$.duplicate'), 0) = 0
+              GROUP BY d.mailbox",
+        )
+        .bind(sink)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(m, b)| (m, u64::try_from(b).unwrap_or(0)))
+            .collect())
     }
 
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {

@@ -64,6 +64,7 @@ fn message() -> SpooledMessage {
         sha256: String::new(),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        params: Default::default(),
     }
 }
 
@@ -253,5 +254,8 @@ async fn a_paused_target_waits_until_the_pause_ends_without_dead_letter_or_circu
     // Recorded as of the pause's end: a first failure's window starts then.
     assert_eq!(o.at, at);
     assert_eq!(s.calls.load(Ordering::SeqCst), 1, "no in-poll retry");
-    assert!(h.circuit.open_until(crate::store::now_millis()).is_none());
+    assert!(
+        h.circuit.open_until(crate::store::now_millis()).is_none(),
+        "a paused target opens no circuit"
+    );
 }

@@ -27,6 +27,7 @@ fn known(uidl: &str, states: &[(&str, DeliveryState)]) -> KnownMessage {
         replaced_by: None,
         list_size: None,
         fingerprint: None,
+        route: None,
         deliveries: states
             .iter()
             .map(|(s, d)| (s.to_string(), d.clone()))

@@ -80,6 +80,11 @@ pub struct ImapSinkConfig {
     /// Connections to this server at once, over all accounts (default 4).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Bytes uploaded per target account per UTC day, after which the sink stops until the
+    /// next day (messages wait on the POP3 server). Google Workspace: about 500 MB. Default:
+    /// no budget.
+    #[serde(default)]
+    pub daily_upload_limit: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +127,8 @@ pub struct ImapSettings {
     pub flags: Vec<String>,
     pub internaldate: InternalDate,
     pub max_connections: usize,
+    /// Bytes per account per UTC day (`None`: no budget).
+    pub daily_upload_limit: Option<u64>,
     /// The `oauth2:` credential named, resolved into [`Self::oauth2`] by the config validator.
     pub oauth2_credential: Option<String>,
     pub oauth2: Option<std::sync::Arc<crate::oauth2::TokenSource>>,
@@ -179,6 +186,11 @@ impl ImapSinkConfig {
         let timeout = self.timeout.map_or(Duration::from_secs(60), |d| d.0);
         if timeout.is_zero() {
             return Err("`timeout` must be greater than 0".into());
+        }
+        if self.daily_upload_limit == Some(0) {
+            return Err(
+                "`daily_upload_limit` must be at least 1 byte (leave it out for no budget)".into(),
+            );
         }
         let max_connections = self.max_connections.unwrap_or(4);
         if max_connections == 0 {
@@ -256,6 +268,7 @@ impl ImapSinkConfig {
             flags: self.flags,
             internaldate: self.internaldate.unwrap_or_default(),
             max_connections,
+            daily_upload_limit: self.daily_upload_limit,
             oauth2_credential: self.oauth2,
             oauth2: None,
         })

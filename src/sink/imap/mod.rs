@@ -1,5 +1,6 @@
 //! IMAP APPEND sink: POP3 → IMAP migration, byte for byte, with no duplicate in the target.
 
+pub mod budget;
 mod compare;
 pub mod config;
 mod headers;

@@ -27,10 +27,13 @@ pub struct ImapSink {
     /// the folder's `(UIDVALIDITY, UIDNEXT)` just before it when the server said them: the
     /// next attempt looks for the message, from that UID on, before appending it again.
     uncertain: Mutex<HashMap<String, Option<(u32, u32)>>>,
+    /// `daily_upload_limit`, per account.
+    budget: Option<super::budget::UploadBudget>,
 }
 
 impl ImapSink {
     pub fn new(name: impl Into<String>, settings: ImapSettings) -> Result<Self, String> {
+        let settings_budget = settings.daily_upload_limit;
         let tls = match settings.server.tls {
             ImapTls::None => None,
             _ => Some(
@@ -45,7 +48,42 @@ impl ImapSink {
             tls,
             sessions: Mutex::new(HashMap::new()),
             uncertain: Mutex::new(HashMap::new()),
+            budget: settings_budget.map(super::budget::UploadBudget::new),
         })
+    }
+
+    /// Test seam: the budget with another clock.
+    pub fn with_budget_clock(mut self, clock: super::budget::Clock) -> Self {
+        if let Some(b) = &self.budget {
+            self.budget = Some(super::budget::UploadBudget::with_clock(b.limit(), clock));
+        }
+        self
+    }
+
+    /// Reserve today's upload budget for `message`, or refuse: retryable until the next UTC
+    /// midnight (the message stays pending and on the POP3 server), or permanent for a message
+    /// larger than the whole daily budget.
+    fn reserve(&self, account: &Account, message: &SpooledMessage) -> Result<(), DeliveryError> {
+        use super::budget::Refusal;
+        let Some(b) = &self.budget else { return Ok(()) };
+        match b.reserve(&account.username, message.size) {
+            Ok(()) => Ok(()),
+            Err(Refusal::TooLarge) => Err(DeliveryError::permanent(format!(
+                "message of {} bytes is over the daily upload budget of {} bytes of {}",
+                message.size,
+                b.limit(),
+                account.username
+            ))),
+            Err(Refusal::Tomorrow(wait)) => Err(DeliveryError::Paused {
+                message: format!(
+                    "daily upload budget of {} bytes of {} reached; resuming at 00:00 UTC",
+                    b.limit(),
+                    account.username
+                ),
+                until: chrono::Utc::now()
+                    + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::days(1)),
+            }),
+        }
     }
 
     /// The account's slot. Idle sessions of other accounts beyond `max_connections` are
@@ -164,7 +202,11 @@ impl ImapSink {
         key: &IdempotencyKey,
         fields: &headers::Fields,
     ) -> Result<Receipt, ImapError> {
-        let folder = &self.settings.folder;
+        // A routing rule may name the folder for this message.
+        let folder = message
+            .params
+            .get("folder")
+            .unwrap_or(&self.settings.folder);
         session.select(folder).await?;
         let at = format!("{folder} of {}", account.username);
         let intent = match self.uncertain.lock() {
@@ -298,6 +340,48 @@ fn classify(e: ImapError) -> DeliveryError {
     }
 }
 
+impl ImapSink {
+    /// One delivery with its budget reserved: the account's session (a fresh one when the kept
+    /// one was closed), then [`Self::deliver_on`].
+    async fn deliver_reserved(
+        &self,
+        account: &Account,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+        fields: &headers::Fields,
+    ) -> Result<Receipt, DeliveryError> {
+        let slot = self.slot(&account.username);
+        let mut guard = slot.lock().await;
+        // A kept session may have been closed by the server while idle: one fresh try.
+        for fresh in [false, true] {
+            let reused = guard.is_some() && !fresh;
+            if guard.as_ref().is_none_or(Session::is_broken) {
+                *guard = Some(self.connect(account).await.map_err(classify)?);
+            }
+            let Some(session) = guard.as_mut() else {
+                continue;
+            };
+            match self
+                .deliver_on(session, account, message, key, fields)
+                .await
+            {
+                Ok(receipt) => return Ok(receipt),
+                Err(e) => {
+                    let broken = session.is_broken();
+                    if broken {
+                        *guard = None;
+                    }
+                    if !(broken && reused) {
+                        return Err(classify(e));
+                    }
+                    tracing::debug!(sink = %self.name, error = %e, "IMAP session was gone; reconnecting");
+                }
+            }
+        }
+        Err(DeliveryError::retryable("IMAP session lost twice"))
+    }
+}
+
 #[async_trait]
 impl Sink for ImapSink {
     fn name(&self) -> &str {
@@ -325,35 +409,28 @@ impl Sink for ImapSink {
             .acquire()
             .await
             .map_err(|e| DeliveryError::retryable(format!("IMAP limiter closed: {e}")))?;
-        let slot = self.slot(&account.username);
-        let mut guard = slot.lock().await;
-        // A kept session may have been closed by the server while idle: one fresh try.
-        for fresh in [false, true] {
-            let reused = guard.is_some() && !fresh;
-            if guard.as_ref().is_none_or(Session::is_broken) {
-                *guard = Some(self.connect(&account).await.map_err(classify)?);
-            }
-            let Some(session) = guard.as_mut() else {
-                continue;
-            };
-            match self
-                .deliver_on(session, &account, message, key, &fields)
-                .await
-            {
-                Ok(receipt) => return Ok(receipt),
-                Err(e) => {
-                    let broken = session.is_broken();
-                    if broken {
-                        *guard = None;
-                    }
-                    if !(broken && reused) {
-                        return Err(classify(e));
-                    }
-                    tracing::debug!(sink = %self.name, error = %e, "IMAP session was gone; reconnecting");
-                }
+        self.reserve(&account, message)?;
+        let result = self.deliver_reserved(&account, message, key, &fields).await;
+        if let Some(b) = &self.budget {
+            // Nothing was uploaded: a failure, or the copy was already there.
+            if result.as_ref().map_or(true, |r| r.duplicate) {
+                b.release(&account.username, message.size);
             }
         }
-        Err(DeliveryError::retryable("IMAP session lost twice"))
+        result
+    }
+
+    fn seed_daily_usage(&self, by_mailbox: &HashMap<String, u64>) {
+        let Some(b) = &self.budget else { return };
+        for (mailbox, bytes) in by_mailbox {
+            if let Ok(account) = self.settings.account_for(mailbox) {
+                b.seed(&account.username, *bytes);
+            }
+        }
+    }
+
+    fn daily_usage_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.budget.as_ref().map(|b| b.today_start())
     }
 
     async fn healthcheck(&self) -> Result<(), DeliveryError> {

@@ -30,6 +30,22 @@ struct Inner {
     dir_sync: super::dirsync::DirSync,
 }
 
+/// The directory of a Maildir++ subfolder chosen by a routing rule: `.name` inside the Maildir
+/// (`.` separates levels, as Dovecot and Courier lay it out). Never a path out of the Maildir.
+fn subfolder_dir(name: &str) -> Result<String, String> {
+    let bad = name.is_empty()
+        || name.starts_with('.')
+        || name.ends_with('.')
+        || name.contains("..")
+        || name.contains(['/', '\\', '\0']);
+    if bad {
+        return Err(format!(
+            "routing parameter subfolder {name:?} is not a usable Maildir++ folder name"
+        ));
+    }
+    Ok(format!(".{name}"))
+}
+
 impl MaildirSink {
     pub fn new(name: impl Into<String>, settings: MaildirSettings) -> Self {
         Self {
@@ -75,7 +91,12 @@ impl Inner {
         message: &SpooledMessage,
         key: &IdempotencyKey,
     ) -> Result<Receipt, DeliveryError> {
-        let dir = self.dir_for(&message.mailbox);
+        let dir = match message.params.get("subfolder") {
+            Some(sub) => self
+                .dir_for(&message.mailbox)
+                .join(subfolder_dir(sub).map_err(DeliveryError::permanent)?),
+            None => self.dir_for(&message.mailbox),
+        };
         self.ensure_dirs(&dir)?;
         let final_path = dir.join("new").join(key.as_str());
         if let Some(existing) = self.existing(&dir, key) {

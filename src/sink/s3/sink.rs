@@ -96,6 +96,12 @@ impl S3Sink {
             sha256: &message.sha256,
             date,
         });
+        // A routing rule may put the object under a prefix (recorded with the message, so
+        // every attempt names the same key).
+        let key = match message.params.get("prefix") {
+            Some(prefix) => format!("{prefix}{key}"),
+            None => key,
+        };
         let mut headers = vec![
             ("content-type", "message/rfc822".to_string()),
             ("x-amz-meta-mailbox", meta_value(&message.mailbox)),

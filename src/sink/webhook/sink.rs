@@ -168,6 +168,15 @@ impl WebhookSink {
         for (name, value) in &self.settings.headers {
             h.insert(name.clone(), header(value.expose())?);
         }
+        // Headers a routing rule chose for this message.
+        for (param, value) in &message.params {
+            if let Some(name) = param.strip_prefix("header.") {
+                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+                    DeliveryError::permanent(format!("routing header {name:?}: {e}"))
+                })?;
+                h.insert(name, header(value)?);
+            }
+        }
         let content_type = match self.settings.format {
             Format::Json => "application/json",
             Format::Raw => "message/rfc822",
@@ -212,6 +221,20 @@ impl WebhookSink {
     }
 }
 
+/// The configured URL, with the path suffix a routing rule chose for this message appended.
+fn routed_url(url: &reqwest::Url, message: &SpooledMessage) -> reqwest::Url {
+    let mut out = url.clone();
+    if let Some(suffix) = message.params.get("path") {
+        let path = format!(
+            "{}/{}",
+            url.path().trim_end_matches('/'),
+            suffix.trim_start_matches('/')
+        );
+        out.set_path(&path);
+    }
+    out
+}
+
 #[async_trait]
 impl Sink for WebhookSink {
     fn name(&self) -> &str {
@@ -234,7 +257,7 @@ impl Sink for WebhookSink {
         let headers = self.headers(message, key, timestamp, signature, len)?;
         let response = self
             .client
-            .post(self.settings.url.clone())
+            .post(routed_url(&self.settings.url, message))
             .headers(headers)
             .body(request_body)
             .send()

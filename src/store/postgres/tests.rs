@@ -58,6 +58,7 @@ fn fetch<'a>(mailbox: &'a str, uidl: &'a str, sinks: &'a [String]) -> FetchRecor
         fetched_at: 1,
         sinks,
         retire: false,
+        route: None,
     }
 }
 

@@ -25,6 +25,8 @@ pub(super) struct Fetched {
     pub fetched_at: i64,
     pub sinks: Vec<String>,
     pub retire: bool,
+    /// JSON of the routing decision, if any.
+    pub route: Option<String>,
 }
 
 pub(super) enum Write {
@@ -133,7 +135,7 @@ async fn write_batch(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreErr
     for chunk in fetched.chunks(CHUNK / 10) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, fingerprint, list_size,
-                first_seen_at, fetched_at, on_server) ",
+                first_seen_at, fetched_at, on_server, route) ",
         );
         q.push_values(chunk, |mut row, f| {
             row.push_bind(&f.mailbox)
@@ -145,13 +147,14 @@ async fn write_batch(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreErr
                 .push_bind(f.list_size)
                 .push_bind(f.fetched_at)
                 .push_bind(f.fetched_at)
-                .push("1");
+                .push("1")
+                .push_bind(&f.route);
         });
         q.push(
             " ON CONFLICT (mailbox, uidl) DO UPDATE SET size = excluded.size,
               sha256 = excluded.sha256, fingerprint = excluded.fingerprint,
               list_size = excluded.list_size, fetched_at = excluded.fetched_at, on_server = 1,
-              gone_at = NULL",
+              gone_at = NULL, route = COALESCE(messages.route, excluded.route)",
         );
         q.build().execute(&mut *tx).await?;
     }

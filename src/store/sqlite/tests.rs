@@ -72,6 +72,7 @@ async fn grouped_writes_from_concurrent_writers_all_land() {
                     fetched_at: 1000,
                     sinks: &sinks,
                     retire: false,
+                    route: None,
                 })
                 .await
                 .unwrap();
@@ -124,6 +125,7 @@ async fn a_failed_group_is_reported_and_the_next_one_succeeds() {
         fetched_at: 1,
         sinks: &sinks,
         retire: false,
+        route: None,
     })
     .await
     .unwrap();
@@ -153,6 +155,7 @@ async fn a_bad_row_fails_only_its_own_writer_not_the_group() {
             fetched_at: 1,
             sinks: &sinks,
             retire: false,
+            route: None,
         })
         .await
         .unwrap();
