@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod key;
 mod multipart;
 pub mod service;
+pub mod presign;
 pub mod sigv4;
 mod sink;
 #[cfg(test)]
