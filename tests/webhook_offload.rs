@@ -50,7 +50,9 @@ fn settings(url: &str, offload: OffloadSettings) -> WebhookSettings {
 
 /// Bytes no compressor or coincidence makes equal to anything else in the test.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -184,18 +186,26 @@ async fn a_retry_reuses_the_objects_and_signs_fresh_links() {
     let key = IdempotencyKey::derive("alice", "m2");
     sink.deliver(&m, &key).await.unwrap();
     let objects = s3.object_keys();
-    let stored = std::fs::metadata(s3.root.join("mail/offload").join(hex::encode(Sha256::digest(&big))))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let stored = std::fs::metadata(
+        s3.root
+            .join("mail/offload")
+            .join(hex::encode(Sha256::digest(&big))),
+    )
+    .unwrap()
+    .modified()
+    .unwrap();
     // The signing time has a one-second resolution: let it move on.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     sink.deliver(&m, &key).await.unwrap();
     assert_eq!(s3.object_keys(), objects, "a retry added objects");
-    let again = std::fs::metadata(s3.root.join("mail/offload").join(hex::encode(Sha256::digest(&big))))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let again = std::fs::metadata(
+        s3.root
+            .join("mail/offload")
+            .join(hex::encode(Sha256::digest(&big))),
+    )
+    .unwrap()
+    .modified()
+    .unwrap();
     assert_eq!(stored, again, "a retry uploaded the object again");
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 2);
@@ -207,7 +217,10 @@ async fn a_retry_reuses_the_objects_and_signs_fresh_links() {
             link(&v["attachments"][1])
         })
         .collect();
-    assert_ne!(urls[0], urls[1], "the retry must carry a freshly signed link");
+    assert_ne!(
+        urls[0], urls[1],
+        "the retry must carry a freshly signed link"
+    );
     for url in &urls {
         assert_eq!(get(url).await.0, 200);
     }
@@ -245,6 +258,9 @@ async fn an_expired_link_is_refused_and_a_stable_link_base_is_used_as_is() {
     let mut o = offload(&s3, false);
     o.link_base = Some("https://files.example.com/mail/".parse().unwrap());
     let stable = OffloadStore::new(o).unwrap().link(&key).await.unwrap();
-    assert_eq!(stable.url, format!("https://files.example.com/mail/offload/{sha}"));
+    assert_eq!(
+        stable.url,
+        format!("https://files.example.com/mail/offload/{sha}")
+    );
     assert_eq!(stable.expires_at, None);
 }

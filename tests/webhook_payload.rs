@@ -207,7 +207,11 @@ fn offloaded_content_is_linked_golden() {
         },
     )
     .unwrap();
-    assert_eq!(large.len(), 1, "fixture 003 has one attachment over the limit");
+    assert_eq!(
+        large.len(),
+        1,
+        "fixture 003 has one attachment over the limit"
+    );
     for s in large {
         links.attachments.insert(s.clone(), link(&s));
     }
@@ -226,6 +230,10 @@ fn offloaded_content_is_linked_golden() {
     if expected.as_ref() != Some(&actual) {
         let out = eml.with_file_name("003.links.actual.json");
         std::fs::write(&out, serde_json::to_string_pretty(&actual).unwrap() + "\n").unwrap();
-        panic!("differs from {} (actual in {})", golden.display(), out.display());
+        panic!(
+            "differs from {} (actual in {})",
+            golden.display(),
+            out.display()
+        );
     }
 }

@@ -62,7 +62,10 @@ impl OffloadConfig {
             .link_expiry
             .map_or(Duration::from_secs(24 * 3600), |d| d.0);
         if link_expiry.is_zero() || link_expiry > MAX_EXPIRY {
-            return Err("`offload.link_expiry` must be between 1s and 7d (AWS's limit for pre-signed URLs)".into());
+            return Err(
+                "`offload.link_expiry` must be between 1s and 7d (AWS's limit for pre-signed URLs)"
+                    .into(),
+            );
         }
         let link_base = match self.link_base {
             None => None,
@@ -89,5 +92,66 @@ impl OffloadConfig {
             },
             warnings,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str_with_env, SinkKind};
+    use std::path::Path;
+
+    const BASE: &str = "state:\n  path: /tmp/pb.db\nmailboxes:\n  - name: a\n    pop3:\n      host: h\n      username: u\n      password: p\n    schedule: { every: 60s }\n    sinks: [hook]\nsinks:\n  - name: hook\n    type: webhook\n    url: https://app.example.com/in\n";
+
+    fn load(extra: &str) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+        load_str_with_env(
+            &format!("{BASE}{extra}"),
+            Path::new("/etc/popbridge/config.yaml"),
+            |name| (name == "S3_SECRET").then(|| "sekrit-s3-key".into()),
+        )
+    }
+
+    const S3: &str = "    offload:\n      s3:\n        bucket: mail-files\n        access_key_id: AKIDEXAMPLE\n        secret_access_key: ${S3_SECRET}\n";
+
+    #[test]
+    fn offload_is_off_by_default_and_loads_with_defaults() {
+        let loaded = load("").unwrap();
+        let SinkKind::Webhook(w) = &loaded.config.sinks[0].kind else {
+            panic!("expected a webhook")
+        };
+        assert!(w.offload.is_none());
+        let loaded = load(S3).unwrap();
+        let SinkKind::Webhook(w) = &loaded.config.sinks[0].kind else {
+            panic!("expected a webhook")
+        };
+        let o = w.offload.as_ref().unwrap();
+        assert_eq!(o.prefix, "offload/");
+        assert_eq!(o.link_expiry, std::time::Duration::from_secs(86400));
+        assert!(!o.raw && o.link_base.is_none());
+        assert_eq!(o.s3.bucket, "mail-files");
+        assert!(!format!("{:?}", loaded.config).contains("sekrit"));
+    }
+
+    #[test]
+    fn bad_offload_settings_are_refused_with_the_reason() {
+        for (extra, why) in [
+            ("      link_expiry: 8d\n", "7d"),
+            (
+                "      link_base: https://files.example.com/x\n",
+                "ending in `/`",
+            ),
+            ("      prefix: /abs/\n", "must not start"),
+            ("      nope: 1\n", "nope"),
+        ] {
+            let err = load(&format!("{S3}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(why), "{extra}: {err}");
+        }
+        let err = load(&format!("{S3}        key: \"{{id}}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("do not apply"), "{err}");
+        let err = load(&format!("    format: raw\n{S3}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format: json"), "{err}");
     }
 }

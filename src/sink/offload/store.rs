@@ -148,8 +148,8 @@ impl OffloadStore {
             });
         }
         let url = crate::sink::s3::presign::link(&self.svc, key, self.link_expiry, now).await?;
-        let expires = now
-            + chrono::Duration::from_std(self.link_expiry).unwrap_or(chrono::Duration::zero());
+        let expires =
+            now + chrono::Duration::from_std(self.link_expiry).unwrap_or(chrono::Duration::zero());
         Ok(Link {
             url,
             expires_at: Some(expires.to_rfc3339_opts(SecondsFormat::Secs, true)),
@@ -172,7 +172,11 @@ impl OffloadStore {
         if answer.status.is_success() {
             Ok(())
         } else {
-            Err(classify("offload: HEAD bucket", answer.status, &answer.body))
+            Err(classify(
+                "offload: HEAD bucket",
+                answer.status,
+                &answer.body,
+            ))
         }
     }
 }

@@ -4,8 +4,8 @@ pub mod config;
 pub mod credentials;
 pub mod key;
 mod multipart;
-pub mod service;
 pub mod presign;
+pub mod service;
 pub mod sigv4;
 mod sink;
 #[cfg(test)]

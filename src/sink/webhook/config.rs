@@ -186,7 +186,9 @@ impl WebhookSinkConfig {
         let offload = match self.offload {
             None => None,
             Some(_) if format == Format::Raw => {
-                return Err("`offload` needs `format: json` (a raw body is the message itself)".into())
+                return Err(
+                    "`offload` needs `format: json` (a raw body is the message itself)".into(),
+                )
             }
             Some(o) => {
                 let (o, w) = o.validate(base)?;

@@ -30,7 +30,12 @@ pub(super) async fn links(
     let mut links = Links::default();
     if raw_too {
         let key = store
-            .put(&message.path, &message.sha256, message.size, "message/rfc822")
+            .put(
+                &message.path,
+                &message.sha256,
+                message.size,
+                "message/rfc822",
+            )
             .await?;
         links.raw = Some(store.link(&key).await?);
     }
@@ -48,9 +53,7 @@ pub(super) async fn links(
             .content_type
             .as_deref()
             .unwrap_or("application/octet-stream");
-        let key = store
-            .put(&e.path, &e.sha256, e.size, content_type)
-            .await?;
+        let key = store.put(&e.path, &e.sha256, e.size, content_type).await?;
         links.attachments.insert(e.sha256, store.link(&key).await?);
     }
     Ok(links)

@@ -5,14 +5,17 @@
 //! message are base64-encoded straight into the output writer (`collect_str` over
 //! `Base64Display`), never into a third copy, and the caller writes the JSON to a spool file, not
 //! to memory. `format: raw` streams the message and stays bounded whatever its size.
+//!
+//! With `offload`, content left out for size gets a `link` (and the message a `raw_link`):
+//! [`large_attachments`] names what to store, [`write_json_with_links`] writes the links.
 
+use crate::sink::offload::Link;
 use base64::display::Base64Display;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders, PartType};
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
-use crate::sink::offload::Link;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
