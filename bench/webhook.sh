@@ -5,7 +5,8 @@
 # target: webhook >= 0.8x Maildir). The receiver is bench/receiver.py (Python
 # ThreadingHTTPServer, keep-alive). The load average is printed with the table.
 #
-# Usage: bench/webhook.sh   (as root; installs dovecot, wrk, python3, time if missing)
+# Usage: bench/webhook.sh   (as root; installs dovecot, wrk, python3, time if missing;
+#        PB_BIN=path uses a release binary built already, REPS=n the runs per mode)
 # Output: a markdown table on stdout and in bench/out/webhook.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,14 @@ source scripts/lib/deps.sh
 source scripts/lib/dovecot.sh
 ensure_packages dovecot-core dovecot-pop3d openssl python3 wrk time
 
-echo "building popbridge (release)..." >&2
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/popbridge
+# PB_BIN: a release binary built already (skips the build).
+if [ -n "${PB_BIN:-}" ]; then
+    BIN=$PB_BIN
+else
+    echo "building popbridge (release)..." >&2
+    cargo build --release --quiet
+    BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/popbridge
+fi
 OUT=$REPO/bench/out
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/popbridge-webhook-bench.XXXXXX)

@@ -15,7 +15,7 @@ pub struct OffloadConfig {
     /// The bucket, as the keys of an S3 sink (`bucket`, `endpoint`, `region`, credentials,
     /// encryption, `timeout`, `ca_file`…). `key` and the multipart keys do not apply: objects
     /// are named by their SHA-256.
-    pub s3: S3SinkConfig,
+    pub s3: Box<S3SinkConfig>,
     /// Object key prefix (default `offload/`): an object is `<prefix><sha256>`.
     #[serde(default)]
     pub prefix: Option<String>,
@@ -54,8 +54,7 @@ impl OffloadConfig {
                     .into(),
             );
         }
-        let (s3, warnings) = self
-            .s3
+        let (s3, warnings) = (*self.s3)
             .validate(base)
             .map_err(|e| format!("`offload.s3`: {e}"))?;
         let link_expiry = self
