@@ -4,45 +4,10 @@
 use super::config::WebhookSettings;
 use crate::sink::DeliveryError;
 use chrono::{DateTime, Utc};
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use reqwest::StatusCode;
 use std::time::Duration;
 
 pub fn build_client(s: &WebhookSettings) -> Result<reqwest::Client, String> {
-    client_builder(s)?
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-/// A client being built on its own thread, awaited by the first delivery.
-pub type PendingClient = Shared<BoxFuture<'static, Result<reqwest::Client, String>>>;
-
-/// Check the settings now (files, certificates: a bad one fails at startup), and build the
-/// client in the background. Building it loads the system CA bundle (native-tls loads it twice,
-/// tens of milliseconds of OpenSSL PEM decoding): off the critical path, that overlaps the POP3
-/// login and listing instead of delaying a `once` run by as much.
-pub fn spawn_client(s: &WebhookSettings) -> Result<PendingClient, String> {
-    let builder = client_builder(s)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("webhook-client".into())
-        .spawn(move || {
-            let _ = tx.send(
-                builder
-                    .build()
-                    .map_err(|e| format!("cannot build the HTTP client: {e}")),
-            );
-        })
-        .map_err(|e| format!("cannot start the HTTP client builder: {e}"))?;
-    Ok(async move {
-        rx.await
-            .map_err(|_| "the HTTP client builder stopped".to_string())?
-    }
-    .boxed()
-    .shared())
-}
-
-fn client_builder(s: &WebhookSettings) -> Result<reqwest::ClientBuilder, String> {
     let mut b = crate::sink::http::client_builder(s.timeout, s.concurrency, s.ca_file.as_deref())?;
     if let Some((cert, key)) = &s.client_identity {
         let c = std::fs::read(cert)
@@ -62,7 +27,8 @@ fn client_builder(s: &WebhookSettings) -> Result<reqwest::ClientBuilder, String>
         );
         b = b.danger_accept_invalid_certs(true);
     }
-    Ok(b)
+    b.build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 section 10.2.3).

@@ -3,7 +3,7 @@
 
 use super::config::{Format, WebhookSettings};
 use super::payload::{self, Meta, Options};
-use super::service::{classify, classify_error, spawn_client, PendingClient};
+use super::service::{build_client, classify, classify_error};
 use super::signature::{sign, sign_bytes};
 use crate::key::IdempotencyKey;
 use crate::sink::offload::OffloadStore;
@@ -17,8 +17,7 @@ use tokio::sync::Semaphore;
 pub struct WebhookSink {
     name: String,
     settings: Arc<WebhookSettings>,
-    /// Built in the background; the first delivery waits for it.
-    client: PendingClient,
+    client: reqwest::Client,
     /// Requests in flight to this endpoint.
     limit: Arc<Semaphore>,
     /// Where big attachments go when `offload` is configured.
@@ -51,7 +50,7 @@ fn header(value: &str) -> Result<HeaderValue, DeliveryError> {
 
 impl WebhookSink {
     pub fn new(name: impl Into<String>, settings: WebhookSettings) -> Result<Self, String> {
-        let client = spawn_client(&settings)?;
+        let client = build_client(&settings)?;
         let offload = match &settings.offload {
             Some(o) => Some(Arc::new(OffloadStore::new(o.clone())?)),
             None => None,
@@ -250,12 +249,8 @@ impl Sink for WebhookSink {
         let timestamp = chrono::Utc::now().timestamp();
         let (len, signature, request_body) = self.prepare(&body, key, timestamp).await?;
         let headers = self.headers(message, key, timestamp, signature, len)?;
-        let client = self
+        let response = self
             .client
-            .clone()
-            .await
-            .map_err(|e| DeliveryError::sink_down(format!("webhook: {e}")))?;
-        let response = client
             .post(self.settings.url.clone())
             .headers(headers)
             .body(request_body)
