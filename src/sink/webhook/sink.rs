@@ -4,7 +4,7 @@
 use super::config::{Format, WebhookSettings};
 use super::payload::{self, Meta, Options};
 use super::service::{build_client, classify, classify_error};
-use super::signature::{sign, sign_bytes};
+use super::signature::sign;
 use crate::key::IdempotencyKey;
 use crate::sink::offload::OffloadStore;
 use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
@@ -140,7 +140,7 @@ impl WebhookSink {
                     None
                 } else {
                     Some(
-                        sign_bytes(keys, key.as_str(), timestamp, bytes)
+                        sign(keys, key.as_str(), timestamp, &bytes[..])
                             .map_err(|e| spool_error("sign the body", e))?,
                     )
                 };
