@@ -168,3 +168,72 @@ fn a_message_that_trips_the_mime_parser_is_still_sent_whole() {
         assert_eq!(v["message_id"], "002@example.com");
     }
 }
+
+/// Offloaded content (sink option `offload`): an attachment over the limit carries a `link`
+/// beside its size, type and sha256, and `raw_link` replaces `raw`. Golden file
+/// `003.links.json`; validated against the schema by `webhook_offload.rs` through the sink.
+#[test]
+fn offloaded_content_is_linked_golden() {
+    use popbridge::sink::offload::Link;
+    use popbridge::sink::webhook::payload::{write_json_with_links, Links};
+    let eml = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eml/003.eml");
+    let raw = std::fs::read(&eml).unwrap();
+    let sha = hex::encode(Sha256::digest(&raw));
+    let meta = Meta {
+        key: "pb1_00000000000000000000000000000000",
+        mailbox: "fixtures",
+        uidl: "003",
+        size: raw.len() as u64,
+        sha256: &sha,
+        fetched_at: chrono::DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z")
+            .unwrap()
+            .into(),
+    };
+    let link = |what: &str| Link {
+        url: format!("https://s3.example.com/mail/offload/{what}?X-Amz-Signature=0"),
+        expires_at: Some("2026-11-23T12:00:00Z".into()),
+    };
+    let mut links = Links {
+        raw: Some(link(&sha)),
+        ..Links::default()
+    };
+    let mut large = Vec::new();
+    popbridge::sink::webhook::payload::large_attachments(
+        &raw,
+        OPTS.max_inline_attachment_bytes,
+        |a| {
+            large.push(a.sha256);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        large.len(),
+        1,
+        "fixture 003 has one attachment over the limit"
+    );
+    for s in large {
+        links.attachments.insert(s.clone(), link(&s));
+    }
+    let opts = Options {
+        include_raw: true,
+        ..OPTS
+    };
+    let mut out = Vec::new();
+    write_json_with_links(&raw, &meta, opts, &links, &mut out).unwrap();
+    let actual: Value = serde_json::from_slice(&out).unwrap();
+    assert!(actual.get("raw").is_none(), "raw_link replaces raw");
+    let golden = eml.with_file_name("003.links.json");
+    let expected: Option<Value> = std::fs::read(&golden)
+        .ok()
+        .map(|b| serde_json::from_slice(&b).unwrap());
+    if expected.as_ref() != Some(&actual) {
+        let out = eml.with_file_name("003.links.actual.json");
+        std::fs::write(&out, serde_json::to_string_pretty(&actual).unwrap() + "\n").unwrap();
+        panic!(
+            "differs from {} (actual in {})",
+            golden.display(),
+            out.display()
+        );
+    }
+}

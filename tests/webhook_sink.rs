@@ -35,6 +35,7 @@ fn settings(url: &str, format: Format) -> WebhookSettings {
         ca_file: None,
         client_identity: None,
         tls_verify: true,
+        offload: None,
     }
 }
 

@@ -140,6 +140,7 @@ fn settings(url: &str) -> WebhookSettings {
         ca_file: None,
         client_identity: None,
         tls_verify: true,
+        offload: None,
     }
 }
 

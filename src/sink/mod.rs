@@ -8,6 +8,7 @@ pub mod gmail;
 pub mod http;
 pub mod imap;
 pub mod maildir;
+pub mod offload;
 pub mod s3;
 pub mod webhook;
 

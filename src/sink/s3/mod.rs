@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod key;
 mod multipart;
 mod object;
+pub mod presign;
 pub mod service;
 pub mod sigv4;
 mod sink;

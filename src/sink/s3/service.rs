@@ -53,7 +53,7 @@ impl Answer {
 
 impl Service {
     /// `(host header, path)` for a key, path-style or virtual-hosted.
-    fn address(&self, key: Option<&str>) -> (String, String) {
+    pub(crate) fn address(&self, key: Option<&str>) -> (String, String) {
         let s = &self.settings;
         let host = s.endpoint.host_str().unwrap_or_default();
         let host = match s.endpoint.port() {

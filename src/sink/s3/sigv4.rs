@@ -108,22 +108,40 @@ pub fn authorization(
     amz_date: &str,
     req: &Request,
 ) -> String {
-    let day = &amz_date[..amz_date.len().min(8)];
-    let scope = format!("{day}/{region}/{service}/aws4_request");
+    let scope = scope(region, service, amz_date);
     let (creq, signed) = canonical_request(req);
+    let signature = signature(keys, region, service, amz_date, &creq);
+    format!(
+        "AWS4-HMAC-SHA256 Credential={}/{scope},SignedHeaders={signed},Signature={signature}",
+        keys.access_key_id
+    )
+}
+
+/// The credential scope: `YYYYMMDD/region/service/aws4_request`.
+pub fn scope(region: &str, service: &str, amz_date: &str) -> String {
+    let day = &amz_date[..amz_date.len().min(8)];
+    format!("{day}/{region}/{service}/aws4_request")
+}
+
+/// The hex signature of a canonical request (for the header form and the query form alike).
+pub fn signature(
+    keys: &SigningKeys,
+    region: &str,
+    service: &str,
+    amz_date: &str,
+    canonical_request: &str,
+) -> String {
+    let day = &amz_date[..amz_date.len().min(8)];
     let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(creq.as_bytes()))
+        "AWS4-HMAC-SHA256\n{amz_date}\n{}\n{}",
+        scope(region, service, amz_date),
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
     );
     let k_date = hmac(format!("AWS4{}", keys.secret_access_key).as_bytes(), day);
     let k_region = hmac(&k_date, region);
     let k_service = hmac(&k_region, service);
     let k_signing = hmac(&k_service, "aws4_request");
-    let signature = hex::encode(hmac(&k_signing, &to_sign));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={}/{scope},SignedHeaders={signed},Signature={signature}",
-        keys.access_key_id
-    )
+    hex::encode(hmac(&k_signing, &to_sign))
 }
 
 #[cfg(test)]

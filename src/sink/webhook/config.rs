@@ -67,6 +67,11 @@ pub struct WebhookSinkConfig {
     /// message, its signature and `headers` would cross the network unencrypted.
     #[serde(default)]
     pub allow_plaintext: Option<bool>,
+    /// `json` only: attachments over `max_inline_attachment_bytes` (and with `raw: true` the
+    /// whole message) go to this S3 bucket, and the payload carries a link instead. Off
+    /// without it.
+    #[serde(default)]
+    pub offload: Option<crate::sink::offload::OffloadConfig>,
 }
 
 /// One secret or a list of them.
@@ -112,6 +117,7 @@ pub struct WebhookSettings {
     pub ca_file: Option<PathBuf>,
     pub client_identity: Option<(PathBuf, PathBuf)>,
     pub tls_verify: bool,
+    pub offload: Option<crate::sink::offload::OffloadSettings>,
 }
 
 /// Validated settings and what the operator should be warned about.
@@ -175,9 +181,24 @@ impl WebhookSinkConfig {
             (None, None) => None,
             _ => return Err("`client_cert` and `client_key` go together".into()),
         };
+        let mut warnings: Vec<String> = plaintext_warning.into_iter().collect();
+        let format = self.format.unwrap_or_default();
+        let offload = match self.offload {
+            None => None,
+            Some(_) if format == Format::Raw => {
+                return Err(
+                    "`offload` needs `format: json` (a raw body is the message itself)".into(),
+                )
+            }
+            Some(o) => {
+                let (o, w) = o.validate(base)?;
+                warnings.extend(w);
+                Some(o)
+            }
+        };
         let settings = WebhookSettings {
             url,
-            format: self.format.unwrap_or_default(),
+            format,
             keys,
             headers,
             timeout,
@@ -187,7 +208,8 @@ impl WebhookSinkConfig {
             ca_file: self.ca_file.map(|p| resolve(base, &p)),
             client_identity,
             tls_verify: self.tls_verify.unwrap_or(true),
+            offload,
         };
-        Ok((settings, plaintext_warning.into_iter().collect()))
+        Ok((settings, warnings))
     }
 }

@@ -5,7 +5,11 @@
 //! message are base64-encoded straight into the output writer (`collect_str` over
 //! `Base64Display`), never into a third copy, and the caller writes the JSON to a spool file, not
 //! to memory. `format: raw` streams the message and stays bounded whatever its size.
+//!
+//! With `offload`, content left out for size gets a `link` (and the message a `raw_link`):
+//! [`large_attachments`] names what to store, [`write_json_with_links`] writes the links.
 
+use crate::sink::offload::Link;
 use base64::display::Base64Display;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -13,6 +17,7 @@ use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders,
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Write;
 
 /// What the payload says about the delivery itself (not the message).
@@ -30,6 +35,20 @@ pub struct Meta<'a> {
 pub struct Options {
     pub max_inline_attachment_bytes: u64,
     pub include_raw: bool,
+}
+
+/// Links to content offloaded to S3: attachments by their SHA-256, and the whole message.
+#[derive(Clone, Debug, Default)]
+pub struct Links {
+    pub attachments: HashMap<String, Link>,
+    pub raw: Option<Link>,
+}
+
+/// An attachment over the inline limit, as the offload step sees it.
+pub struct Large<'a> {
+    pub sha256: String,
+    pub content_type: Option<String>,
+    pub contents: &'a [u8],
 }
 
 /// Bytes serialised as a base64 JSON string, encoded while written.
@@ -65,6 +84,9 @@ struct Attachment<'a> {
     content: Option<B64<'a>>,
     /// True when `content` is left out because the attachment is over the inline limit.
     truncated: bool,
+    /// Where the left-out content can be read, when it was offloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<Link>,
 }
 
 #[derive(Serialize)]
@@ -91,6 +113,9 @@ struct Payload<'a> {
     attachments: Vec<Attachment<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<B64<'a>>,
+    /// The whole message offloaded: sent instead of `raw`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_link: Option<Link>,
 }
 
 fn mailboxes<'a>(a: Option<&'a Address<'a>>) -> Vec<Mailbox<'a>> {
@@ -137,6 +162,48 @@ fn body_of<'a>(part: Option<&'a MessagePart<'a>>, html: bool) -> Option<Cow<'a, 
     }
 }
 
+fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    // mail-parser must not take the delivery down with it: a malformed message found by the
+    // fuzzer trips a `debug_assert!` inside it.
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten()
+}
+
+fn content_type(a: &MessagePart<'_>) -> Option<String> {
+    a.content_type().map(|ct| match ct.subtype() {
+        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+        None => ct.ctype().to_string(),
+    })
+}
+
+/// Each distinct attachment of `raw` over `max_inline` bytes (decoded), for the offload step.
+pub fn large_attachments(
+    raw: &[u8],
+    max_inline: u64,
+    mut each: impl FnMut(Large<'_>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let Some(m) = parse(raw) else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    for a in m.attachments() {
+        let contents = a.contents();
+        if contents.len() as u64 <= max_inline {
+            continue;
+        }
+        let sha256 = hex::encode(Sha256::digest(contents));
+        if seen.insert(sha256.clone()) {
+            each(Large {
+                sha256,
+                content_type: content_type(a),
+                contents,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Write the JSON payload of `raw` to `out`.
 pub fn write_json(
     raw: &[u8],
@@ -144,12 +211,20 @@ pub fn write_json(
     opts: Options,
     out: impl Write,
 ) -> std::io::Result<()> {
-    // mail-parser must not take the delivery down with it: a malformed message found by the
-    // fuzzer trips a `debug_assert!` inside it. A message it cannot parse is still sent, with
-    // the metadata and, whatever `include_raw` says, the raw message: never dropped.
-    let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
-        .ok()
-        .flatten();
+    write_json_with_links(raw, meta, opts, &Links::default(), out)
+}
+
+/// Write the JSON payload of `raw` to `out`, with links to what was offloaded.
+pub fn write_json_with_links(
+    raw: &[u8],
+    meta: &Meta<'_>,
+    opts: Options,
+    links: &Links,
+    out: impl Write,
+) -> std::io::Result<()> {
+    // A message mail-parser cannot parse is still sent, with the metadata and, whatever
+    // `include_raw` says, the raw message (or its link): never dropped.
+    let parsed = parse(raw);
     let mut p = Payload {
         version: 1,
         id: meta.key,
@@ -172,9 +247,14 @@ pub fn write_json(
         html: None,
         attachments: Vec::new(),
         raw: opts.include_raw.then_some(B64(raw)),
+        raw_link: None,
     };
     if parsed.is_none() {
         p.raw = Some(B64(raw));
+    }
+    if let Some(link) = &links.raw {
+        p.raw = None;
+        p.raw_link = Some(link.clone());
     }
     if let Some(m) = &parsed {
         p.message_id = m.message_id();
@@ -205,18 +285,22 @@ pub fn write_json(
             .map(|a| {
                 let contents = a.contents();
                 let inline = contents.len() as u64 <= opts.max_inline_attachment_bytes;
+                let sha256 = hex::encode(Sha256::digest(contents));
+                let link = if inline {
+                    None
+                } else {
+                    links.attachments.get(&sha256).cloned()
+                };
                 Attachment {
                     filename: a.attachment_name(),
-                    content_type: a.content_type().map(|ct| match ct.subtype() {
-                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                        None => ct.ctype().to_string(),
-                    }),
+                    content_type: content_type(a),
                     disposition: a.content_disposition().map(|d| d.ctype()),
                     content_id: a.content_id(),
                     size: contents.len(),
-                    sha256: hex::encode(Sha256::digest(contents)),
+                    sha256,
                     content: inline.then_some(B64(contents)),
                     truncated: !inline,
+                    link,
                 }
             })
             .collect();

@@ -6,6 +6,7 @@ use super::payload::{self, Meta, Options};
 use super::service::{build_client, classify, classify_error};
 use super::signature::sign;
 use crate::key::IdempotencyKey;
+use crate::sink::offload::OffloadStore;
 use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -19,6 +20,8 @@ pub struct WebhookSink {
     client: reqwest::Client,
     /// Requests in flight to this endpoint.
     limit: Arc<Semaphore>,
+    /// Where big attachments go when `offload` is configured.
+    offload: Option<Arc<OffloadStore>>,
 }
 
 /// Bodies up to this size are built and sent from memory; larger ones stream from disk.
@@ -48,8 +51,13 @@ fn header(value: &str) -> Result<HeaderValue, DeliveryError> {
 impl WebhookSink {
     pub fn new(name: impl Into<String>, settings: WebhookSettings) -> Result<Self, String> {
         let client = build_client(&settings)?;
+        let offload = match &settings.offload {
+            Some(o) => Some(Arc::new(OffloadStore::new(o.clone())?)),
+            None => None,
+        };
         Ok(Self {
             name: name.into(),
+            offload,
             limit: Arc::new(Semaphore::new(settings.concurrency)),
             settings: Arc::new(settings),
             client,
@@ -71,6 +79,13 @@ impl WebhookSink {
                 .map_err(|e| spool_error("read the spooled message", e))?;
             return Ok(Body::Memory(raw.into()));
         }
+        let links = match (&self.offload, &self.settings.offload) {
+            (Some(store), Some(o)) => {
+                let max_inline = self.settings.max_inline_attachment_bytes;
+                super::offload::links(store, o.raw, max_inline, message).await?
+            }
+            _ => payload::Links::default(),
+        };
         let (message, key, settings) = (message.clone(), key.clone(), self.settings.clone());
         tokio::task::spawn_blocking(move || -> Result<Body, DeliveryError> {
             let raw = std::fs::read(&message.path)
@@ -90,7 +105,8 @@ impl WebhookSink {
             let json_err = |e| spool_error("write the JSON body", e);
             if small {
                 let mut out = Vec::with_capacity(raw.len() * 2 + 1024);
-                payload::write_json(&raw, &meta, opts, &mut out).map_err(json_err)?;
+                payload::write_json_with_links(&raw, &meta, opts, &links, &mut out)
+                    .map_err(json_err)?;
                 return Ok(Body::Memory(out.into()));
             }
             let dir = message.path.parent().unwrap_or_else(|| Path::new("."));
@@ -101,7 +117,8 @@ impl WebhookSink {
                 .map_err(|e| spool_error("create the JSON body file", e))?;
             let (file, path) = file.into_parts();
             let mut out = std::io::BufWriter::new(file);
-            payload::write_json(&raw, &meta, opts, &mut out).map_err(json_err)?;
+            payload::write_json_with_links(&raw, &meta, opts, &links, &mut out)
+                .map_err(json_err)?;
             std::io::Write::flush(&mut out).map_err(json_err)?;
             Ok(Body::Json(path))
         })
@@ -295,6 +312,10 @@ impl Sink for WebhookSink {
             self.settings.timeout,
             DeliveryError::permanent("webhook url has no host"),
         )
-        .await
+        .await?;
+        match &self.offload {
+            Some(store) => store.healthcheck().await,
+            None => Ok(()),
+        }
     }
 }
