@@ -34,6 +34,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            per_mailbox_metrics: false,
         },
         limits: Limits {
             max_concurrent_polls: 2,

@@ -133,6 +133,20 @@ pub struct PollReport {
 }
 
 impl PollReport {
+    /// What telemetry records of this poll.
+    pub fn event(&self, took: Duration) -> crate::telemetry::event::PollFinished<'_> {
+        crate::telemetry::event::PollFinished {
+            mailbox: &self.mailbox,
+            listed: self.listed,
+            fetched: self.fetched,
+            bytes: self.bytes,
+            uidl_reused: self.uidl_reused,
+            ended_without_quit: self.ended_without_quit,
+            error: self.error.as_ref().map(|(kind, _)| kind.as_str()),
+            took,
+        }
+    }
+
     /// Every listed message is in every sink (nothing failed, waits, or is dead-lettered);
     /// dropped dead letters were given up on purpose and do not count.
     pub fn complete(&self) -> bool {
@@ -168,7 +182,7 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
     }
     ctx.progress.finish();
     report.duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
-    crate::metrics::poll_finished(&report, clock.elapsed());
+    crate::metrics::poll_finished(&report.event(clock.elapsed()));
     match ctx.store.backlog(&ctx.mailbox.name).await {
         Ok(rows) => {
             for h in &ctx.sinks {

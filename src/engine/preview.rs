@@ -49,7 +49,7 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
     let sizes = session.list().await?;
     let uidls = session.uidl().await?;
     let _ = session.quit().await;
-    let listing = super::poll::merge_listing(&sizes, uidls.as_deref());
+    let listing = super::poll::merge_listing(&sizes, uidls);
     let known = ctx.store.load_mailbox(name).await?;
     let unknown: Vec<String> = listing
         .iter()
@@ -63,6 +63,7 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
     let p = plan::plan(
         &listing,
         &Known {
+            settled: &HashMap::new(),
             listed: &known,
             others: &others,
             failures: &failures,

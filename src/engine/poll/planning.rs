@@ -5,13 +5,14 @@ use super::{MailboxContext, PollError, PollReport, PRUNE_EVERY_MS};
 use crate::engine::plan::{
     self, DeleteItem, FetchItem, Identity, Known, Listed, Plan, Prior, Warning,
 };
-use crate::store::KnownMessage;
+use crate::store::{KnownMessage, ListedState};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 /// What the rest of the poll works from.
 pub(super) struct Planned {
-    /// Messages listed last time, by UIDL.
+    /// Messages listed last time that some sink still lacks, by UIDL (the ones every sink
+    /// holds are never fetched, except to be compared by content, and are then here too).
     pub known: HashMap<String, KnownMessage>,
     /// Rows at listed UIDLs that were not listed last time (back again, or history).
     pub others: HashMap<String, KnownMessage>,
@@ -30,11 +31,33 @@ pub(super) async fn plan_poll(
     report: &mut PollReport,
 ) -> Result<Planned, PollError> {
     let name = ctx.mailbox.name.as_str();
-    let known = ctx.store.load_mailbox(name).await?;
+    let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
+    let ListedState {
+        mut settled,
+        open: mut known,
+    } = ctx.store.load_listed(name, &sink_names).await?;
+    // A settled message listed at another size is compared by content after the fetch,
+    // which needs its whole row.
+    let resized: Vec<String> = listing
+        .iter()
+        .filter_map(|l| {
+            let u = l.uidl.as_ref()?;
+            let s = settled.get(u)?;
+            s.list_size
+                .is_some_and(|size| size != l.size)
+                .then(|| u.clone())
+        })
+        .collect();
+    if !resized.is_empty() {
+        for u in &resized {
+            settled.remove(u);
+        }
+        known.extend(ctx.store.lookup(name, &resized).await?);
+    }
     let unknown: Vec<String> = listing
         .iter()
         .filter_map(|l| l.uidl.as_ref())
-        .filter(|u| !known.contains_key(*u))
+        .filter(|u| !known.contains_key(*u) && !settled.contains_key(*u))
         .cloned()
         .collect();
     let others = if unknown.is_empty() {
@@ -43,11 +66,11 @@ pub(super) async fn plan_poll(
         ctx.store.lookup(name, &unknown).await?
     };
     let failures = ctx.store.retrieval_failures(name).await?;
-    let sink_names: Vec<String> = ctx.sinks.iter().map(|s| s.name.clone()).collect();
     let now = crate::store::now_millis();
     let plan = plan::plan(
         listing,
         &Known {
+            settled: &settled,
             listed: &known,
             others: &others,
             failures: &failures,
@@ -63,9 +86,10 @@ pub(super) async fn plan_poll(
     }
     let listed: HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
     let gone: Vec<String> = known
-        .values()
-        .filter(|k| !listed.contains(k.uidl.as_str()))
-        .map(|k| k.uidl.clone())
+        .keys()
+        .chain(settled.keys())
+        .filter(|u| !listed.contains(u.as_str()))
+        .cloned()
         .collect();
     drop(listed);
     ctx.store.record_presence(name, &[], &gone, now).await?;
