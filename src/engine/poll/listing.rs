@@ -7,8 +7,7 @@ use std::collections::HashMap;
 
 /// LIST and UIDL, paired by message number.
 pub(crate) async fn list(session: &mut pop3::Transaction) -> Result<Vec<Listed>, PollError> {
-    let sizes = session.list().await?;
-    let uidls = session.uidl().await?;
+    let (sizes, uidls) = session.listing().await?;
     Ok(merge_listing(&sizes, uidls))
 }
 
