@@ -119,6 +119,7 @@ impl App {
         config: Config,
         lock_wait: Option<std::time::Duration>,
     ) -> Result<Self, BuildError> {
+        crate::metrics::configure(config.http.per_mailbox_metrics);
         let (lock, store, pg): (_, Arc<dyn Store>, _) = match &config.state.backend {
             StateBackend::Sqlite => {
                 let lock = match lock_wait {

@@ -2,14 +2,128 @@
 //!
 //! Labels are low-cardinality only: mailbox, sink, outcome, error kind. Never a UIDL, a
 //! Message-ID, an address or a key.
+//!
+//! Even the mailbox is too many at 10,000 mailboxes (a histogram alone is a dozen series per
+//! mailbox), so by default every series carries `mailbox="_all"`: counters and the poll
+//! histogram are summed over mailboxes, pending/dead/listed gauges too, and the timestamp
+//! gauges hold the worst mailbox's value (oldest successful poll, earliest certificate expiry,
+//! longest backoff), so the same alerts fire. `http.per_mailbox_metrics: true` restores one
+//! series per mailbox. Metric and label names are the same either way.
 
-use crate::engine::poll::PollReport;
+use crate::telemetry::event::PollFinished;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use std::sync::OnceLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+/// The `mailbox` label value of every series when per-mailbox series are off.
+pub const ALL_MAILBOXES: &str = "_all";
+
+static PER_MAILBOX: AtomicBool = AtomicBool::new(false);
+
+/// One series per mailbox (`true`), or bounded series summed over mailboxes (the default).
+pub fn configure(per_mailbox: bool) {
+    PER_MAILBOX.store(per_mailbox, Ordering::Relaxed);
+}
+
+/// The `mailbox` label value for `mailbox`.
+fn label(mailbox: &str) -> &str {
+    if PER_MAILBOX.load(Ordering::Relaxed) {
+        mailbox
+    } else {
+        ALL_MAILBOXES
+    }
+}
+
+/// Per-mailbox values behind the bounded gauges: a few dozen bytes per mailbox, never a
+/// series each.
+#[derive(Default)]
+struct Rollup {
+    /// Last value per (gauge, mailbox, sink), so a sum moves by the difference.
+    last: HashMap<(&'static str, String, String), i64>,
+    /// Per gauge: the value of each mailbox, and the same ordered, for the minimum/maximum.
+    extremes: HashMap<String, Ranked>,
+}
+
+/// Each mailbox's value, and the same values in order.
+type Ranked = (HashMap<String, i64>, BTreeSet<(i64, String)>);
+
+impl Rollup {
+    /// The change of the sum of `gauge` over mailboxes when `mailbox` now has `value`.
+    fn delta(&mut self, gauge: &'static str, mailbox: &str, sink: &str, value: i64) -> i64 {
+        let old = self
+            .last
+            .insert((gauge, mailbox.to_string(), sink.to_string()), value)
+            .unwrap_or(0);
+        value - old
+    }
+
+    /// `mailbox` now has `value` (`None`: no value any more); returns the (minimum, maximum)
+    /// over mailboxes.
+    fn extreme(
+        &mut self,
+        gauge: &str,
+        mailbox: &str,
+        value: Option<i64>,
+    ) -> Option<(i64, i64)> {
+        let (by_mailbox, ordered) = self.extremes.entry(gauge.to_string()).or_default();
+        if let Some(old) = by_mailbox.remove(mailbox) {
+            ordered.remove(&(old, mailbox.to_string()));
+        }
+        if let Some(v) = value {
+            by_mailbox.insert(mailbox.to_string(), v);
+            ordered.insert((v, mailbox.to_string()));
+        }
+        Some((ordered.first()?.0, ordered.last()?.0))
+    }
+}
+
+fn rollup() -> std::sync::MutexGuard<'static, Rollup> {
+    static ROLLUP: OnceLock<Mutex<Rollup>> = OnceLock::new();
+    ROLLUP
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sets an integer gauge of `mailbox` (and `sink`), or moves the sum over mailboxes.
+fn set_summed(g: &IntGaugeVec, name: &'static str, mailbox: &str, sink: Option<&str>, v: i64) {
+    let per = PER_MAILBOX.load(Ordering::Relaxed);
+    let mb = label(mailbox);
+    let labels: Vec<&str> = std::iter::once(mb).chain(sink).collect();
+    if per {
+        g.with_label_values(&labels).set(v);
+    } else {
+        let d = rollup().delta(name, mailbox, sink.unwrap_or(""), v);
+        g.with_label_values(&labels).add(d);
+    }
+}
+
+/// Which end of the per-mailbox values a bounded gauge shows.
+#[derive(Clone, Copy)]
+enum Worst {
+    Lowest,
+    Highest,
+}
+
+/// Sets a gauge of `mailbox`, or the lowest/highest over mailboxes; `v` in thousandths.
+fn set_worst(g: &GaugeVec, name: &'static str, mailbox: &str, worst: Worst, v_milli: i64) {
+    if PER_MAILBOX.load(Ordering::Relaxed) {
+        g.with_label_values(&[mailbox]).set(v_milli as f64 / 1000.0);
+        return;
+    }
+    if let Some((lo, hi)) = rollup().extreme(name, mailbox, Some(v_milli)) {
+        let v = match worst {
+            Worst::Lowest => lo,
+            Worst::Highest => hi,
+        };
+        g.with_label_values(&[ALL_MAILBOXES]).set(v as f64 / 1000.0);
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -226,18 +340,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
 }
 
 /// A sink's target for `mailbox` is paused until `until` (a used-up daily quota), or not.
+/// Bounded: the `_all` series of a sink shows the latest end of its mailboxes' pauses.
 pub fn sink_paused(mailbox: &str, sink: &str, until: Option<chrono::DateTime<chrono::Utc>>) {
-    if let Some(m) = get() {
+    let Some(m) = get() else { return };
+    if PER_MAILBOX.load(Ordering::Relaxed) {
         m.sink_paused
             .with_label_values(&[mailbox, sink])
             .set(until.map_or(0.0, |t| t.timestamp() as f64));
+        return;
     }
+    let latest = rollup()
+        .extreme(&format!("paused\0{sink}"), mailbox, until.map(|t| t.timestamp()))
+        .map_or(0, |(_, hi)| hi);
+    m.sink_paused
+        .with_label_values(&[ALL_MAILBOXES, sink])
+        .set(latest as f64);
 }
 
 /// A state write was refused: the mailbox's lease is no longer ours.
 pub fn fenced_write(mailbox: &str) {
     if let Some(m) = get() {
-        m.fenced_writes.with_label_values(&[mailbox]).inc();
+        m.fenced_writes.with_label_values(&[label(mailbox)]).inc();
     }
 }
 
@@ -258,7 +381,7 @@ pub fn leases(held: usize, event: &str, n: usize) {
 /// A message whose RETR kept breaking the connection became a dead letter.
 pub fn retrieval_dead_lettered(mailbox: &str) {
     if let Some(m) = get() {
-        m.retrieval_dead.with_label_values(&[mailbox]).inc();
+        m.retrieval_dead.with_label_values(&[label(mailbox)]).inc();
     }
 }
 
@@ -281,7 +404,7 @@ pub fn get() -> Option<&'static Metrics> {
 pub fn delivery(mailbox: &str, sink: &str, outcome: Outcome, took: Duration) {
     if let Some(m) = get() {
         m.deliveries
-            .with_label_values(&[mailbox, sink, outcome.as_str()])
+            .with_label_values(&[label(mailbox), sink, outcome.as_str()])
             .inc();
         m.delivery_duration
             .with_label_values(&[sink])
@@ -290,12 +413,12 @@ pub fn delivery(mailbox: &str, sink: &str, outcome: Outcome, took: Duration) {
 }
 
 /// A poll ended.
-pub fn poll_finished(report: &PollReport, took: Duration) {
+pub fn poll_finished(report: &PollFinished<'_>) {
     let Some(m) = get() else { return };
-    let mb = report.mailbox.as_str();
+    let mb = label(report.mailbox);
     m.poll_duration
         .with_label_values(&[mb])
-        .observe(took.as_secs_f64());
+        .observe(report.took.as_secs_f64());
     m.messages_fetched
         .with_label_values(&[mb])
         .inc_by(report.fetched as u64);
@@ -308,15 +431,19 @@ pub fn poll_finished(report: &PollReport, took: Duration) {
     if report.ended_without_quit {
         m.without_quit.with_label_values(&[mb]).inc();
     }
-    match &report.error {
-        Some((kind, _)) => m.poll_errors.with_label_values(&[mb, kind]).inc(),
+    match report.error {
+        Some(kind) => m.poll_errors.with_label_values(&[mb, kind]).inc(),
         None => {
-            m.on_server
-                .with_label_values(&[mb])
-                .set(report.listed as i64);
-            m.last_success
-                .with_label_values(&[mb])
-                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            let listed = i64::try_from(report.listed).unwrap_or(i64::MAX);
+            set_summed(&m.on_server, "on_server", report.mailbox, None, listed);
+            let now = chrono::Utc::now().timestamp_millis();
+            set_worst(
+                &m.last_success,
+                "last_success",
+                report.mailbox,
+                Worst::Lowest,
+                now,
+            );
         }
     }
 }
@@ -324,37 +451,35 @@ pub fn poll_finished(report: &PollReport, took: Duration) {
 /// Pending and dead-lettered deliveries per (mailbox, sink), as the store counts them.
 pub fn delivery_backlog(mailbox: &str, sink: &str, pending: u64, dead: u64) {
     if let Some(m) = get() {
-        m.pending
-            .with_label_values(&[mailbox, sink])
-            .set(pending as i64);
-        m.dead_letters
-            .with_label_values(&[mailbox, sink])
-            .set(dead as i64);
+        let (pending, dead) = (
+            i64::try_from(pending).unwrap_or(i64::MAX),
+            i64::try_from(dead).unwrap_or(i64::MAX),
+        );
+        set_summed(&m.pending, "pending", mailbox, Some(sink), pending);
+        set_summed(&m.dead_letters, "dead", mailbox, Some(sink), dead);
     }
 }
 
 /// The POP3 server's certificate expiry, seen at the TLS handshake.
 pub fn certificate_expiry(mailbox: &str, not_after_unix: i64) {
     if let Some(m) = get() {
-        m.cert_expiry
-            .with_label_values(&[mailbox])
-            .set(not_after_unix as f64);
+        let milli = not_after_unix.saturating_mul(1000);
+        set_worst(&m.cert_expiry, "cert_expiry", mailbox, Worst::Lowest, milli);
     }
 }
 
 /// The scheduler backs off (or stops backing off, with zero) after auth/TLS failures.
 pub fn poll_backoff(mailbox: &str, wait: Duration) {
     if let Some(m) = get() {
-        m.backoff
-            .with_label_values(&[mailbox])
-            .set(wait.as_secs_f64());
+        let milli = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        set_worst(&m.backoff, "backoff", mailbox, Worst::Highest, milli);
     }
 }
 
 /// A poll panicked.
 pub fn poll_panicked(mailbox: &str) {
     if let Some(m) = get() {
-        m.panics.with_label_values(&[mailbox]).inc();
+        m.panics.with_label_values(&[label(mailbox)]).inc();
     }
 }
 
@@ -409,23 +534,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bounded_gauges_sum_or_keep_the_worst_mailbox() {
+        let mut r = Rollup::default();
+        assert_eq!(r.delta("pending", "a", "s", 3), 3);
+        assert_eq!(r.delta("pending", "b", "s", 2), 2);
+        assert_eq!(r.delta("pending", "a", "s", 1), -2, "a's 3 became 1");
+        assert_eq!(r.extreme("last", "a", Some(10)), Some((10, 10)));
+        assert_eq!(r.extreme("last", "b", Some(5)), Some((5, 10)));
+        assert_eq!(
+            r.extreme("last", "b", Some(20)),
+            Some((10, 20)),
+            "b's 5 is gone"
+        );
+        assert_eq!(r.extreme("last", "a", None), Some((20, 20)));
+    }
+
+    #[test]
     fn metrics_register_and_render_with_their_documented_names() {
+        // Bounded (the default): one series for every mailbox; gauges summed or the worst.
+        configure(false);
+        delivery_backlog("m1", "archive", 2, 0);
+        delivery_backlog("m2", "archive", 3, 0);
+        certificate_expiry("m1", 2_000);
+        certificate_expiry("m2", 1_000);
+        let text = render();
+        for name in [
+            "popbridge_pending_deliveries{mailbox=\"_all\",sink=\"archive\"} 5",
+            "popbridge_tls_certificate_expiry_timestamp_seconds{mailbox=\"_all\"} 1000",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert!(
+            !text.contains("m1"),
+            "no per-mailbox series by default:\n{text}"
+        );
+
+        configure(true);
         delivery(
             "alice",
             "archive",
             Outcome::Delivered,
             Duration::from_millis(3),
         );
-        poll_finished(
-            &PollReport {
-                mailbox: "alice".into(),
-                listed: 4,
-                fetched: 2,
-                bytes: 10,
-                ..Default::default()
-            },
-            Duration::from_millis(20),
-        );
+        poll_finished(&PollFinished {
+            mailbox: "alice",
+            listed: 4,
+            fetched: 2,
+            bytes: 10,
+            took: Duration::from_millis(20),
+            ..Default::default()
+        });
         delivery_backlog("alice", "archive", 1, 2);
         poll_backoff("alice", Duration::from_secs(120));
         poll_panicked("alice");
@@ -457,5 +615,6 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        configure(false);
     }
 }

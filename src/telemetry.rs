@@ -1,6 +1,8 @@
 //! Logging: one style, structured fields plus a short capitalised message, to stderr, as text
 //! for people or JSON for machines.
 
+pub mod event;
+
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 

@@ -22,7 +22,7 @@ fn write_config(dir: &Path, pop_port: u16, http_port: u16, maildir: &str) -> std
     std::fs::write(
         &path,
         format!(
-            "state:\n  path: ./state/db.sqlite\nhttp:\n  listen: 127.0.0.1:{http_port}\nmailboxes:\n  - name: alice\n    pop3:\n      host: 127.0.0.1\n      port: {pop_port}\n      tls: none\n      allow_plaintext_auth: true\n      username: alice\n      password: ${{DAEMON_TEST_PASSWORD}}\n    schedule: {{ every: 1s }}\n    delete: after_delivery\n    sinks: [archive]\nsinks:\n  - name: archive\n    type: maildir\n    path: {maildir}\n"
+            "state:\n  path: ./state/db.sqlite\nhttp:\n  listen: 127.0.0.1:{http_port}\n  per_mailbox_metrics: true\nmailboxes:\n  - name: alice\n    pop3:\n      host: 127.0.0.1\n      port: {pop_port}\n      tls: none\n      allow_plaintext_auth: true\n      username: alice\n      password: ${{DAEMON_TEST_PASSWORD}}\n    schedule: {{ every: 1s }}\n    delete: after_delivery\n    sinks: [archive]\nsinks:\n  - name: archive\n    type: maildir\n    path: {maildir}\n"
         ),
     )
     .unwrap();

@@ -34,6 +34,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            per_mailbox_metrics: false,
         },
         limits: Limits {
             max_concurrent_polls: 2,
@@ -640,4 +641,27 @@ async fn a_uidl_reused_while_a_sink_still_waits_is_caught_at_the_refetch() {
     let (aaa, bbb) = (msg("x", "aaa").body, msg("x", "bbb").body);
     assert_eq!(bodies("mail"), vec![aaa, bbb.clone()]);
     assert_eq!(bodies("second"), vec![bbb]);
+}
+
+/// An mbox server adds `Status:` to a message it served: its LIST size changes, its content
+/// does not. The idle poll holds that message only as a compact row; it must load the whole
+/// row to compare by content, and then neither deliver it again nor count it as new.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivered_message_resized_by_a_status_header_is_not_delivered_again() {
+    let server = FakePop3::start(vec![msg("1", "one")], Quirks::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert_eq!(r.delivered, 1, "{r:?}");
+    {
+        let mut s = server.state.lock().unwrap();
+        let mut body = b"Status: RO\r\n".to_vec();
+        body.extend_from_slice(&s.messages[0].body);
+        s.messages[0].body = body;
+    }
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert!(r.complete(), "{r:?}");
+    assert_eq!((r.fetched, r.delivered, r.uidl_reused), (1, 0, 0), "{r:?}");
+    assert_eq!(delivered(root.path()).len(), 1);
+    let r = once(root.path(), server.port, DeletePolicy::Never).await;
+    assert_eq!(r.fetched, 0, "confirmed at its new size: {r:?}");
 }

@@ -49,8 +49,10 @@ pub struct PostgresState {
 
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// `/healthz`, `/readyz` (and later `/metrics`) in `run` mode.
+    /// `/healthz`, `/readyz` and `/metrics` in `run` mode.
     pub listen: SocketAddr,
+    /// One metrics series per mailbox, instead of series summed over mailboxes.
+    pub per_mailbox_metrics: bool,
 }
 
 #[derive(Clone, Debug)]

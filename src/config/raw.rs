@@ -72,6 +72,10 @@ pub struct RawHttp {
     /// `host:port` to listen on (default `127.0.0.1:9898`).
     #[serde(default)]
     pub listen: Option<Interpolated>,
+    /// One series per mailbox on `/metrics` (default false: series summed over mailboxes, so
+    /// 10,000 mailboxes do not make hundreds of thousands of series).
+    #[serde(default)]
+    pub per_mailbox_metrics: Option<bool>,
 }
 
 /// `limits:`.

@@ -341,7 +341,10 @@ impl Validator<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 9898))
             }
         };
-        HttpConfig { listen }
+        HttpConfig {
+            listen,
+            per_mailbox_metrics: raw.per_mailbox_metrics.unwrap_or(false),
+        }
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {

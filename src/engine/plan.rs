@@ -2,7 +2,7 @@
 //! which to delete, and what looks wrong with the server's listing.
 
 use crate::config::DeletePolicy;
-use crate::store::{DeliveryState, KnownMessage, Millis, RetrievalFailure};
+use crate::store::{DeliveryState, KnownMessage, Millis, RetrievalFailure, Settled};
 use std::collections::HashMap;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -67,7 +67,9 @@ pub struct FetchItem {
 /// What the state holds for one poll's plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Known<'a> {
-    /// Messages on the server at the last listing, by UIDL.
+    /// Messages on the server at the last listing that every sink holds, by UIDL (compact).
+    pub settled: &'a HashMap<String, Settled>,
+    /// The other messages on the server at the last listing, by UIDL.
     pub listed: &'a HashMap<String, KnownMessage>,
     /// Rows at UIDLs listed now but not in `listed`: messages back after leaving the listing,
     /// and history (deleted or replaced) whose UIDL the server gave to a new message.
@@ -172,6 +174,11 @@ pub fn deletable(
             _ => return false,
         }
     }
+    deletable_after(last_delivery, policy, now)
+}
+
+/// True when the policy lets a message go whose last sink took it at `last_delivery`.
+pub fn deletable_after(last_delivery: Millis, policy: DeletePolicy, now: Millis) -> bool {
     match policy {
         DeletePolicy::Never => false,
         DeletePolicy::AfterDelivery => true,
@@ -249,6 +256,19 @@ pub fn plan(
             prior,
             failures,
         };
+        if let Some(s) = known.settled.get(uidl) {
+            if s.list_size.is_some_and(|size| size != l.size) {
+                // Another size under a known UIDL: fetch and compare before deleting anything.
+                recheck += 1;
+                out.fetch.push(item(sinks.to_vec(), Prior::Verify));
+            } else if deletable_after(s.last_delivery, policy, now) {
+                out.delete.push(DeleteItem {
+                    msgno: l.msgno,
+                    uidl: uidl.clone(),
+                });
+            }
+            continue;
+        }
         let k = match (known.listed.get(uidl), known.others.get(uidl)) {
             (Some(k), _) => k,
             (None, Some(o)) if o.is_history() => {
@@ -291,11 +311,11 @@ pub fn plan(
     // others again.
     out.fetch.sort_by_key(|f| (f.failures, f.msgno));
 
-    let was_on_server = known.listed.len();
+    let was_on_server = known.listed.len() + known.settled.len();
     let still_listed = out
         .listed
         .iter()
-        .filter(|u| known.listed.contains_key(*u))
+        .filter(|u| known.listed.contains_key(*u) || known.settled.contains_key(*u))
         .count();
     let new = out.listed.len() - still_listed;
     if was_on_server > 0 && still_listed == 0 && new > 0 {

@@ -48,7 +48,7 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
     let mut session = pop3::connect(&ctx.mailbox.pop3).await?;
     let sizes = session.list().await?;
     let uidls = session.uidl().await?;
-    let listing = super::poll::merge_listing(&sizes, uidls.as_deref());
+    let listing = super::poll::merge_listing(&sizes, uidls);
     let known = ctx.store.load_mailbox(name).await?;
     let unknown: Vec<String> = listing
         .iter()
@@ -62,6 +62,7 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
     let p = plan::plan(
         &listing,
         &Known {
+            settled: &HashMap::new(),
             listed: &known,
             others: &others,
             failures: &failures,

@@ -66,6 +66,7 @@ pub async fn run_all(s: &dyn Store) {
     broken_retrievals_become_a_dead_letter(s).await;
     the_first_recorded_route_stays_with_the_message(s).await;
     delivered_bytes_count_since_a_time_without_duplicates(s).await;
+    listed_state_is_compact_only_for_messages_every_sink_holds(s).await;
     s.sync().await.unwrap();
     s.ping().await.unwrap();
 }
@@ -422,4 +423,70 @@ async fn broken_retrievals_become_a_dead_letter(s: &dyn Store) {
         .unwrap();
     s.clear_retrieval_failure("alice", "ok").await.unwrap();
     assert!(s.retrieval_failures("alice").await.unwrap().is_empty());
+}
+
+/// `load_listed` must agree with `load_mailbox`: a message is settled only when every sink of
+/// the poll holds it, and then its LIST size and last delivery time are what the plan needs.
+async fn listed_state_is_compact_only_for_messages_every_sink_holds(s: &dyn Store) {
+    let sinks = vec!["a".to_string(), "b".to_string()];
+    let at = |uidl: &str, sink: &str, at: Millis, result: OutcomeResult| Outcome {
+        mailbox: "carol".into(),
+        at,
+        ..outcome(uidl, sink, result)
+    };
+    for u in ["c1", "c2", "c3", "c4"] {
+        s.record_fetched(&FetchRecord {
+            mailbox: "carol",
+            list_size: 40,
+            ..fetch(u, &sinks)
+        })
+        .await
+        .unwrap();
+    }
+    let ok = || OutcomeResult::Delivered(Receipt::new("r"));
+    s.record_outcomes(&[
+        at("c1", "a", 2_000, ok()),
+        at("c1", "b", 3_000, ok()),
+        at("c2", "a", 2_000, ok()),
+        at("c3", "a", 2_000, ok()),
+        at("c3", "b", 2_500, OutcomeResult::Dead { error: "no".into() }),
+        at("c4", "a", 2_000, ok()),
+        at("c4", "b", 2_000, ok()),
+    ])
+    .await
+    .unwrap();
+    s.record_deleted("carol", &["c4".to_string()], 5_000)
+        .await
+        .unwrap();
+
+    let l = s.load_listed("carol", &sinks).await.unwrap();
+    assert_eq!(
+        l.settled.get("c1"),
+        Some(&Settled {
+            list_size: Some(40),
+            last_delivery: 3_000
+        })
+    );
+    assert_eq!(l.settled.len(), 1, "{:?}", l.settled);
+    let mut open: Vec<&str> = l.open.keys().map(String::as_str).collect();
+    open.sort();
+    assert_eq!(open, ["c2", "c3"], "history (c4) is not loaded");
+    assert!(matches!(
+        l.open["c3"].deliveries["b"],
+        DeliveryState::Dead { .. }
+    ));
+    assert_eq!(
+        l.open["c2"].deliveries.len(),
+        2,
+        "an open message comes whole, with its pending delivery"
+    );
+
+    // With one sink, everything that sink holds is settled.
+    let one = s.load_listed("carol", &sinks[..1]).await.unwrap();
+    let mut settled: Vec<&str> = one.settled.keys().map(String::as_str).collect();
+    settled.sort();
+    assert_eq!(settled, ["c1", "c2", "c3"]);
+    assert_eq!(one.settled["c1"].last_delivery, 2_000);
+    assert!(one.open.is_empty());
+    s.forget("carol", None).await.unwrap();
 }

@@ -149,6 +149,74 @@ impl KnownMessage {
     }
 }
 
+/// A listed message that every configured sink holds: all an idle poll needs to know of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The size LIST gave when the row was last confirmed (or the fetched size, before schema 2).
+    pub list_size: Option<u64>,
+    /// When the last of the sinks took it (for `delete: after N days`).
+    pub last_delivery: Millis,
+}
+
+/// The messages of a mailbox on the server at the last listing, split so that an idle poll of
+/// a big mailbox loads one compact row per message.
+#[derive(Clone, Debug, Default)]
+pub struct ListedState {
+    /// Every one of the poll's sinks holds these.
+    pub settled: HashMap<String, Settled>,
+    /// The rest, whole (with their deliveries).
+    pub open: HashMap<String, KnownMessage>,
+}
+
+impl ListedState {
+    /// Splits whole rows by whether every sink of `sinks` holds them.
+    pub fn split(all: HashMap<String, KnownMessage>, sinks: &[String]) -> Self {
+        let mut out = Self::default();
+        for (uidl, m) in all {
+            match settled(&m, sinks) {
+                Some(s) => {
+                    out.settled.insert(uidl, s);
+                }
+                None => {
+                    out.open.insert(uidl, m);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.settled.len() + self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, uidl: &str) -> bool {
+        self.settled.contains_key(uidl) || self.open.contains_key(uidl)
+    }
+}
+
+/// `Some` when every sink of `sinks` (at least one) holds `m` and it has no recorded route.
+fn settled(m: &KnownMessage, sinks: &[String]) -> Option<Settled> {
+    // A routed message is held when its route's sinks hold it, which may be others.
+    if m.route.is_some() {
+        return None;
+    }
+    let mut last = None;
+    for sink in sinks {
+        match m.deliveries.get(sink) {
+            Some(DeliveryState::Delivered { at, .. }) => last = Some(last.unwrap_or(0).max(*at)),
+            _ => return None,
+        }
+    }
+    Some(Settled {
+        list_size: m.list_size.or(m.size),
+        last_delivery: last?,
+    })
+}
+
 /// A message whose RETR broke the connection, by UIDL.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RetrievalFailure {
@@ -248,6 +316,17 @@ pub trait Store: Send + Sync {
         &self,
         mailbox: &str,
     ) -> Result<HashMap<String, KnownMessage>, StoreError>;
+
+    /// [`Store::load_mailbox`] for a poll with these sinks: messages every sink holds as
+    /// compact [`Settled`] rows, the others whole. Backends override it with a query that
+    /// does not read the settled messages' deliveries.
+    async fn load_listed(
+        &self,
+        mailbox: &str,
+        sinks: &[String],
+    ) -> Result<ListedState, StoreError> {
+        Ok(ListedState::split(self.load_mailbox(mailbox).await?, sinks))
+    }
 
     /// The rows, of any status, at these UIDLs (for UIDLs listed but not loaded).
     async fn lookup(

@@ -313,6 +313,63 @@ impl Store for PgStore {
         .await
     }
 
+    async fn load_listed(
+        &self,
+        mailbox: &str,
+        sinks: &[String],
+    ) -> Result<ListedState, StoreError> {
+        if sinks.is_empty() {
+            return Ok(ListedState::split(self.load_mailbox(mailbox).await?, sinks));
+        }
+        // One narrow row per message: how many of the sinks hold it, and when the last did.
+        let sql = format!(
+            "SELECT m.uidl, COALESCE(m.list_size, m.size) AS list_size, COUNT(d.sink) AS held,
+                    MAX(d.delivered_at) AS last_delivery,
+                    MAX(CASE WHEN m.route IS NULL THEN 0 ELSE 1 END) AS routed
+               FROM messages m LEFT JOIN deliveries d
+                 ON d.mailbox = m.mailbox AND d.uidl = m.uidl AND d.status = 'delivered'
+                AND d.sink = ANY($2)
+              WHERE m.mailbox = $1 AND {}
+              GROUP BY m.uidl, m.list_size, m.size",
+            LISTED
+                .replace("on_server", "m.on_server")
+                .replace("deleted_at", "m.deleted_at")
+                .replace("replaced_by", "m.replaced_by")
+                .replace("retired_at", "m.retired_at")
+        );
+        let rows = self
+            .timed("load_listed", async {
+                Ok(sqlx::query(&sql)
+                    .bind(mailbox)
+                    .bind(sinks)
+                    .fetch_all(&self.pool)
+                    .await?)
+            })
+            .await?;
+        let mut out = ListedState::default();
+        let mut open = Vec::new();
+        for row in rows {
+            let uidl: String = row.try_get(0)?;
+            let held: i64 = row.try_get(2)?;
+            // A routed message is held when its route's sinks hold it: never compact.
+            let routed: i32 = row.try_get(4)?;
+            if usize::try_from(held).ok() == Some(sinks.len()) && routed == 0 {
+                let list_size: Option<i64> = row.try_get(1)?;
+                out.settled.insert(
+                    uidl,
+                    Settled {
+                        list_size: list_size.and_then(|s| u64::try_from(s).ok()),
+                        last_delivery: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+                    },
+                );
+            } else {
+                open.push(uidl);
+            }
+        }
+        out.open = self.lookup(mailbox, &open).await?;
+        Ok(out)
+    }
+
     async fn lookup(
         &self,
         mailbox: &str,

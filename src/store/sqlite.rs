@@ -211,6 +211,58 @@ impl Store for SqliteStore {
         load_where(&self.pool, mailbox, LISTED, &[]).await
     }
 
+    async fn load_listed(
+        &self,
+        mailbox: &str,
+        sinks: &[String],
+    ) -> Result<ListedState, StoreError> {
+        use futures_util::TryStreamExt;
+        if sinks.is_empty() || sinks.len() > CHUNK {
+            return Ok(ListedState::split(self.load_mailbox(mailbox).await?, sinks));
+        }
+        // One narrow row per message: how many of the sinks hold it, and when the last did.
+        let mut q = QueryBuilder::new(
+            "SELECT m.uidl, COALESCE(m.list_size, m.size) AS list_size, COUNT(d.sink) AS held, \
+                    MAX(d.delivered_at) AS last_delivery, \
+                    MAX(CASE WHEN m.route IS NULL THEN 0 ELSE 1 END) AS routed \
+               FROM messages m LEFT JOIN deliveries d \
+                 ON d.mailbox = m.mailbox AND d.uidl = m.uidl AND d.status = 'delivered' AND d.sink IN (",
+        );
+        let mut sep = q.separated(", ");
+        for s in sinks {
+            sep.push_bind(s);
+        }
+        q.push(") WHERE m.mailbox = ").push_bind(mailbox).push(
+            " AND m.on_server = 1 AND m.deleted_at IS NULL AND m.replaced_by IS NULL \
+                  AND m.retired_at IS NULL GROUP BY m.uidl",
+        );
+        let mut out = ListedState::default();
+        let mut open = Vec::new();
+        {
+            let mut rows = q.build().fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                let uidl: String = row.try_get(0)?;
+                let held: i64 = row.try_get(2)?;
+                // A routed message is held when its route's sinks hold it: never compact.
+                let routed: i64 = row.try_get(4)?;
+                if usize::try_from(held).ok() == Some(sinks.len()) && routed == 0 {
+                    let list_size: Option<i64> = row.try_get(1)?;
+                    out.settled.insert(
+                        uidl,
+                        Settled {
+                            list_size: list_size.and_then(|s| u64::try_from(s).ok()),
+                            last_delivery: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+                        },
+                    );
+                } else {
+                    open.push(uidl);
+                }
+            }
+        }
+        out.open = self.lookup(mailbox, &open).await?;
+        Ok(out)
+    }
+
     async fn lookup(
         &self,
         mailbox: &str,

@@ -77,6 +77,7 @@ fn plan_with(
     super::plan(
         listing,
         &Known {
+            settled: &HashMap::new(),
             listed,
             others,
             failures,
@@ -418,4 +419,65 @@ fn dropped_dead_letters_are_counted_apart_from_dead_ones() {
     );
     assert!(p.fetch.is_empty() && p.delete.is_empty());
     assert_eq!((p.dead, p.dropped), (1, 1));
+}
+
+#[test]
+fn settled_messages_are_deleted_by_policy_and_rechecked_when_resized() {
+    let settled: HashMap<String, Settled> = [
+        (
+            "u1".to_string(),
+            Settled {
+                list_size: Some(10),
+                last_delivery: 1,
+            },
+        ),
+        (
+            "u2".to_string(),
+            Settled {
+                list_size: Some(10),
+                last_delivery: 1,
+            },
+        ),
+    ]
+    .into();
+    let listing = [
+        listed(1, "u1"),
+        Listed {
+            size: 7,
+            ..listed(2, "u2")
+        },
+    ];
+    let run = |policy| {
+        super::plan(
+            &listing,
+            &Known {
+                settled: &settled,
+                listed: &HashMap::new(),
+                others: &HashMap::new(),
+                failures: &HashMap::new(),
+            },
+            &sinks(),
+            policy,
+            NOW,
+        )
+    };
+    let p = run(DeletePolicy::AfterDelivery);
+    assert_eq!(
+        p.delete,
+        vec![DeleteItem {
+            msgno: 1,
+            uidl: "u1".into()
+        }]
+    );
+    assert_eq!(p.fetch.len(), 1);
+    assert_eq!(
+        p.fetch[0].prior,
+        Prior::Verify,
+        "a resized UIDL is compared by content"
+    );
+    assert!(p
+        .warnings
+        .iter()
+        .all(|w| !matches!(w, Warning::UidlReset { .. })));
+    assert!(run(DeletePolicy::Never).delete.is_empty());
 }

@@ -30,6 +30,25 @@ impl Transaction {
     /// cannot stop the whole mailbox.
     pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
         self.conn.send("LIST", "LIST").await?;
+        self.read_list().await
+    }
+
+    /// LIST and UIDL. Sent back to back when the server offers PIPELINING (RFC 2449), which
+    /// saves a round trip on every poll.
+    #[allow(clippy::type_complexity)]
+    pub async fn listing(
+        &mut self,
+    ) -> Result<(Vec<(u32, u64)>, Option<Vec<(u32, String)>>), Pop3Error> {
+        if !self.capabilities().pipelining() {
+            return Ok((self.list().await?, self.uidl().await?));
+        }
+        self.conn.send("LIST", "LIST").await?;
+        self.conn.send("UIDL", "UIDL").await?;
+        let sizes = self.read_list().await?;
+        Ok((sizes, self.read_uidl().await?))
+    }
+
+    async fn read_list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
         self.conn.expect_ok("LIST").await?;
         let mut out = Vec::new();
         let server = self.conn.server.clone();
@@ -58,6 +77,10 @@ impl Transaction {
     /// (UIDL is optional in RFC 1939).
     pub async fn uidl(&mut self) -> Result<Option<Vec<(u32, String)>>, Pop3Error> {
         self.conn.send("UIDL", "UIDL").await?;
+        self.read_uidl().await
+    }
+
+    async fn read_uidl(&mut self) -> Result<Option<Vec<(u32, String)>>, Pop3Error> {
         let status = self.conn.read_status("UIDL").await?;
         match status.status {
             Status::Ok => {}
