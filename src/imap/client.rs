@@ -5,6 +5,9 @@
 
 mod append;
 mod auth;
+mod pipeline;
+
+pub use pipeline::{AppendItem, Appended};
 
 use super::codec::{self, Greeting, Status, Tagged};
 use super::{ImapConfig, ImapError, ImapTls};
@@ -248,6 +251,19 @@ impl Session {
             " (the server keeps personal folders under {prefix:?} with separator {sep:?}: \
              use folder: \"{prefix}{wanted}\")"
         )))
+    }
+
+    /// The folders matching `pattern` (LIST "" pattern), names decoded from modified UTF-7.
+    pub async fn list(&mut self, pattern: &str) -> Result<Vec<String>, ImapError> {
+        let pattern = quote_folder(pattern)?;
+        let (untagged, done) = self.command(&format!("LIST \"\" {pattern}")).await?;
+        if done.status != Status::Ok {
+            return Err(self.refused("LIST", done));
+        }
+        Ok(untagged
+            .iter()
+            .filter_map(|l| codec::list_mailbox(l))
+            .collect())
     }
 
     /// `(UIDVALIDITY, UIDNEXT)` of the selected folder when the server said both: a message
@@ -551,10 +567,10 @@ impl Session {
     }
 }
 
-/// Folder names are sent quoted; modified UTF-7 is not implemented, so they must be ASCII.
+/// Folder names are sent quoted, in modified UTF-7 (RFC 3501 5.1.3) so any Unicode name works.
 fn quote_folder(folder: &str) -> Result<String, ImapError> {
-    codec::quoted(folder).ok_or_else(|| ImapError::Protocol {
+    codec::quoted(&super::utf7::encode(folder)).ok_or_else(|| ImapError::Protocol {
         server: String::new(),
-        detail: format!("folder {folder:?} must be ASCII without line breaks"),
+        detail: format!("folder {folder:?} must not hold line breaks or NUL"),
     })
 }

@@ -174,6 +174,35 @@ fn quoted_string(s: &str) -> Option<(String, &str)> {
     None
 }
 
+/// The mailbox name of a `* LIST (flags) "sep" name` line, decoded from modified UTF-7 (the
+/// raw name when it is not valid modified UTF-7); `None` for other lines.
+pub fn list_mailbox(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let rest = text.strip_prefix("* ")?;
+    let (word, rest) = rest.split_once(' ')?;
+    if !word.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let (_, rest) = rest.trim_start().strip_prefix('(')?.split_once(')')?;
+    let rest = rest.trim_start();
+    let rest = match quoted_string(rest) {
+        Some((_, after)) => after,
+        None => rest
+            .get(3..)
+            .filter(|_| rest[..3].eq_ignore_ascii_case("NIL"))?,
+    };
+    let rest = rest.trim_start();
+    let wire = if rest.starts_with('"') {
+        quoted_string(rest)?.0
+    } else if rest.starts_with('{') {
+        // A literal, inlined by the reader: `{n}\r\n` then the name.
+        rest.split_once('\n')?.1.to_string()
+    } else {
+        rest.trim_end().to_string()
+    };
+    Some(super::utf7::decode(&wire).unwrap_or(wire))
+}
+
 /// `(uidvalidity, uid)` from an `APPENDUID 38505 3955` response code (RFC 4315).
 pub fn appenduid(code: &str) -> Option<(u32, u32)> {
     let mut words = code.split_whitespace();
@@ -293,6 +322,28 @@ mod tests {
             personal_namespace(b"* NAMESPACE ((\"unterminated\r\n"),
             None
         );
+    }
+
+    #[test]
+    fn list_lines_give_decoded_names() {
+        assert_eq!(
+            list_mailbox(b"* LIST (\\HasNoChildren) \"/\" \"Archiv/Entw&APw-rfe\"\r\n").as_deref(),
+            Some("Archiv/Entwürfe")
+        );
+        assert_eq!(
+            list_mailbox(b"* LIST (\\Noselect) \".\" INBOX.Drafts\r\n").as_deref(),
+            Some("INBOX.Drafts")
+        );
+        assert_eq!(
+            list_mailbox(b"* LIST () NIL {5}\r\nA&-B.\r\n").as_deref(),
+            Some("A&B.")
+        );
+        // Not valid modified UTF-7: shown as sent.
+        assert_eq!(
+            list_mailbox(b"* list () \"/\" \"&Jjo!\"\r\n").as_deref(),
+            Some("&Jjo!")
+        );
+        assert_eq!(list_mailbox(b"* SEARCH 1\r\n"), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod compare;
 pub mod config;
 mod headers;
+mod login_backoff;
 mod sink;
 
 pub use config::{ImapSettings, ImapSinkConfig};
