@@ -143,10 +143,7 @@ impl ImapSink {
     /// name on success.
     pub async fn check_login(&self, mailbox: &str) -> Result<String, String> {
         let account = self.settings.account_for(mailbox)?;
-        let session = self
-            .connect(&account)
-            .await
-            .map_err(|e| format!("{} ({}): {e}", account.username, self.server()))?;
+        let session = self.connect(&account).await.map_err(|e| e.to_string())?;
         session.logout().await;
         Ok(account.username)
     }
