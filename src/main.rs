@@ -546,7 +546,11 @@ async fn check_imap_accounts(
     };
     let mut ok = true;
     let mut seen = std::collections::BTreeSet::new();
-    for m in config.mailboxes.iter().filter(|m| m.sinks.iter().any(|s| s == name)) {
+    for m in config
+        .mailboxes
+        .iter()
+        .filter(|m| m.sinks.iter().any(|s| s == name))
+    {
         let account = match settings.account_for(&m.name) {
             Ok(a) => a.username,
             Err(e) => {
@@ -559,10 +563,16 @@ async fn check_imap_accounts(
             continue;
         }
         match sink.check_login(&m.name).await {
-            Ok(_) => println!("sink {name}: account {account} (mailbox {}): login ok", m.name),
+            Ok(_) => println!(
+                "sink {name}: account {account} (mailbox {}): login ok",
+                m.name
+            ),
             Err(e) => {
                 ok = false;
-                println!("sink {name}: account {account} (mailbox {}): FAILED: {e}", m.name);
+                println!(
+                    "sink {name}: account {account} (mailbox {}): FAILED: {e}",
+                    m.name
+                );
             }
         }
     }

@@ -345,7 +345,10 @@ fn a_wrong_target_password_is_one_login_a_clear_error_and_keeps_the_mail() {
     let run = bridge.run_with_env(&["once"], &env);
     assert_eq!(run.code, Some(1), "{}", run.output());
     let out = run.output();
-    assert!(!out.contains("not-the-password"), "the password never appears");
+    assert!(
+        !out.contains("not-the-password"),
+        "the password never appears"
+    );
     let first = out
         .lines()
         .find(|l| l.contains("Target account refused the login"))
@@ -392,7 +395,11 @@ fn a_wrong_target_password_is_one_login_a_clear_error_and_keeps_the_mail() {
         bad.contains("FAILED") && bad.contains("rejected the login"),
         "{bad}"
     );
-    assert!(line(&dst_ok.name).ends_with("login ok"), "{}", check.output());
+    assert!(
+        line(&dst_ok.name).ends_with("login ok"),
+        "{}",
+        check.output()
+    );
     assert!(!check.output().contains("not-the-password"));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -559,7 +566,11 @@ fn namespace_and_list(dc: &Dovecot, user: &User) -> (String, String, Vec<String>
         .arg(&dc.ca_file)
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let s = |k: &str| v[k].as_str().unwrap().to_string();
     let list = v["list"]
@@ -591,7 +602,8 @@ fn a_non_ascii_folder_is_created_in_modified_utf7() {
     let wire = format!("{prefix}Archiv{sep}Entw&APw-rfe");
     let (_, _, list) = namespace_and_list(dc, &dst);
     assert!(
-        list.iter().any(|l| l.ends_with(&format!("\"{wire}\"")) || l.ends_with(&wire)),
+        list.iter()
+            .any(|l| l.ends_with(&format!("\"{wire}\"")) || l.ends_with(&wire)),
         "LIST shows {wire}: {list:#?}"
     );
     assert!(

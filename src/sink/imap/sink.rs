@@ -526,6 +526,9 @@ impl Sink for ImapSink {
             return Err(DeliveryError::retryable("IMAP delivery queue poisoned"));
         }
         let mut guard = slot.session.lock().await;
+        // Deliveries started together (the engine polls its in-flight messages in one task)
+        // queue up behind this one before the window is taken.
+        tokio::task::yield_now().await;
         loop {
             // Answered by whoever held the connection before us?
             match answer.try_recv() {
