@@ -25,6 +25,7 @@ pub struct Metrics {
     on_server: IntGaugeVec,
     cert_expiry: GaugeVec,
     retrieval_dead: IntCounterVec,
+    downconverted: IntCounterVec,
     uidl_reused: IntCounterVec,
     without_quit: IntCounterVec,
     backoff: GaugeVec,
@@ -160,6 +161,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Messages dead-lettered because their RETR broke the connection too often.",
             &["mailbox"],
         )?,
+        downconverted: counter(
+            "popbridge_pop3_downconverted_total",
+            "Messages the POP3 server served as a down-converted substitute (no UTF8 mode); kept on the server, not delivered.",
+            &["mailbox"],
+        )?,
         uidl_reused: counter(
             "popbridge_uidl_reused_total",
             "Messages delivered under a UIDL the server had used for another message before.",
@@ -244,6 +250,14 @@ pub fn leases(held: usize, event: &str, n: usize) {
 pub fn retrieval_dead_lettered(mailbox: &str) {
     if let Some(m) = get() {
         m.retrieval_dead.with_label_values(&[mailbox]).inc();
+    }
+}
+
+/// The POP3 server served a down-converted substitute instead of a message (RFC 6856 `UTF8`
+/// not in effect).
+pub fn pop3_downconverted(mailbox: &str) {
+    if let Some(m) = get() {
+        m.downconverted.with_label_values(&[mailbox]).inc();
     }
 }
 

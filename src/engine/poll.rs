@@ -683,6 +683,7 @@ async fn fetch_and_deliver(
     let (tx, mut rx) =
         mpsc::channel::<(u32, Result<Retrieved, Pop3Error>)>(ctx.max_in_flight.max(1));
 
+    let utf8_mode = session.utf8_mode();
     let mut broken_at = None;
     let fetching = session.retr_to_spool_tracked(&msgnos, &ctx.spool_dir, tx, &mut broken_at);
     let delivering = async {
@@ -700,8 +701,11 @@ async fn fetch_and_deliver(
                         break;
                     }
                     match (items.get(&msgno), result) {
+                        (Some(item), Ok(retrieved)) if !utf8_mode && pop3::substitute::is_substitute(&retrieved.file) => {
+                            running.push(futures_util::future::Either::Left(keep_substitute(ctx, item, retrieved)));
+                        }
                         (Some(item), Ok(retrieved)) => {
-                            running.push(process(ctx, item, retrieved, known, others, some_vanished, shutdown));
+                            running.push(futures_util::future::Either::Right(process(ctx, item, retrieved, known, others, some_vanished, shutdown)));
                         }
                         (_, Err(e)) => failures.push(format!("message {msgno}: {e}")),
                         (None, Ok(_)) => {}
@@ -737,6 +741,41 @@ async fn fetch_and_deliver(
         missing: asked - processed.len(),
         processed,
         broken,
+    })
+}
+
+/// A message the server served as a down-converted substitute (no `UTF8` mode): not delivered
+/// (the substitute is not the message, and differs at every RETR) and never deleted. With a
+/// UIDL it becomes a retrieval dead letter at once, so it is warned about once, not fetched
+/// again, and stays on the server until `dlq retry` (after the server's UTF8 is fixed).
+async fn keep_substitute(
+    ctx: &MailboxContext,
+    item: &FetchItem,
+    retrieved: Retrieved,
+) -> Result<Processed, PollError> {
+    let name = ctx.mailbox.name.as_str();
+    let uidl = item_uidl(item).to_string();
+    let text =
+        "the server served a down-converted substitute (\"Cannot display Unicode content\"; \
+                it did not accept UTF8, RFC 6856): not delivered, kept on the server";
+    tracing::warn!(mailbox = name, msgno = item.msgno, uidl = %uidl, "{text}");
+    crate::metrics::pop3_downconverted(name);
+    if !uidl.is_empty() {
+        ctx.store
+            .record_retrieval_failure(name, &uidl, text, 1, crate::store::now_millis())
+            .await?;
+    }
+    Ok(Processed {
+        msgno: item.msgno,
+        uidl: uidl.clone(),
+        deletable: false,
+        held: false,
+        report: PollReport {
+            fetched: 1,
+            bytes: retrieved.size,
+            failures: vec![format!("message {} ({uidl}): {text}", item.msgno)],
+            ..Default::default()
+        },
     })
 }
 
