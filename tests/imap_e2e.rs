@@ -614,3 +614,35 @@ fn a_non_ascii_folder_is_created_in_modified_utf7() {
     let bodies: Vec<Vec<u8>> = stored.into_iter().map(|m| m.body).collect();
     assert_exactly_once(&messages, &bodies);
 }
+
+/// `tls: implicit` against Dovecot's plain IMAP port: OpenSSL only says "wrong version
+/// number"; the error also names `ca_file`, the host name and `tls: starttls`.
+#[tokio::test]
+async fn implicit_tls_against_a_plain_port_suggests_starttls() {
+    use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imimplicit");
+    let yaml = format!(
+        "host: localhost\nport: {}\ntls: implicit\nca_file: {}\nusername: \"{{mailbox}}\"\npassword: \"{}\"\ntimeout: 10s\n",
+        dc.imap_port,
+        dc.ca_file.display(),
+        dst.password
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    let sink = ImapSink::new("archive", raw.validate(std::path::Path::new("/")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spooled(dir.path(), &dst.name, b"Subject: x\r\n\r\nbody\r\n");
+    let err = sink
+        .deliver(
+            &msg,
+            &popbridge::key::IdempotencyKey::derive(&dst.name, "u1"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    for hint in ["TLS failed", "ca_file", "host name", "tls: starttls"] {
+        assert!(err.contains(hint), "{hint:?} in {err}");
+    }
+    assert!(!err.contains(&dst.password));
+}

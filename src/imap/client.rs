@@ -226,7 +226,7 @@ impl Session {
     /// keep a user's folders under `INBOX.`, and refuse a top-level CREATE with "Invalid
     /// mailbox name" or "Permission denied"), the exact name to configure instead. We do not
     /// rename on our own: the folder would not be where the user looks for it.
-    async fn namespace_hint(&mut self, folder: &str) -> Result<Option<String>, ImapError> {
+    pub async fn namespace_hint(&mut self, folder: &str) -> Result<Option<String>, ImapError> {
         if !has(&self.caps, "NAMESPACE") {
             return Ok(None);
         }

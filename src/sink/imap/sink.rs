@@ -139,13 +139,22 @@ impl ImapSink {
         }
     }
 
-    /// Logs in to the target account of `mailbox` and out again (`check --connect`): the user
-    /// name on success.
+    /// Logs in to the target account of `mailbox` and out again (`check --connect`), and checks
+    /// that the folder lies in the personal namespace: the user name on success.
     pub async fn check_login(&self, mailbox: &str) -> Result<String, String> {
         let account = self.settings.account_for(mailbox)?;
-        let session = self.connect(&account).await.map_err(|e| e.to_string())?;
+        let mut session = self.connect(&account).await.map_err(|e| e.to_string())?;
+        // Without creating anything: a folder outside the personal namespace would be refused.
+        let hint = session.namespace_hint(&self.settings.folder).await;
         session.logout().await;
-        Ok(account.username)
+        match hint {
+            Ok(Some(hint)) => Err(format!(
+                "login ok, but folder {:?} is outside the personal namespace{hint}",
+                self.settings.folder
+            )),
+            Ok(None) => Ok(account.username),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn server(&self) -> String {
