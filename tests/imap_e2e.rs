@@ -646,3 +646,36 @@ async fn implicit_tls_against_a_plain_port_suggests_starttls() {
     }
     assert!(!err.contains(&dst.password));
 }
+
+/// The crash-after-APPEND case on Dovecot as on Courier and Cyrus: a proxy withholds the
+/// answer to the first APPEND (Dovecot stored it, the OK never arrived), then a restarted
+/// sink delivers the message again (`seen_before`): exactly one copy, the receipt a duplicate.
+/// With and without Message-ID.
+#[tokio::test]
+async fn dovecot_crash_after_append_leaves_exactly_one_copy() {
+    use common::imap_target::{plain_sink, spool, withholding_proxy};
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imcrash");
+    let dir = tempfile::tempdir().unwrap();
+    let bodies: [&[u8]; 2] = [
+        b"Message-ID: <dovecot-1@example.org>\r\nSubject: one\r\n\r\nline one\r\n",
+        b"From: a@example.org\r\nSubject: no id\r\n\r\nonly content\r\ndecides\r\n",
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let name = format!("m{i}");
+        let key = popbridge::key::IdempotencyKey::derive("m", &name);
+        let proxy = withholding_proxy(dc.imap_port).await;
+        let first = plain_sink("dovecot", proxy, &dst.name, &dst.password, "INBOX")
+            .deliver(&spool(dir.path(), &name, body, false), &key)
+            .await;
+        assert!(first.unwrap_err().is_retryable());
+        assert_eq!(dc.list_server_messages(&dst).len(), i + 1, "Dovecot stored it");
+        let again = plain_sink("dovecot", dc.imap_port, &dst.name, &dst.password, "INBOX")
+            .deliver(&spool(dir.path(), &name, body, true), &key)
+            .await
+            .unwrap();
+        assert!(again.duplicate, "{again:?}");
+        assert_eq!(dc.list_server_messages(&dst).len(), i + 1, "appended twice");
+    }
+}
