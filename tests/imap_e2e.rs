@@ -670,7 +670,11 @@ async fn dovecot_crash_after_append_leaves_exactly_one_copy() {
             .deliver(&spool(dir.path(), &name, body, false), &key)
             .await;
         assert!(first.unwrap_err().is_retryable());
-        assert_eq!(dc.list_server_messages(&dst).len(), i + 1, "Dovecot stored it");
+        assert_eq!(
+            dc.list_server_messages(&dst).len(),
+            i + 1,
+            "Dovecot stored it"
+        );
         let again = plain_sink("dovecot", dc.imap_port, &dst.name, &dst.password, "INBOX")
             .deliver(&spool(dir.path(), &name, body, true), &key)
             .await

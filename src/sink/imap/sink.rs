@@ -38,13 +38,14 @@ struct AccountSlot {
 }
 
 impl AccountSlot {
-    fn push(&self, job: Job) -> Result<(), Job> {
+    /// `false` when the queue's lock is poisoned (the job is dropped, its delivery fails).
+    fn push(&self, job: Job) -> bool {
         match self.queue.lock() {
             Ok(mut q) => {
                 q.push(job);
-                Ok(())
+                true
             }
-            Err(_) => Err(job),
+            Err(_) => false,
         }
     }
 
@@ -531,7 +532,7 @@ impl Sink for ImapSink {
             fields,
             reply,
         };
-        if slot.push(job).is_err() {
+        if !slot.push(job) {
             return Err(DeliveryError::retryable("IMAP delivery queue poisoned"));
         }
         let mut guard = slot.session.lock().await;
