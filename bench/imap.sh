@@ -150,6 +150,8 @@ workload() {
             l, pw, n / pw, pr / 1024, iw, n / iw, ir / 1024, mw, n / mw, iw / pw, mw / pw }' >>"$WORK/rows.md"
 }
 
+: >"$WORK/rows.md"
+LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 workload "1000 x 5 KB" 1000 5120
 [ -n "${SMALL_ONLY:-}" ] || workload "20 x 5 MB" 20 5242880
 {

@@ -42,6 +42,11 @@ enum Mode {
     /// On the first connection, the third APPEND is stored and the connection dropped with no
     /// APPEND answered (a window in flight when the link broke).
     DropInWindow,
+    /// MULTIAPPEND offered: all messages of one APPEND stored at once, one answer.
+    Multi,
+    /// MULTIAPPEND offered; on the first connection the messages are stored and the
+    /// connection dropped before the answer.
+    MultiDrop,
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -84,6 +89,8 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
             };
             let after_login = if mode == Mode::Binary {
                 format!("{caps} UIDPLUS BINARY")
+            } else if matches!(mode, Mode::Multi | Mode::MultiDrop) {
+                format!("{caps} UIDPLUS MULTIAPPEND")
             } else {
                 format!("{caps} UIDPLUS")
             };
@@ -183,6 +190,43 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
                         w.write_all(&out).await.unwrap();
                         continue;
                     }
+                } else if upper.starts_with("APPEND")
+                    && matches!(mode, Mode::Multi | Mode::MultiDrop)
+                {
+                    lg.lock().unwrap().push("MULTIAPPEND".into());
+                    let mut head = cmd.to_string();
+                    let mut bodies = Vec::new();
+                    loop {
+                        let size: usize = head
+                            .rsplit('{')
+                            .next()
+                            .unwrap()
+                            .trim_end_matches(['}', '+'])
+                            .parse()
+                            .unwrap();
+                        let mut body = vec![0; size];
+                        r.read_exact(&mut body).await.unwrap();
+                        bodies.push(body);
+                        head.clear();
+                        r.read_line(&mut head).await.unwrap();
+                        head = head.trim_end().to_string();
+                        if head.is_empty() {
+                            break;
+                        }
+                    }
+                    let first = {
+                        let mut s = st.lock().unwrap();
+                        let first = s.len() + 1;
+                        s.extend(bodies.iter().cloned());
+                        first
+                    };
+                    if mode == Mode::MultiDrop && connections == 1 {
+                        break;
+                    }
+                    format!(
+                        "{tag} OK [APPENDUID 7 {first}:{}] done\r\n",
+                        first + bodies.len() - 1
+                    )
                 } else if upper.starts_with("APPEND") {
                     let size: usize = cmd
                         .rsplit('{')
@@ -795,4 +839,58 @@ async fn a_window_dropped_unanswered_leaves_each_message_once() {
             String::from_utf8_lossy(&body)
         );
     }
+}
+
+/// Where the server offers MULTIAPPEND (RFC 3502) a window goes as one APPEND of many
+/// messages (Dovecot stores them in one transaction), each getting its own UID from the
+/// answer's uid-set.
+#[tokio::test]
+async fn a_window_goes_as_one_multiappend_where_offered() {
+    let (port, store, log) = serve_logged(Mode::Multi).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(port);
+    let msgs = spool_many(dir.path(), 10);
+    let results =
+        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let mut uids: Vec<String> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .unwrap()
+                .detail
+                .split(' ')
+                .nth(2)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 10, "one UID each: {results:?}");
+    assert_eq!(store.lock().unwrap().len(), 10);
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log.iter().filter(|l| *l == "MULTIAPPEND").count(),
+        1,
+        "{log:?}"
+    );
+}
+
+/// The answer to a MULTIAPPEND is lost after the server stored every message: delivering
+/// them again finds each one, so nothing is there twice.
+#[tokio::test]
+async fn a_multiappend_without_an_answer_leaves_each_message_once() {
+    let (port, store) = serve(Mode::MultiDrop).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(port);
+    let msgs = spool_many(dir.path(), 6);
+    let results =
+        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+    assert_eq!(store.lock().unwrap().len(), 6, "stored before the drop");
+    for (m, k) in &msgs {
+        let again = sink.deliver(m, k).await.unwrap();
+        assert!(again.duplicate, "{again:?}");
+    }
+    assert_eq!(store.lock().unwrap().len(), 6, "nothing appended twice");
 }

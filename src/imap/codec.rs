@@ -212,6 +212,33 @@ pub fn appenduid(code: &str) -> Option<(u32, u32)> {
     Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
+/// `(uidvalidity, uids)` from the `APPENDUID 38505 101:103,107` code of a MULTIAPPEND
+/// (RFC 4315 uid-set, in the order the messages were sent); `None` unless it holds exactly
+/// `expected` UIDs.
+pub fn appenduid_set(code: &str, expected: usize) -> Option<(u32, Vec<u32>)> {
+    let mut words = code.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("APPENDUID") {
+        return None;
+    }
+    let validity = words.next()?.parse().ok()?;
+    let mut uids = Vec::with_capacity(expected);
+    for part in words.next()?.split(',') {
+        let (a, b) = match part.split_once(':') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        if (hi - lo) as usize >= expected.saturating_sub(uids.len()) + 1 {
+            return None;
+        }
+        uids.extend(lo..=hi);
+    }
+    (uids.len() == expected).then_some((validity, uids))
+}
+
 /// An IMAP quoted string for `s`, or `None` when it cannot be one (CR, LF, NUL, non-ASCII):
 /// the caller then leaves that search criterion out rather than send a literal.
 pub fn quoted(s: &str) -> Option<String> {
@@ -322,6 +349,18 @@ mod tests {
             personal_namespace(b"* NAMESPACE ((\"unterminated\r\n"),
             None
         );
+    }
+
+    #[test]
+    fn multiappend_uid_sets() {
+        assert_eq!(
+            appenduid_set("APPENDUID 7 101:103,107", 4),
+            Some((7, vec![101, 102, 103, 107]))
+        );
+        assert_eq!(appenduid_set("APPENDUID 7 5", 1), Some((7, vec![5])));
+        assert_eq!(appenduid_set("APPENDUID 7 1:4000000000", 3), None);
+        assert_eq!(appenduid_set("APPENDUID 7 1:2", 3), None);
+        assert_eq!(appenduid_set("UIDNEXT 7", 1), None);
     }
 
     #[test]

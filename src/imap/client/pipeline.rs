@@ -45,7 +45,15 @@ impl Session {
         let piped: Vec<usize> = (0..items.len())
             .filter(|&i| self.can_pipeline(items[i].size))
             .collect();
-        if piped.len() > 1 {
+        if piped.len() > 1 && has(&self.caps, "MULTIAPPEND") {
+            self.multiappend(folder, flags, items, &piped, &mut results)
+                .await;
+        }
+        let piped: Vec<usize> = piped
+            .into_iter()
+            .filter(|&i| results[i].is_none())
+            .collect();
+        if piped.len() > 1 && !self.broken {
             self.pipelined(folder, flags, items, &piped, &mut results)
                 .await;
         }
@@ -151,6 +159,96 @@ impl Session {
                     server: self.server.clone(),
                     detail: format!("no answer to APPEND: {detail}"),
                 }));
+            }
+        }
+    }
+
+    /// All of `piped` in one MULTIAPPEND (RFC 3502): the server stores them in one transaction
+    /// (Dovecot: one fsync instead of one per message). All or nothing: on a refusal nothing
+    /// was stored, and the items are left without a result for one APPEND each (which finds
+    /// the one the server refuses); without an answer, every item gets the error.
+    async fn multiappend(
+        &mut self,
+        folder: &str,
+        flags: &[String],
+        items: &[AppendItem<'_>],
+        piped: &[usize],
+        results: &mut [Option<Appended>],
+    ) {
+        let Ok(name) = quote_folder(folder) else {
+            return;
+        };
+        if let Some(limit) = append_limit(&self.caps) {
+            for &i in piped {
+                if items[i].size > limit {
+                    results[i] = Some(Err(self.over_limit(items[i].size, limit)));
+                }
+            }
+        }
+        let binary_ok = has(&self.caps, "BINARY");
+        let flags = flags.join(" ");
+        let mut sent = Vec::new();
+        let tag = self.next_tag();
+        let mut out = format!("{tag} APPEND {name}").into_bytes();
+        for &i in piped {
+            if results[i].is_some() {
+                continue;
+            }
+            let item = &items[i];
+            let body = match read_exactly(item.path, item.size) {
+                Ok(b) => b,
+                Err(source) => {
+                    results[i] = Some(Err(ImapError::Spool { source }));
+                    continue;
+                }
+            };
+            let binary = binary_ok && body.contains(&0);
+            out.extend_from_slice(
+                format!(
+                    " ({flags}) \"{}\" {}{{{}+}}\r\n",
+                    item.internal_date,
+                    if binary { "~" } else { "" },
+                    item.size
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&body);
+            sent.push(i);
+        }
+        if sent.len() < 2 {
+            // Nothing announced yet: the rest go one APPEND each.
+            return;
+        }
+        out.extend_from_slice(b"\r\n");
+        let done = match self.write(&out).await {
+            Ok(()) => self.finish(&tag, "APPEND").await.map(|(_, done)| done),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(done) if done.status == Status::Ok => {
+                let uids = done
+                    .code
+                    .as_deref()
+                    .and_then(|c| codec::appenduid_set(c, sent.len()));
+                for (n, &i) in sent.iter().enumerate() {
+                    let uid = uids.as_ref().map(|(v, u)| (*v, u[n]));
+                    self.advance_uid_next(uid);
+                    results[i] = Some(Ok(uid));
+                }
+            }
+            Ok(done) => {
+                tracing::debug!(server = %self.server, code = ?done.code, text = %done.text,
+                    "MULTIAPPEND refused as a whole; appending one by one");
+            }
+            Err(e) => {
+                self.broken = true;
+                let detail = e.to_string();
+                for &i in &sent {
+                    results[i] = Some(Err(ImapError::Closed {
+                        server: self.server.clone(),
+                        detail: format!("no answer to MULTIAPPEND: {detail}"),
+                    }));
+                }
             }
         }
     }
