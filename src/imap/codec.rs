@@ -231,7 +231,7 @@ pub fn appenduid_set(code: &str, expected: usize) -> Option<(u32, Vec<u32>)> {
             }
         };
         let (lo, hi) = (a.min(b), a.max(b));
-        if (hi - lo) as usize >= expected.saturating_sub(uids.len()) + 1 {
+        if (hi - lo) as usize >= expected.saturating_sub(uids.len()) {
             return None;
         }
         uids.extend(lo..=hi);
