@@ -42,6 +42,7 @@ KNOWN_METRICS = {
     "popbridge_messages_on_server",
     "popbridge_tls_certificate_expiry_timestamp_seconds",
     "popbridge_retrieval_dead_letters_total",
+    "popbridge_pop3_downconverted_total",
     "popbridge_uidl_reused_total",
     "popbridge_sessions_without_quit_total",
     "popbridge_poll_backoff_seconds",

@@ -95,11 +95,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the config; with --connect also log in to every server and check every sink.
+    /// Validate the config; with --connect also log in to every POP3 server and IMAP target
+    /// account and check every sink.
     Check {
         #[command(flatten)]
         config: ConfigArg,
-        /// Also log in to every POP3 server and run every sink's healthcheck (network access).
+        /// Also log in to every POP3 mailbox and to every IMAP target account a mailbox routes to
+        /// (one line each: ok or the reason), and run every other sink's healthcheck. Needs
+        /// network access; exits non-zero if anything failed.
         #[arg(long)]
         connect: bool,
     },
@@ -592,6 +595,10 @@ async fn check(config: popbridge::config::Config, connect: bool) -> anyhow::Resu
         }
     }
     for s in &config.sinks {
+        if let popbridge::config::SinkKind::Imap(settings) = &s.kind {
+            failed |= !check_imap_accounts(&config, &s.name, settings).await;
+            continue;
+        }
         let result = match popbridge::app::build_sink(s) {
             Ok(sink) => sink.healthcheck().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -605,6 +612,58 @@ async fn check(config: popbridge::config::Config, connect: bool) -> anyhow::Resu
         }
     }
     Ok(if failed { exit::INCOMPLETE } else { exit::OK })
+}
+
+/// Logs in to every target account an IMAP sink serves (the templates expanded for each
+/// mailbox routed to it, each account once) and prints one line each; `false` if any failed.
+async fn check_imap_accounts(
+    config: &popbridge::config::Config,
+    name: &str,
+    settings: &popbridge::sink::imap::ImapSettings,
+) -> bool {
+    let sink = match popbridge::sink::imap::ImapSink::new(name, settings.clone()) {
+        Ok(sink) => sink,
+        Err(e) => {
+            println!("sink {name}: FAILED: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    let mut seen = std::collections::BTreeSet::new();
+    for m in config
+        .mailboxes
+        .iter()
+        .filter(|m| m.sinks.iter().any(|s| s == name))
+    {
+        let account = match settings.account_for(&m.name) {
+            Ok(a) => a.username,
+            Err(e) => {
+                ok = false;
+                println!("sink {name}: mailbox {}: FAILED: {e}", m.name);
+                continue;
+            }
+        };
+        if !seen.insert(account.clone()) {
+            continue;
+        }
+        match sink.check_login(&m.name).await {
+            Ok(_) => println!(
+                "sink {name}: account {account} (mailbox {}): login ok",
+                m.name
+            ),
+            Err(e) => {
+                ok = false;
+                println!(
+                    "sink {name}: account {account} (mailbox {}): FAILED: {e}",
+                    m.name
+                );
+            }
+        }
+    }
+    if seen.is_empty() && ok {
+        println!("sink {name}: ok (no mailbox routes to it)");
+    }
+    ok
 }
 
 async fn plan(

@@ -64,12 +64,7 @@ impl Rollup {
 
     /// `mailbox` now has `value` (`None`: no value any more); returns the (minimum, maximum)
     /// over mailboxes.
-    fn extreme(
-        &mut self,
-        gauge: &str,
-        mailbox: &str,
-        value: Option<i64>,
-    ) -> Option<(i64, i64)> {
+    fn extreme(&mut self, gauge: &str, mailbox: &str, value: Option<i64>) -> Option<(i64, i64)> {
         let (by_mailbox, ordered) = self.extremes.entry(gauge.to_string()).or_default();
         if let Some(old) = by_mailbox.remove(mailbox) {
             ordered.remove(&(old, mailbox.to_string()));
@@ -139,6 +134,7 @@ pub struct Metrics {
     on_server: IntGaugeVec,
     cert_expiry: GaugeVec,
     retrieval_dead: IntCounterVec,
+    downconverted: IntCounterVec,
     uidl_reused: IntCounterVec,
     without_quit: IntCounterVec,
     backoff: GaugeVec,
@@ -275,6 +271,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Messages dead-lettered because their RETR broke the connection too often.",
             &["mailbox"],
         )?,
+        downconverted: counter(
+            "popbridge_pop3_downconverted_total",
+            "Messages the POP3 server served as a down-converted substitute (no UTF8 mode); kept on the server, not delivered.",
+            &["mailbox"],
+        )?,
         uidl_reused: counter(
             "popbridge_uidl_reused_total",
             "Messages delivered under a UIDL the server had used for another message before.",
@@ -350,7 +351,11 @@ pub fn sink_paused(mailbox: &str, sink: &str, until: Option<chrono::DateTime<chr
         return;
     }
     let latest = rollup()
-        .extreme(&format!("paused\0{sink}"), mailbox, until.map(|t| t.timestamp()))
+        .extreme(
+            &format!("paused\0{sink}"),
+            mailbox,
+            until.map(|t| t.timestamp()),
+        )
         .map_or(0, |(_, hi)| hi);
     m.sink_paused
         .with_label_values(&[ALL_MAILBOXES, sink])
@@ -382,6 +387,14 @@ pub fn leases(held: usize, event: &str, n: usize) {
 pub fn retrieval_dead_lettered(mailbox: &str) {
     if let Some(m) = get() {
         m.retrieval_dead.with_label_values(&[label(mailbox)]).inc();
+    }
+}
+
+/// The POP3 server served a down-converted substitute instead of a message (RFC 6856 `UTF8`
+/// not in effect).
+pub fn pop3_downconverted(mailbox: &str) {
+    if let Some(m) = get() {
+        m.downconverted.with_label_values(&[label(mailbox)]).inc();
     }
 }
 

@@ -182,7 +182,7 @@ fn cyrus_announces_appendlimit_and_refuses_a_sync_literal_before_the_bytes() {
 /// Debian's Cyrus: personal folders live under `INBOX.` with `.` (a top-level CREATE is
 /// "Permission denied"); a folder outside it is refused with the name to use instead.
 #[tokio::test]
-async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use() {
+async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use_also_at_check() {
     let Some(cyrus) = cyrus_or_skip() else {
         return;
     };
@@ -202,6 +202,20 @@ async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use() {
             .contains("use folder: \"INBOX.Migrated.2026\""),
         "{err}"
     );
+    // `check --connect` says the same before anything is delivered, and is content with the
+    // right name.
+    let check = sink(cyrus.imap_port, "Migrated/2026")
+        .check_login("m")
+        .await
+        .unwrap_err();
+    assert!(
+        check.contains("login ok") && check.contains("use folder: \"INBOX.Migrated.2026\""),
+        "{check}"
+    );
+    sink(cyrus.imap_port, "INBOX.Migrated.2026")
+        .check_login("m")
+        .await
+        .unwrap();
     let r = sink(cyrus.imap_port, "INBOX.Migrated.2026")
         .deliver(&msg, &IdempotencyKey::derive("m", "n"))
         .await

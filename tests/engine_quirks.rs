@@ -665,3 +665,76 @@ async fn a_delivered_message_resized_by_a_status_header_is_not_delivered_again()
     let r = once(root.path(), server.port, DeletePolicy::Never).await;
     assert_eq!(r.fetched, 0, "confirmed at its new size: {r:?}");
 }
+
+/// A server without `UTF8` mode serving a message with raw UTF-8 headers as a down-converted
+/// substitute (Courier): the substitute is not archived as the message, the original is never
+/// deleted, the poll says so, and later polls do not fetch it again. With `UTF8` on, the same
+/// message arrives as it is and is deleted like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_converted_substitute_is_kept_on_the_server_not_archived() {
+    let utf8_msg = Msg {
+        uidl: "u2".into(),
+        body: "Subject: Gr\u{fc}\u{df}e\r\n\r\nbody\r\n"
+            .as_bytes()
+            .to_vec(),
+    };
+    for utf8 in [false, true] {
+        let server = FakePop3::start(
+            vec![msg("u1", "ascii"), utf8_msg.clone()],
+            Quirks {
+                downconvert_without_utf8: true,
+                capa: if utf8 { vec!["UTF8".into()] } else { vec![] },
+                ..Default::default()
+            },
+        )
+        .await;
+        let root = tempfile::tempdir().unwrap();
+        let r = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+        let on_server = || {
+            server
+                .state
+                .lock()
+                .unwrap()
+                .messages
+                .iter()
+                .map(|m| m.uidl.clone())
+                .collect::<Vec<_>>()
+        };
+        if utf8 {
+            assert!(r.complete(), "{r:?}");
+            assert_eq!(delivered(root.path()).len(), 2);
+            assert!(
+                delivered(root.path()).contains(&utf8_msg.body),
+                "the original"
+            );
+            assert!(on_server().is_empty());
+            continue;
+        }
+        assert_eq!(delivered(root.path()), vec![msg("u1", "ascii").body]);
+        assert_eq!(on_server(), ["u2"], "the original stays on the server");
+        assert!(
+            r.failures
+                .iter()
+                .any(|f| f.contains("down-converted substitute")),
+            "{r:?}"
+        );
+        assert!(
+            popbridge::metrics::render()
+                .contains("popbridge_pop3_downconverted_total{mailbox=\"alice\"} 1"),
+            "{}",
+            popbridge::metrics::render()
+        );
+        for _ in 0..2 {
+            let again = once(root.path(), server.port, DeletePolicy::AfterDelivery).await;
+            assert_eq!(again.fetched, 0, "{again:?}");
+        }
+        let fetches = server.state.lock().unwrap().retrieved.clone();
+        assert_eq!(
+            fetches.iter().filter(|u| *u == "u2").count(),
+            1,
+            "{fetches:?}"
+        );
+        assert_eq!(on_server(), ["u2"]);
+        assert_eq!(delivered(root.path()).len(), 1);
+    }
+}

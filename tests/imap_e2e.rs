@@ -301,23 +301,112 @@ fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
     assert!(dc.list_server_messages(&src).is_empty());
 }
 
+/// Lines of Dovecot's log about a refused password for `user`.
+fn failed_logins(dc: &Dovecot, user: &str) -> usize {
+    dc.log()
+        .lines()
+        .filter(|l| l.contains(&format!("({user},")) && l.contains("Password mismatch"))
+        .count()
+}
+
+/// A wrong target password costs one login for the whole run, not one per message (servers
+/// add a penalty per failure: Courier's 5 s made a run of 150 messages take 13 minutes), is
+/// logged at once, keeps every message on the POP3 server, and leaves the other account
+/// alone. `check --connect` logs in to each target account and says which one fails.
 #[test]
-fn a_wrong_target_password_is_a_clear_error_and_keeps_the_mail() {
+fn a_wrong_target_password_is_one_login_a_clear_error_and_keeps_the_mail() {
     let dc = dovecot_or_skip!();
-    let (src, dst, bridge, _, extra) = one_mailbox(dc, "imwrong", 2);
+    let (src, dst) = (dc.add_user("imwrongsrc"), dc.add_user("imwrongdst"));
+    let (src_ok, dst_ok) = (dc.add_user("imwrongoksrc"), dc.add_user("imwrongokdst"));
+    dc.seed(&src, &mail::corpus("imwrong", 20));
+    dc.seed(&src_ok, &mail::corpus("imwrongok", 3));
+    let bridge = Bridge::new(
+        dc,
+        &[
+            Mailbox {
+                delete: "after_delivery",
+                ..Mailbox::new("imwrong", &src)
+            },
+            Mailbox::new("imwrongok", &src_ok),
+        ],
+    );
+    std::fs::write(
+        bridge.dir.path().join("ok.pw"),
+        format!("{}\n", dst_ok.password),
+    )
+    .unwrap();
+    let extra = format!(
+        "    username: {}\n    password: \"${{DST_IMAP}}\"\n    accounts:\n      imwrongok: {{ username: {}, password_file: ./ok.pw }}\n",
+        dst.name, dst_ok.name
+    );
     bridge.replace_sinks(&imap_sink(dc, dc.imap_port, "INBOX", &extra));
-    let run = bridge.run_with_env(&["once"], &[("DST_IMAP", "not-the-password")]);
+    let env = [("DST_IMAP", "not-the-password")];
+
+    let run = bridge.run_with_env(&["once"], &env);
     assert_eq!(run.code, Some(1), "{}", run.output());
     let out = run.output();
-    assert!(
-        out.contains(&format!("rejected the login of {}", dst.name)),
-        "says which account failed: {out}"
-    );
     assert!(
         !out.contains("not-the-password"),
         "the password never appears"
     );
-    assert_eq!(dc.list_server_messages(&src).len(), 2);
+    let first = out
+        .lines()
+        .find(|l| l.contains("Target account refused the login"))
+        .unwrap_or_else(|| panic!("the refused login is logged: {out}"));
+    assert!(first.contains("ERROR"), "at error level: {first}");
+    assert!(
+        first.contains(&dst.name) && first.contains(&format!("localhost:{}", dc.imap_port)),
+        "names the account and the server: {first}"
+    );
+    assert!(
+        out.contains(&format!("rejected the login of {}", dst.name)),
+        "says which account failed: {out}"
+    );
+    // Dovecot writes its log asynchronously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failed_logins(dc, &dst.name) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        failed_logins(dc, &dst.name),
+        1,
+        "one login for 20 messages, then the account backs off"
+    );
+    assert_eq!(dc.list_server_messages(&src).len(), 20, "nothing deleted");
+    assert_eq!(
+        dc.list_server_messages(&dst_ok).len(),
+        3,
+        "the other account got its mail"
+    );
+
+    let check = bridge.run_with_env(&["check", "--connect"], &env);
+    assert_eq!(check.code, Some(1), "{}", check.output());
+    let line = |account: &str| {
+        check
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("account {account} ")))
+            .unwrap_or_else(|| panic!("a line for {account}: {}", check.output()))
+            .to_string()
+    };
+    let bad = line(&dst.name);
+    assert!(
+        bad.contains("FAILED") && bad.contains("rejected the login"),
+        "{bad}"
+    );
+    assert!(
+        line(&dst_ok.name).ends_with("login ok"),
+        "{}",
+        check.output()
+    );
+    assert!(!check.output().contains("not-the-password"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        failed_logins(dc, &dst.name),
+        2,
+        "check --connect really logged in (one more refusal at Dovecot)"
+    );
 }
 
 #[test]
@@ -450,4 +539,148 @@ fn a_run_logs_out_of_the_target_at_its_end() {
     let lines = ended();
     assert!(!lines.is_empty(), "Dovecot logged the end of the session");
     assert!(lines.iter().all(|l| l.contains("Logged out")), "{lines:#?}");
+}
+
+const NAMESPACE_AND_LIST: &str = r#"
+import imaplib, json, re, ssl, sys
+host, port, user, password, cafile = sys.argv[1:6]
+imap = imaplib.IMAP4(host, int(port))
+imap.starttls(ssl.create_default_context(cafile=cafile))
+imap.login(user, password)
+typ, ns = imap.namespace()
+m = re.match(r'\(\("([^"]*)" "(.)"\)', ns[0].decode())
+typ, listed = imap.list()
+print(json.dumps({"prefix": m.group(1), "sep": m.group(2), "list": [l.decode() for l in listed]}))
+"#;
+
+/// The personal namespace prefix and separator of `user`, and its LIST lines (raw, as sent).
+fn namespace_and_list(dc: &Dovecot, user: &User) -> (String, String, Vec<String>) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(NAMESPACE_AND_LIST)
+        .args([
+            "localhost",
+            &dc.imap_port.to_string(),
+            &user.name,
+            &user.password,
+        ])
+        .arg(&dc.ca_file)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = |k: &str| v[k].as_str().unwrap().to_string();
+    let list = v["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    (s("prefix"), s("sep"), list)
+}
+
+/// A non-ASCII folder (`Archiv/Entwürfe` in the server's hierarchy) is created and filled in
+/// modified UTF-7 (RFC 3501 5.1.3): an independent client (imaplib, which does no encoding of
+/// its own) finds it by its encoded name in LIST and SELECTs it to read the messages.
+#[test]
+fn a_non_ascii_folder_is_created_in_modified_utf7() {
+    let dc = dovecot_or_skip!();
+    let (_src, dst, bridge, messages, extra) = one_mailbox(dc, "imutf", 4);
+    let (prefix, sep, _) = namespace_and_list(dc, &dst);
+    let folder = format!("{prefix}Archiv{sep}Entwürfe");
+    bridge.replace_sinks(&imap_sink(
+        dc,
+        dc.imap_port,
+        &format!("\"{folder}\""),
+        &extra,
+    ));
+    let run = bridge.run_with_env(&["once"], &[("DST_IMAP", &dst.password)]);
+    assert!(run.ok(), "{}", run.output());
+    let wire = format!("{prefix}Archiv{sep}Entw&APw-rfe");
+    let (_, _, list) = namespace_and_list(dc, &dst);
+    assert!(
+        list.iter()
+            .any(|l| l.ends_with(&format!("\"{wire}\"")) || l.ends_with(&wire)),
+        "LIST shows {wire}: {list:#?}"
+    );
+    assert!(
+        !list.iter().any(|l| l.contains("ü") || l.contains("Entw\\")),
+        "no raw UTF-8 name: {list:#?}"
+    );
+    let stored = imap_folder(dc, &dst, &wire).expect("the encoded folder can be selected");
+    let bodies: Vec<Vec<u8>> = stored.into_iter().map(|m| m.body).collect();
+    assert_exactly_once(&messages, &bodies);
+}
+
+/// `tls: implicit` against Dovecot's plain IMAP port: OpenSSL only says "wrong version
+/// number"; the error also names `ca_file`, the host name and `tls: starttls`.
+#[tokio::test]
+async fn implicit_tls_against_a_plain_port_suggests_starttls() {
+    use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imimplicit");
+    let yaml = format!(
+        "host: localhost\nport: {}\ntls: implicit\nca_file: {}\nusername: \"{{mailbox}}\"\npassword: \"{}\"\ntimeout: 10s\n",
+        dc.imap_port,
+        dc.ca_file.display(),
+        dst.password
+    );
+    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    let sink = ImapSink::new("archive", raw.validate(std::path::Path::new("/")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let msg = spooled(dir.path(), &dst.name, b"Subject: x\r\n\r\nbody\r\n");
+    let err = sink
+        .deliver(
+            &msg,
+            &popbridge::key::IdempotencyKey::derive(&dst.name, "u1"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    for hint in ["TLS failed", "ca_file", "host name", "tls: starttls"] {
+        assert!(err.contains(hint), "{hint:?} in {err}");
+    }
+    assert!(!err.contains(&dst.password));
+}
+
+/// The crash-after-APPEND case on Dovecot as on Courier and Cyrus: a proxy withholds the
+/// answer to the first APPEND (Dovecot stored it, the OK never arrived), then a restarted
+/// sink delivers the message again (`seen_before`): exactly one copy, the receipt a duplicate.
+/// With and without Message-ID.
+#[tokio::test]
+async fn dovecot_crash_after_append_leaves_exactly_one_copy() {
+    use common::imap_target::{plain_sink, spool, withholding_proxy};
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imcrash");
+    let dir = tempfile::tempdir().unwrap();
+    let bodies: [&[u8]; 2] = [
+        b"Message-ID: <dovecot-1@example.org>\r\nSubject: one\r\n\r\nline one\r\n",
+        b"From: a@example.org\r\nSubject: no id\r\n\r\nonly content\r\ndecides\r\n",
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let name = format!("m{i}");
+        let key = popbridge::key::IdempotencyKey::derive("m", &name);
+        let proxy = withholding_proxy(dc.imap_port).await;
+        let first = plain_sink("dovecot", proxy, &dst.name, &dst.password, "INBOX")
+            .deliver(&spool(dir.path(), &name, body, false), &key)
+            .await;
+        assert!(first.unwrap_err().is_retryable());
+        assert_eq!(
+            dc.list_server_messages(&dst).len(),
+            i + 1,
+            "Dovecot stored it"
+        );
+        let again = plain_sink("dovecot", dc.imap_port, &dst.name, &dst.password, "INBOX")
+            .deliver(&spool(dir.path(), &name, body, true), &key)
+            .await
+            .unwrap();
+        assert!(again.duplicate, "{again:?}");
+        assert_eq!(dc.list_server_messages(&dst).len(), i + 1, "appended twice");
+    }
 }

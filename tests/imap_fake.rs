@@ -36,6 +36,17 @@ enum Mode {
     LiteralFlood,
     /// BINARY offered after login.
     Binary,
+    /// APPEND answers are held back until 8 APPENDs arrived on the connection: a client
+    /// waiting for each answer before the next APPEND would wait forever.
+    HoldAnswers,
+    /// On the first connection, the third APPEND is stored and the connection dropped with no
+    /// APPEND answered (a window in flight when the link broke).
+    DropInWindow,
+    /// MULTIAPPEND offered: all messages of one APPEND stored at once, one answer.
+    Multi,
+    /// MULTIAPPEND offered; on the first connection the messages are stored and the
+    /// connection dropped before the answer.
+    MultiDrop,
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -57,6 +68,7 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
     tokio::spawn(async move {
         let mut connections = 0;
         let mut appends = 0;
+        let mut held = String::new();
         loop {
             let (sock, _) = listener.accept().await.unwrap();
             let (r, mut w) = sock.into_split();
@@ -77,6 +89,8 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
             };
             let after_login = if mode == Mode::Binary {
                 format!("{caps} UIDPLUS BINARY")
+            } else if matches!(mode, Mode::Multi | Mode::MultiDrop) {
+                format!("{caps} UIDPLUS MULTIAPPEND")
             } else {
                 format!("{caps} UIDPLUS")
             };
@@ -176,6 +190,43 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
                         w.write_all(&out).await.unwrap();
                         continue;
                     }
+                } else if upper.starts_with("APPEND")
+                    && matches!(mode, Mode::Multi | Mode::MultiDrop)
+                {
+                    lg.lock().unwrap().push("MULTIAPPEND".into());
+                    let mut head = cmd.to_string();
+                    let mut bodies = Vec::new();
+                    loop {
+                        let size: usize = head
+                            .rsplit('{')
+                            .next()
+                            .unwrap()
+                            .trim_end_matches(['}', '+'])
+                            .parse()
+                            .unwrap();
+                        let mut body = vec![0; size];
+                        r.read_exact(&mut body).await.unwrap();
+                        bodies.push(body);
+                        head.clear();
+                        r.read_line(&mut head).await.unwrap();
+                        head = head.trim_end().to_string();
+                        if head.is_empty() {
+                            break;
+                        }
+                    }
+                    let first = {
+                        let mut s = st.lock().unwrap();
+                        let first = s.len() + 1;
+                        s.extend(bodies.iter().cloned());
+                        first
+                    };
+                    if mode == Mode::MultiDrop && connections == 1 {
+                        break;
+                    }
+                    format!(
+                        "{tag} OK [APPENDUID 7 {first}:{}] done\r\n",
+                        first + bodies.len() - 1
+                    )
                 } else if upper.starts_with("APPEND") {
                     let size: usize = cmd
                         .rsplit('{')
@@ -207,7 +258,21 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
                     if appends == 1 && mode == Mode::DropAfterFirstAppend {
                         break; // dropped before the tagged OK
                     }
-                    format!("{tag} OK [APPENDUID 7 {uid}] done\r\n")
+                    if mode == Mode::DropInWindow && connections == 1 {
+                        if appends == 3 {
+                            break; // nothing of the window answered
+                        }
+                        continue;
+                    }
+                    if mode == Mode::HoldAnswers {
+                        held.push_str(&format!("{tag} OK [APPENDUID 7 {uid}] done\r\n"));
+                        if appends % 8 != 0 {
+                            continue;
+                        }
+                        std::mem::take(&mut held)
+                    } else {
+                        format!("{tag} OK [APPENDUID 7 {uid}] done\r\n")
+                    }
                 } else if upper.starts_with("LOGOUT") {
                     format!("* BYE\r\n{tag} OK\r\n")
                 } else {
@@ -629,4 +694,204 @@ async fn an_idle_session_closed_for_another_account_is_logged_out() {
         first.last().is_some_and(|l| l.ends_with(" LOGOUT")),
         "the first account's connection ends with LOGOUT: {log:?}"
     );
+}
+
+/// A server that says `+`, then partway through a 4 MB literal answers `NO [TOOBIG]` and
+/// closes the connection with our bytes unread (a reset), as Cyrus does over its
+/// `maxmessagesize`. Our write fails; the answer already sent must still be read and decide:
+/// permanent, not a "connection reset" retried every poll for a day.
+#[tokio::test]
+async fn a_refusal_sent_before_a_reset_mid_literal_is_read_and_permanent() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let appends = Arc::new(Mutex::new(0));
+    let seen = appends.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS] fake\r\n")
+                    .await
+                    .unwrap();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (tag, cmd) = line.trim_end().split_once(' ').unwrap();
+                    let upper = cmd.to_ascii_uppercase();
+                    let reply = if upper.starts_with("AUTHENTICATE") {
+                        format!("{tag} OK in\r\n")
+                    } else if upper.starts_with("SELECT") {
+                        format!("* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 1] ok\r\n{tag} OK selected\r\n")
+                    } else if upper.starts_with("APPEND") {
+                        *seen.lock().unwrap() += 1;
+                        w.write_all(b"+ go\r\n").await.unwrap();
+                        let mut part = vec![0; 64 * 1024];
+                        r.read_exact(&mut part).await.unwrap();
+                        w.write_all(format!("{tag} NO [TOOBIG] Message too big\r\n").as_bytes())
+                            .await
+                            .unwrap();
+                        // Dropped with the rest of the literal unread: the kernel sends RST.
+                        return;
+                    } else {
+                        format!("{tag} BAD unknown\r\n")
+                    };
+                    w.write_all(reply.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = b"Subject: big\r\nMessage-ID: <big@test>\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 4 << 20));
+    let sink = sink_with(port, "");
+    let key = IdempotencyKey::derive("user", "u1");
+    let err = sink
+        .deliver(&spool(dir.path(), &body), &key)
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_retryable(),
+        "a refusal is permanent, not a reset: {err}"
+    );
+    assert!(err.to_string().contains("TOOBIG"), "{err}");
+    assert_eq!(*appends.lock().unwrap(), 1, "sent once");
+}
+
+/// `n` distinct small messages for `mailbox`, spooled in `dir`.
+fn spool_many(dir: &Path, n: usize) -> Vec<(SpooledMessage, IdempotencyKey)> {
+    (0..n)
+        .map(|i| {
+            let body =
+                format!("Subject: m{i}\r\nMessage-ID: <m{i}@pipelined.test>\r\n\r\nbody {i}\r\n");
+            let sub = dir.join(format!("{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let mut m = spool(&sub, body.as_bytes());
+            m.uidl = format!("u{i}");
+            (m, IdempotencyKey::derive("user", &format!("u{i}")))
+        })
+        .collect()
+}
+
+/// Deliveries to one account arriving together (the engine keeps many messages in flight)
+/// share one connection with their APPENDs in flight at once: the server answers only after
+/// 8 have arrived, which a client waiting for each answer would never see.
+#[tokio::test]
+async fn appends_to_one_account_are_in_flight_together() {
+    let (port, store, log) = serve_logged(Mode::HoldAnswers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(port);
+    let msgs = spool_many(dir.path(), 16);
+    let results =
+        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    for r in &results {
+        let receipt = r.as_ref().unwrap();
+        assert!(receipt.detail.starts_with("APPENDUID 7 "), "{receipt:?}");
+    }
+    assert_eq!(store.lock().unwrap().len(), 16, "each message once");
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with('#')).count(),
+        1,
+        "one connection"
+    );
+    assert!(log
+        .iter()
+        .filter(|l| l.contains(" APPEND "))
+        .all(|l| l.ends_with("+}")));
+}
+
+/// The connection drops with a window of APPENDs in flight, none answered (the server stored
+/// some): delivering them again finds the stored ones and appends only the others, so each
+/// message is there exactly once.
+#[tokio::test]
+async fn a_window_dropped_unanswered_leaves_each_message_once() {
+    let (port, store) = serve(Mode::DropInWindow).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(port);
+    let msgs = spool_many(dir.path(), 8);
+    // Queue all eight behind one delivery, so they go as one window.
+    let results =
+        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert!(failed >= 3, "the unanswered ones failed: {results:?}");
+    assert!(results.iter().flatten().all(|r| !r.duplicate));
+    assert_eq!(
+        store.lock().unwrap().len(),
+        3,
+        "three stored before the drop"
+    );
+    for ((m, k), r) in msgs.iter().zip(&results) {
+        if r.is_err() {
+            sink.deliver(m, k).await.unwrap();
+        }
+    }
+    let stored = store.lock().unwrap();
+    for (m, _) in &msgs {
+        let body = std::fs::read(&m.path).unwrap();
+        assert_eq!(
+            stored.iter().filter(|s| **s == body).count(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+/// Where the server offers MULTIAPPEND (RFC 3502) a window goes as one APPEND of many
+/// messages (Dovecot stores them in one transaction), each getting its own UID from the
+/// answer's uid-set.
+#[tokio::test]
+async fn a_window_goes_as_one_multiappend_where_offered() {
+    let (port, store, log) = serve_logged(Mode::Multi).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(port);
+    let msgs = spool_many(dir.path(), 10);
+    let results =
+        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let mut uids: Vec<String> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .unwrap()
+                .detail
+                .split(' ')
+                .nth(2)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 10, "one UID each: {results:?}");
+    assert_eq!(store.lock().unwrap().len(), 10);
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log.iter().filter(|l| *l == "MULTIAPPEND").count(),
+        1,
+        "{log:?}"
+    );
+}
+
+/// The answer to a MULTIAPPEND is lost after the server stored every message: delivering
+/// them again finds each one, so nothing is there twice.
+#[tokio::test]
+async fn a_multiappend_without_an_answer_leaves_each_message_once() {
+    let (port, store) = serve(Mode::MultiDrop).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(port);
+    let msgs = spool_many(dir.path(), 6);
+    let results =
+        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+    assert_eq!(store.lock().unwrap().len(), 6, "stored before the drop");
+    for (m, k) in &msgs {
+        let again = sink.deliver(m, k).await.unwrap();
+        assert!(again.duplicate, "{again:?}");
+    }
+    assert_eq!(store.lock().unwrap().len(), 6, "nothing appended twice");
 }

@@ -6,6 +6,9 @@
 
 mod append;
 mod auth;
+mod pipeline;
+
+pub use pipeline::{AppendItem, Appended};
 
 use super::codec::{self, Greeting, Status, Tagged};
 use super::{ImapConfig, ImapError, ImapTls};
@@ -187,7 +190,7 @@ impl Session {
     /// keep a user's folders under `INBOX.`, and refuse a top-level CREATE with "Invalid
     /// mailbox name" or "Permission denied"), the exact name to configure instead. We do not
     /// rename on our own: the folder would not be where the user looks for it.
-    async fn namespace_hint(&mut self, folder: &str) -> Result<Option<String>, ImapError> {
+    pub async fn namespace_hint(&mut self, folder: &str) -> Result<Option<String>, ImapError> {
         if !has(&self.caps, "NAMESPACE") {
             return Ok(None);
         }
@@ -212,6 +215,19 @@ impl Session {
             " (the server keeps personal folders under {prefix:?} with separator {sep:?}: \
              use folder: \"{prefix}{wanted}\")"
         )))
+    }
+
+    /// The folders matching `pattern` (LIST "" pattern), names decoded from modified UTF-7.
+    pub async fn list(&mut self, pattern: &str) -> Result<Vec<String>, ImapError> {
+        let pattern = quote_folder(pattern)?;
+        let (untagged, done) = self.command(&format!("LIST \"\" {pattern}")).await?;
+        if done.status != Status::Ok {
+            return Err(self.refused("LIST", done));
+        }
+        Ok(untagged
+            .iter()
+            .filter_map(|l| codec::list_mailbox(l))
+            .collect())
     }
 
     /// `(UIDVALIDITY, UIDNEXT)` of the selected folder when the server said both: a message
@@ -516,10 +532,10 @@ fn net_error(server: &str, e: NetError) -> ImapError {
     }
 }
 
-/// Folder names are sent quoted; modified UTF-7 is not implemented, so they must be ASCII.
+/// Folder names are sent quoted, in modified UTF-7 (RFC 3501 5.1.3) so any Unicode name works.
 fn quote_folder(folder: &str) -> Result<String, ImapError> {
-    codec::quoted(folder).ok_or_else(|| ImapError::Protocol {
+    codec::quoted(&super::utf7::encode(folder)).ok_or_else(|| ImapError::Protocol {
         server: String::new(),
-        detail: format!("folder {folder:?} must be ASCII without line breaks"),
+        detail: format!("folder {folder:?} must not hold line breaks or NUL"),
     })
 }

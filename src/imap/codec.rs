@@ -174,6 +174,35 @@ fn quoted_string(s: &str) -> Option<(String, &str)> {
     None
 }
 
+/// The mailbox name of a `* LIST (flags) "sep" name` line, decoded from modified UTF-7 (the
+/// raw name when it is not valid modified UTF-7); `None` for other lines.
+pub fn list_mailbox(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(trim_eol(line));
+    let rest = text.strip_prefix("* ")?;
+    let (word, rest) = rest.split_once(' ')?;
+    if !word.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let (_, rest) = rest.trim_start().strip_prefix('(')?.split_once(')')?;
+    let rest = rest.trim_start();
+    let rest = match quoted_string(rest) {
+        Some((_, after)) => after,
+        None => rest
+            .get(3..)
+            .filter(|_| rest[..3].eq_ignore_ascii_case("NIL"))?,
+    };
+    let rest = rest.trim_start();
+    let wire = if rest.starts_with('"') {
+        quoted_string(rest)?.0
+    } else if rest.starts_with('{') {
+        // A literal, inlined by the reader: `{n}\r\n` then the name.
+        rest.split_once('\n')?.1.to_string()
+    } else {
+        rest.trim_end().to_string()
+    };
+    Some(super::utf7::decode(&wire).unwrap_or(wire))
+}
+
 /// `(uidvalidity, uid)` from an `APPENDUID 38505 3955` response code (RFC 4315).
 pub fn appenduid(code: &str) -> Option<(u32, u32)> {
     let mut words = code.split_whitespace();
@@ -181,6 +210,33 @@ pub fn appenduid(code: &str) -> Option<(u32, u32)> {
         return None;
     }
     Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+}
+
+/// `(uidvalidity, uids)` from the `APPENDUID 38505 101:103,107` code of a MULTIAPPEND
+/// (RFC 4315 uid-set, in the order the messages were sent); `None` unless it holds exactly
+/// `expected` UIDs.
+pub fn appenduid_set(code: &str, expected: usize) -> Option<(u32, Vec<u32>)> {
+    let mut words = code.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("APPENDUID") {
+        return None;
+    }
+    let validity = words.next()?.parse().ok()?;
+    let mut uids = Vec::with_capacity(expected);
+    for part in words.next()?.split(',') {
+        let (a, b) = match part.split_once(':') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        if (hi - lo) as usize >= expected.saturating_sub(uids.len()) {
+            return None;
+        }
+        uids.extend(lo..=hi);
+    }
+    (uids.len() == expected).then_some((validity, uids))
 }
 
 /// An IMAP quoted string for `s`, or `None` when it cannot be one (CR, LF, NUL, non-ASCII):
@@ -293,6 +349,40 @@ mod tests {
             personal_namespace(b"* NAMESPACE ((\"unterminated\r\n"),
             None
         );
+    }
+
+    #[test]
+    fn multiappend_uid_sets() {
+        assert_eq!(
+            appenduid_set("APPENDUID 7 101:103,107", 4),
+            Some((7, vec![101, 102, 103, 107]))
+        );
+        assert_eq!(appenduid_set("APPENDUID 7 5", 1), Some((7, vec![5])));
+        assert_eq!(appenduid_set("APPENDUID 7 1:4000000000", 3), None);
+        assert_eq!(appenduid_set("APPENDUID 7 1:2", 3), None);
+        assert_eq!(appenduid_set("UIDNEXT 7", 1), None);
+    }
+
+    #[test]
+    fn list_lines_give_decoded_names() {
+        assert_eq!(
+            list_mailbox(b"* LIST (\\HasNoChildren) \"/\" \"Archiv/Entw&APw-rfe\"\r\n").as_deref(),
+            Some("Archiv/Entwürfe")
+        );
+        assert_eq!(
+            list_mailbox(b"* LIST (\\Noselect) \".\" INBOX.Drafts\r\n").as_deref(),
+            Some("INBOX.Drafts")
+        );
+        assert_eq!(
+            list_mailbox(b"* LIST () NIL {5}\r\nA&-B.\r\n").as_deref(),
+            Some("A&B.")
+        );
+        // Not valid modified UTF-7: shown as sent.
+        assert_eq!(
+            list_mailbox(b"* list () \"/\" \"&Jjo!\"\r\n").as_deref(),
+            Some("&Jjo!")
+        );
+        assert_eq!(list_mailbox(b"* SEARCH 1\r\n"), None);
     }
 
     #[test]

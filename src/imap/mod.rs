@@ -4,8 +4,9 @@
 
 pub mod client;
 pub mod codec;
+pub mod utf7;
 
-pub use client::Session;
+pub use client::{AppendItem, Appended, Session};
 
 use std::time::Duration;
 
@@ -116,6 +117,70 @@ pub enum ImapError {
 }
 
 impl ImapError {
+    /// The same error for another message that shared its cause (one failed login or SELECT
+    /// for a window of messages): same variant, so it is classified the same way.
+    pub fn duplicate(&self) -> Self {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::Connect { server, source } => Self::Connect {
+                server: server.clone(),
+                source: io(source),
+            },
+            Self::Timeout { server, during } => Self::Timeout {
+                server: server.clone(),
+                during,
+            },
+            Self::Tls { server, detail } => Self::Tls {
+                server: server.clone(),
+                detail: detail.clone(),
+            },
+            Self::Plaintext { server } => Self::Plaintext {
+                server: server.clone(),
+            },
+            Self::Auth {
+                server,
+                username,
+                text,
+            } => Self::Auth {
+                server: server.clone(),
+                username: username.clone(),
+                text: text.clone(),
+            },
+            Self::Refused {
+                server,
+                command,
+                code,
+                text,
+            } => Self::Refused {
+                server: server.clone(),
+                command: command.clone(),
+                code: code.clone(),
+                text: text.clone(),
+            },
+            Self::Protocol { server, detail } => Self::Protocol {
+                server: server.clone(),
+                detail: detail.clone(),
+            },
+            Self::Closed { server, detail } => Self::Closed {
+                server: server.clone(),
+                detail: detail.clone(),
+            },
+            Self::Io { server, source } => Self::Io {
+                server: server.clone(),
+                source: io(source),
+            },
+            Self::PasswordFile { path, source } => Self::PasswordFile {
+                path: path.clone(),
+                source: io(source),
+            },
+            Self::OAuth2 { server, .. } => Self::Protocol {
+                server: server.clone(),
+                detail: self.to_string(),
+            },
+            Self::Spool { source } => Self::Spool { source: io(source) },
+        }
+    }
+
     /// The error with server text scrubbed of what we sent during a login (see [`Redactor`]).
     ///
     /// [`Redactor`]: crate::net::sasl::Redactor

@@ -239,6 +239,22 @@ impl LineConn {
         }
     }
 
+    /// After a failure: reads what the peer already sent (until `max` bytes are buffered, the
+    /// peer closes, or `wait` passes) and returns the buffer. The connection stays broken; this
+    /// only lets a protocol find a last answer (IMAP: a refusal sent before a reset
+    /// mid-literal) that says more than the I/O error did. Bounded like every read.
+    pub(crate) async fn salvage(&mut self, max: usize, wait: Duration) -> &[u8] {
+        self.broken = true;
+        let deadline = tokio::time::Instant::now() + wait.min(self.timeout);
+        while self.buf.len() < max {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&self.chunk[..n]),
+                _ => break,
+            }
+        }
+        &self.buf[..]
+    }
+
     /// Closes the write side politely; errors do not matter any more.
     pub(crate) async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;

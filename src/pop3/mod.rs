@@ -9,6 +9,7 @@ pub mod error;
 pub mod op;
 pub mod response;
 pub mod session;
+pub mod substitute;
 
 pub use config::{AuthMethod, ClientConfig, InitialResponse, OAuth2Login, OAuthMechanism, TlsMode};
 pub use error::{ErrorKind, Pop3Error};

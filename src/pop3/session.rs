@@ -24,6 +24,8 @@ pub struct Transaction {
     pub(crate) caps: Capabilities,
     /// Commands in flight at once: `pipeline_window` with PIPELINING, else 1.
     pub(crate) window: usize,
+    /// The server accepted `UTF8` (RFC 6856): it serves messages as stored.
+    pub(crate) utf8: bool,
 }
 
 /// Connects, reads the greeting, settles TLS (implicit, or STLS), and logs in.
@@ -87,9 +89,7 @@ impl Authorization {
             }
             None => cfg,
         };
-        if self.caps.has("UTF8") {
-            utf8(&mut self.conn).await?;
-        }
+        let utf8_on = self.caps.has("UTF8") && utf8(&mut self.conn).await?;
         op::auth::authenticate(&mut self.conn, &self.caps, self.apop_stamp.as_deref(), cfg).await?;
         // Capabilities may change after login (RFC 2449); keep the old ones if CAPA fails.
         let after = op::capa::capa(&mut self.conn).await?;
@@ -108,6 +108,7 @@ impl Authorization {
             conn: self.conn,
             caps,
             window,
+            utf8: utf8_on,
         })
     }
 }
@@ -115,6 +116,12 @@ impl Authorization {
 impl Transaction {
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Whether `UTF8` mode is on: without it a server may serve a down-converted substitute
+    /// of a message with raw UTF-8 headers ([`crate::pop3::substitute`]).
+    pub fn utf8_mode(&self) -> bool {
+        self.utf8
     }
 
     /// `host:port` of the server.
@@ -148,15 +155,15 @@ async fn read_password_file(cfg: &ClientConfig) -> Result<Option<Secret>, Pop3Er
 /// with raw UTF-8 headers as a down-converted substitute ("Cannot display Unicode content",
 /// a new MIME boundary at every RETR), which we would archive, and delete the original. A
 /// refusal is logged, not fatal: the server then serves what it always served.
-async fn utf8(conn: &mut Conn) -> Result<(), Pop3Error> {
+async fn utf8(conn: &mut Conn) -> Result<bool, Pop3Error> {
     conn.send("UTF8", "UTF8").await?;
     let answer = conn.read_status("UTF8").await?;
     if answer.status == Status::Ok {
         tracing::debug!(server = %conn.server, "POP3 UTF8 mode on");
-    } else {
-        tracing::warn!(server = %conn.server, answer = %answer.text, "POP3 server advertises UTF8 but refused it; messages with UTF-8 headers may arrive down-converted");
+        return Ok(true);
     }
-    Ok(())
+    tracing::warn!(server = %conn.server, answer = %answer.text, "POP3 server advertises UTF8 but refused it; messages with UTF-8 headers may arrive down-converted");
+    Ok(false)
 }
 
 /// The `<...>` part of a greeting, if any (RFC 1939 section 7).

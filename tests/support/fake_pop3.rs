@@ -30,6 +30,35 @@ pub struct Quirks {
     pub remove_retrieved_at_quit: bool,
     /// Extra CAPA lines (e.g. `EXPIRE 0`, `LOGIN-DELAY 60`).
     pub capa: Vec<String>,
+    /// As Courier without `UTF8` mode: a message with 8-bit header bytes is served as a
+    /// substitute saying "Cannot display Unicode content", with a new boundary every RETR.
+    pub downconvert_without_utf8: bool,
+}
+
+/// Courier's kind of substitute for a message with raw UTF-8 headers (RFC 6856 section 3).
+fn substitute(original: &[u8], n: usize) -> Vec<u8> {
+    let head_end = original
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(original.len());
+    let ascii_head: Vec<u8> = original[..head_end]
+        .iter()
+        .map(|&b| if b < 0x80 { b } else { b'?' })
+        .collect();
+    let boundary = format!("=_courier-downgrade-{n}");
+    let mut out = ascii_head;
+    out.extend_from_slice(
+        format!(
+            "\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n\
+             --{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+             Cannot display Unicode content\r\n\r\n--{boundary}\r\n\
+             Content-Type: message/global\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(original);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
 }
 
 #[derive(Default)]
@@ -102,6 +131,7 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
     let mut deleted: Vec<usize> = Vec::new();
     let mut retrieved: Vec<usize> = Vec::new();
     let mut logged_in = false;
+    let mut utf8_on = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let mut parts = line.split_whitespace();
         let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
@@ -127,6 +157,7 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                         .iter()
                         .any(|c| c == "UTF8") =>
             {
+                utf8_on = true;
                 b"+OK UTF8 enabled\r\n".to_vec()
             }
             "USER" => b"+OK\r\n".to_vec(),
@@ -175,7 +206,17 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                         }
                     };
                     let mut out = b"+OK\r\n".to_vec();
-                    out.extend_from_slice(&stuff(&m.body));
+                    let head = m.body.split(|&b| b == b'\n').take_while(|l| l.len() > 1);
+                    let eight_bit = head.flatten().any(|&b| b >= 0x80);
+                    let downconvert = eight_bit
+                        && !utf8_on
+                        && state.lock().unwrap().quirks.downconvert_without_utf8;
+                    if downconvert {
+                        let n = state.lock().unwrap().retrieved.len();
+                        out.extend_from_slice(&stuff(&substitute(&m.body, n)));
+                    } else {
+                        out.extend_from_slice(&stuff(&m.body));
+                    }
                     if cut {
                         let _ = w.write_all(&out[..out.len() / 2]).await;
                         return;

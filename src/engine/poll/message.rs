@@ -162,6 +162,41 @@ async fn choose_route(
     })
 }
 
+/// A message the server served as a down-converted substitute (no `UTF8` mode): not delivered
+/// (the substitute is not the message, and differs at every RETR) and never deleted. With a
+/// UIDL it becomes a retrieval dead letter at once, so it is warned about once, not fetched
+/// again, and stays on the server until `dlq retry` (after the server's UTF8 is fixed).
+pub(super) async fn keep_substitute(
+    ctx: &MailboxContext,
+    item: &FetchItem,
+    retrieved: Retrieved,
+) -> Result<Processed, PollError> {
+    let name = ctx.mailbox.name.as_str();
+    let uidl = item_uidl(item).to_string();
+    let text =
+        "the server served a down-converted substitute (\"Cannot display Unicode content\"; \
+                it did not accept UTF8, RFC 6856): not delivered, kept on the server";
+    tracing::warn!(mailbox = name, msgno = item.msgno, uidl = %uidl, "{text}");
+    crate::metrics::pop3_downconverted(name);
+    if !uidl.is_empty() {
+        ctx.store
+            .record_retrieval_failure(name, &uidl, text, 1, crate::store::now_millis())
+            .await?;
+    }
+    Ok(Processed {
+        msgno: item.msgno,
+        uidl: uidl.clone(),
+        deletable: false,
+        held: false,
+        report: PollReport {
+            fetched: 1,
+            bytes: retrieved.size,
+            failures: vec![format!("message {} ({uidl}): {text}", item.msgno)],
+            ..Default::default()
+        },
+    })
+}
+
 /// The UIDL of a plan item as listed (for the retrieval-failure count).
 fn item_uidl(item: &FetchItem) -> &str {
     match &item.identity {

@@ -1,11 +1,12 @@
 //! Steps 4 to 6 of a poll, as a pipeline: RETR streams messages into the spool while earlier
 //! ones are delivered and their receipts recorded (see [`super::message`]).
 
-use super::message::{process, Processed};
+use super::message::{keep_substitute, process, Processed};
 use super::planning::Planned;
 use super::{MailboxContext, PollError, PollReport};
 use crate::engine::plan::{DeleteItem, FetchItem, Listed};
 use crate::pop3::{self, Pop3Error, Retrieved};
+use futures_util::future::Either;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -84,6 +85,7 @@ pub(super) async fn fetch_and_deliver(
     let (tx, mut rx) =
         mpsc::channel::<(u32, Result<Retrieved, Pop3Error>)>(ctx.max_in_flight.max(1));
 
+    let utf8_mode = session.utf8_mode();
     let mut broken_at = None;
     let fetching = session.retr_to_spool_tracked(&msgnos, &ctx.spool_dir, tx, &mut broken_at);
     let delivering = async {
@@ -101,9 +103,12 @@ pub(super) async fn fetch_and_deliver(
                         break;
                     }
                     match (items.get(&msgno), result) {
+                        (Some(item), Ok(retrieved)) if !utf8_mode && pop3::substitute::is_substitute(&retrieved.file) => {
+                            running.push(Either::Left(keep_substitute(ctx, item, retrieved)));
+                        }
                         (Some(item), Ok(retrieved)) => {
                             let routed = routes.get(&msgno);
-                            running.push(process(ctx, item, retrieved, known, others, some_vanished, routed, shutdown));
+                            running.push(Either::Right(process(ctx, item, retrieved, known, others, some_vanished, routed, shutdown)));
                         }
                         (_, Err(e)) => failures.push(format!("message {msgno}: {e}")),
                         (None, Ok(_)) => {}

@@ -12,14 +12,17 @@ use std::path::Path;
 
 const CHUNK: usize = 64 * 1024;
 
+/// Bytes read after a failed connection while looking for a pending answer.
+const MAX_PENDING: usize = 64 * 1024;
+
 /// Above this size a message goes as a synchronising literal even when the server has
 /// LITERAL+: one round trip lets the server refuse it (`NO [TOOBIG]`, quota) before the bytes
 /// flow, where Cyrus would otherwise answer `BYE` in the middle of the literal and reset the
 /// connection, which looks like a network failure and is retried forever.
-const SYNC_LITERAL_ABOVE: u64 = 64 * 1024;
+pub(super) const SYNC_LITERAL_ABOVE: u64 = 64 * 1024;
 
 /// The server-wide `APPENDLIMIT=n` (RFC 7889) among capabilities, if announced.
-fn append_limit(caps: &[String]) -> Option<u64> {
+pub(super) fn append_limit(caps: &[String]) -> Option<u64> {
     caps.iter()
         .find_map(|c| c.strip_prefix("APPENDLIMIT="))
         .and_then(|n| n.parse().ok())
@@ -68,16 +71,7 @@ impl Session {
             ))));
         }
         if let Some(limit) = append_limit(&self.caps).filter(|limit| size > *limit) {
-            // What the server would answer; permanent, and the session stays usable.
-            return Err(ImapError::Refused {
-                server: self.server.clone(),
-                command: "APPEND".into(),
-                code: Some("TOOBIG".into()),
-                text: format!(
-                    "the message has {size} bytes, over the server's APPENDLIMIT of {limit} \
-                     (RFC 7889): not sent"
-                ),
-            });
+            return Err(self.over_limit(size, limit));
         }
         let binary = has(&self.caps, "BINARY") && has_nul(&mut file).map_err(spool)?;
         let tag = self.next_tag();
@@ -95,19 +89,75 @@ impl Session {
         if let Err(e) = self.send_literal(&mut file, size).await {
             // The server is inside the literal: whatever we send next would be message data.
             self.poison();
-            return Err(e);
+            // A server refusing in mid-literal (Cyrus: `NO [TOOBIG]`, then it closes) makes our
+            // write fail; its answer may still be readable, and says more than "reset".
+            return match self.pending_answer(&tag).await {
+                Some(done) => self.appended(done),
+                None => Err(e),
+            };
         }
-        let (_, done) = self.finish(&tag, "APPEND").await?;
+        let done = match self.finish(&tag, "APPEND").await {
+            Ok((_, done)) => done,
+            Err(e @ (ImapError::Io { .. } | ImapError::Closed { .. })) => {
+                match self.pending_answer(&tag).await {
+                    Some(done) => done,
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.appended(done)
+    }
+
+    /// The result of APPEND's tagged answer; an OK advances the known UIDNEXT.
+    fn appended(&mut self, done: codec::Tagged) -> Result<Option<(u32, u32)>, ImapError> {
         if done.status != Status::Ok {
             return Err(self.refused("APPEND", done));
         }
         let uid = done.code.as_deref().and_then(codec::appenduid);
+        self.advance_uid_next(uid);
+        Ok(uid)
+    }
+
+    pub(super) fn advance_uid_next(&mut self, uid: Option<(u32, u32)>) {
         if let (Some((validity, new)), Some((known, next))) = (uid, self.uids) {
             if validity == known {
                 self.uids = Some((known, next.max(new.saturating_add(1))));
             }
         }
-        Ok(uid)
+    }
+
+    /// What the server would answer to an APPEND over its `APPENDLIMIT`: permanent, and
+    /// nothing was sent, so the session stays usable.
+    pub(super) fn over_limit(&self, size: u64, limit: u64) -> ImapError {
+        ImapError::Refused {
+            server: self.server.clone(),
+            command: "APPEND".into(),
+            code: Some("TOOBIG".into()),
+            text: format!(
+                "the message has {size} bytes, over the server's APPENDLIMIT of {limit} \
+                 (RFC 7889): not sent"
+            ),
+        }
+    }
+
+    /// After the connection failed, the tagged answer to `tag` if the server sent it before
+    /// closing: what is buffered, then whatever the socket still yields (briefly). The
+    /// session stays broken either way.
+    async fn pending_answer(&mut self, tag: &str) -> Option<codec::Tagged> {
+        let wait = std::time::Duration::from_secs(2);
+        let found = self
+            .conn
+            .salvage(MAX_PENDING, wait)
+            .await
+            .split(|&b| b == b'\n')
+            .filter_map(codec::parse_tagged)
+            .find(|done| done.tag == tag);
+        if let Some(done) = &found {
+            tracing::debug!(server = %self.server, status = ?done.status, code = ?done.code,
+                "Read APPEND's answer after the connection failed");
+        }
+        found
     }
 
     /// Waits for `+` before a synchronising literal. Untagged data (`* 3 EXISTS`, an alert)

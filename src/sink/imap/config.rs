@@ -57,7 +57,8 @@ pub struct ImapSinkConfig {
     /// Per-mailbox accounts, by mailbox name; they win over the templates.
     #[serde(default)]
     pub accounts: BTreeMap<String, RawAccount>,
-    /// Target folder, created if missing (default `INBOX`).
+    /// Target folder, created if missing (default `INBOX`); any Unicode name (sent in modified
+    /// UTF-7).
     #[serde(default)]
     pub folder: Option<String>,
     /// Flags set on each appended message (default none), e.g. `["\\Seen"]`.
@@ -197,9 +198,11 @@ impl ImapSinkConfig {
             return Err("`max_connections` must be at least 1".into());
         }
         let folder = self.folder.unwrap_or_else(|| "INBOX".into());
-        if crate::imap::codec::quoted(&folder).is_none() || folder.is_empty() {
+        if crate::imap::codec::quoted(&crate::imap::utf7::encode(&folder)).is_none()
+            || folder.is_empty()
+        {
             return Err(format!(
-                "`folder` {folder:?} must be ASCII, without line breaks"
+                "`folder` {folder:?} must not be empty or hold line breaks or NUL"
             ));
         }
         for f in &self.flags {

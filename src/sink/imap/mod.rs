@@ -4,6 +4,7 @@ pub mod budget;
 mod compare;
 pub mod config;
 mod headers;
+mod login_backoff;
 mod sink;
 
 pub use config::{ImapSettings, ImapSinkConfig};

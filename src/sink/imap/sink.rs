@@ -1,25 +1,73 @@
 //! The IMAP APPEND [`Sink`]: one connection per target account, reused across messages and
 //! reconnected when dropped, a bounded number of connections per server, and a search for an
 //! earlier copy before appending a message that may already have been appended.
+//!
+//! Deliveries to one account queue up while its connection is busy; whoever gets the
+//! connection next takes the whole queue (up to [`WINDOW`]) and sends those APPENDs pipelined
+//! (`append_window`), answering each waiting delivery. The engine keeps up to
+//! `limits.max_in_flight` messages in flight, so the window fills without any change there.
 
 use super::config::{Account, ImapSettings, InternalDate, PasswordSource};
+use super::login_backoff::LoginBackoff;
 use super::{compare, headers};
-use crate::imap::{ImapError, ImapTls, Session};
+use crate::imap::{AppendItem, ImapError, ImapTls, Session};
 use crate::key::IdempotencyKey;
 use crate::secret::Secret;
 use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
-type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
+/// APPENDs in flight at once on one connection.
+const WINDOW: usize = 32;
+
+/// One delivery waiting for its account's connection.
+struct Job {
+    message: SpooledMessage,
+    key: IdempotencyKey,
+    fields: headers::Fields,
+    reply: oneshot::Sender<Result<Receipt, DeliveryError>>,
+}
+
+/// A target account: its session, and the deliveries waiting for it.
+#[derive(Default)]
+struct AccountSlot {
+    session: tokio::sync::Mutex<Option<Session>>,
+    queue: Mutex<Vec<Job>>,
+}
+
+impl AccountSlot {
+    /// `false` when the queue's lock is poisoned (the job is dropped, its delivery fails).
+    fn push(&self, job: Job) -> bool {
+        match self.queue.lock() {
+            Ok(mut q) => {
+                q.push(job);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The oldest waiting deliveries, at most [`WINDOW`].
+    fn take(&self) -> Vec<Job> {
+        match self.queue.lock() {
+            Ok(mut q) => {
+                let n = q.len().min(WINDOW);
+                q.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+type Slot = Arc<AccountSlot>;
 
 pub struct ImapSink {
     name: String,
     settings: ImapSettings,
     tls: Option<async_native_tls::TlsConnector>,
-    /// Open sessions by target user name.
+    /// Target accounts by user name.
     sessions: Mutex<HashMap<String, Slot>>,
     /// Deliveries (so connections in use) to the server at once.
     permits: Arc<Semaphore>,
@@ -29,6 +77,8 @@ pub struct ImapSink {
     uncertain: Mutex<HashMap<String, Option<(u32, u32)>>>,
     /// `daily_upload_limit`, per account.
     budget: Option<super::budget::UploadBudget>,
+    /// Accounts whose login was refused, not tried again for a while.
+    logins: LoginBackoff,
 }
 
 impl ImapSink {
@@ -49,6 +99,7 @@ impl ImapSink {
             sessions: Mutex::new(HashMap::new()),
             uncertain: Mutex::new(HashMap::new()),
             budget: settings_budget.map(super::budget::UploadBudget::new),
+            logins: LoginBackoff::default(),
         })
     }
 
@@ -91,22 +142,25 @@ impl ImapSink {
     /// of mailboxes keeps a bounded number open.
     fn slot(&self, username: &str) -> Slot {
         let Ok(mut sessions) = self.sessions.lock() else {
-            return Arc::new(tokio::sync::Mutex::new(None));
+            return Slot::default();
         };
         if !sessions.contains_key(username) && sessions.len() >= self.settings.max_connections {
-            sessions.retain(|_, slot| match slot.try_lock() {
-                Ok(mut s) => {
-                    if let Some(idle) = s.take() {
-                        tokio::spawn(idle.logout());
+            sessions.retain(|_, slot| {
+                let waiting = slot.queue.lock().map(|q| !q.is_empty()).unwrap_or(true);
+                match slot.session.try_lock() {
+                    Ok(mut s) if !waiting => {
+                        if let Some(idle) = s.take() {
+                            tokio::spawn(idle.logout());
+                        }
+                        false
                     }
-                    false
+                    _ => true,
                 }
-                Err(_) => true,
             });
         }
         sessions
             .entry(username.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
+            .or_insert_with(Slot::default)
             .clone()
     }
 
@@ -118,10 +172,35 @@ impl ImapSink {
             Err(_) => return,
         };
         for slot in slots {
-            if let Some(session) = slot.lock().await.take() {
+            if let Some(session) = slot.session.lock().await.take() {
                 session.logout().await;
             }
         }
+    }
+
+    /// Logs in to the target account of `mailbox` and out again (`check --connect`), and checks
+    /// that the folder lies in the personal namespace: the user name on success.
+    pub async fn check_login(&self, mailbox: &str) -> Result<String, String> {
+        let account = self.settings.account_for(mailbox)?;
+        let mut session = self.connect(&account).await.map_err(|e| e.to_string())?;
+        // Without creating anything: a folder outside the personal namespace would be refused.
+        let hint = session.namespace_hint(&self.settings.folder).await;
+        session.logout().await;
+        match hint {
+            Ok(Some(hint)) => Err(format!(
+                "login ok, but folder {:?} is outside the personal namespace{hint}",
+                self.settings.folder
+            )),
+            Ok(None) => Ok(account.username),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn server(&self) -> String {
+        format!(
+            "{}:{}",
+            self.settings.server.host, self.settings.server.port
+        )
     }
 
     async fn connect(&self, account: &Account) -> Result<Session, ImapError> {
@@ -194,58 +273,207 @@ impl ImapSink {
         headers::internaldate(&picked.unwrap_or_else(|| message.fetched_at.fixed_offset()))
     }
 
-    async fn deliver_on(
+    /// Delivers `jobs` on `session`: those that may already be there (seen before, or an
+    /// unconfirmed APPEND of this process) are looked for first, one by one; the rest go as
+    /// one pipelined window. Every intent is recorded before the window's first byte is sent.
+    async fn deliver_window(
         &self,
         session: &mut Session,
         account: &Account,
-        message: &SpooledMessage,
-        key: &IdempotencyKey,
-        fields: &headers::Fields,
-    ) -> Result<Receipt, ImapError> {
-        // A routing rule may name the folder for this message.
-        let folder = message
-            .params
-            .get("folder")
-            .unwrap_or(&self.settings.folder);
-        session.select(folder).await?;
+        jobs: Vec<Job>,
+    ) -> Vec<(Job, Result<Receipt, ImapError>)> {
+        // A routing rule may name the folder per message: one window per folder.
+        let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
+        for job in jobs {
+            let folder = job
+                .message
+                .params
+                .get("folder")
+                .cloned()
+                .unwrap_or_else(|| self.settings.folder.clone());
+            match groups.iter_mut().find(|(f, _)| *f == folder) {
+                Some((_, group)) => group.push(job),
+                None => groups.push((folder, vec![job])),
+            }
+        }
+        let mut out = Vec::new();
+        for (folder, jobs) in groups {
+            out.extend(self.deliver_folder(session, account, &folder, jobs).await);
+        }
+        out
+    }
+
+    /// [`Self::deliver_window`] for the jobs of one folder.
+    async fn deliver_folder(
+        &self,
+        session: &mut Session,
+        account: &Account,
+        folder: &str,
+        jobs: Vec<Job>,
+    ) -> Vec<(Job, Result<Receipt, ImapError>)> {
         let at = format!("{folder} of {}", account.username);
-        let intent = match self.uncertain.lock() {
-            Ok(u) => u.get(key.as_str()).copied(),
-            Err(_) => Some(None),
-        };
-        if message.seen_before || intent.is_some() {
+        if let Err(e) = session.select(folder).await {
+            return jobs.into_iter().map(|j| (j, Err(e.duplicate()))).collect();
+        }
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut to_append = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let intent = match self.uncertain.lock() {
+                Ok(u) => u.get(job.key.as_str()).copied(),
+                Err(_) => Some(None),
+            };
+            if !job.message.seen_before && intent.is_none() {
+                to_append.push(job);
+                continue;
+            }
             // Only an APPEND of this process, under the same UIDVALIDITY, bounds the search:
             // a message the state knew may have been appended before a crash, anywhere.
-            let since = match (message.seen_before, intent.flatten(), session.uid_next()) {
+            let since = match (
+                job.message.seen_before,
+                intent.flatten(),
+                session.uid_next(),
+            ) {
                 (false, Some((then, next)), Some((now, _))) if then == now => Some(next),
                 _ => None,
             };
-            if let Some(uid) = find_copy(session, message, fields, since).await? {
-                return Ok(Receipt::duplicate(format!(
-                    "UID {uid} in {at} (already there)"
-                )));
+            match find_copy(session, &job.message, &job.fields, since).await {
+                Ok(Some(uid)) => {
+                    let receipt = Receipt::duplicate(format!("UID {uid} in {at} (already there)"));
+                    done.push((job, Ok(receipt)));
+                }
+                Ok(None) => to_append.push(job),
+                Err(e) => done.push((job, Err(e))),
             }
         }
-        let date = self.internal_date(fields, message);
-        if let Ok(mut u) = self.uncertain.lock() {
-            u.insert(key.as_str().to_string(), session.uid_next());
+        if to_append.is_empty() {
+            return done;
         }
-        let uid = session
-            .append(
-                folder,
-                &self.settings.flags,
-                &date,
-                &message.path,
-                message.size,
-            )
-            .await?;
+        let before = session.uid_next();
         if let Ok(mut u) = self.uncertain.lock() {
-            u.remove(key.as_str());
+            for job in &to_append {
+                u.insert(job.key.as_str().to_string(), before);
+            }
         }
-        Ok(Receipt::new(match uid {
-            Some((validity, uid)) => format!("APPENDUID {validity} {uid} in {at}"),
-            None => format!("appended to {at} (server without UIDPLUS)"),
-        }))
+        let items: Vec<AppendItem> = to_append
+            .iter()
+            .map(|j| AppendItem {
+                path: &j.message.path,
+                size: j.message.size,
+                internal_date: self.internal_date(&j.fields, &j.message),
+            })
+            .collect();
+        let results = session
+            .append_window(folder, &self.settings.flags, &items)
+            .await;
+        drop(items);
+        for (job, result) in to_append.into_iter().zip(results) {
+            let result = result.map(|uid| {
+                if let Ok(mut u) = self.uncertain.lock() {
+                    u.remove(job.key.as_str());
+                }
+                Receipt::new(match uid {
+                    Some((validity, uid)) => format!("APPENDUID {validity} {uid} in {at}"),
+                    None => format!("appended to {at} (server without UIDPLUS)"),
+                })
+            });
+            done.push((job, result));
+        }
+        done
+    }
+
+    /// Runs one window of `jobs` on the account's session (connecting, or reconnecting once
+    /// when a kept session turns out to be gone) and answers every job.
+    async fn run_window(&self, guard: &mut Option<Session>, account: &Account, jobs: Vec<Job>) {
+        let _permit = match self.permits.acquire().await {
+            Ok(p) => p,
+            Err(e) => {
+                let e = DeliveryError::retryable(format!("IMAP limiter closed: {e}"));
+                return answer_all(jobs, &e);
+            }
+        };
+        let mut jobs = jobs;
+        for fresh in [false, true] {
+            if let Some((left, error)) = self.logins.blocked(&account.username) {
+                let e = DeliveryError::Retryable {
+                    message: format!(
+                        "not logging in to {} again for {}s after a refused login: {error}",
+                        account.username,
+                        left.as_secs()
+                    ),
+                    retry_after: Some(left),
+                };
+                return answer_all(jobs, &e);
+            }
+            let reused = guard.is_some() && !fresh;
+            if guard.as_ref().is_none_or(Session::is_broken) {
+                match self.connect(account).await {
+                    Ok(s) => {
+                        self.logins.succeeded(&account.username);
+                        *guard = Some(s);
+                    }
+                    Err(e) => return answer_all(jobs, &self.login_failed(account, e)),
+                }
+            }
+            let Some(session) = guard.as_mut() else {
+                continue;
+            };
+            let results = self.deliver_window(session, account, jobs).await;
+            let broken = session.is_broken();
+            if broken {
+                *guard = None;
+            }
+            let mut again = Vec::new();
+            for (job, result) in results {
+                match result {
+                    Ok(receipt) => {
+                        let _ = job.reply.send(Ok(receipt));
+                    }
+                    // A kept session may have been closed by the server while idle: one
+                    // fresh try (the intent makes it look for a copy first).
+                    Err(e) if broken && reused => {
+                        tracing::debug!(sink = %self.name, error = %e, "IMAP session was gone; reconnecting");
+                        again.push(job);
+                    }
+                    Err(e) => {
+                        let _ = job.reply.send(Err(classify(e)));
+                    }
+                }
+            }
+            if again.is_empty() {
+                return;
+            }
+            jobs = again;
+        }
+        answer_all(jobs, &DeliveryError::retryable("IMAP session lost twice"));
+    }
+
+    /// A failed login: a refused one backs the account off (logged at once the first time);
+    /// the error for every waiting delivery.
+    fn login_failed(&self, account: &Account, e: ImapError) -> DeliveryError {
+        if !matches!(e, ImapError::Auth { .. }) {
+            return classify(e);
+        }
+        let text = e.to_string();
+        let (failures, wait) = self.logins.refused(&account.username, &text);
+        if failures == 1 {
+            tracing::error!(sink = %self.name, account = %account.username, server = %self.server(),
+                error = %text, retry_in_s = wait.as_secs(),
+                "Target account refused the login; its messages wait on the POP3 server");
+        } else {
+            tracing::warn!(sink = %self.name, account = %account.username, server = %self.server(),
+                error = %text, failures, retry_in_s = wait.as_secs(),
+                "Target account still refuses the login");
+        }
+        DeliveryError::Retryable {
+            message: text,
+            retry_after: Some(wait),
+        }
+    }
+}
+
+fn answer_all(jobs: Vec<Job>, e: &DeliveryError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(e.clone()));
     }
 }
 
@@ -341,44 +569,49 @@ fn classify(e: ImapError) -> DeliveryError {
 }
 
 impl ImapSink {
-    /// One delivery with its budget reserved: the account's session (a fresh one when the kept
-    /// one was closed), then [`Self::deliver_on`].
-    async fn deliver_reserved(
+    /// One delivery with its budget reserved: queued beside the account's session; whoever
+    /// holds the session next takes the queue as one window.
+    async fn deliver_queued(
         &self,
         account: &Account,
         message: &SpooledMessage,
         key: &IdempotencyKey,
-        fields: &headers::Fields,
+        fields: headers::Fields,
     ) -> Result<Receipt, DeliveryError> {
         let slot = self.slot(&account.username);
-        let mut guard = slot.lock().await;
-        // A kept session may have been closed by the server while idle: one fresh try.
-        for fresh in [false, true] {
-            let reused = guard.is_some() && !fresh;
-            if guard.as_ref().is_none_or(Session::is_broken) {
-                *guard = Some(self.connect(account).await.map_err(classify)?);
-            }
-            let Some(session) = guard.as_mut() else {
-                continue;
-            };
-            match self
-                .deliver_on(session, account, message, key, fields)
-                .await
-            {
-                Ok(receipt) => return Ok(receipt),
-                Err(e) => {
-                    let broken = session.is_broken();
-                    if broken {
-                        *guard = None;
-                    }
-                    if !(broken && reused) {
-                        return Err(classify(e));
-                    }
-                    tracing::debug!(sink = %self.name, error = %e, "IMAP session was gone; reconnecting");
-                }
-            }
+        let (reply, mut answer) = oneshot::channel();
+        let job = Job {
+            message: message.clone(),
+            key: key.clone(),
+            fields,
+            reply,
+        };
+        if !slot.push(job) {
+            return Err(DeliveryError::retryable("IMAP delivery queue poisoned"));
         }
-        Err(DeliveryError::retryable("IMAP session lost twice"))
+        let mut guard = slot.session.lock().await;
+        // Deliveries started together (the engine polls its in-flight messages in one task)
+        // queue up behind this one before the window is taken.
+        tokio::task::yield_now().await;
+        loop {
+            // Answered by whoever held the connection before us?
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(DeliveryError::retryable(
+                        "the IMAP delivery carrying this message was interrupted",
+                    ))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let jobs = slot.take();
+            if jobs.is_empty() {
+                return Err(DeliveryError::retryable(
+                    "IMAP delivery lost its queue entry",
+                ));
+            }
+            self.run_window(&mut guard, account, jobs).await;
+        }
     }
 }
 
@@ -404,13 +637,8 @@ impl Sink for ImapSink {
         let fields = headers::read(&message.path).map_err(|e| {
             DeliveryError::retryable(format!("cannot read the spooled message: {e}"))
         })?;
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| DeliveryError::retryable(format!("IMAP limiter closed: {e}")))?;
         self.reserve(&account, message)?;
-        let result = self.deliver_reserved(&account, message, key, &fields).await;
+        let result = self.deliver_queued(&account, message, key, fields).await;
         if let Some(b) = &self.budget {
             // Nothing was uploaded: a failure, or the copy was already there.
             if result.as_ref().map_or(true, |r| r.duplicate) {
