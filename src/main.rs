@@ -187,6 +187,14 @@ enum StateAction {
         #[arg(long)]
         json: bool,
     },
+    /// Who polls each mailbox: on PostgreSQL each lease's owner, epoch, expiry and planned
+    /// poll; on SQLite the one process that holds the state's lock.
+    Leases {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget a message (or a whole mailbox): it will be delivered again, on purpose.
     Forget {
         #[command(flatten)]
@@ -819,6 +827,7 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
                 }
             }
         }
+        StateAction::Leases { config, json } => return leases(&config.config, json).await,
         StateAction::Forget {
             config,
             mailbox,
@@ -874,6 +883,70 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
             )
             .await;
         }
+    }
+    Ok(exit::OK)
+}
+
+/// `state leases`.
+async fn leases(path: &Path, json: bool) -> anyhow::Result<u8> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let rows = match &config.state.backend {
+        popbridge::config::StateBackend::Postgres(pg) => {
+            let settings = popbridge::store::postgres::PgSettings::from_config(pg)?;
+            popbridge::store::PgStore::open(&settings)
+                .await
+                .context("cannot open the state")?
+                .leases()
+                .await?
+        }
+        // One process polls every mailbox, or none does: no epochs, no expiry.
+        popbridge::config::StateBackend::Sqlite => {
+            let holder = popbridge::store::lock::holder_pid(&config.state.path)
+                .map(|pid| format!("pid {pid} (holds {}.lock)", config.state.path.display()));
+            config
+                .mailboxes
+                .iter()
+                .map(|m| popbridge::store::lease::LeaseRow {
+                    mailbox: m.name.clone(),
+                    owner: holder.clone(),
+                    epoch: 0,
+                    expires_in_ms: None,
+                    next_poll_at: None,
+                    last_poll_at: None,
+                })
+                .collect()
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(exit::OK);
+    }
+    let at = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<20} {:<36} {:>6} {:>11} {:<20} {:<20}",
+        "mailbox", "owner", "epoch", "expires_in", "next_poll", "last_poll"
+    );
+    for r in rows {
+        let expires = r
+            .expires_in_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<36} {:>6} {:>11} {:<20} {:<20}",
+            r.mailbox,
+            r.owner.as_deref().unwrap_or("(free)"),
+            r.epoch,
+            expires,
+            at(r.next_poll_at),
+            at(r.last_poll_at)
+        );
     }
     Ok(exit::OK)
 }

@@ -74,6 +74,7 @@ async fn leases(url: &str) -> Vec<popbridge::store::lease::LeaseRow> {
         url: popbridge::secret::Secret::new(url),
         password: None,
         timeout: Duration::from_secs(10),
+        application_name: "popbridge-test".into(),
     })
     .await
     .unwrap();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod leases;
+pub use leases::{Claimed, PollTimes, LEASES_CHANNEL};
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,9 @@ pub struct PgSettings {
     pub url: crate::secret::Secret,
     pub password: Option<crate::secret::Secret>,
     pub timeout: Duration,
+    /// Shown in `pg_stat_activity`: a replica's id, so an operator (or an audit trigger) can
+    /// tell which replica holds a connection or wrote a row.
+    pub application_name: String,
 }
 
 /// A handle on the PostgreSQL state. Cheap to clone; [`PgStore::bound`] gives a mailbox's
@@ -61,6 +65,7 @@ impl PgSettings {
             url: c.url.clone(),
             password,
             timeout: c.timeout,
+            application_name: "popbridge".into(),
         })
     }
 }
@@ -76,11 +81,13 @@ impl PgStore {
             options = options.password(p.expose());
         }
         let ms = |d: Duration| format!("{}ms", d.as_millis());
-        options = options.application_name("popbridge").options([
-            ("statement_timeout", ms(settings.timeout)),
-            ("lock_timeout", ms(settings.timeout)),
-            ("idle_in_transaction_session_timeout", ms(settings.timeout)),
-        ]);
+        options = options
+            .application_name(&settings.application_name)
+            .options([
+                ("statement_timeout", ms(settings.timeout)),
+                ("lock_timeout", ms(settings.timeout)),
+                ("idle_in_transaction_session_timeout", ms(settings.timeout)),
+            ]);
         let pool = tokio::time::timeout(
             settings.timeout,
             PgPoolOptions::new()
