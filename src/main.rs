@@ -195,6 +195,17 @@ enum StateAction {
         #[arg(long)]
         json: bool,
     },
+    /// Move a SQLite state into PostgreSQL (receipts, history, dead letters), so replicas
+    /// carry on without delivering anything again. Stop the SQLite process first; the
+    /// PostgreSQL state must hold no message yet.
+    Copy {
+        /// The config whose state is the SQLite file to copy.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The config whose state is the PostgreSQL database to fill.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Forget a message (or a whole mailbox): it will be delivered again, on purpose.
     Forget {
         #[command(flatten)]
@@ -828,6 +839,7 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
             }
         }
         StateAction::Leases { config, json } => return leases(&config.config, json).await,
+        StateAction::Copy { config, to } => return copy_state(&config.config, &to).await,
         StateAction::Forget {
             config,
             mailbox,
@@ -885,6 +897,52 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `state copy`.
+async fn copy_state(from: &Path, to: &Path) -> anyhow::Result<u8> {
+    use popbridge::config::StateBackend;
+    let (source, target) = match (load_config(from), load_config(to)) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(code), _) | (_, Err(code)) => return Ok(code),
+    };
+    let pg = match (&source.state.backend, &target.state.backend) {
+        (StateBackend::Sqlite, StateBackend::Postgres(pg)) => pg,
+        _ => {
+            eprintln!(
+                "error: state copy moves a SQLite state (-c) into PostgreSQL (--to): {} must use state.path, {} state.url",
+                from.display(),
+                to.display()
+            );
+            return Ok(exit::CONFIG);
+        }
+    };
+    // Nothing may poll with the SQLite state while it is copied (and after: the replicas own it).
+    let _lock = popbridge::store::PollLock::acquire(&source.state.path, std::time::Duration::ZERO)
+        .context("stop the popbridge process that polls with this state first")?;
+    let sqlite = popbridge::store::SqliteStore::open(&source.state.path)
+        .await
+        .context("cannot open the SQLite state")?;
+    let settings = popbridge::store::postgres::PgSettings::from_config(pg)?;
+    let postgres = popbridge::store::PgStore::open(&settings)
+        .await
+        .context("cannot open the PostgreSQL state")?;
+    match popbridge::store::copy::sqlite_to_postgres(&sqlite, &postgres).await {
+        Ok(r) => {
+            println!(
+                "copied {} message(s), {} deliveries, {} retrieval failure(s) from {} into PostgreSQL",
+                r.messages,
+                r.deliveries,
+                r.retrieval_failures,
+                source.state.path.display()
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::INCOMPLETE)
+        }
+    }
 }
 
 /// `state leases`.

@@ -112,6 +112,11 @@ impl PgStore {
         Ok(store)
     }
 
+    /// For `state copy`, which writes every row in one transaction.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The handle for one mailbox: each of its writes checks `lease` in the same transaction.
     pub fn bound(&self, lease: Arc<LeaseSlot>) -> Self {
         Self {
