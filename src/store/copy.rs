@@ -1,9 +1,9 @@
 //! `state copy`: move a SQLite state into PostgreSQL row for row, receipts and history included,
 //! so the replicas carry on where the single process stopped and deliver nothing again.
 //!
-//! One PostgreSQL transaction: the target's tables are locked first and must be empty, so a
-//! replica already running against the target cannot interleave its own rows (it waits, then
-//! finds every message known). The caller holds the SQLite state's poll lock.
+//! One PostgreSQL transaction: the target's tables are locked first and must be empty, so no
+//! replica's rows can interleave with the copied ones (start the replicas after the copy). The
+//! caller holds the SQLite state's poll lock.
 
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
