@@ -76,10 +76,13 @@ fn imap_bodies(user: &User) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Every body seen under one `webhook-id`.
+type BodiesById = HashMap<String, HashSet<Vec<u8>>>;
+
 /// Bodies answered 2xx, and every body seen per `webhook-id`, over both receivers.
-fn webhook_state(rxs: &[&Receiver]) -> (HashSet<Vec<u8>>, HashMap<String, HashSet<Vec<u8>>>) {
+fn webhook_state(rxs: &[&Receiver]) -> (HashSet<Vec<u8>>, BodiesById) {
     let mut ok = HashSet::new();
-    let mut by_id: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
+    let mut by_id = BodiesById::new();
     for r in rxs.iter().flat_map(|rx| rx.requests()) {
         by_id
             .entry(r.header("webhook-id"))

@@ -108,6 +108,7 @@ impl Replica {
             }
             self.reap(&mut running, &times).await;
             if let Some(live) = live {
+                limiter.share(usize::try_from(live).unwrap_or(1));
                 let share = fair_share(names.len(), live);
                 let active = running.values().filter(|r| !r.releasing).count();
                 if active < share {
