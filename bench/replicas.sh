@@ -110,6 +110,8 @@ config() {
         printf '%b' "$state"
         echo "  spool_dir: ./spool$r"
         echo "http: { listen: 127.0.0.1:0 }"
+        # Totals: with 3 replicas on PostgreSQL each keeps a third.
+        echo "limits: { max_concurrent_polls: 12, max_connections_per_server: 12 }"
         echo "mailboxes:"
         for i in $(seq "$N"); do
             printf '  - { name: u%s, pop3: { host: 127.0.0.1, port: %s, tls: none, allow_plaintext_auth: true, username: u%s, password: "${PB_BENCH_PASS}", timeout: 120s }, schedule: { every: 1h }, delete: never, sinks: [archive] }\n' \
@@ -174,7 +176,7 @@ done
 
 {
     echo "popbridge $("$BIN" --version 2>/dev/null | awk '{print $2}'), release build; Dovecot $(dovecot --version | awk '{print $1}'); PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') (fsync and synchronous_commit on); $(nproc) cores"
-    echo "$N mailboxes x $M messages of about $SIZE bytes, delete: never, default limits (max_concurrent_polls 4 per replica)"
+    echo "$N mailboxes x $M messages of about $SIZE bytes, delete: never, max_concurrent_polls and max_connections_per_server 12 in all (each of 3 replicas keeps 4)"
     echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "| state | replicas | wall for one pass (s) | CPU (user+sys) / peak RSS per replica | PostgreSQL CPU (s) |"
