@@ -50,7 +50,11 @@ fn a_copied_state_delivers_nothing_again_on_postgres() {
     assert!(leases.ok(), "{}", leases.output());
     let rows: Vec<serde_json::Value> = serde_json::from_str(&leases.stdout).unwrap();
     assert_eq!(rows.len(), 2, "{}", leases.stdout);
-    assert!(rows.iter().all(|r| r["owner"].is_null()), "{}", leases.stdout);
+    assert!(
+        rows.iter().all(|r| r["owner"].is_null()),
+        "{}",
+        leases.stdout
+    );
 
     // The same mailboxes and sinks, with the state in PostgreSQL.
     let sqlite_yaml = std::fs::read_to_string(&b.config).unwrap();
