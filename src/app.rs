@@ -39,6 +39,8 @@ pub struct App {
     _lock: Option<crate::store::PollLock>,
     /// On PostgreSQL: the shared store and each mailbox's lease.
     leases: Option<(PgStore, Vec<Arc<LeaseSlot>>)>,
+    /// This process's name as a lease owner and as its database connections' application name.
+    replica_id: String,
 }
 
 /// What `on_report` gets: every poll's report.
@@ -120,6 +122,7 @@ impl App {
         lock_wait: Option<std::time::Duration>,
     ) -> Result<Self, BuildError> {
         crate::metrics::configure(config.http.per_mailbox_metrics);
+        let replica_id = replica_id();
         let (lock, store, pg): (_, Arc<dyn Store>, _) = match &config.state.backend {
             StateBackend::Sqlite => {
                 let lock = match lock_wait {
@@ -142,8 +145,9 @@ impl App {
                 (lock, store, None)
             }
             StateBackend::Postgres(settings) => {
-                let pg = PgStore::open(&crate::store::postgres::PgSettings::from_config(settings)?)
-                    .await?;
+                let mut settings = crate::store::postgres::PgSettings::from_config(settings)?;
+                settings.application_name = replica_id.clone();
+                let pg = PgStore::open(&settings).await?;
                 (None, Arc::new(pg.clone()), Some(pg))
             }
         };
@@ -221,6 +225,7 @@ impl App {
             limiter,
             _lock: lock,
             leases: pg.map(|pg| (pg, slots)),
+            replica_id,
         })
     }
 
@@ -239,7 +244,7 @@ impl App {
             };
             let replica = Replica {
                 store: pg.clone(),
-                id: replica_id(),
+                id: self.replica_id.clone(),
                 ttl,
                 mailboxes: slots
                     .iter()
@@ -281,7 +286,7 @@ impl App {
     async fn lease_for_once(
         &self,
         mailboxes: &[Arc<MailboxContext>],
-    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<crate::store::postgres::PollTimes>, Vec<String>), StoreError> {
         let Some((pg, slots)) = &self.leases else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -290,11 +295,14 @@ impl App {
         let sent = std::time::Instant::now();
         let got = pg.claim(ONCE_OWNER, &names, names.len(), ttl).await?;
         let mut claims = Vec::new();
-        for (name, fence) in got {
-            if let Some(slot) = slots.iter().find(|s| s.mailbox == name) {
-                claims.push(fence.claim_id.clone());
+        for c in got {
+            if let Some(slot) = slots.iter().find(|s| s.mailbox == c.mailbox) {
+                claims.push(crate::store::postgres::PollTimes {
+                    claim_id: c.fence.claim_id.clone(),
+                    ..Default::default()
+                });
                 // A poll ends by `poll_timeout`; the lease lasts twice that.
-                slot.set(fence, sent + self.config.limits.poll_timeout);
+                slot.set(c.fence, sent + self.config.limits.poll_timeout);
             }
         }
         let skipped = slots

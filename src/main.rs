@@ -255,6 +255,25 @@ enum StateAction {
         #[arg(long)]
         json: bool,
     },
+    /// Who polls each mailbox: on PostgreSQL each lease's owner, epoch, expiry and planned
+    /// poll; on SQLite the one process that holds the state's lock.
+    Leases {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a SQLite state into PostgreSQL (receipts, history, dead letters), so replicas
+    /// carry on without delivering anything again. Stop the SQLite process first; the
+    /// PostgreSQL state must hold no message yet.
+    Copy {
+        /// The config whose state is the SQLite file to copy.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The config whose state is the PostgreSQL database to fill.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Forget a message (or a whole mailbox): it will be delivered again, on purpose.
     Forget {
         #[command(flatten)]
@@ -1012,6 +1031,8 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
                 }
             }
         }
+        StateAction::Leases { config, json } => return leases(&config.config, json).await,
+        StateAction::Copy { config, to } => return copy_state(&config.config, &to).await,
         StateAction::Forget {
             config,
             mailbox,
@@ -1067,6 +1088,116 @@ async fn state(action: StateAction) -> anyhow::Result<u8> {
             )
             .await;
         }
+    }
+    Ok(exit::OK)
+}
+
+/// `state copy`.
+async fn copy_state(from: &Path, to: &Path) -> anyhow::Result<u8> {
+    use popbridge::config::StateBackend;
+    let (source, target) = match (load_config(from), load_config(to)) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(code), _) | (_, Err(code)) => return Ok(code),
+    };
+    let pg = match (&source.state.backend, &target.state.backend) {
+        (StateBackend::Sqlite, StateBackend::Postgres(pg)) => pg,
+        _ => {
+            eprintln!(
+                "error: state copy moves a SQLite state (-c) into PostgreSQL (--to): {} must use state.path, {} state.url",
+                from.display(),
+                to.display()
+            );
+            return Ok(exit::CONFIG);
+        }
+    };
+    // Nothing may poll with the SQLite state while it is copied (and after: the replicas own it).
+    let _lock = popbridge::store::PollLock::acquire(&source.state.path, std::time::Duration::ZERO)
+        .context("stop the popbridge process that polls with this state first")?;
+    let sqlite = popbridge::store::SqliteStore::open(&source.state.path)
+        .await
+        .context("cannot open the SQLite state")?;
+    let settings = popbridge::store::postgres::PgSettings::from_config(pg)?;
+    let postgres = popbridge::store::PgStore::open(&settings)
+        .await
+        .context("cannot open the PostgreSQL state")?;
+    match popbridge::store::copy::sqlite_to_postgres(&sqlite, &postgres).await {
+        Ok(r) => {
+            println!(
+                "copied {} message(s), {} deliveries, {} retrieval failure(s) from {} into PostgreSQL",
+                r.messages,
+                r.deliveries,
+                r.retrieval_failures,
+                source.state.path.display()
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::INCOMPLETE)
+        }
+    }
+}
+
+/// `state leases`.
+async fn leases(path: &Path, json: bool) -> anyhow::Result<u8> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let rows = match &config.state.backend {
+        popbridge::config::StateBackend::Postgres(pg) => {
+            let settings = popbridge::store::postgres::PgSettings::from_config(pg)?;
+            popbridge::store::PgStore::open(&settings)
+                .await
+                .context("cannot open the state")?
+                .leases()
+                .await?
+        }
+        // One process polls every mailbox, or none does: no epochs, no expiry.
+        popbridge::config::StateBackend::Sqlite => {
+            let holder = popbridge::store::lock::holder_pid(&config.state.path)
+                .map(|pid| format!("pid {pid} (holds {}.lock)", config.state.path.display()));
+            config
+                .mailboxes
+                .iter()
+                .map(|m| popbridge::store::lease::LeaseRow {
+                    mailbox: m.name.clone(),
+                    owner: holder.clone(),
+                    epoch: 0,
+                    expires_in_ms: None,
+                    next_poll_at: None,
+                    last_poll_at: None,
+                })
+                .collect()
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(exit::OK);
+    }
+    let at = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<20} {:<36} {:>6} {:>11} {:<20} {:<20}",
+        "mailbox", "owner", "epoch", "expires_in", "next_poll", "last_poll"
+    );
+    for r in rows {
+        let expires = r
+            .expires_in_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<36} {:>6} {:>11} {:<20} {:<20}",
+            r.mailbox,
+            r.owner.as_deref().unwrap_or("(free)"),
+            r.epoch,
+            expires,
+            at(r.next_poll_at),
+            at(r.last_poll_at)
+        );
     }
     Ok(exit::OK)
 }

@@ -383,6 +383,20 @@ pub fn leases(held: usize, event: &str, n: usize) {
     }
 }
 
+/// This replica no longer polls `mailbox` (its lease went to a peer): drop its gauges here, so
+/// that only the owner reports the mailbox's current state. Counters stay (they only grow).
+pub fn forget_mailbox(mailbox: &str, sinks: &[String]) {
+    let Some(m) = get() else { return };
+    let _ = m.on_server.remove_label_values(&[mailbox]);
+    let _ = m.last_success.remove_label_values(&[mailbox]);
+    let _ = m.cert_expiry.remove_label_values(&[mailbox]);
+    let _ = m.backoff.remove_label_values(&[mailbox]);
+    for sink in sinks {
+        let _ = m.pending.remove_label_values(&[mailbox, sink]);
+        let _ = m.dead_letters.remove_label_values(&[mailbox, sink]);
+    }
+}
+
 /// A message whose RETR kept breaking the connection became a dead letter.
 pub fn retrieval_dead_lettered(mailbox: &str) {
     if let Some(m) = get() {

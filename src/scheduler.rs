@@ -24,8 +24,12 @@ use tokio_util::sync::CancellationToken;
 /// Caps shared by every poll.
 pub struct Limiter {
     global: Arc<Semaphore>,
+    global_cap: usize,
     per_server: HashMap<String, Arc<Semaphore>>,
     per_server_cap: usize,
+    /// Tasks holding back permits while replicas share the caps (see [`Limiter::share`]).
+    held_back: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    replicas: std::sync::atomic::AtomicUsize,
 }
 
 impl Limiter {
@@ -37,12 +41,59 @@ impl Limiter {
         let per_server_cap = per_server.max(1);
         Self {
             global: Arc::new(Semaphore::new(max_polls.max(1))),
+            global_cap: max_polls.max(1),
             per_server: servers
                 .into_iter()
                 .map(|s| (s.to_string(), Arc::new(Semaphore::new(per_server_cap))))
                 .collect(),
             per_server_cap,
+            held_back: Default::default(),
+            replicas: std::sync::atomic::AtomicUsize::new(1),
         }
+    }
+
+    /// `replicas` processes poll the same servers (PostgreSQL): keep `cap / replicas` (at least
+    /// one) of each cap for this one, so a server sees about the configured connections in all.
+    /// The rest are held back by a task as they come free, and given back when peers leave.
+    pub fn share(&self, replicas: usize) {
+        use std::sync::atomic::Ordering;
+        let n = replicas.max(1);
+        if self.replicas.swap(n, Ordering::SeqCst) == n {
+            return;
+        }
+        let mut held = self
+            .held_back
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.drain(..).for_each(|task| task.abort());
+        let mut hold_back = |sem: &Arc<Semaphore>, cap: usize| {
+            let back = cap - (cap / n).max(1);
+            if back == 0 {
+                return;
+            }
+            let sem = sem.clone();
+            held.push(tokio::spawn(async move {
+                let n = u32::try_from(back).unwrap_or(u32::MAX);
+                if let Ok(_permits) = sem.acquire_many_owned(n).await {
+                    std::future::pending::<()>().await;
+                }
+            }));
+        };
+        hold_back(&self.global, self.global_cap);
+        for sem in self.per_server.values() {
+            hold_back(sem, self.per_server_cap);
+        }
+    }
+
+    /// Free slots now: (global, on `server`).
+    #[cfg(test)]
+    fn available(&self, server: &str) -> (usize, usize) {
+        (
+            self.global.available_permits(),
+            self.per_server
+                .get(server)
+                .map_or(0, |s| s.available_permits()),
+        )
     }
 
     /// Wait for a slot on `server`, then for a global slot. In that order: a poll waiting for

@@ -278,3 +278,29 @@ async fn per_server_cap_holds_back_a_second_connection() {
     drop(held);
     assert_eq!(waiter.await.unwrap(), 2);
 }
+
+/// With three live replicas each keeps a third of every cap (at least one slot); when peers
+/// leave the held-back slots come back.
+#[tokio::test]
+async fn caps_are_divided_among_live_replicas() {
+    let limiter = Limiter::new(4, 3, ["a:110"]);
+    let settled = |want: (usize, usize)| {
+        let limiter = &limiter;
+        async move {
+            for _ in 0..1000 {
+                if limiter.available("a:110") == want {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("caps {:?}, want {want:?}", limiter.available("a:110"));
+        }
+    };
+    settled((4, 3)).await;
+    limiter.share(3);
+    settled((1, 1)).await;
+    limiter.share(2);
+    settled((2, 1)).await;
+    limiter.share(1);
+    settled((4, 3)).await;
+}

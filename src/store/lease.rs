@@ -87,6 +87,10 @@ pub struct LeaseRow {
     pub epoch: i64,
     /// Milliseconds until the lease expires (negative: expired).
     pub expires_in_ms: Option<i64>,
+    /// When the owner plans the mailbox's next poll (Unix ms), and when it last started one:
+    /// the schedule a new owner continues.
+    pub next_poll_at: Option<super::Millis>,
+    pub last_poll_at: Option<super::Millis>,
 }
 
 #[cfg(test)]

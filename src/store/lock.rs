@@ -89,6 +89,25 @@ impl PollLock {
     }
 }
 
+/// The pid of the process that holds the lock of the state file `state`, if one does. Read from
+/// `/proc/locks` (matched by the lock file's inode), so asking never takes the lock and never
+/// makes a starting poller fail.
+pub fn holder_pid(state: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let path = lock_path(state);
+    let inode = std::fs::metadata(&path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, dev_ino) = (f.get(1)?, f.get(4)?, f.get(5)?);
+        let ino: u64 = dev_ino.rsplit(':').next()?.parse().ok()?;
+        (*kind == "FLOCK" && ino == inode)
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
 fn lock_path(state: &Path) -> PathBuf {
     let mut name = state.as_os_str().to_owned();
     name.push(".lock");
@@ -130,5 +149,16 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_holder_is_named_without_taking_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("db.sqlite");
+        assert_eq!(holder_pid(&state), None);
+        let held = PollLock::acquire(&state, Duration::ZERO).unwrap();
+        assert_eq!(holder_pid(&state), Some(std::process::id()));
+        drop(held);
+        assert_eq!(holder_pid(&state), None);
     }
 }

@@ -5,6 +5,7 @@
 
 #[cfg(test)]
 mod contract;
+pub mod copy;
 pub mod lease;
 pub mod lock;
 pub mod postgres;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod leases;
+pub use leases::{Claimed, PollTimes, LEASES_CHANNEL};
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,9 @@ pub struct PgSettings {
     pub url: crate::secret::Secret,
     pub password: Option<crate::secret::Secret>,
     pub timeout: Duration,
+    /// Shown in `pg_stat_activity`: a replica's id, so an operator (or an audit trigger) can
+    /// tell which replica holds a connection or wrote a row.
+    pub application_name: String,
 }
 
 /// A handle on the PostgreSQL state. Cheap to clone; [`PgStore::bound`] gives a mailbox's
@@ -62,6 +66,7 @@ impl PgSettings {
             url: c.url.clone(),
             password,
             timeout: c.timeout,
+            application_name: "popbridge".into(),
         })
     }
 }
@@ -77,11 +82,13 @@ impl PgStore {
             options = options.password(p.expose());
         }
         let ms = |d: Duration| format!("{}ms", d.as_millis());
-        options = options.application_name("popbridge").options([
-            ("statement_timeout", ms(settings.timeout)),
-            ("lock_timeout", ms(settings.timeout)),
-            ("idle_in_transaction_session_timeout", ms(settings.timeout)),
-        ]);
+        options = options
+            .application_name(&settings.application_name)
+            .options([
+                ("statement_timeout", ms(settings.timeout)),
+                ("lock_timeout", ms(settings.timeout)),
+                ("idle_in_transaction_session_timeout", ms(settings.timeout)),
+            ]);
         let pool = tokio::time::timeout(
             settings.timeout,
             PgPoolOptions::new()
@@ -104,6 +111,11 @@ impl PgStore {
             })
             .await?;
         Ok(store)
+    }
+
+    /// For `state copy`, which writes every row in one transaction.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// The handle for one mailbox: each of its writes checks `lease` in the same transaction.

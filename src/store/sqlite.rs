@@ -19,6 +19,11 @@ pub struct SqliteStore {
 mod group;
 
 impl SqliteStore {
+    /// For `state copy`, which reads every row.
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {

@@ -21,7 +21,14 @@ pub struct PgCluster {
     pub root: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// `-c` settings beyond port, socket and listen address.
+    settings: &'static str,
 }
+
+/// Fast and throwaway: a commit may be lost even when PostgreSQL alone crashes.
+const THROWAWAY: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+/// A commit that returned survives a crash of PostgreSQL (not of the machine: fsync is off).
+const DURABLE_COMMITS: &str = "-c fsync=off -c full_page_writes=off";
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -46,8 +53,12 @@ pub fn unavailable() -> Option<String> {
 
 /// A cluster, or `None` after printing why (a failure under `CI=true`).
 pub fn start_or_skip() -> Option<PgCluster> {
+    start_or_skip_with(THROWAWAY)
+}
+
+fn start_or_skip_with(settings: &'static str) -> Option<PgCluster> {
     match unavailable() {
-        None => Some(PgCluster::start()),
+        None => Some(PgCluster::start_with(settings)),
         Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("PostgreSQL is required under CI=true: {why}")
         }
@@ -56,6 +67,12 @@ pub fn start_or_skip() -> Option<PgCluster> {
             None
         }
     }
+}
+
+/// As [`start_or_skip`], for crash tests: a commit that returned survives `pg_ctl -m immediate`
+/// (`synchronous_commit` on), as on a real server.
+pub fn start_durable_or_skip() -> Option<PgCluster> {
+    start_or_skip_with(DURABLE_COMMITS)
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -69,6 +86,10 @@ fn free_port() -> u16 {
 
 impl PgCluster {
     pub fn start() -> Self {
+        Self::start_with(THROWAWAY)
+    }
+
+    fn start_with(settings: &'static str) -> Self {
         let clock = Instant::now();
         // Short: the socket path must fit in 107 bytes.
         let root = PathBuf::from(format!(
@@ -92,6 +113,7 @@ impl PgCluster {
             root,
             port: 0,
             as_postgres,
+            settings,
         };
         c.run(
             "initdb",
@@ -174,10 +196,10 @@ impl PgCluster {
 
     fn pg_ctl_start(&self) -> bool {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {} -c max_connections=100",
             self.port,
-            self.path("sock")
+            self.path("sock"),
+            self.settings
         );
         self.command("pg_ctl")
             .args([
@@ -193,6 +215,23 @@ impl PgCluster {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// A crash and recovery: `pg_ctl -m immediate stop` (no checkpoint, clients cut off), then
+    /// start again on the same port.
+    pub fn restart_immediate(&self) {
+        let stopped = self
+            .command("pg_ctl")
+            .args(["-D", &self.path("data"), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(stopped, "pg_ctl stop -m immediate failed:\n{}", self.log());
+        assert!(
+            self.pg_ctl_start(),
+            "PostgreSQL did not restart:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {

@@ -32,6 +32,7 @@ async fn fresh() -> Option<PgStore> {
             url: crate::secret::Secret::new(url),
             password: None,
             timeout: Duration::from_secs(10),
+            application_name: "popbridge-test".into(),
         })
         .await
         .unwrap(),
@@ -68,7 +69,10 @@ async fn claimed(s: &PgStore, owner: &str, mailbox: &str) -> PgStore {
     let got = s.claim(owner, &[mailbox.into()], 1, TTL).await.unwrap();
     assert_eq!(got.len(), 1, "{owner} could not claim {mailbox}");
     let slot = Arc::new(LeaseSlot::new(mailbox));
-    slot.set(got[0].1.clone(), Instant::now() + Duration::from_secs(60));
+    slot.set(
+        got[0].fence.clone(),
+        Instant::now() + Duration::from_secs(60),
+    );
     s.bound(slot)
 }
 
@@ -124,7 +128,11 @@ async fn a_stale_owner_cannot_commit_after_a_takeover() {
     new.record_outcomes(&[delivered]).await.unwrap();
     new.sync().await.unwrap();
     let old_claim = old.lease.as_ref().unwrap().claim_id().unwrap();
-    assert!(s.renew("r1", &[old_claim], TTL).await.unwrap().is_empty());
+    assert!(s
+        .renew("r1", &times(&[old_claim]), TTL)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Mutation check: with the fence check switched off, the same stale write lands, so the test
@@ -180,10 +188,14 @@ async fn concurrent_claims_are_disjoint_and_released_leases_are_claimed_again() 
     let mut held = Vec::new();
     for t in tasks {
         let (owner, got) = t.await.unwrap();
-        for (m, f) in got {
-            assert!(seen.insert(m.clone()), "{m} claimed twice");
-            assert_eq!(f.epoch, 1);
-            held.push((owner.clone(), m, f));
+        for c in got {
+            assert!(
+                seen.insert(c.mailbox.clone()),
+                "{} claimed twice",
+                c.mailbox
+            );
+            assert_eq!(c.fence.epoch, 1);
+            held.push((owner.clone(), c.mailbox, c.fence));
         }
     }
     assert_eq!(seen.len(), 40);
@@ -194,20 +206,20 @@ async fn concurrent_claims_are_disjoint_and_released_leases_are_claimed_again() 
         .map(|(_, _, f)| f.claim_id.clone())
         .collect();
     let renewed = s
-        .renew(owner, &mine, Duration::from_secs(30))
+        .renew(owner, &times(&mine), Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(renewed.len(), mine.len());
     assert!(s.claim("rx", &all, 40, TTL).await.unwrap().is_empty());
     assert_eq!(
-        s.release(owner, std::slice::from_ref(&fence.claim_id))
+        s.release(owner, &times(std::slice::from_ref(&fence.claim_id)))
             .await
             .unwrap(),
         1
     );
     let again = s.claim("rx", &all, 40, TTL).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!((&again[0].0, again[0].1.epoch), (mailbox, 2));
+    assert_eq!((&again[0].mailbox, again[0].fence.epoch), (mailbox, 2));
     let rows = s.leases().await.unwrap();
     assert_eq!(rows.len(), 40);
     assert_eq!(s.heartbeat("r0", TTL).await.unwrap(), 1);
@@ -215,6 +227,50 @@ async fn concurrent_claims_are_disjoint_and_released_leases_are_claimed_again() 
     assert_eq!(s.heartbeat("r2", TTL).await.unwrap(), 3);
     s.unregister("r2").await.unwrap();
     assert_eq!(s.heartbeat("r0", TTL).await.unwrap(), 2);
+}
+
+fn times(claims: &[String]) -> Vec<PollTimes> {
+    claims
+        .iter()
+        .map(|c| PollTimes {
+            claim_id: c.clone(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The schedule travels with the lease: poll times saved by renewals and by the release come
+/// back to the next owner's claim, and a release is announced to listening peers.
+#[tokio::test]
+async fn a_new_owner_gets_the_planned_poll_and_hears_the_release() {
+    let Some(s) = fresh().await else { return };
+    let mut listener = s.listener().await.unwrap();
+    let got = s.claim("r1", &["frank".into()], 1, TTL).await.unwrap();
+    assert_eq!(got[0].next_poll_at, None);
+    let mut held = PollTimes {
+        claim_id: got[0].fence.claim_id.clone(),
+        next_poll_at: Some(5_000),
+        last_poll_at: Some(4_000),
+    };
+    assert_eq!(s.renew("r1", &[held.clone()], TTL).await.unwrap().len(), 1);
+    let row = &s.leases().await.unwrap()[0];
+    assert_eq!(
+        (row.next_poll_at, row.last_poll_at),
+        (Some(5_000), Some(4_000))
+    );
+    // A renewal without news keeps what is saved; the release saves the latest.
+    held.next_poll_at = None;
+    s.renew("r1", &[held.clone()], TTL).await.unwrap();
+    held.next_poll_at = Some(9_000);
+    assert_eq!(s.release("r1", &[held]).await.unwrap(), 1);
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((heard.channel(), heard.payload()), (LEASES_CHANNEL, "r1"));
+    let next = s.claim("r2", &["frank".into()], 1, TTL).await.unwrap();
+    assert_eq!(next[0].next_poll_at, Some(9_000));
+    assert_eq!(next[0].fence.epoch, 2);
 }
 
 #[test]
