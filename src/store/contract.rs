@@ -488,5 +488,31 @@ async fn listed_state_is_compact_only_for_messages_every_sink_holds(s: &dyn Stor
     assert_eq!(settled, ["c1", "c2", "c3"]);
     assert_eq!(one.settled["c1"].last_delivery, 2_000);
     assert!(one.open.is_empty());
+
+    // A routed message is held when its route's sinks hold it, which may not be the mailbox's:
+    // here sink "a" has it, but its route also names "z", which does not. Compact, it would
+    // look complete and be deleted before "z" had it.
+    let route = crate::route::Route {
+        rules: vec!["split".into()],
+        targets: ["a", "z"]
+            .iter()
+            .map(|t| crate::route::Target {
+                sink: (*t).into(),
+                params: Default::default(),
+            })
+            .collect(),
+    };
+    let routed = vec!["a".to_string(), "z".to_string()];
+    s.record_fetched(&FetchRecord {
+        mailbox: "carol",
+        route: Some(&route),
+        ..fetch("c5", &routed)
+    })
+    .await
+    .unwrap();
+    s.record_outcomes(&[at("c5", "a", 2_000, ok())]).await.unwrap();
+    let one = s.load_listed("carol", &sinks[..1]).await.unwrap();
+    assert!(!one.settled.contains_key("c5"), "a routed message is never compact");
+    assert_eq!(one.open["c5"].route.as_ref(), Some(&route));
     s.forget("carol", None).await.unwrap();
 }

@@ -186,6 +186,23 @@ impl ListedState {
         out
     }
 
+    /// Sorts one narrow row of a backend's `load_listed` query: settled when all `sinks`
+    /// hold the message and it has no recorded route (a route may name other sinks);
+    /// otherwise its UIDL goes to `open`, to be loaded whole.
+    pub(crate) fn sort_row(&mut self, open: &mut Vec<String>, row: NarrowRow, sinks: usize) {
+        if usize::try_from(row.held).ok() == Some(sinks) && !row.routed {
+            self.settled.insert(
+                row.uidl,
+                Settled {
+                    list_size: row.list_size.and_then(|s| u64::try_from(s).ok()),
+                    last_delivery: row.last_delivery.unwrap_or(0),
+                },
+            );
+        } else {
+            open.push(row.uidl);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.settled.len() + self.open.len()
     }
@@ -197,6 +214,16 @@ impl ListedState {
     pub fn contains(&self, uidl: &str) -> bool {
         self.settled.contains_key(uidl) || self.open.contains_key(uidl)
     }
+}
+
+/// One row of a backend's narrow `load_listed` query.
+pub(crate) struct NarrowRow {
+    pub uidl: String,
+    pub list_size: Option<i64>,
+    /// How many of the asked-for sinks hold the message.
+    pub held: i64,
+    pub last_delivery: Option<i64>,
+    pub routed: bool,
 }
 
 /// `Some` when every sink of `sinks` (at least one) holds `m` and it has no recorded route.

@@ -246,22 +246,14 @@ impl Store for SqliteStore {
         {
             let mut rows = q.build().fetch(&self.pool);
             while let Some(row) = rows.try_next().await? {
-                let uidl: String = row.try_get(0)?;
-                let held: i64 = row.try_get(2)?;
-                // A routed message is held when its route's sinks hold it: never compact.
-                let routed: i64 = row.try_get(4)?;
-                if usize::try_from(held).ok() == Some(sinks.len()) && routed == 0 {
-                    let list_size: Option<i64> = row.try_get(1)?;
-                    out.settled.insert(
-                        uidl,
-                        Settled {
-                            list_size: list_size.and_then(|s| u64::try_from(s).ok()),
-                            last_delivery: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
-                        },
-                    );
-                } else {
-                    open.push(uidl);
-                }
+                let narrow = super::NarrowRow {
+                    uidl: row.try_get(0)?,
+                    list_size: row.try_get(1)?,
+                    held: row.try_get(2)?,
+                    last_delivery: row.try_get(3)?,
+                    routed: row.try_get::<i64, _>(4)? != 0,
+                };
+                out.sort_row(&mut open, narrow, sinks.len());
             }
         }
         out.open = self.lookup(mailbox, &open).await?;

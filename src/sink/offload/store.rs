@@ -5,7 +5,6 @@
 use super::config::OffloadSettings;
 use crate::sink::s3::credentials::Provider;
 use crate::sink::s3::service::{build_client, classify, Call, Service};
-use crate::sink::s3::sigv4::EMPTY_SHA256;
 use crate::sink::DeliveryError;
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::{Method, StatusCode};
@@ -106,17 +105,7 @@ impl OffloadStore {
     /// Is the object there with this content? One with other content under a content address
     /// is someone else's doing: a loud permanent error, never an overwrite.
     async fn holds(&self, key: &str, sha256: &str) -> Result<bool, DeliveryError> {
-        let answer = self
-            .svc
-            .send(Call {
-                method: Method::HEAD,
-                key: Some(key),
-                query: &[],
-                headers: Vec::new(),
-                body: reqwest::Body::from(""),
-                payload_sha256: EMPTY_SHA256,
-            })
-            .await?;
+        let answer = self.svc.head(Some(key)).await?;
         match answer.status {
             StatusCode::NOT_FOUND => Ok(false),
             s if s.is_success() => match answer.header("x-amz-meta-sha256") {
@@ -158,17 +147,7 @@ impl OffloadStore {
 
     /// HEAD on the bucket, as the S3 sink's healthcheck.
     pub async fn healthcheck(&self) -> Result<(), DeliveryError> {
-        let answer = self
-            .svc
-            .send(Call {
-                method: Method::HEAD,
-                key: None,
-                query: &[],
-                headers: Vec::new(),
-                body: reqwest::Body::from(""),
-                payload_sha256: EMPTY_SHA256,
-            })
-            .await?;
+        let answer = self.svc.head(None).await?;
         if answer.status.is_success() {
             Ok(())
         } else {

@@ -31,16 +31,7 @@ pub(super) async fn existing(
     sha256: &str,
     size: u64,
 ) -> Result<Option<Receipt>, DeliveryError> {
-    let answer = svc
-        .send(Call {
-            method: Method::HEAD,
-            key: Some(key),
-            query: &[],
-            headers: Vec::new(),
-            body: reqwest::Body::from(""),
-            payload_sha256: EMPTY_SHA256,
-        })
-        .await?;
+    let answer = svc.head(Some(key)).await?;
     match answer.status {
         StatusCode::NOT_FOUND => Ok(None),
         s if s.is_success() => {

@@ -74,6 +74,19 @@ impl Service {
         }
     }
 
+    /// HEAD on an object (`Some(key)`) or on the bucket (`None`).
+    pub async fn head(&self, key: Option<&str>) -> Result<Answer, DeliveryError> {
+        self.send(Call {
+            method: reqwest::Method::HEAD,
+            key,
+            query: &[],
+            headers: Vec::new(),
+            body: reqwest::Body::from(""),
+            payload_sha256: super::sigv4::EMPTY_SHA256,
+        })
+        .await
+    }
+
     pub async fn send(&self, call: Call<'_>) -> Result<Answer, DeliveryError> {
         let resp = self.send_streamed(call).await?;
         let status = resp.status();

@@ -8,7 +8,6 @@ use super::key::{header_fields, KeyInput};
 use super::multipart;
 use super::object::{existing, receipt_detail, spool_error, Object};
 use super::service::{build_client, classify, Call, Service};
-use super::sigv4::EMPTY_SHA256;
 use crate::key::IdempotencyKey;
 use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
 use async_trait::async_trait;
@@ -191,17 +190,7 @@ impl Sink for S3Sink {
 
     /// HEAD on the bucket: proves the endpoint answers, the keys sign, and the bucket exists.
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
-        let answer = self
-            .service
-            .send(Call {
-                method: Method::HEAD,
-                key: None,
-                query: &[],
-                headers: Vec::new(),
-                body: reqwest::Body::from(""),
-                payload_sha256: EMPTY_SHA256,
-            })
-            .await?;
+        let answer = self.service.head(None).await?;
         match answer.status {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(DeliveryError::sink_down(format!(
