@@ -13,7 +13,12 @@ if [ -z "${BIN:-}" ]; then
 fi
 WORK=$(mktemp -d /tmp/popbridge-big.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for n in $((N / 10)) "$N"; do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -114,6 +114,7 @@ config() {
         echo "limits: { max_concurrent_polls: 12, max_connections_per_server: 12 }"
         echo "mailboxes:"
         for i in $(seq "$N"); do
+            # shellcheck disable=SC2016 # ${PB_BENCH_PASS} is for popbridge's config, not the shell
             printf '  - { name: u%s, pop3: { host: 127.0.0.1, port: %s, tls: none, allow_plaintext_auth: true, username: u%s, password: "${PB_BENCH_PASS}", timeout: 120s }, schedule: { every: 1h }, delete: never, sinks: [archive] }\n' \
                 "$i" "$DC_POP3_PORT" "$i"
         done
