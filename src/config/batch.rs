@@ -13,18 +13,8 @@
 //! Each row is one mailbox entry, checked like a written one; an error names the CSV file and
 //! line. Values replace `{column}` inside strings only, so a value can never add YAML keys.
 
-use super::raw::RawMailbox;
+use super::raw::{RawBatch, RawMailbox};
 use std::path::{Path, PathBuf};
-
-/// One `mailboxes_from:` entry as written.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBatch {
-    /// CSV file (RFC 4180: a header row, commas, `"…"` quoting); relative to the config file.
-    pub file: String,
-    /// The mailbox entry each row fills in.
-    pub mailbox: yaml_serde::Value,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]

@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub mailboxes: Vec<RawMailbox>,
     /// More mailboxes, one per row of a CSV file filled into a template entry.
     #[serde(default)]
-    pub mailboxes_from: Vec<super::batch::RawBatch>,
+    pub mailboxes_from: Vec<RawBatch>,
     /// Where messages go.
     pub sinks: Vec<RawSink>,
     /// Named OAuth2 credentials, shared by mailboxes (`pop3.oauth2: NAME`) and IMAP sinks.
@@ -476,4 +476,14 @@ impl<'de> Visitor<'de> for SinkVisitor {
         })?;
         Ok(RawSink { name, retry, kind })
     }
+}
+
+/// One `mailboxes_from:` entry as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// CSV file (RFC 4180: a header row, commas, `"…"` quoting); relative to the config file.
+    pub file: String,
+    /// The mailbox entry each row fills in.
+    pub mailbox: yaml_serde::Value,
 }
