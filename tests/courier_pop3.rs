@@ -1,0 +1,184 @@
+//! Courier 1.0.16's POP3 server (Debian 12's `courier-pop`, run privately with a real login:
+//! `tests/common/courier.rs`) as the source. Courier stores LF line ends (as its delivery agents
+//! write them) and serves each LF as CRLF, so a CRLF message stored with LF arrives as the CRLF
+//! original: byte for byte. It offers `UTF8` (RFC 6856); without it a message with raw UTF-8
+//! headers is served as a "Cannot display Unicode content" wrapper, which the tests capture from
+//! the real server and hand to popbridge's detector.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod common;
+
+use common::courier::{courier_pop3_or_skip, CourierPop3, POP3_PASSWORD, POP3_USER};
+use common::{mail, Bridge, Mailbox, User};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+
+fn user(courier: &CourierPop3) -> User {
+    User {
+        name: POP3_USER.into(),
+        password: POP3_PASSWORD.into(),
+        maildir: courier.maildir(),
+    }
+}
+
+/// A message whose headers carry raw UTF-8 (RFC 6532), as Courier would store it.
+fn utf8_headers(id: &str) -> Vec<u8> {
+    format!(
+        "From: J\u{fc}rgen M\u{fc}ller <j\u{fc}rgen@b\u{fc}ro.example>\r\nTo: rcpt@example.net\r\n\
+         Subject: Gr\u{fc}\u{df}e aus K\u{f6}ln \u{1f4ec}\r\nX-Pb-Id: {id}\r\n\
+         Message-ID: <{id}@popbridge.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         Sch\u{f6}ne Gr\u{fc}\u{df}e.\r\n"
+    )
+    .into_bytes()
+}
+
+/// The corpus (dot-stuffed lines, 8-bit text, base64 and raw 8-bit attachments) arrives byte
+/// for byte; a second run adds nothing; `after_delivery` deletes exactly what was delivered and
+/// mail that arrives afterwards stays until the next run delivers it.
+#[test]
+fn courier_pop3_into_maildir_byte_identical_once_then_deleted_after_delivery() {
+    let Some(courier) = courier_pop3_or_skip() else {
+        return;
+    };
+    let messages = mail::corpus("courier-pop3", 24);
+    for (n, m) in messages.iter().enumerate() {
+        courier.seed(n, m);
+    }
+    let user = user(&courier);
+
+    // delete: never — the server keeps everything, the re-run finds it all and adds nothing.
+    let keep = Bridge::plain(courier.port, &[Mailbox::new("courier", &user)]);
+    let first = keep.once();
+    assert!(first.ok(), "{}\n{}", first.output(), courier.log());
+    common::assert_exactly_once(&messages, &keep.delivered("courier"));
+    let again = keep.once();
+    assert!(again.ok(), "{}", again.output());
+    common::assert_exactly_once(&messages, &keep.delivered("courier"));
+    assert_eq!(courier.held(), messages.len(), "delete: never deleted");
+
+    // delete: after_delivery (a second installation): everything delivered, then deleted.
+    let mut mb = Mailbox::new("courier", &user);
+    mb.delete = "after_delivery";
+    let del = Bridge::plain(courier.port, &[mb]);
+    let run = del.once();
+    assert!(run.ok(), "{}\n{}", run.output(), courier.log());
+    common::assert_exactly_once(&messages, &del.delivered("courier"));
+    assert_eq!(courier.held(), 0, "delivered mail left on the server");
+
+    // Mail that arrives after that run is not touched by it; the next run delivers it once.
+    let late = mail::simple("courier-late", "arrived later");
+    courier.seed(1000, &late);
+    assert_eq!(courier.held(), 1);
+    let run = del.once();
+    assert!(run.ok(), "{}", run.output());
+    let mut all = messages.clone();
+    all.push(late);
+    common::assert_exactly_once(&all, &del.delivered("courier"));
+    assert_eq!(courier.held(), 0);
+}
+
+/// A raw POP3 client: greeting, optional `UTF8`, login, then `RETR 1` (dot-unstuffed, CRLF).
+fn retr_first(port: u16, utf8: bool) -> Vec<u8> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut line = Vec::new();
+    let mut status = |r: &mut BufReader<TcpStream>, cmd: Option<&str>| {
+        if let Some(cmd) = cmd {
+            w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        }
+        line.clear();
+        r.read_until(b'\n', &mut line).unwrap();
+        assert!(
+            line.starts_with(b"+OK"),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&line)
+        );
+    };
+    status(&mut r, None);
+    if utf8 {
+        status(&mut r, Some("UTF8"));
+    }
+    status(&mut r, Some(&format!("USER {POP3_USER}")));
+    status(&mut r, Some(&format!("PASS {POP3_PASSWORD}")));
+    status(&mut r, Some("RETR 1"));
+    let mut body = Vec::new();
+    loop {
+        let mut l = Vec::new();
+        r.read_until(b'\n', &mut l).unwrap();
+        assert!(!l.is_empty(), "connection closed mid-RETR");
+        if l == b".\r\n" {
+            break;
+        }
+        body.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
+    }
+    let mut w = r.into_inner();
+    let _ = w.write_all(b"QUIT\r\n");
+    body
+}
+
+/// `UTF8` on Courier: popbridge sends it (Courier advertises `UTF8 USER`) and the message with
+/// raw UTF-8 headers arrives as stored, then leaves the server. Without `UTF8` (a raw client),
+/// real Courier serves a different message each time (the "Cannot display Unicode content"
+/// wrapper with a new boundary), and `popbridge::pop3::substitute::is_substitute` recognises
+/// exactly those bytes, and not the original.
+#[test]
+fn courier_pop3_utf8_headers_arrive_as_stored_and_the_real_substitute_is_detected() {
+    let Some(courier) = courier_pop3_or_skip() else {
+        return;
+    };
+    let original = utf8_headers("courier-utf8");
+    courier.seed(0, &original);
+
+    // What real Courier serves without UTF8, and with it.
+    let plain1 = retr_first(courier.port, false);
+    let plain2 = retr_first(courier.port, false);
+    let with_utf8 = retr_first(courier.port, true);
+    assert_eq!(
+        with_utf8, original,
+        "with UTF8 Courier serves the message as stored"
+    );
+    assert_ne!(
+        plain1, original,
+        "Courier no longer down-converts: the detector check proves nothing"
+    );
+    assert_ne!(plain1, plain2, "a new MIME boundary at every RETR");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    for (name, bytes) in [("plain1", &plain1), ("plain2", &plain2)] {
+        assert!(
+            popbridge::pop3::substitute::is_substitute(&path(name, bytes)),
+            "Courier's real substitute is not recognised:\n{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert!(!popbridge::pop3::substitute::is_substitute(&path(
+        "original", &original
+    )));
+    println!(
+        "COURIER SUBSTITUTE without UTF8 ({} bytes for a {}-byte message):\n{}",
+        plain1.len(),
+        original.len(),
+        String::from_utf8_lossy(&plain1)
+    );
+
+    // popbridge sends UTF8: the message arrives as stored and, delivered, leaves the server.
+    let user = user(&courier);
+    let mut mb = Mailbox::new("courier", &user);
+    mb.delete = "after_delivery";
+    let bridge = Bridge::plain(courier.port, &[mb]);
+    let run = bridge.once();
+    assert!(run.ok(), "{}\n{}", run.output(), courier.log());
+    assert!(
+        !run.output().contains("substitute"),
+        "UTF8 was not used: {}",
+        run.output()
+    );
+    common::assert_exactly_once(&[original], &bridge.delivered("courier"));
+    assert_eq!(courier.held(), 0);
+}
