@@ -182,3 +182,76 @@ fn courier_pop3_utf8_headers_arrive_as_stored_and_the_real_substitute_is_detecte
     common::assert_exactly_once(&[original], &bridge.delivered("courier"));
     assert_eq!(courier.held(), 0);
 }
+
+/// Every message in `user`'s INBOX on the shared Dovecot, read back with Python's `imaplib`
+/// (STARTTLS against the test CA), one base64 line each.
+fn dovecot_inbox(dc: &common::Dovecot, user: &User) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    const READ: &str = r#"
+import base64, imaplib, ssl, sys
+port, user, password, cafile = sys.argv[1:5]
+imap = imaplib.IMAP4("localhost", int(port))
+imap.starttls(ssl.create_default_context(cafile=cafile))
+imap.login(user, password)
+typ, count = imap.select("INBOX", readonly=True)
+if int(count[0]) > 0:
+    for item in imap.fetch("1:*", "(BODY.PEEK[])")[1]:
+        if isinstance(item, tuple):
+            print(base64.b64encode(item[1]).decode())
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            READ,
+            &dc.imap_port.to_string(),
+            &user.name,
+            &user.password,
+        ])
+        .arg(&dc.ca_file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| base64::engine::general_purpose::STANDARD.decode(l).unwrap())
+        .collect()
+}
+
+/// Courier POP3 -> Dovecot IMAP in one run with `after_delivery`: every message in the target
+/// once and byte for byte (Courier's LF storage is CRLF again on the wire, which Dovecot keeps),
+/// the Courier mailbox empty.
+#[test]
+fn courier_pop3_into_dovecot_imap_every_message_once() {
+    let Some(courier) = courier_pop3_or_skip() else {
+        return;
+    };
+    let Some(dc) = common::dovecot() else {
+        return;
+    };
+    let messages = mail::corpus("courier-to-imap", 12);
+    for (n, m) in messages.iter().enumerate() {
+        courier.seed(n, m);
+    }
+    let dst = dc.add_user("courierdst");
+    let user = user(&courier);
+    let mut mb = Mailbox::new("courier", &user);
+    mb.delete = "after_delivery";
+    let bridge = Bridge::plain(courier.port, &[mb]);
+    bridge.replace_sinks(&format!(
+        "sinks:\n  - name: archive\n    type: imap\n    host: localhost\n    port: {port}\n    tls: starttls\n\
+         \x20   ca_file: {ca}\n    folder: INBOX\n    timeout: 10s\n    username: {name}\n\
+         \x20   password: \"${{COURIER_DST_IMAP}}\"\n",
+        port = dc.imap_port,
+        ca = dc.ca_file.display(),
+        name = dst.name,
+    ));
+    let run = bridge.run_with_env(&["once"], &[("COURIER_DST_IMAP", &dst.password)]);
+    assert!(run.ok(), "{}\n{}", run.output(), courier.log());
+    common::assert_exactly_once(&messages, &dovecot_inbox(dc, &dst));
+    assert_eq!(courier.held(), 0, "delivered mail left on Courier");
+}

@@ -510,9 +510,14 @@ async fn listed_state_is_compact_only_for_messages_every_sink_holds(s: &dyn Stor
     })
     .await
     .unwrap();
-    s.record_outcomes(&[at("c5", "a", 2_000, ok())]).await.unwrap();
+    s.record_outcomes(&[at("c5", "a", 2_000, ok())])
+        .await
+        .unwrap();
     let one = s.load_listed("carol", &sinks[..1]).await.unwrap();
-    assert!(!one.settled.contains_key("c5"), "a routed message is never compact");
+    assert!(
+        !one.settled.contains_key("c5"),
+        "a routed message is never compact"
+    );
     assert_eq!(one.open["c5"].route.as_ref(), Some(&route));
     s.forget("carol", None).await.unwrap();
 }
