@@ -255,3 +255,85 @@ fn courier_pop3_into_dovecot_imap_every_message_once() {
     common::assert_exactly_once(&messages, &dovecot_inbox(dc, &dst));
     assert_eq!(courier.held(), 0, "delivered mail left on Courier");
 }
+
+/// A proxy in front of Courier that drops `UTF8` lines from what the server sends (its CAPA
+/// answer), as a server or middlebox without RFC 6856 would: popbridge then never sends `UTF8`,
+/// and Courier serves its real substitute. One connection at a time, each in two threads.
+fn hide_utf8_proxy(port: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let server = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (BufReader::new(server), client);
+                loop {
+                    let mut line = Vec::new();
+                    if from.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                        return;
+                    }
+                    if !line.starts_with(b"UTF8") && to.write_all(&line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    local
+}
+
+/// Without `UTF8` (hidden from CAPA by a proxy), the engine meets Courier's real substitute:
+/// it is not archived, the original stays on the server (the ASCII message beside it is
+/// delivered; its deletion waits for the next poll), and the run says why. Once the server offers `UTF8` again (no proxy),
+/// `dlq retry` and a run deliver the original as stored and empty the server.
+#[test]
+fn courier_pop3_real_substitute_is_kept_on_the_server_not_archived() {
+    let Some(courier) = courier_pop3_or_skip() else {
+        return;
+    };
+    let ascii = mail::simple("courier-ascii", "plain");
+    let original = utf8_headers("courier-substituted");
+    courier.seed(0, &ascii);
+    courier.seed(1, &original);
+    let user = user(&courier);
+    let mut mb = Mailbox::new("courier", &user);
+    mb.delete = "after_delivery";
+    let proxy = hide_utf8_proxy(courier.port);
+    let bridge = Bridge::plain(proxy, &[mb]);
+    let run = bridge.once();
+    assert!(
+        run.output().contains("down-converted substitute"),
+        "{}",
+        run.output()
+    );
+    common::assert_exactly_once(std::slice::from_ref(&ascii), &bridge.delivered("courier"));
+    // The substitute ends the session without QUIT (a retrieved message is not in every
+    // sink), and Courier advertises `LOGIN-DELAY 10`: the ASCII message's DELE waits for the
+    // next poll instead of a second login. Nothing at all has left the server yet.
+    assert!(
+        run.output().contains("deletions wait for the next poll"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(courier.held(), 2, "the original stays on Courier");
+
+    let yaml = std::fs::read_to_string(&bridge.config).unwrap();
+    let direct = yaml.replace(
+        &format!("port: {proxy}\n"),
+        &format!("port: {}\n", courier.port),
+    );
+    assert_ne!(yaml, direct);
+    std::fs::write(&bridge.config, direct).unwrap();
+    let retry = bridge.run(&["dlq", "retry", "--mailbox", "courier"]);
+    assert!(retry.ok(), "{}", retry.output());
+    let run = bridge.once();
+    assert!(run.ok(), "{}\n{}", run.output(), courier.log());
+    common::assert_exactly_once(&[ascii, original], &bridge.delivered("courier"));
+    assert_eq!(courier.held(), 0);
+}
