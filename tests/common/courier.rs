@@ -220,7 +220,8 @@ mount --bind "$dir/run" /run/courier/authdaemon
 makeuserdb
 /usr/lib/courier/courier-authlib/authdaemond &
 i=0
-while [ ! -S /run/courier/authdaemon/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+while [ ! -S /run/courier/authdaemon/socket ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+[ -S /run/courier/authdaemon/socket ] || { echo "authdaemond did not create its socket" >&2; exit 1; }
 exec "$root/usr/sbin/couriertcpd" -address=127.0.0.1 -nodnslookup -noidentlookup \
     -maxprocs=40 -maxperip=40 "$port" \
     "$root/usr/lib/courier/courier/courierpop3login" \
@@ -286,12 +287,14 @@ impl CourierPop3 {
             .spawn()
             .expect("start unshare");
         super::kill_when_gone(child.id(), true);
-        let server = CourierPop3 { port, dir, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut server = CourierPop3 { port, dir, child };
+        // Generous: the machine may be loaded; a script that gave up ends the wait at once.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = server.child.try_wait().ok().flatten();
             assert!(
-                Instant::now() < deadline,
-                "Courier POP3 did not listen on {port}: {}",
+                exited.is_none() && Instant::now() < deadline,
+                "Courier POP3 did not listen on {port} ({exited:?}): {}",
                 server.log()
             );
             std::thread::sleep(Duration::from_millis(20));
