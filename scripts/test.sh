@@ -57,7 +57,8 @@ if ! "$ORACLES/bin/python3" -c 'import standardwebhooks, jsonschema, googleapicl
 fi
 export PATH="$ORACLES/bin:$PATH"
 
-# Courier-IMAP, unpacked privately (scripts/lib/courier.sh); tests/common/courier.rs finds it here.
+# Courier-IMAP and Courier POP3, unpacked privately (scripts/lib/courier.sh); tests/common/courier.rs
+# finds them here.
 # shellcheck source=scripts/lib/courier.sh
 source scripts/lib/courier.sh
 export PB_COURIER_DIR=${PB_COURIER_DIR:-${POPBRIDGE_TOOLS_DIR:-$HOME/.cache/popbridge-tools}/courier}
