@@ -720,7 +720,7 @@ async fn a_down_converted_substitute_is_kept_on_the_server_not_archived() {
         );
         assert!(
             popbridge::metrics::render()
-                .contains("popbridge_pop3_downconverted_total{mailbox=\"alice\"} 1"),
+                .contains("popbridge_pop3_downconverted_total{mailbox=\"_all\"} 1"),
             "{}",
             popbridge::metrics::render()
         );

@@ -37,25 +37,18 @@ pub struct Quirks {
 
 /// Courier's kind of substitute for a message with raw UTF-8 headers (RFC 6856 section 3).
 fn substitute(original: &[u8], n: usize) -> Vec<u8> {
-    let head_end = original
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(original.len());
-    let ascii_head: Vec<u8> = original[..head_end]
-        .iter()
-        .map(|&b| if b < 0x80 { b } else { b'?' })
-        .collect();
+    // The shape Courier 1.0.16 serves (see tests/courier_pop3.rs): a new message of its own
+    // with the original inside as `message/global`.
     let boundary = format!("=_courier-downgrade-{n}");
-    let mut out = ascii_head;
-    out.extend_from_slice(
-        format!(
-            "\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n\
-             --{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
-             Cannot display Unicode content\r\n\r\n--{boundary}\r\n\
-             Content-Type: message/global\r\n\r\n"
-        )
-        .as_bytes(),
-    );
+    let mut out = format!(
+        "From: Mail Delivery Subsystem <postmaster>\r\nSubject: Cannot display Unicode content\r\n\
+         Mime-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain\r\n\r\n\
+         This E-mail message was determined to be Unicode-formatted\r\n\
+         but your E-mail reader does not support Unicode E-mail.\r\n\r\n--{boundary}\r\n\
+         Content-Type: message/global\r\n\r\n"
+    )
+    .into_bytes();
     out.extend_from_slice(original);
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
