@@ -95,11 +95,12 @@ async fn run_serves_health_ready_metrics_and_stops_on_sigterm() {
     let (_, ready) = wait_for(&format!("{base}/readyz"), |s, _| s == 200).await;
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
-    // The poll ran: five messages delivered and deleted from the server.
+    // The poll ran: five messages delivered and deleted from the server. Deliveries are
+    // counted as they happen, the poll's own figures when it ends: wait for both.
     let (_, metrics) = wait_for(&format!("{base}/metrics"), |_, b| {
         b.contains(
             r#"popbridge_deliveries_total{mailbox="alice",outcome="delivered",sink="archive"} 5"#,
-        )
+        ) && b.contains("popbridge_messages_fetched_total")
     })
     .await;
     assert!(
