@@ -8,6 +8,7 @@
 #   no new mail, 10,000 msgs   state primed by an untimed run; the timed run finds nothing new
 #   1000 x 5 KB, +50 ms RTT    through bench/delay_proxy.py: pipelining decides everything
 #   1000 mailboxes x 10        one pass over many accounts
+#   10,000 mailboxes x 5       (WORKLOADS=fleet, not in the default set: about 10 minutes)
 # Each tool runs with its own fresh state per measurement. One untimed warm-up per tool, then
 # REPS alternating runs (default 3; getmail6 GETMAIL_REPS, default 1, it is slow); the table
 # shows medians of wall time, CPU time (user+sys) and peak RSS from /usr/bin/time, each with
@@ -257,6 +258,10 @@ for w in "${WORKLOADS[@]}"; do
     many)
         mapfile -t MANY < <(users many 1000 10 5120)
         workload "1000 mailboxes x 10" "$DC_POP3_PORT" 10000 0 "${MANY[@]}"
+        ;;
+    fleet)
+        mapfile -t FLEET < <(users fleet 10000 5 5120)
+        workload "10,000 mailboxes x 5" "$DC_POP3_PORT" 50000 0 "${FLEET[@]}"
         ;;
     esac
 done
