@@ -374,9 +374,9 @@ async fn record_attempt(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Every pending sink at once, each with its own in-poll retries and the parameters its
 /// target in the route names.
+#[allow(clippy::too_many_arguments)]
 async fn deliver_pending(
     ctx: &MailboxContext,
     msgno: u32,
@@ -402,11 +402,16 @@ async fn deliver_pending(
         r.failures
             .push(routing::unconfigured_text(msgno, &id.uidl, &missing));
     }
-    let messages: Vec<SpooledMessage> = handles
+    // Without a route every sink gets the message as it is; with one, a copy carrying the
+    // parameters of that sink's target.
+    let messages: Vec<std::borrow::Cow<'_, SpooledMessage>> = handles
         .iter()
-        .map(|h| SpooledMessage {
-            params: route.map(|rt| rt.params(&h.name)).unwrap_or_default(),
-            ..message.clone()
+        .map(|h| match route {
+            Some(rt) => std::borrow::Cow::Owned(SpooledMessage {
+                params: rt.params(&h.name),
+                ..message.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(message),
         })
         .collect();
     let outcomes =
@@ -420,7 +425,7 @@ async fn deliver_pending(
                     }) => *first_attempt_at,
                     _ => None,
                 });
-            deliver_to_sink(h, message, key, first, shutdown)
+            deliver_to_sink(h, message.as_ref(), key, first, shutdown)
         }))
         .await;
     for h in &handles {
