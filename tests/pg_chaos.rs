@@ -15,6 +15,7 @@ mod common;
 mod support;
 
 use common::{assert_exactly_once, mail, read_maildir, Bridge, Mailbox, User};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +29,8 @@ mod postgres;
 
 const MAILBOXES: usize = 6;
 const PER_MAILBOX: usize = 20;
+/// Messages per mailbox in each of the two later batches.
+const LATER_BATCH: usize = 6;
 const LEASE_TTL: &str = "2s";
 /// The text of `StoreError::Fenced`, as a replica logs it.
 const FENCED: &str = "its lease is no longer ours";
@@ -130,12 +133,17 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
     let clock = Instant::now();
     let sources: Vec<User> = (0..MAILBOXES).map(|_| dc.add_user("pgcsrc")).collect();
     let targets: Vec<User> = (0..MAILBOXES).map(|_| dc.add_user("pgcdst")).collect();
-    let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
-    for (i, src) in sources.iter().enumerate() {
-        let msgs = mail::corpus(&format!("pgchaos{i}"), PER_MAILBOX);
-        dc.seed(src, &msgs);
-        expected.push(msgs);
-    }
+    // Mail arrives in three batches: one at the start, and one before each of steps 2 and 3,
+    // so those steps always find work under way however fast the first batch went.
+    let expected: RefCell<Vec<Vec<Vec<u8>>>> = RefCell::new(vec![Vec::new(); MAILBOXES]);
+    let seed_batch = |batch: usize, n: usize| {
+        for (i, src) in sources.iter().enumerate() {
+            let msgs = mail::corpus(&format!("pgchaos{i}b{batch}"), n);
+            dc.seed(src, &msgs);
+            expected.borrow_mut()[i].extend(msgs);
+        }
+    };
+    seed_batch(0, PER_MAILBOX);
     // Replicas 0 and 2 share a quick receiver; replica 1 has its own slow one, so the test
     // can pause it while one of its deliveries is in flight.
     let rx = Receiver::start().await;
@@ -259,7 +267,10 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
                 .into_iter()
                 .collect();
             let imap: HashSet<Vec<u8>> = imap_bodies(&targets[i]).into_iter().collect();
-            for m in expected[i].iter().filter(|m| !on_server[i].contains(*m)) {
+            for m in expected.borrow()[i]
+                .iter()
+                .filter(|m| !on_server[i].contains(*m))
+            {
                 let id = mail::id_of(m);
                 assert!(
                     maildir.contains(m),
@@ -344,6 +355,7 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
 
     // 2. PostgreSQL crashes and recovers; the replicas reconnect and go on delivering.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    seed_batch(1, LATER_BATCH);
     let before = rx.requests().len() + slow.requests().len();
     pg.restart_immediate();
     tokio::task::block_in_place(|| {
@@ -356,6 +368,7 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
 
     // 3. SIGSTOP replica 1 while one of its deliveries is in flight, for longer than its
     // lease (its connections stay open: it wakes up stale, not disconnected).
+    seed_batch(2, LATER_BATCH);
     tokio::task::block_in_place(|| {
         wait(
             "a delivery of replica 1 in flight",
@@ -410,6 +423,7 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
     let all_logs = logs(&log_paths);
 
     let (hooked, by_id) = webhook_state(&[&rx, &slow]);
+    let expected = expected.into_inner();
     let all: Vec<Vec<u8>> = expected.iter().flatten().cloned().collect();
     eprintln!("checking S3");
     assert_exactly_once(&all, &support::s3::objects(&s3.root));
