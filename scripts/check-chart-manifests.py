@@ -293,6 +293,25 @@ def check_servicemonitor(sm, svc):
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
 
+def promtool_check_rules(groups):
+    """`promtool check rules` parses every expression and every annotation template the way
+    Prometheus will. promtool comes with Debian's prometheus package (scripts/test.sh installs it);
+    it may be missing only when CI is explicitly false."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("promtool") is None:
+        check(os.environ.get("CI", "true") == "false", "promtool not found (Debian package prometheus)")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": groups}, f, sort_keys=False)
+        f.flush()
+        out = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+    check(out.returncode == 0, f"promtool check rules: {out.stdout}{out.stderr}")
+
+
 def check_prometheusrule(pr, values):
     import promql_parser
 
@@ -326,6 +345,7 @@ def check_prometheusrule(pr, values):
                         continue
                     check((r.get("labels") or {}).get(k) == v, f"{name}: alert label {k} missing")
     check(len(alerts) == len(set(alerts)), "duplicate alert names")
+    promtool_check_rules(groups)
     for required in ("PopbridgePollStale", "PopbridgeDeadLetters", "PopbridgeDeadLettersGrowing",
                      "PopbridgeTLSCertificateExpiring", "PopbridgePollErrors", "PopbridgeAuthFailing",
                      "PopbridgePollPanicked"):

@@ -27,6 +27,8 @@
 #        security context, Secret via envFrom, config checksum.
 #      The Grafana dashboard (dashboards/popbridge.json, optionally a ConfigMap for Grafana's
 #      sidecar): every query parses as PromQL and names only exported metrics.
+#      `promtool check rules` (when installed; required unless CI=false) on the rendered rules,
+#      annotation templates included.
 #   4. The config checksum annotation changes when, and only when, the config changes.
 #   5. The rendered NOTES.txt.
 #   6. Negative tests: typo'd or forbidden values (replicaCount=2 on SQLite, unknown keys, a

@@ -96,3 +96,11 @@ PromQL label matchers selecting this release's series (without braces).
 {{- printf "job=%q,namespace=%q" (include "popbridge.fullname" .) .Release.Namespace }}
 {{- end }}
 {{- end }}
+
+{{/*
+The mailbox an alert is about, as Prometheus renders it: "mailbox NAME", or, in the default
+bounded-metrics mode where every series carries mailbox="_all", a pointer to where the name is.
+*/}}
+{{- define "popbridge.alertMailbox" -}}
+{{`{{ if eq $labels.mailbox "_all" }}mailbox (one of them: per-mailbox series are off, set http.per_mailbox_metrics: true or read the log){{ else }}mailbox {{ $labels.mailbox }}{{ end }}`}}
+{{- end }}
