@@ -187,6 +187,54 @@ fn imap_sink(name: &str, cred: &str, accounts: &[(&str, &User)]) -> String {
     s
 }
 
+/// A token endpoint (tokens live `lifetime` seconds) with the rotating client `delegated-app`,
+/// and a new user holding one of its refresh tokens.
+fn delegated(
+    dc: &Dovecot,
+    lifetime: u64,
+    prefix: &str,
+    client: Client,
+) -> (TokenEndpoint, User, String) {
+    let ep = endpoint(dc, lifetime);
+    ep.add_client(
+        "delegated-app",
+        Client {
+            rotate: true,
+            ..client
+        },
+    );
+    let user = dc.add_user(prefix);
+    let seed = ep.grant_refresh_token("delegated-app", &user.name);
+    (ep, user, seed)
+}
+
+/// The config of mailbox `box` logging in as `user` with the refresh token in `${PB_TEST_RT}`
+/// (credential `me`, with `oauth_extra` lines), into the Maildir and, with `imap`, the user's
+/// own IMAP account; `head` goes between `state:` and `oauth2:` (an `http:` block).
+fn refresh_token_yaml(
+    ep: &TokenEndpoint,
+    user: &User,
+    head: &str,
+    oauth_extra: &str,
+    imap: bool,
+) -> String {
+    let (mb, sink) = if imap {
+        (
+            mailbox("box", user, "me", "imap"),
+            imap_sink("imap", "me", &[("box", user)]),
+        )
+    } else {
+        (
+            mailbox("box", user, "me", "archive").replace("[archive, archive]", "[archive]"),
+            String::new(),
+        )
+    };
+    format!(
+        "state:\n  path: ./state/popbridge.db\n{head}oauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\n{oauth_extra}mailboxes:\n{mb}sinks:\n{MAILDIR}{sink}",
+        url = ep.url,
+    )
+}
+
 /// Plain text messages (the corpus's byte-exactness is covered elsewhere; here what matters
 /// is that each arrives once).
 fn msgs(tag: &str, n: usize) -> Vec<Vec<u8>> {
@@ -200,22 +248,8 @@ const MAILDIR: &str = "  - name: archive\n    type: maildir\n    path: ./mail/{m
 #[test]
 fn refresh_token_rotation_is_persisted_and_used_for_pop3_and_imap() {
     let dc = oauth2_dovecot_or_skip!();
-    let ep = endpoint(dc, 300);
-    ep.add_client(
-        "delegated-app",
-        Client {
-            rotate: true,
-            ..Default::default()
-        },
-    );
-    let user = dc.add_user("oart");
-    let seed = ep.grant_refresh_token("delegated-app", &user.name);
-    let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
-        url = ep.url,
-        mb = mailbox("box", &user, "me", "imap"),
-        imap = imap_sink("imap", "me", &[("box", &user)]),
-    );
+    let (ep, user, seed) = delegated(dc, 300, "oart", Client::default());
+    let yaml = refresh_token_yaml(&ep, &user, "", "", true);
     let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &seed)]);
     let first = msgs("oart-1", 3);
     dc.seed(&user, &first);
@@ -367,27 +401,10 @@ fn tokens_expiring_during_a_daemon_run_are_refreshed_without_restart() {
     let dc = oauth2_dovecot_or_skip!();
     // Four-second tokens refreshed at half their life (2 s of margin, for a loaded machine):
     // a run of 15 s or more outlives several of them.
-    let ep = endpoint(dc, 4);
-    ep.add_client(
-        "delegated-app",
-        Client {
-            rotate: true,
-            ..Default::default()
-        },
-    );
-    let user = dc.add_user("oadm");
-    let seed = ep.grant_refresh_token("delegated-app", &user.name);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\nhttp:\n  listen: 127.0.0.1:{port}\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\n    refresh_at: 0.5\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
-        url = ep.url,
-        mb = mailbox("box", &user, "me", "imap"),
-        imap = imap_sink("imap", "me", &[("box", &user)]),
-    );
+    let (ep, user, seed) = delegated(dc, 4, "oadm", Client::default());
+    let port = common::free_port();
+    let http = format!("http:\n  listen: 127.0.0.1:{port}\n");
+    let yaml = refresh_token_yaml(&ep, &user, &http, "    refresh_at: 0.5\n", true);
     let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &seed)]);
     let child = bridge.command(&["run"]).spawn().unwrap();
     let started = Instant::now();
@@ -431,22 +448,8 @@ fn tokens_expiring_during_a_daemon_run_are_refreshed_without_restart() {
 #[test]
 fn a_transient_failure_keeps_the_stored_token_and_invalid_grant_asks_for_relogin() {
     let dc = oauth2_dovecot_or_skip!();
-    let ep = endpoint(dc, 300);
-    ep.add_client(
-        "delegated-app",
-        Client {
-            rotate: true,
-            ..Default::default()
-        },
-    );
-    let user = dc.add_user("oatr");
-    let seed = ep.grant_refresh_token("delegated-app", &user.name);
-    let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
-        url = ep.url,
-        mb = mailbox("box", &user, "me", "imap"),
-        imap = imap_sink("imap", "me", &[("box", &user)]),
-    );
+    let (ep, user, seed) = delegated(dc, 300, "oatr", Client::default());
+    let yaml = refresh_token_yaml(&ep, &user, "", "", true);
     let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &seed)]);
     let out = bridge.once();
     assert_eq!(out.code, Some(0), "{}", out.text);
@@ -812,27 +815,11 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 #[test]
 fn a_revoked_refresh_token_makes_the_daemon_not_ready_and_is_counted() {
     let dc = oauth2_dovecot_or_skip!();
-    let ep = endpoint(dc, 300);
-    ep.add_client(
-        "delegated-app",
-        Client {
-            rotate: true,
-            ..Default::default()
-        },
-    );
-    let user = dc.add_user("oard");
-    let dead = ep.grant_refresh_token("delegated-app", &user.name);
+    let (ep, user, dead) = delegated(dc, 300, "oard", Client::default());
     ep.revoke_all();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = format!(
-        "state:\n  path: ./state/popbridge.db\nhttp:\n  listen: 127.0.0.1:{port}\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}",
-        url = ep.url,
-        mb = mailbox("box", &user, "me", "archive").replace("[archive, archive]", "[archive]"),
-    );
+    let port = common::free_port();
+    let http = format!("http:\n  listen: 127.0.0.1:{port}\n");
+    let yaml = refresh_token_yaml(&ep, &user, &http, "", false);
     let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &dead)]);
     let child = bridge.command(&["run"]).spawn().unwrap();
     let mut ready = (0, String::new());
@@ -879,23 +866,13 @@ fn a_revoked_refresh_token_makes_the_daemon_not_ready_and_is_counted() {
 fn a_kill_between_a_rotation_and_its_write_recovers_where_the_provider_allows_it() {
     let dc = oauth2_dovecot_or_skip!();
     for keep_old in [true, false] {
-        let ep = endpoint(dc, 300);
-        ep.add_client(
-            "delegated-app",
-            Client {
-                rotate: true,
-                keep_old,
-                ..Default::default()
-            },
-        );
-        let user = dc.add_user(if keep_old { "oakk" } else { "oakr" });
-        let seed = ep.grant_refresh_token("delegated-app", &user.name);
-        let yaml = format!(
-            "state:\n  path: ./state/popbridge.db\noauth2:\n  me:\n    grant: refresh_token\n    token_url: {url}\n    client_id: delegated-app\n    refresh_token: ${{PB_TEST_RT}}\nmailboxes:\n{mb}sinks:\n{MAILDIR}{imap}",
-            url = ep.url,
-            mb = mailbox("box", &user, "me", "imap"),
-            imap = imap_sink("imap", "me", &[("box", &user)]),
-        );
+        let prefix = if keep_old { "oakk" } else { "oakr" };
+        let client = Client {
+            keep_old,
+            ..Default::default()
+        };
+        let (ep, user, seed) = delegated(dc, 300, prefix, client);
+        let yaml = refresh_token_yaml(&ep, &user, "", "", true);
         let bridge = Bridge::new(dc, &yaml, &[("PB_TEST_RT", &seed)]);
         let first = msgs(if keep_old { "oakk-1" } else { "oakr-1" }, 2);
         dc.seed(&user, &first);
