@@ -9,55 +9,13 @@
 mod common;
 mod support;
 
-use common::{assert_exactly_once, mail, read_maildir, Bridge, Mailbox, User};
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use common::{assert_exactly_once, imap_bodies, mail, maildir_bodies, Bridge, Mailbox, User};
+use std::collections::HashSet;
 use std::time::Duration;
-use support::receiver::Receiver;
+use support::receiver::{webhook_state, Receiver};
 use support::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 const PER_MAILBOX: usize = 400;
-
-fn bodies(dir: &Path) -> Vec<Vec<u8>> {
-    read_maildir(dir).into_iter().map(|(_, b)| b).collect()
-}
-
-/// The messages of an IMAP account as IMAP shows them: Dovecot keeps them on disk with LF line
-/// endings (`mail_save_crlf = no`) and gives them back with CRLF.
-fn imap_bodies(user: &User) -> Vec<Vec<u8>> {
-    bodies(&user.maildir)
-        .into_iter()
-        .map(|b| {
-            let mut out = Vec::with_capacity(b.len() + b.len() / 40);
-            for (i, &c) in b.iter().enumerate() {
-                if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
-                    out.push(b'\r');
-                }
-                out.push(c);
-            }
-            out
-        })
-        .collect()
-}
-
-/// Every body seen under one `webhook-id`.
-type BodiesById = HashMap<String, HashSet<Vec<u8>>>;
-
-/// Bodies the receiver answered 2xx for, and every body seen per `webhook-id`.
-fn webhook_state(rx: &Receiver) -> (HashSet<Vec<u8>>, BodiesById) {
-    let mut ok = HashSet::new();
-    let mut by_id = BodiesById::new();
-    for r in rx.requests() {
-        by_id
-            .entry(r.header("webhook-id"))
-            .or_default()
-            .insert(r.body.clone());
-        if (200..300).contains(&r.status) {
-            ok.insert(r.body);
-        }
-    }
-    (ok, by_id)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_with_every_sink_loses_and_duplicates_nothing() {
@@ -113,11 +71,11 @@ async fn sigkill_at_random_moments_with_every_sink_loses_and_duplicates_nothing(
 
     // Every message that left a POP3 mailbox is in every sink.
     let check_nothing_lost = |when: &str| {
-        let (hooked, _) = webhook_state(&rx);
+        let (hooked, _) = webhook_state(&[&rx]);
         let in_s3: HashSet<Vec<u8>> = support::s3::objects(&s3.root).into_iter().collect();
         for (i, src) in sources.iter().enumerate() {
             let on_server: HashSet<Vec<u8>> = dc.list_server_messages(src).into_iter().collect();
-            let maildir: HashSet<Vec<u8>> = bodies(&bridge.maildir(&targets[i].name))
+            let maildir: HashSet<Vec<u8>> = maildir_bodies(&bridge.maildir(&targets[i].name))
                 .into_iter()
                 .collect();
             let imap: HashSet<Vec<u8>> = imap_bodies(&targets[i]).into_iter().collect();
@@ -171,7 +129,7 @@ async fn sigkill_at_random_moments_with_every_sink_loses_and_duplicates_nothing(
     );
     check_nothing_lost("at the end");
 
-    let (hooked, by_id) = webhook_state(&rx);
+    let (hooked, by_id) = webhook_state(&[&rx]);
     let in_s3 = support::s3::objects(&s3.root);
     let all: Vec<Vec<u8>> = expected.iter().flatten().cloned().collect();
     assert_exactly_once(&all, &in_s3);
@@ -180,7 +138,10 @@ async fn sigkill_at_random_moments_with_every_sink_loses_and_duplicates_nothing(
             dc.list_server_messages(src).is_empty(),
             "mailbox {i} emptied"
         );
-        assert_exactly_once(&expected[i], &bodies(&bridge.maildir(&targets[i].name)));
+        assert_exactly_once(
+            &expected[i],
+            &maildir_bodies(&bridge.maildir(&targets[i].name)),
+        );
         assert_exactly_once(&expected[i], &imap_bodies(&targets[i]));
     }
     for m in &all {

@@ -14,14 +14,13 @@
 mod common;
 mod support;
 
-use common::{assert_exactly_once, mail, read_maildir, Bridge, Mailbox, User};
+use common::{assert_exactly_once, imap_bodies, mail, maildir_bodies, Bridge, Mailbox, User};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::receiver::Receiver;
+use support::receiver::{webhook_state, Receiver};
 use support::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 #[path = "common/postgres.rs"]
@@ -57,46 +56,6 @@ CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON deliveries
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON retrieval_failures
   FOR EACH ROW EXECUTE FUNCTION audit_owner();
 ";
-
-fn bodies(dir: &Path) -> Vec<Vec<u8>> {
-    read_maildir(dir).into_iter().map(|(_, b)| b).collect()
-}
-
-/// An IMAP account's messages as IMAP gives them back (Dovecot stores LF, serves CRLF).
-fn imap_bodies(user: &User) -> Vec<Vec<u8>> {
-    bodies(&user.maildir)
-        .into_iter()
-        .map(|b| {
-            let mut out = Vec::with_capacity(b.len() + b.len() / 40);
-            for (i, &c) in b.iter().enumerate() {
-                if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
-                    out.push(b'\r');
-                }
-                out.push(c);
-            }
-            out
-        })
-        .collect()
-}
-
-/// Every body seen under one `webhook-id`.
-type BodiesById = HashMap<String, HashSet<Vec<u8>>>;
-
-/// Bodies answered 2xx, and every body seen per `webhook-id`, over both receivers.
-fn webhook_state(rxs: &[&Receiver]) -> (HashSet<Vec<u8>>, BodiesById) {
-    let mut ok = HashSet::new();
-    let mut by_id = BodiesById::new();
-    for r in rxs.iter().flat_map(|rx| rx.requests()) {
-        by_id
-            .entry(r.header("webhook-id"))
-            .or_default()
-            .insert(r.body.clone());
-        if (200..300).contains(&r.status) {
-            ok.insert(r.body);
-        }
-    }
-    (ok, by_id)
-}
 
 async fn sql(url: &str, text: &str) -> Vec<String> {
     use sqlx::{Connection, Row};
@@ -219,7 +178,10 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
             .arg(&configs[i])
             .current_dir(bridge.dir.path())
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                "info,popbridge::sink::imap=debug,popbridge::engine=debug",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -263,7 +225,7 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
         let (hooked, _) = webhook_state(&[&rx, &slow]);
         let in_s3: HashSet<Vec<u8>> = support::s3::objects(&s3.root).into_iter().collect();
         for i in 0..sources.len() {
-            let maildir: HashSet<Vec<u8>> = bodies(&bridge.maildir(&targets[i].name))
+            let maildir: HashSet<Vec<u8>> = maildir_bodies(&bridge.maildir(&targets[i].name))
                 .into_iter()
                 .collect();
             let imap: HashSet<Vec<u8>> = imap_bodies(&targets[i]).into_iter().collect();
@@ -429,7 +391,7 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
     assert_exactly_once(&all, &support::s3::objects(&s3.root));
     for (i, t) in targets.iter().enumerate() {
         eprintln!("checking the Maildir of mailbox {i}");
-        assert_exactly_once(&expected[i], &bodies(&bridge.maildir(&t.name)));
+        assert_exactly_once(&expected[i], &maildir_bodies(&bridge.maildir(&t.name)));
         eprintln!("checking the IMAP account of mailbox {i}");
         assert_exactly_once(&expected[i], &imap_bodies(t));
     }

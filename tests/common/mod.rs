@@ -98,6 +98,29 @@ fn try_read_maildir(dir: &Path) -> Option<Vec<(String, Vec<u8>)>> {
     Some(out)
 }
 
+/// The message bodies of a Maildir, without their file names.
+pub fn maildir_bodies(dir: &Path) -> Vec<Vec<u8>> {
+    read_maildir(dir).into_iter().map(|(_, b)| b).collect()
+}
+
+/// A Dovecot IMAP account's messages as IMAP gives them back: Dovecot stores them with LF line
+/// endings (`mail_save_crlf = no`) and serves CRLF.
+pub fn imap_bodies(user: &User) -> Vec<Vec<u8>> {
+    maildir_bodies(&user.maildir)
+        .into_iter()
+        .map(|b| {
+            let mut out = Vec::with_capacity(b.len() + b.len() / 40);
+            for (i, &c) in b.iter().enumerate() {
+                if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
+                    out.push(b'\r');
+                }
+                out.push(c);
+            }
+            out
+        })
+        .collect()
+}
+
 /// Asserts `delivered` holds each of `expected` exactly once, byte for byte, and nothing else.
 /// Reports by `X-Pb-Id` so a failure names the messages.
 pub fn assert_exactly_once(expected: &[Vec<u8>], delivered: &[Vec<u8>]) {

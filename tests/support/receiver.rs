@@ -196,3 +196,23 @@ print("verified", len(json.load(open(cases_path))))
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim(), format!("verified {}", requests.len()));
 }
+
+/// Every body seen under one `webhook-id`.
+pub type BodiesById = std::collections::HashMap<String, std::collections::HashSet<Vec<u8>>>;
+
+/// The bodies some receiver answered 2xx for, and every body seen per `webhook-id`, over
+/// `receivers`.
+pub fn webhook_state(receivers: &[&Receiver]) -> (std::collections::HashSet<Vec<u8>>, BodiesById) {
+    let mut ok = std::collections::HashSet::new();
+    let mut by_id = BodiesById::new();
+    for r in receivers.iter().flat_map(|rx| rx.requests()) {
+        by_id
+            .entry(r.header("webhook-id"))
+            .or_default()
+            .insert(r.body.clone());
+        if (200..300).contains(&r.status) {
+            ok.insert(r.body);
+        }
+    }
+    (ok, by_id)
+}
