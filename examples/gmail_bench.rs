@@ -65,6 +65,7 @@ async fn run(
                 sha256: hex::encode(Sha256::digest(&body)),
                 fetched_at: chrono::Utc::now(),
                 seen_before: false,
+                owner: Default::default(),
                 params: Default::default(),
             }
         })

@@ -190,13 +190,15 @@ impl App {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             // On PostgreSQL each mailbox writes through a handle fenced by its lease.
-            let mailbox_store: Arc<dyn Store> = match &pg {
+            let (mailbox_store, owner): (Arc<dyn Store>, _) = match &pg {
                 Some(pg) => {
                     let slot = Arc::new(LeaseSlot::new(m.name.clone()));
                     slots.push(slot.clone());
-                    Arc::new(pg.bound(slot))
+                    let held = slot.clone();
+                    let owner = crate::sink::Ownership::new(move || held.is_held());
+                    (Arc::new(pg.bound(slot)), owner)
                 }
-                None => store.clone(),
+                None => (store.clone(), crate::sink::Ownership::default()),
             };
             mailboxes.push(Arc::new(MailboxContext {
                 mailbox: m.clone(),
@@ -209,6 +211,7 @@ impl App {
                 max_retrieval_failures: config.limits.max_retrieval_failures,
                 poll_timeout: config.limits.poll_timeout,
                 last_prune: Default::default(),
+                owner,
             }));
         }
         let servers: Vec<String> = config.mailboxes.iter().map(|m| m.pop3.server()).collect();

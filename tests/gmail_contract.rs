@@ -61,6 +61,7 @@ async fn sink_traffic_and_test_server_follow_the_official_client() {
             sha256: hex::encode(Sha256::digest(&body)),
             fetched_at: chrono::Utc::now(),
             seen_before: n == 1,
+            owner: Default::default(),
             params: Default::default(),
         };
         sink.deliver(&msg, &IdempotencyKey::derive("carol", &n.to_string()))

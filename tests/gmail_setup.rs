@@ -129,6 +129,7 @@ async fn check_result(s: &Setup, code: Option<i32>, stdout: &str, stderr: &str) 
         sha256: hex::encode(Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     };
     sink.deliver(&msg, &IdempotencyKey::derive("alice", "1"))

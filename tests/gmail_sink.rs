@@ -35,6 +35,7 @@ fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessa
         sha256: hex::encode(Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before,
+        owner: Default::default(),
         params: Default::default(),
     }
 }

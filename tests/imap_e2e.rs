@@ -457,6 +457,7 @@ fn spooled(dir: &std::path::Path, mailbox: &str, body: &[u8]) -> popbridge::sink
         sha256: hex::encode(sha2::Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     }
 }
@@ -483,6 +484,41 @@ async fn a_message_with_nul_is_stored_with_its_nul() {
         lf,
         "stored as sent, NUL included"
     );
+}
+
+/// A replica paused past its lease wakes up with this delivery queued: it is not appended (the
+/// new owner appends it), and goes out once the mailbox is owned again.
+#[tokio::test]
+async fn a_delivery_whose_mailbox_changed_owner_is_not_appended() {
+    use popbridge::sink::{DeliveryError, Ownership, Sink};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imown");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = library_sink(dc, &dst, "");
+    let owned = Arc::new(AtomicBool::new(false));
+    let flag = owned.clone();
+    let mut msg = spooled(
+        dir.path(),
+        &dst.name,
+        b"Subject: owner\r\nMessage-ID: <owner@test>\r\n\r\nbody\r\n",
+    );
+    msg.owner = Ownership::new(move || flag.load(Ordering::SeqCst));
+    let key = popbridge::key::IdempotencyKey::derive(&dst.name, "u1");
+    match sink.deliver(&msg, &key).await {
+        Err(DeliveryError::Retryable { message, .. }) => {
+            assert!(message.contains("lease"), "{message}")
+        }
+        other => panic!("expected a retryable refusal, got {other:?}"),
+    }
+    assert!(
+        dc.list_server_messages(&dst).is_empty(),
+        "appended without the lease"
+    );
+    owned.store(true, Ordering::SeqCst);
+    sink.deliver(&msg, &key).await.unwrap();
+    assert_eq!(dc.list_server_messages(&dst).len(), 1);
 }
 
 #[tokio::test]

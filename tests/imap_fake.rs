@@ -307,6 +307,7 @@ fn spool(dir: &Path, body: &[u8]) -> SpooledMessage {
         sha256: hex::encode(sha2::Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     }
 }

@@ -241,6 +241,7 @@ fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessa
         sha256: hex::encode(sha2::Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before,
+        owner: Default::default(),
         params: Default::default(),
     }
 }

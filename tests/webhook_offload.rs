@@ -106,6 +106,7 @@ fn spool(dir: &Path, name: &str, body: &[u8]) -> SpooledMessage {
         sha256: hex::encode(Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     }
 }

@@ -155,6 +155,7 @@ fn message(dir: &Path) -> SpooledMessage {
         sha256: "00".into(),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     }
 }

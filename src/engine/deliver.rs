@@ -159,6 +159,13 @@ pub async fn deliver_to_sink(
     // its whole retry window after it (the store keeps the time of the first failure).
     let mut recorded_at = None;
     let result = loop {
+        if !message.owner.is_current() {
+            // Paused past the lease: the new owner delivers it; not a failure of the sink.
+            break OutcomeResult::Retry {
+                error: crate::sink::Ownership::lost().to_string(),
+                next_attempt_at: crate::store::now_millis(),
+            };
+        }
         attempts += 1;
         let (text, retry_after) = match handle.sink.deliver(message, key).await {
             Ok(receipt) => {

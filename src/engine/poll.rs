@@ -52,6 +52,8 @@ pub struct MailboxContext {
     pub poll_timeout: Duration,
     /// When this mailbox's history was last pruned (Unix ms).
     pub last_prune: AtomicI64,
+    /// Whether this process still owns the mailbox (its lease on PostgreSQL), for the sinks.
+    pub owner: crate::sink::Ownership,
 }
 
 /// Prune a mailbox's history at most this often.

@@ -43,6 +43,46 @@ pub struct SpooledMessage {
     /// `prefix`, `path`, `header.<Name>`; see `route::config::supported_params`). Empty without
     /// rules. A sink reads only its own keys; validation made sure no other reaches it.
     pub params: std::collections::BTreeMap<String, String>,
+    /// Whether this process still owns the message's mailbox. Checked right before the bytes
+    /// go out wherever a delivery may have waited (a retry, a queue, a permit).
+    pub owner: Ownership,
+}
+
+/// Whether this process still owns a mailbox: on PostgreSQL, its lease is held and before the
+/// local deadline; otherwise always. State writes are fenced by the lease, a sink's write
+/// cannot be: a replica that was paused (SIGSTOP, a frozen VM) past its lease wakes up with
+/// deliveries in flight while the new owner, finding no copy yet, sends the same messages. So
+/// the engine checks before each attempt and a sink that queues (IMAP windows, permits) checks
+/// again before sending. What is left is a pause between that check and the write itself.
+#[derive(Clone, Default)]
+pub struct Ownership(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl Ownership {
+    /// Owned while `still` says so.
+    pub fn new(still: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(still)))
+    }
+
+    pub fn is_current(&self) -> bool {
+        self.0.as_ref().is_none_or(|still| still())
+    }
+
+    /// The retryable error of a delivery not sent because the mailbox changed owner.
+    pub fn lost() -> DeliveryError {
+        DeliveryError::retryable(
+            "not sent: this replica no longer holds the mailbox's lease (the new owner delivers it)",
+        )
+    }
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Ownership(lease)"
+        } else {
+            "Ownership(always)"
+        })
+    }
 }
 
 /// Proof that a sink holds the message durably. Stored in the state as JSON.

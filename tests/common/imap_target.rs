@@ -94,6 +94,7 @@ pub fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledM
         sha256: hex::encode(sha2::Sha256::digest(body)),
         fetched_at: chrono::Utc::now(),
         seen_before,
+        owner: Default::default(),
         params: Default::default(),
     }
 }

@@ -64,6 +64,7 @@ fn message() -> SpooledMessage {
         sha256: String::new(),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     }
 }
@@ -258,4 +259,60 @@ async fn a_paused_target_waits_until_the_pause_ends_without_dead_letter_or_circu
         h.circuit.open_until(crate::store::now_millis()).is_none(),
         "a paused target opens no circuit"
     );
+}
+
+/// A replica paused past its lease wakes up inside the retry loop: the next attempt is not
+/// sent (the new owner sends it), and nothing is counted against the sink.
+#[tokio::test]
+async fn an_attempt_after_the_lease_was_lost_is_not_sent() {
+    let owned = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = owned.clone();
+    let mut m = message();
+    m.owner = crate::sink::Ownership::new(move || flag.load(Ordering::SeqCst));
+    let s = Scripted::new(vec![
+        Err(DeliveryError::retryable("503")),
+        Ok(Receipt::new("ok")),
+    ]);
+    // The first attempt fails; the lease is lost before the retry.
+    let sink: Arc<dyn Sink> = Arc::new(LoseLeaseAfterCall {
+        inner: s.clone(),
+        owned: owned.clone(),
+    });
+    let key = IdempotencyKey::derive("alice", "u1");
+    let h = SinkHandle::new("s", sink, policy());
+    let o = deliver_to_sink(&h, &m, &key, None, &CancellationToken::new()).await;
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1, "the retry was sent");
+    match o.result {
+        OutcomeResult::Retry { error, .. } => assert!(error.contains("lease"), "{error}"),
+        other => panic!("expected a retry later, got {other:?}"),
+    }
+    // Not owned from the start: never sent at all.
+    let o = deliver_to_sink(&h, &m, &key, None, &CancellationToken::new()).await;
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(o.attempts_made, 0);
+}
+
+/// Forwards to `inner`, then marks the lease lost.
+struct LoseLeaseAfterCall {
+    inner: Arc<Scripted>,
+    owned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl Sink for LoseLeaseAfterCall {
+    fn name(&self) -> &str {
+        "lose-lease"
+    }
+    async fn deliver(
+        &self,
+        m: &SpooledMessage,
+        k: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let r = self.inner.deliver(m, k).await;
+        self.owned.store(false, Ordering::SeqCst);
+        r
+    }
+    async fn healthcheck(&self) -> Result<(), DeliveryError> {
+        Ok(())
+    }
 }

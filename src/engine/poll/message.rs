@@ -89,6 +89,7 @@ pub(super) async fn process(
         fetched_at: chrono::Utc::now(),
         seen_before: id.state.is_some(),
         params: Default::default(),
+        owner: ctx.owner.clone(),
     };
     record_attempt(ctx, item, &retrieved, &id, &key, route.as_ref(), now).await?;
     let outcomes = deliver_pending(

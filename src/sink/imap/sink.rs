@@ -345,6 +345,18 @@ impl ImapSink {
                 Err(e) => done.push((job, Err(e))),
             }
         }
+        // The jobs may have waited for the session (and the search above took round trips):
+        // a job whose mailbox changed owner meanwhile is not sent (see `Ownership`).
+        let (to_append, lost): (Vec<Job>, Vec<Job>) = to_append
+            .into_iter()
+            .partition(|j| j.message.owner.is_current());
+        for job in lost {
+            let e = ImapError::Protocol {
+                server: self.server(),
+                detail: crate::sink::Ownership::lost().to_string(),
+            };
+            done.push((job, Err(e)));
+        }
         if to_append.is_empty() {
             return done;
         }

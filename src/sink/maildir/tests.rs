@@ -13,6 +13,7 @@ fn message(dir: &std::path::Path, body: &[u8]) -> SpooledMessage {
         sha256: String::new(),
         fetched_at: chrono::Utc::now(),
         seen_before: false,
+        owner: Default::default(),
         params: Default::default(),
     }
 }
