@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod config_value;
 pub mod content;
 pub mod cutover;
 pub mod engine;

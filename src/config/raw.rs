@@ -1,8 +1,8 @@
 //! The configuration file as written: serde structs that reject unknown keys. Validation into
 //! [`super::model`] happens in [`super::validate`].
 
-use super::duration::ConfigDuration;
-use super::interpolate::{Interpolated, SecretValue};
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::{Interpolated, SecretValue};
 use crate::sink::maildir::MaildirSinkConfig;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;

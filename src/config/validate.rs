@@ -11,6 +11,7 @@ use super::raw::{
     RawAuth, RawConfig, RawDelete, RawHttp, RawLimits, RawMailbox, RawPop3, RawRetry, RawSchedule,
     RawSink, RawTls,
 };
+use crate::config_value::resolve;
 use crate::oauth2::config::RawCredential;
 use crate::oauth2::{Provider, TokenSource};
 use crate::pop3::{AuthMethod, ClientConfig, TlsMode};
@@ -189,16 +190,6 @@ fn sink_type(kind: &crate::config::SinkKind) -> &'static str {
         SinkKind::S3(_) => "s3",
         SinkKind::Imap(_) => "imap",
         SinkKind::Gmail(_) => "gmail",
-    }
-}
-
-/// A path from the config: absolute as written, relative to the config file's directory.
-pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
     }
 }
 
@@ -768,8 +759,8 @@ impl Validator<'_> {
     fn secret(
         &mut self,
         at: &str,
-        password: Option<super::interpolate::SecretValue>,
-        password_file: Option<super::interpolate::Interpolated>,
+        password: Option<crate::config_value::interpolate::SecretValue>,
+        password_file: Option<crate::config_value::interpolate::Interpolated>,
     ) -> Option<Secret> {
         let secret = match (password, password_file) {
             (Some(p), None) => p.into_secret(),
