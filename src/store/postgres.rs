@@ -20,9 +20,6 @@ pub use leases::{Claimed, PollTimes, LEASES_CHANNEL};
 #[cfg(test)]
 mod tests;
 
-/// Longest wait for one database call (a transaction counts as one).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How to reach the database.
 #[derive(Clone, Debug)]
 pub struct PgSettings {
@@ -49,7 +46,7 @@ pub struct PgStore {
 
 impl PgSettings {
     /// From the validated config, reading `password_file` now.
-    pub fn from_config(c: &crate::config::PostgresState) -> Result<Self, StoreError> {
+    pub fn from_config(c: &super::config::PostgresState) -> Result<Self, StoreError> {
         let password = match &c.password_file {
             None => None,
             Some(path) => Some(crate::secret::Secret::new(
