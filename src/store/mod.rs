@@ -18,7 +18,7 @@ pub use lock::PollLock;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use crate::sink::Receipt;
+use crate::receipt::Receipt;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::HashMap;
