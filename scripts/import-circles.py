@@ -7,7 +7,10 @@
 
 A module naming its own children (`mod child; pub use child::Type`, a module map) is the module
 tree, not a dependency, so those edges are left out; a child using its parent's items is kept.
-Exit status 1 when a circle is found.
+A path through such a re-export (`crate::store::SqliteStore`, `crate::config::Config` from
+`pub use model::*`) counts as an edge to the child that defines the item, so a circle inside a
+top-level module is not hidden behind its `mod.rs`.
+Exit status 1 when a circle is found (between files, or between top-level modules).
 """
 
 import os
@@ -42,20 +45,66 @@ def strip_tests(text):
     return "".join(out)
 
 
+def use_trees(text, only_pub=False):
+    """The trees of `use` items, whitespace removed, `x as y` written `x@y`."""
+    pattern = r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);" if only_pub else r"\buse\s+([^;]+);"
+    for m in re.finditer(pattern, text):
+        yield re.sub(r"\s+", "", re.sub(r"\s+as\s+", "@", m.group(1)))
+
+
 def expand_uses(text):
     """`use a::{b, c::{d}}` -> paths a::b, a::c::d; plus inline `crate::x::y` paths."""
     paths = []
-    for m in re.finditer(r"\buse\s+([^;]+);", text):
-        paths.extend(expand(m.group(1).replace(" ", "").replace("\n", "")))
+    for tree in use_trees(text):
+        paths.extend(p.split("@")[0] for p in expand(tree))
     for m in re.finditer(r"(?<![\w:])((?:crate|super|self)(?:::\w+)+)", text):
         paths.append(m.group(1))
     return paths
 
 
+def public_names(text):
+    """Names a file makes public: its items and its (non-glob) re-exports."""
+    names = set(
+        re.findall(
+            r"\bpub(?:\([^)]*\))?\s+(?:async\s+|unsafe\s+|const\s+)*"
+            r"(?:struct|enum|union|fn|type|const|static|trait|mod)\s+(\w+)",
+            text,
+        )
+    )
+    for tree in use_trees(text, only_pub=True):
+        for p in expand(tree):
+            name = p.split("@")[-1].split("::")[-1]
+            if name != "*":
+                names.add(name)
+    return names
+
+
+def reexports(texts, modules):
+    """Per module, the items it re-exports from its own descendants (`pub use child::T`,
+    `pub use child::*`): {module: ({name: child}, [glob children])}."""
+    out = {}
+    for mod, text in texts.items():
+        named, globs = {}, []
+        for tree in use_trees(text, only_pub=True):
+            for p in expand(tree):
+                path, _, alias = p.partition("@")
+                target = resolve(path, mod, modules)
+                if target is None or len(target) <= len(mod) or target[: len(mod)] != mod:
+                    continue
+                name = alias or path.split("::")[-1]
+                if name == "*":
+                    globs.append(target)
+                elif name != "self":
+                    named[name] = target
+        if named or globs:
+            out[mod] = (named, globs)
+    return out
+
+
 def expand(tree):
     i = tree.find("{")
     if i < 0:
-        return [re.sub(r"as\w+$", "", tree)]
+        return [tree]
     prefix, inner = tree[:i], tree[i + 1 : tree.rfind("}")]
     items, depth, cur = [], 0, ""
     for ch in inner:
@@ -73,7 +122,9 @@ def expand(tree):
     return out
 
 
-def resolve(path, here, modules):
+def resolve(path, here, modules, reexported=None, names=None):
+    """The module `path` (as written in `here`) names; with `reexported`, a re-exported item
+    is followed to the descendant module that defines it."""
     segs = path.split("::")
     if segs[0] == "crate":
         base, segs = (), segs[1:]
@@ -89,13 +140,23 @@ def resolve(path, here, modules):
     else:
         return None
     best = base if base in modules else None
-    cur = base
-    for s in segs:
-        cur = cur + (s,)
-        if cur in modules:
-            best = cur
-        else:
+    cur, rest = base, list(segs)
+    while rest and cur + (rest[0],) in modules:
+        cur = cur + (rest.pop(0),)
+        best = cur
+    # `crate::store::SqliteStore` is store::sqlite's item, re-exported by store's module map.
+    for _ in range(8):
+        if not (reexported and best in reexported and rest):
             break
+        named, globs = reexported[best]
+        target = named.get(rest[0])
+        if target is None:
+            target = next((g for g in globs if rest[0] in names.get(g, ())), None)
+        if target is None:
+            break
+        best, rest = target, rest[1:]
+        while rest and best + (rest[0],) in modules:
+            best = best + (rest.pop(0),)
     return best
 
 
@@ -141,11 +202,13 @@ def main():
                     continue
                 files[module_of(p)] = p
     modules = set(files)
+    texts = {mod: strip_tests(open(p, encoding="utf-8").read()) for mod, p in files.items()}
+    reexported = reexports(texts, modules)
+    names = {mod: public_names(text) for mod, text in texts.items()}
     edges = {}
-    for mod, p in files.items():
-        text = strip_tests(open(p, encoding="utf-8").read())
+    for mod, text in texts.items():
         for path in expand_uses(text):
-            target = resolve(path, mod, modules)
+            target = resolve(path, mod, modules, reexported, names)
             # A module naming its own children (`mod x; pub use x::T`) is the module tree,
             # not a dependency.
             if target is not None and target[: len(mod)] != mod:

@@ -11,7 +11,9 @@
 #    own private Dovecot instances and PostgreSQL clusters (initdb + pg_ctl as the postgres
 #    user) on free loopback ports.
 #    The Python test oracles (standardwebhooks, jsonschema) go into a venv with pip.
-# 2. cargo fmt --check, shellcheck on every script, cargo clippy --all-targets -D warnings.
+# 2. cargo fmt --check, shellcheck on every script, no import circles between modules
+#    (scripts/import-circles.py, between files and between top-level modules), cargo clippy
+#    --all-targets -D warnings.
 # 3. cargo test --all-targets (every test binary, even after a failure). We use `cargo test`,
 #    not nextest, because the end-to-end tests start one Dovecot per test binary and share it
 #    between that binary's tests (threads); nextest would start one per test.
@@ -80,6 +82,9 @@ cargo fmt --all --check
 step "shellcheck"
 mapfile -t scripts < <(find scripts bench .ci -type f \( -name '*.sh' -o -path .ci/run \) | sort)
 shellcheck -x "${scripts[@]}"
+
+step "import circles"
+python3 scripts/import-circles.py
 
 step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod config_value;
 pub mod content;
 pub mod cutover;
 pub mod engine;
@@ -15,6 +16,7 @@ pub mod net;
 pub mod oauth2;
 pub mod pop3;
 pub mod progress;
+pub mod receipt;
 pub mod route;
 pub mod scheduler;
 pub mod secret;

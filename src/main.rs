@@ -376,7 +376,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         } => {
             let wait = match wait_lock
                 .as_deref()
-                .map(popbridge::config::duration::parse_duration)
+                .map(popbridge::config_value::duration::parse_duration)
             {
                 None => std::time::Duration::ZERO,
                 Some(Ok(d)) => d,

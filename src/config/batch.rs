@@ -26,7 +26,7 @@ pub struct BatchError {
 
 /// The mailbox entries of one `mailboxes_from:` entry.
 pub fn expand(batch: &RawBatch, base: &Path) -> Result<Vec<RawMailbox>, BatchError> {
-    let file = super::resolve(base, &batch.file);
+    let file = crate::config_value::resolve(base, &batch.file);
     let err = |line, message: String| BatchError {
         file: file.clone(),
         line,

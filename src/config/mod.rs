@@ -2,17 +2,15 @@
 //! [`load`] reads a YAML file and returns the validated [`Config`] plus warnings to log.
 
 pub mod batch;
-pub mod duration;
 pub mod error;
-pub mod interpolate;
 pub mod model;
 pub mod raw;
 mod validate;
 
 pub use error::{ConfigError, Problem};
 pub use model::*;
-pub(crate) use validate::resolve;
 
+use crate::config_value::interpolate;
 use std::path::Path;
 use std::rc::Rc;
 

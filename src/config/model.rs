@@ -4,6 +4,7 @@
 use crate::pop3::ClientConfig;
 use crate::sink::maildir::MaildirSettings;
 use crate::sink::webhook::WebhookSettings;
+pub use crate::store::config::{PostgresState, StateBackend, StateConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,34 +18,6 @@ pub struct Config {
     pub limits: Limits,
     pub mailboxes: Vec<MailboxConfig>,
     pub sinks: Vec<SinkConfig>,
-}
-
-#[derive(Clone, Debug)]
-pub struct StateConfig {
-    /// SQLite database file (unused with PostgreSQL).
-    pub path: PathBuf,
-    /// Where the state lives.
-    pub backend: StateBackend,
-    /// Where messages wait between RETR and delivery (default: `<state dir>/spool`).
-    pub spool_dir: PathBuf,
-    /// How long messages that left the server stay in the state (default 30 days).
-    pub retention: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub enum StateBackend {
-    /// The embedded file at `StateConfig::path`; one polling process (flock).
-    Sqlite,
-    /// Shared by replicas, which lease mailboxes.
-    Postgres(PostgresState),
-}
-
-#[derive(Clone, Debug)]
-pub struct PostgresState {
-    pub url: crate::secret::Secret,
-    pub password_file: Option<PathBuf>,
-    pub lease_ttl: Duration,
-    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

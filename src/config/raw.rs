@@ -1,9 +1,10 @@
 //! The configuration file as written: serde structs that reject unknown keys. Validation into
 //! [`super::model`] happens in [`super::validate`].
 
-use super::duration::ConfigDuration;
-use super::interpolate::{Interpolated, SecretValue};
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::{Interpolated, SecretValue};
 use crate::sink::maildir::MaildirSinkConfig;
+use crate::store::config::RawState;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -34,35 +35,6 @@ pub struct RawConfig {
     /// Named routing rule sets, shared by mailboxes (`routes: NAME`).
     #[serde(default)]
     pub routes: std::collections::BTreeMap<String, crate::route::config::RawRuleSet>,
-}
-
-/// `state:`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawState {
-    /// SQLite database file; relative to the config file's directory. Required unless `url`.
-    #[serde(default)]
-    pub path: Option<Interpolated>,
-    /// `postgres://user@host:port/db?sslmode=verify-full&sslrootcert=…`: the PostgreSQL state
-    /// shared by several replicas (password by `${VAR}` or `password_file`).
-    #[serde(default)]
-    pub url: Option<SecretValue>,
-    /// File holding the PostgreSQL password (read at start, trimmed).
-    #[serde(default)]
-    pub password_file: Option<Interpolated>,
-    /// PostgreSQL: how long a mailbox lease lasts without renewal (default 30s).
-    #[serde(default)]
-    pub lease_ttl: Option<ConfigDuration>,
-    /// PostgreSQL: longest wait for one database call (default 10s).
-    #[serde(default)]
-    pub timeout: Option<ConfigDuration>,
-    /// Spool directory for fetched messages (default: `spool` beside the database).
-    #[serde(default)]
-    pub spool_dir: Option<Interpolated>,
-    /// How long the state keeps messages that left the server (deleted, gone, replaced)
-    /// before pruning them (default 30d).
-    #[serde(default)]
-    pub retention: Option<ConfigDuration>,
 }
 
 /// `http:`.

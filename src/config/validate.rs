@@ -3,14 +3,14 @@
 
 use super::error::Problem;
 use super::model::{
-    Config, DeletePolicy, HttpConfig, Limits, MailboxConfig, PostgresState, RetryPolicy, Schedule,
-    SinkConfig, StateBackend, StateConfig,
+    Config, DeletePolicy, HttpConfig, Limits, MailboxConfig, RetryPolicy, Schedule, SinkConfig,
 };
 use super::raw::RawOAuth2Ref;
 use super::raw::{
     RawAuth, RawConfig, RawDelete, RawHttp, RawLimits, RawMailbox, RawPop3, RawRetry, RawSchedule,
     RawSink, RawTls,
 };
+use crate::config_value::resolve;
 use crate::oauth2::config::RawCredential;
 use crate::oauth2::{Provider, TokenSource};
 use crate::pop3::{AuthMethod, ClientConfig, TlsMode};
@@ -35,10 +35,6 @@ const MIN_MAX_LINE_LENGTH: usize = 512;
 pub const DEFAULT_PIPELINE_WINDOW: usize = 128;
 /// Default poll interval when `schedule` is absent.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
-/// `state.lease_ttl`.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
-/// `state.retention`.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Validated configuration plus warnings the caller should log.
 pub(crate) type Validated = (Config, Vec<String>);
@@ -55,63 +51,10 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         route_refs: Vec::new(),
     };
 
-    let backend = match raw.state.url {
-        Some(url) => {
-            let url = url.into_secret();
-            if !(url.expose().starts_with("postgres://")
-                || url.expose().starts_with("postgresql://"))
-            {
-                v.problem("state.url", "must be a postgres:// URL");
-            }
-            StateBackend::Postgres(PostgresState {
-                url,
-                password_file: raw.state.password_file.map(|f| resolve(base, f.as_str())),
-                lease_ttl: raw
-                    .state
-                    .lease_ttl
-                    .map_or(DEFAULT_LEASE_TTL, Duration::from),
-                timeout: raw
-                    .state
-                    .timeout
-                    .map_or(crate::store::postgres::DEFAULT_TIMEOUT, Duration::from),
-            })
-        }
-        None => {
-            if raw.state.password_file.is_some() || raw.state.lease_ttl.is_some() {
-                v.problem(
-                    "state",
-                    "password_file and lease_ttl are for PostgreSQL: set state.url",
-                );
-            }
-            StateBackend::Sqlite
-        }
-    };
-    let path_text = match (&raw.state.path, &backend) {
-        (Some(p), _) => p.as_str().to_string(),
-        (None, StateBackend::Postgres(_)) => "popbridge.db".to_string(),
-        (None, StateBackend::Sqlite) => {
-            v.problem("state.path", "is required (or state.url for PostgreSQL)");
-            String::new()
-        }
-    };
-    let state_path = resolve(base, &path_text);
-    if raw.state.path.is_some() && path_text.trim().is_empty() {
-        v.problem("state.path", "must not be empty");
+    let (state, problems) = raw.state.validate(base);
+    for (at, message) in problems {
+        v.problem(at, message);
     }
-    let spool_dir = match raw.state.spool_dir {
-        Some(dir) => resolve(base, dir.as_str()),
-        None => state_path.parent().unwrap_or(Path::new("")).join("spool"),
-    };
-    let retention = raw
-        .state
-        .retention
-        .map_or(DEFAULT_RETENTION, Duration::from);
-    let state = StateConfig {
-        path: state_path,
-        backend,
-        spool_dir,
-        retention,
-    };
     v.token_dir = state.path.parent().unwrap_or(Path::new("")).join("oauth2");
     v.credentials(raw.oauth2);
     let http = v.http(raw.http);
@@ -189,16 +132,6 @@ fn sink_type(kind: &crate::config::SinkKind) -> &'static str {
         SinkKind::S3(_) => "s3",
         SinkKind::Imap(_) => "imap",
         SinkKind::Gmail(_) => "gmail",
-    }
-}
-
-/// A path from the config: absolute as written, relative to the config file's directory.
-pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
     }
 }
 
@@ -768,8 +701,8 @@ impl Validator<'_> {
     fn secret(
         &mut self,
         at: &str,
-        password: Option<super::interpolate::SecretValue>,
-        password_file: Option<super::interpolate::Interpolated>,
+        password: Option<crate::config_value::interpolate::SecretValue>,
+        password_file: Option<crate::config_value::interpolate::Interpolated>,
     ) -> Option<Secret> {
         let secret = match (password, password_file) {
             (Some(p), None) => p.into_secret(),

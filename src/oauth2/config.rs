@@ -3,9 +3,9 @@
 //! are read and checked, and the token store path is fixed.
 
 use super::jwt::Alg;
-use crate::config::duration::ConfigDuration;
-use crate::config::interpolate::{Interpolated, SecretValue};
-use crate::config::resolve;
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::{Interpolated, SecretValue};
+use crate::config_value::resolve;
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -13,9 +13,9 @@ pub mod s3;
 pub mod webhook;
 
 use crate::key::IdempotencyKey;
+pub use crate::receipt::Receipt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,32 +82,6 @@ impl std::fmt::Debug for Ownership {
         } else {
             "Ownership(always)"
         })
-    }
-}
-
-/// Proof that a sink holds the message durably. Stored in the state as JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    /// Short, human-readable: a file path, `HTTP 200`, an S3 ETag, `APPENDUID 17 42`.
-    pub detail: String,
-    /// True when the sink found the message already there (a repeat after a crash).
-    #[serde(default)]
-    pub duplicate: bool,
-}
-
-impl Receipt {
-    pub fn new(detail: impl Into<String>) -> Self {
-        Self {
-            detail: detail.into(),
-            duplicate: false,
-        }
-    }
-
-    pub fn duplicate(detail: impl Into<String>) -> Self {
-        Self {
-            detail: detail.into(),
-            duplicate: true,
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The behaviour every [`Store`] backend must have, run by each backend's tests.
 
 use super::*;
-use crate::sink::Receipt;
+use crate::receipt::Receipt;
 
 fn fetch<'a>(uidl: &'a str, sinks: &'a [String]) -> FetchRecord<'a> {
     FetchRecord {

@@ -3,6 +3,7 @@
 //! Callers see only the [`Store`] trait; SQLite (WAL) is the embedded backend, PostgreSQL the
 //! backend for several replicas, where each mailbox's writes are fenced by its lease.
 
+pub mod config;
 #[cfg(test)]
 mod contract;
 pub mod copy;
@@ -17,20 +18,16 @@ pub use lock::PollLock;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use crate::sink::Receipt;
+use crate::receipt::Receipt;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::HashMap;
 
 /// The store the config names, unbound (no lease): for `dlq` and `state` commands.
-pub async fn open(
-    state: &crate::config::StateConfig,
-) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+pub async fn open(state: &config::StateConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     Ok(match &state.backend {
-        crate::config::StateBackend::Sqlite => {
-            std::sync::Arc::new(SqliteStore::open(&state.path).await?)
-        }
-        crate::config::StateBackend::Postgres(pg) => {
+        config::StateBackend::Sqlite => std::sync::Arc::new(SqliteStore::open(&state.path).await?),
+        config::StateBackend::Postgres(pg) => {
             std::sync::Arc::new(PgStore::open(&postgres::PgSettings::from_config(pg)?).await?)
         }
     })

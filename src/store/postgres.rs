@@ -20,9 +20,6 @@ pub use leases::{Claimed, PollTimes, LEASES_CHANNEL};
 #[cfg(test)]
 mod tests;
 
-/// Longest wait for one database call (a transaction counts as one).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How to reach the database.
 #[derive(Clone, Debug)]
 pub struct PgSettings {
@@ -49,7 +46,7 @@ pub struct PgStore {
 
 impl PgSettings {
     /// From the validated config, reading `password_file` now.
-    pub fn from_config(c: &crate::config::PostgresState) -> Result<Self, StoreError> {
+    pub fn from_config(c: &super::config::PostgresState) -> Result<Self, StoreError> {
         let password = match &c.password_file {
             None => None,
             Some(path) => Some(crate::secret::Secret::new(
@@ -140,6 +137,31 @@ impl PgStore {
         tokio::time::timeout(self.timeout, f)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout, what))?
+    }
+
+    /// One write transaction on `mailboxes`' rows, under the call's timeout: begin, check each
+    /// mailbox's lease (the fence, [`Self::fence`]), run `body`, commit. A lease that is no
+    /// longer ours, or an error from `body`, rolls everything back.
+    async fn fenced<T>(
+        &self,
+        what: &'static str,
+        mailboxes: &[&str],
+        body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.timed(what, async {
+            let mut tx = self.pool.begin().await?;
+            let mut checked: Vec<&str> = Vec::with_capacity(mailboxes.len());
+            for &mailbox in mailboxes {
+                if !checked.contains(&mailbox) {
+                    self.fence(&mut tx, mailbox).await?;
+                    checked.push(mailbox);
+                }
+            }
+            let out = body(&mut tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     /// Inside a write transaction: the lease must still be ours (owner, epoch, claim id),
@@ -399,9 +421,7 @@ impl Store for PgStore {
         if back.is_empty() && gone.is_empty() {
             return Ok(());
         }
-        self.timed("record_presence", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
+        self.fenced("record_presence", &[mailbox], async |tx| {
             sqlx::query(
                 "UPDATE messages SET gone_at = NULL, on_server = TRUE
                   WHERE mailbox = $1 AND uidl = ANY($2)",
@@ -419,7 +439,6 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Ok(())
         })
         .await
@@ -432,9 +451,7 @@ impl Store for PgStore {
         list_size: u64,
         fingerprint: &str,
     ) -> Result<(), StoreError> {
-        self.timed("confirm", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
+        self.fenced("confirm", &[mailbox], async |tx| {
             sqlx::query(
                 "UPDATE messages SET on_server = TRUE, gone_at = NULL, list_size = $3,
                         fingerprint = COALESCE(fingerprint, $4)
@@ -446,7 +463,6 @@ impl Store for PgStore {
             .bind(fingerprint)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Ok(())
         })
         .await
@@ -454,9 +470,7 @@ impl Store for PgStore {
 
     async fn record_fetched(&self, r: &FetchRecord<'_>) -> Result<(), StoreError> {
         let route = r.route.map(serde_json::to_string).transpose()?;
-        self.timed("record_fetched", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, r.mailbox).await?;
+        self.fenced("record_fetched", &[r.mailbox], async |tx| {
             // A UIDL that held another message before: that row becomes history first.
             let history: Option<bool> = sqlx::query_scalar(
                 "SELECT deleted_at IS NOT NULL OR replaced_by IS NOT NULL
@@ -467,7 +481,7 @@ impl Store for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
             if r.retire || history == Some(true) {
-                retire(&mut tx, r.mailbox, r.uidl, r.fetched_at).await?;
+                retire(tx, r.mailbox, r.uidl, r.fetched_at).await?;
             }
             sqlx::query(
                 "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, fingerprint,
@@ -500,7 +514,6 @@ impl Store for PgStore {
             .bind(r.sinks)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Ok(())
         })
         .await
@@ -510,15 +523,8 @@ impl Store for PgStore {
         if outcomes.is_empty() {
             return Ok(());
         }
-        self.timed("record_outcomes", async {
-            let mut tx = self.pool.begin().await?;
-            let mut fenced: Vec<&str> = Vec::new();
-            for o in outcomes {
-                if !fenced.contains(&o.mailbox.as_str()) {
-                    self.fence(&mut tx, &o.mailbox).await?;
-                    fenced.push(&o.mailbox);
-                }
-            }
+        let mailboxes: Vec<&str> = outcomes.iter().map(|o| o.mailbox.as_str()).collect();
+        self.fenced("record_outcomes", &mailboxes, async |tx| {
             // In order, so two outcomes for one delivery add up; a receipt is never undone.
             for o in outcomes {
                 let (status, error, next, receipt, delivered_at) = match &o.result {
@@ -573,7 +579,6 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await?;
             Ok(())
         })
         .await
@@ -585,9 +590,7 @@ impl Store for PgStore {
         uidls: &[String],
         now: Millis,
     ) -> Result<(), StoreError> {
-        self.timed("record_deleted", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
+        self.fenced("record_deleted", &[mailbox], async |tx| {
             sqlx::query(
                 "UPDATE messages SET on_server = FALSE, deleted_at = $3
                   WHERE mailbox = $1 AND uidl = ANY($2)",
@@ -597,7 +600,6 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Ok(())
         })
         .await
@@ -659,10 +661,8 @@ impl Store for PgStore {
         new_uidl: &str,
         now: Millis,
     ) -> Result<(), StoreError> {
-        self.timed("adopt", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
-            retire(&mut tx, mailbox, new_uidl, now).await?;
+        self.fenced("adopt", &[mailbox], async |tx| {
+            retire(tx, mailbox, new_uidl, now).await?;
             sqlx::query(
                 "INSERT INTO messages (mailbox, uidl, idem_key, size, sha256, first_seen_at,
                     fetched_at, on_server, list_size, fingerprint, route)
@@ -699,7 +699,6 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Ok(())
         })
         .await
@@ -711,13 +710,8 @@ impl Store for PgStore {
         let Some(slot) = &self.lease else {
             return Ok(());
         };
-        self.timed("sync", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, &slot.mailbox).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.fenced("sync", &[&slot.mailbox], async |_| Ok(()))
+            .await
     }
 
     async fn record_retrieval_failure(
@@ -728,9 +722,7 @@ impl Store for PgStore {
         max: u32,
         now: Millis,
     ) -> Result<RetrievalFailure, StoreError> {
-        self.timed("record_retrieval_failure", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
+        self.fenced("record_retrieval_failure", &[mailbox], async |tx| {
             let row = sqlx::query(
                 "INSERT INTO retrieval_failures AS f
                     (mailbox, uidl, failures, last_error, last_at, status)
@@ -749,10 +741,11 @@ impl Store for PgStore {
             .bind(i64::from(max))
             .fetch_one(&mut *tx)
             .await?;
-            tx.commit().await?;
-            rows::failure(&row)
+            Ok(row)
         })
         .await
+        // Decoded after the commit, as before: a row that fails to decode was still written.
+        .and_then(|row| rows::failure(&row))
     }
 
     async fn retrieval_failures(
@@ -772,24 +765,19 @@ impl Store for PgStore {
     }
 
     async fn clear_retrieval_failure(&self, mailbox: &str, uidl: &str) -> Result<(), StoreError> {
-        self.timed("clear_retrieval_failure", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
+        self.fenced("clear_retrieval_failure", &[mailbox], async |tx| {
             sqlx::query("DELETE FROM retrieval_failures WHERE mailbox = $1 AND uidl = $2")
                 .bind(mailbox)
                 .bind(uidl)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
             Ok(())
         })
         .await
     }
 
     async fn prune(&self, mailbox: &str, before: Millis) -> Result<u64, StoreError> {
-        self.timed("prune", async {
-            let mut tx = self.pool.begin().await?;
-            self.fence(&mut tx, mailbox).await?;
+        self.fenced("prune", &[mailbox], async |tx| {
             let r = sqlx::query(
                 "DELETE FROM messages WHERE mailbox = $1 AND NOT on_server
                     AND COALESCE(deleted_at, retired_at, gone_at) < $2",
@@ -803,7 +791,6 @@ impl Store for PgStore {
                 .bind(before)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
             Ok(r.rows_affected())
         })
         .await

@@ -3,7 +3,7 @@
 //! INTEGER in SQLite and a BOOLEAN in PostgreSQL).
 
 use super::{DeliveryState, KnownMessage, RetrievalFailure, StoreError};
-use crate::sink::Receipt;
+use crate::receipt::Receipt;
 use sqlx::Row;
 use std::collections::HashMap;
 

@@ -2,9 +2,9 @@
 //! Gmail account, through a `user` template (`{mailbox}`) and an access-token file template,
 //! or explicit per-mailbox `accounts`.
 
-use crate::config::duration::ConfigDuration;
-use crate::config::interpolate::Interpolated;
-use crate::config::resolve;
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::Interpolated;
+use crate::config_value::resolve;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,9 +2,9 @@
 //! through a user name template (`{mailbox}`), a password file template, or explicit
 //! per-mailbox `accounts`.
 
-use crate::config::duration::ConfigDuration;
-use crate::config::interpolate::{Interpolated, SecretValue};
-use crate::config::resolve;
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::{Interpolated, SecretValue};
+use crate::config_value::resolve;
 use crate::imap::{ImapAuth, ImapConfig, ImapTls};
 use crate::secret::Secret;
 use serde::Deserialize;

@@ -28,7 +28,7 @@ impl MaildirSinkConfig {
         if self.path.trim().is_empty() {
             return Err("`path` must not be empty".into());
         }
-        let path = crate::config::resolve(base, &self.path)
+        let path = crate::config_value::resolve(base, &self.path)
             .to_string_lossy()
             .into_owned();
         Ok(MaildirSettings {

@@ -1,7 +1,7 @@
 //! The `offload:` block of a sink: where offloaded content goes and what links look like.
 
-use crate::config::duration::ConfigDuration;
-use crate::config::interpolate::Interpolated;
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::Interpolated;
 use crate::sink::s3::presign::MAX_EXPIRY;
 use crate::sink::s3::{S3Settings, S3SinkConfig};
 use serde::Deserialize;

@@ -2,8 +2,8 @@
 
 use super::credentials::{Credentials, Source};
 use super::key::KeyTemplate;
-use crate::config::duration::ConfigDuration;
-use crate::config::interpolate::{Interpolated, SecretValue};
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::{Interpolated, SecretValue};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -222,7 +222,7 @@ impl S3SinkConfig {
             part_size,
             timeout,
             concurrency,
-            ca_file: self.ca_file.map(|p| crate::config::resolve(base, &p)),
+            ca_file: self.ca_file.map(|p| crate::config_value::resolve(base, &p)),
         };
         Ok((settings, plaintext_warning.into_iter().collect()))
     }

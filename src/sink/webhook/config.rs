@@ -1,8 +1,8 @@
 //! Webhook sink configuration: raw keys as written, then validated settings.
 
-use crate::config::duration::ConfigDuration;
-use crate::config::interpolate::{Interpolated, SecretValue};
-use crate::config::resolve;
+use crate::config_value::duration::ConfigDuration;
+use crate::config_value::interpolate::{Interpolated, SecretValue};
+use crate::config_value::resolve;
 use crate::secret::Secret;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;

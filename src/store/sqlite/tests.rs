@@ -45,7 +45,7 @@ fn delivered(uidl: &str, at: Millis) -> Outcome {
         sink: "archive".into(),
         attempts_made: 1,
         at,
-        result: OutcomeResult::Delivered(crate::sink::Receipt::new(format!("/m/{uidl}"))),
+        result: OutcomeResult::Delivered(crate::receipt::Receipt::new(format!("/m/{uidl}"))),
     }
 }
 
