@@ -148,6 +148,20 @@ impl PgStore {
         mailboxes: &[&str],
         body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // The local deadline first, without touching the database: a replica waking from a
+        // pause past its lease may hold pooled connections the server has dropped since, and
+        // its write must come back as fenced, not as a connection error.
+        if let Some(slot) = &self.lease {
+            if let Some(&mailbox) = mailboxes
+                .iter()
+                .find(|&&m| slot.mailbox != m || !slot.is_held())
+            {
+                crate::metrics::fenced_write(mailbox);
+                return Err(StoreError::Fenced {
+                    mailbox: mailbox.to_string(),
+                });
+            }
+        }
         self.timed(what, async {
             let mut tx = self.pool.begin().await?;
             let mut checked: Vec<&str> = Vec::with_capacity(mailboxes.len());
