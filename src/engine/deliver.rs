@@ -211,6 +211,14 @@ pub async fn deliver_to_sink(
             }) => (message, retry_after),
         };
         let now = crate::store::now_millis();
+        if !message.owner.is_current() {
+            // Refused (or failed) because the mailbox changed owner meanwhile: not the sink's
+            // fault, so no circuit; the new owner delivers it.
+            break OutcomeResult::Retry {
+                error: format!("{}; last error: {text}", crate::sink::Ownership::lost()),
+                next_attempt_at: now,
+            };
+        }
         let delay = backoff(policy, attempts, retry_after);
         if now.saturating_sub(first) >= millis(policy.window) {
             break OutcomeResult::Dead {

@@ -290,6 +290,23 @@ async fn an_attempt_after_the_lease_was_lost_is_not_sent() {
     let o = deliver_to_sink(&h, &m, &key, None, &CancellationToken::new()).await;
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
     assert_eq!(o.attempts_made, 0);
+    // Failures that come back after the lease was lost (a woken replica's queued IMAP window)
+    // are not the sink's: however many, they never open its circuit.
+    let fails = Scripted::new(
+        (0..2 * TRIP_AFTER)
+            .map(|_| Err(DeliveryError::retryable("lease lost")))
+            .collect(),
+    );
+    let sink: Arc<dyn Sink> = Arc::new(LoseLeaseAfterCall {
+        inner: fails,
+        owned: owned.clone(),
+    });
+    let h = SinkHandle::new("s", sink, policy());
+    for _ in 0..2 * TRIP_AFTER {
+        owned.store(true, Ordering::SeqCst);
+        deliver_to_sink(&h, &m, &key, None, &CancellationToken::new()).await;
+    }
+    assert_eq!(h.circuit.open_until(crate::store::now_millis()), None);
 }
 
 /// Forwards to `inner`, then marks the lease lost.
