@@ -83,6 +83,13 @@ pub fn table(reports: &[PollReport]) -> String {
         for f in &r.failures {
             let _ = writeln!(out, "{}: {}", r.mailbox, f);
         }
+        if r.stubbed > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} message(s) over a target's size limit delivered as a stub with a link; the original(s) are in the offload bucket",
+                r.mailbox, r.stubbed
+            );
+        }
         if r.dead_earlier > 0 {
             let _ = writeln!(
                 out,

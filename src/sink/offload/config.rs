@@ -94,6 +94,42 @@ impl OffloadConfig {
     }
 }
 
+/// What a mailbox sink (IMAP, Gmail) does with a message over its target's size limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Refuse it: a permanent failure, dead-lettered with the reason (the default).
+    #[default]
+    Refuse,
+    /// Store it whole in the `offload` bucket and deliver a stub with a link instead.
+    Stub,
+}
+
+/// A mailbox sink's `oversize` and `offload` keys together: the offload settings when stubs
+/// are on.
+pub fn stub_settings(
+    oversize: Option<Oversize>,
+    offload: Option<OffloadConfig>,
+    base: &Path,
+) -> Result<(Option<OffloadSettings>, Vec<String>), String> {
+    match (oversize.unwrap_or_default(), offload) {
+        (Oversize::Refuse, None) => Ok((None, Vec::new())),
+        (Oversize::Refuse, Some(_)) => {
+            Err("`offload` is used only with `oversize: stub`: add it, or remove `offload`".into())
+        }
+        (Oversize::Stub, None) => {
+            Err("`oversize: stub` needs an `offload` bucket for the originals".into())
+        }
+        (Oversize::Stub, Some(o)) => {
+            if o.raw.is_some() {
+                return Err("`offload.raw` is a webhook key: a stub always links the whole message".into());
+            }
+            let (settings, warnings) = o.validate(base)?;
+            Ok((Some(settings), warnings))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{load_str_with_env, SinkKind};
