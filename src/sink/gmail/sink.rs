@@ -137,7 +137,9 @@ fn next_offset(resp: &Response) -> u64 {
 pub fn size_limit_refusal(size: u64, limit: u64) -> Option<DeliveryError> {
     if size > limit {
         return Some(DeliveryError::permanent(if limit == MAX_IMPORT_BYTES {
-            format!("the message is {size} bytes: Gmail imports at most {MAX_IMPORT_BYTES} (150 MB)")
+            format!(
+                "the message is {size} bytes: Gmail imports at most {MAX_IMPORT_BYTES} (150 MB)"
+            )
         } else {
             format!("the message is {size} bytes, over `max_message_bytes` ({limit})")
         }));
@@ -690,16 +692,12 @@ impl GmailSink {
         )))
     }
 
-
     async fn import_stub(
         &self,
         stub: crate::sink::offload::Stubbed,
         key: &IdempotencyKey,
     ) -> Result<Receipt, DeliveryError> {
-        let receipt = self
-            .import(&stub.message, key)
-            .await
-            .map_err(|f| f.error)?;
+        let receipt = self.import(&stub.message, key).await.map_err(|f| f.error)?;
         Ok(stub.receipt(receipt))
     }
 }

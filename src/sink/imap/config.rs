@@ -195,7 +195,10 @@ impl ImapSinkConfig {
     }
 
     /// [`Self::validate`], with what the operator should be warned about.
-    pub fn validate_with_warnings(self, base: &Path) -> Result<(ImapSettings, Vec<String>), String> {
+    pub fn validate_with_warnings(
+        self,
+        base: &Path,
+    ) -> Result<(ImapSettings, Vec<String>), String> {
         if self.max_message_bytes == Some(0) {
             return Err(
                 "`max_message_bytes` must be at least 1 byte (leave it out for no limit)".into(),

@@ -713,7 +713,10 @@ impl Sink for ImapSink {
                     message.size
                 )));
             }
-            return self.append(&account, message, key).await.map_err(|f| f.error);
+            return self
+                .append(&account, message, key)
+                .await
+                .map_err(|f| f.error);
         };
         if message.seen_before {
             if let Some(stub) = stubs.earlier(message).await? {
@@ -721,13 +724,16 @@ impl Sink for ImapSink {
             }
         }
         if over.is_some() {
-            return self.append_stub(&account, stubs.stub(message).await?, key).await;
+            return self
+                .append_stub(&account, stubs.stub(message).await?, key)
+                .await;
         }
         match self.append(&account, message, key).await {
             Err(f) if f.too_big => {
                 tracing::info!(sink = %self.name, size = message.size, error = %f.error,
                     "The IMAP server refused the message as too big; appending a stub");
-                self.append_stub(&account, stubs.stub(message).await?, key).await
+                self.append_stub(&account, stubs.stub(message).await?, key)
+                    .await
             }
             other => other.map_err(|f| f.error),
         }

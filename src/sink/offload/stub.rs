@@ -78,7 +78,8 @@ impl Stubs {
             Some(stored) => stored,
             None => {
                 let link = self.store.link(&original).await?;
-                let (path, sha256, size) = (message.path.clone(), message.sha256.clone(), message.size);
+                let (path, sha256, size) =
+                    (message.path.clone(), message.sha256.clone(), message.size);
                 let made = tokio::task::spawn_blocking(move || {
                     std::fs::read(&path).map(|raw| stub_message::build(&raw, &sha256, size, &link))
                 })
@@ -106,7 +107,10 @@ impl Stubs {
 
     /// The stub stored for `message` by an earlier delivery, if any: a message stubbed once is
     /// stubbed again (its stub may be in the target already), whatever the limit says now.
-    pub async fn earlier(&self, message: &SpooledMessage) -> Result<Option<Stubbed>, DeliveryError> {
+    pub async fn earlier(
+        &self,
+        message: &SpooledMessage,
+    ) -> Result<Option<Stubbed>, DeliveryError> {
         let key = self.stub_key(&message.sha256);
         match self.store.get_small(&key).await? {
             None => Ok(None),

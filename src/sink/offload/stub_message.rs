@@ -156,7 +156,9 @@ pub fn build(raw: &[u8], sha256: &str, size: u64, link: &Link) -> Vec<u8> {
         "This message ({}) was too large for this mailbox.",
         human(size)
     );
-    text.push_str("popbridge stored the original, unchanged, and delivered this summary instead.\n\n");
+    text.push_str(
+        "popbridge stored the original, unchanged, and delivered this summary instead.\n\n",
+    );
     text.push_str("The original message (open it with your mail program):\n");
     let _ = writeln!(text, "{}", link.url);
     match &link.expires_at {
@@ -177,13 +179,7 @@ pub fn build(raw: &[u8], sha256: &str, size: u64, link: &Link) -> Vec<u8> {
     } else {
         let _ = writeln!(text, "\nAttachments ({}):", list.len());
         for a in &list {
-            let _ = writeln!(
-                text,
-                "- {} ({}, {})",
-                a.name,
-                a.content_type,
-                human(a.size)
-            );
+            let _ = writeln!(text, "- {} ({}, {})", a.name, a.content_type, human(a.size));
         }
     }
     out.extend_from_slice(format!("{MARKER}: sha256={sha256}; size={size}\r\n").as_bytes());
@@ -252,10 +248,16 @@ mod tests {
             assert!(!head.contains(dropped), "{dropped:?} in\n{head}");
         }
         assert_eq!(head.matches("MIME-Version").count(), 1);
-        assert!(body.contains("https://files.example.com/offload/abc"), "{body}");
+        assert!(
+            body.contains("https://files.example.com/offload/abc"),
+            "{body}"
+        );
         assert!(body.contains("until 2026-12-08T10:00:00Z"), "{body}");
         assert!(body.contains("123.5 MB"), "{body}");
-        assert!(body.contains("- report.pdf (application/pdf, 10 bytes)"), "{body}");
+        assert!(
+            body.contains("- report.pdf (application/pdf, 10 bytes)"),
+            "{body}"
+        );
         assert!(body.contains("- été.png (image/png, 7 bytes)"), "{body}");
         assert!(head.contains("Content-Transfer-Encoding: 8bit"));
         assert!(!text.replace("\r\n", "").contains('\n'), "CRLF only");
@@ -279,14 +281,17 @@ mod tests {
             url: "https://files.example.com/offload/abc".into(),
             expires_at: None,
         };
-        let text = String::from_utf8(build(b"Subject: x\r\n\r\nbody\r\n", "abc", 5, &stable))
-            .unwrap();
+        let text =
+            String::from_utf8(build(b"Subject: x\r\n\r\nbody\r\n", "abc", 5, &stable)).unwrap();
         assert!(!text.contains("until"), "{text}");
         assert!(text.contains("No attachments."), "{text}");
         assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
         // A message without a header/body separator is all header fields.
         let text = String::from_utf8(build(b"Subject: only", "abc", 5, &stable)).unwrap();
-        assert!(text.starts_with("Subject: only\r\nX-Popbridge-Stub:"), "{text}");
+        assert!(
+            text.starts_with("Subject: only\r\nX-Popbridge-Stub:"),
+            "{text}"
+        );
     }
 
     #[test]
