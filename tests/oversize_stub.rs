@@ -173,14 +173,14 @@ async fn check_stub(stub: &[u8], original: &[u8], s3: &S3Server) {
     );
 }
 
-/// The original and its stub in the bucket, nothing else.
-async fn check_bucket(s3: &S3Server, original: &[u8]) -> Vec<u8> {
+/// The original and `sink`'s stub of it in the bucket, nothing else.
+async fn check_bucket(s3: &S3Server, original: &[u8], sink: &str) -> Vec<u8> {
     let digest = sha(original);
     let (status, _, stored) = s3.fetch("GET", &format!("offload/{digest}")).await;
     assert_eq!(status, 200);
     assert!(stored == original, "the original is in S3 byte for byte");
     let (status, _, stub) = s3
-        .fetch("GET", &format!("offload/stubs/{digest}.eml"))
+        .fetch("GET", &format!("offload/stubs/{sink}/{digest}.eml"))
         .await;
     assert_eq!(status, 200);
     let keys: Vec<String> = s3
@@ -253,7 +253,7 @@ async fn a_message_over_appendlimit_goes_to_s3_and_the_mailbox_gets_one_stub() {
         .await
         .unwrap();
     assert!(plain.stub.is_none(), "{plain:?}");
-    let stored_stub = check_bucket(&s3, &big).await;
+    let stored_stub = check_bucket(&s3, &big, "archive").await;
     let mut held = held(dc, &user);
     held.sort_by_key(|m| m.len());
     assert_eq!(held.len(), 2);
@@ -335,7 +335,7 @@ async fn a_retry_after_the_stub_was_appended_unconfirmed_leaves_exactly_one_stub
         "stubbed twice"
     );
     assert_eq!(held.len(), 1);
-    check_bucket(&s3, &big).await;
+    check_bucket(&s3, &big, "archive").await;
     check_stub(&held[0], &big, &s3).await;
 }
 
@@ -442,7 +442,7 @@ async fn gmail_refusing_a_message_as_too_large_gets_the_stub() {
     assert!(receipt.stub.is_some() && !receipt.duplicate, "{receipt:?}");
     let held = server.messages(GMAIL_USER);
     assert_eq!(held.len(), 1);
-    assert_eq!(held[0].raw, check_bucket(&s3, &big).await);
+    assert_eq!(held[0].raw, check_bucket(&s3, &big, "gmail").await);
     check_stub(&held[0].raw, &big, &s3).await;
     assert!(held[0].label_ids.contains(&"INBOX".to_string()));
 }
@@ -475,6 +475,6 @@ async fn gmail_a_retry_after_an_unanswered_stub_import_leaves_exactly_one_stub()
     assert!(again.duplicate && again.stub.is_some(), "{again:?}");
     let held = server.messages(GMAIL_USER);
     assert_eq!(held.len(), 1, "stubbed twice");
-    check_bucket(&s3, &big).await;
+    check_bucket(&s3, &big, "gmail").await;
     check_stub(&held[0].raw, &big, &s3).await;
 }

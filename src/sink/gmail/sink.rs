@@ -160,13 +160,14 @@ impl GmailSink {
         tokens: Arc<dyn AccessToken>,
     ) -> Result<Self, String> {
         let pacer = Pacer::new(settings.quota_units_per_minute, settings.quota_burst_units);
+        let name: String = name.into();
         let stubs = match &settings.stub_offload {
-            Some(o) => Some(crate::sink::offload::Stubs::new(o.clone())?),
+            Some(o) => Some(crate::sink::offload::Stubs::new(&name, o.clone())?),
             None => None,
         };
         Ok(Self {
             stubs,
-            name: name.into(),
+            name,
             client: build_client(&settings)?,
             limit: Semaphore::new(settings.concurrency),
             pacer,
@@ -747,13 +748,18 @@ impl Sink for GmailSink {
         })
     }
 
-    /// Can we reach the API? A TCP connect to its host and port: no token is spent.
+    /// Can we reach the API? A TCP connect to its host and port: no token is spent. With
+    /// `oversize: stub`, the offload bucket too (a HEAD).
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         crate::sink::http::reachable(
             &self.settings.api_base,
             self.settings.timeout,
             DeliveryError::sink_down("Gmail api_base has no host"),
         )
-        .await
+        .await?;
+        match &self.stubs {
+            Some(stubs) => stubs.healthcheck().await,
+            None => Ok(()),
+        }
     }
 }

@@ -94,13 +94,14 @@ impl ImapSink {
                     .map_err(|e| e.to_string())?,
             ),
         };
+        let name: String = name.into();
         let stubs = match &settings.stub_offload {
-            Some(o) => Some(Stubs::new(o.clone())?),
+            Some(o) => Some(Stubs::new(&name, o.clone())?),
             None => None,
         };
         Ok(Self {
             stubs,
-            name: name.into(),
+            name,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             tls,
@@ -763,7 +764,10 @@ impl Sink for ImapSink {
             DeliveryError::retryable(format!("IMAP {}:{}: connect timed out", s.host, s.port))
         })?
         .map_err(|e| DeliveryError::retryable(format!("IMAP {}:{}: {e}", s.host, s.port)))?;
-        Ok(())
+        match &self.stubs {
+            Some(stubs) => stubs.healthcheck().await,
+            None => Ok(()),
+        }
     }
 }
 

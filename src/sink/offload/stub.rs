@@ -3,12 +3,14 @@
 //! ([`super::stub_message`]) is delivered in its place.
 //!
 //! Exactly once: the stub is stored create-only beside the original, under
-//! `<prefix>stubs/<sha256 of the original>.eml`, and what is delivered is always the stored
+//! `<prefix>stubs/<sink>/<sha256 of the original>.eml`, and what is delivered is always the stored
 //! bytes. A retry after a crash (the stub appended, the receipt not written) thus sends the
 //! very bytes the target already holds, and the sink's own duplicate search (Message-ID and
 //! content) finds them; a stub made anew would carry a freshly signed link, differ, and be
 //! delivered a second time. A changed link expiry or `link_base` cannot change the stub of a
-//! message already stubbed either.
+//! message already stubbed either. The sink's name is in the key because "stubbed before" is a
+//! fact about one target: a sink with a higher limit sharing the bucket must not take another
+//! sink's stub for its own (it may hold the original).
 
 use super::{stub_message, OffloadSettings, OffloadStore};
 use crate::sink::{DeliveryError, Receipt, SpooledMessage, StubbedOriginal};
@@ -34,6 +36,8 @@ impl From<DeliveryError> for Failed {
 /// The offload bucket as the stub maker of one sink.
 pub struct Stubs {
     store: OffloadStore,
+    /// The sink's config name (a plain path component, as validated).
+    sink: String,
 }
 
 /// A stub ready to deliver: a spooled message of its own (same mailbox, UIDL, key and
@@ -49,15 +53,16 @@ fn spool_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
 }
 
 impl Stubs {
-    pub fn new(settings: OffloadSettings) -> Result<Self, String> {
+    pub fn new(sink: &str, settings: OffloadSettings) -> Result<Self, String> {
         Ok(Self {
             store: OffloadStore::new(settings)?,
+            sink: sink.to_string(),
         })
     }
 
     /// Where the stub of the message with this SHA-256 is kept.
     pub fn stub_key(&self, sha256: &str) -> String {
-        format!("{}stubs/{sha256}.eml", self.store.prefix())
+        format!("{}stubs/{}/{sha256}.eml", self.store.prefix(), self.sink)
     }
 
     /// The stub of `message`: the stored one, or one made now and stored (create-only; when
@@ -105,8 +110,9 @@ impl Stubs {
         self.spooled(message, &original, bytes)
     }
 
-    /// The stub stored for `message` by an earlier delivery, if any: a message stubbed once is
-    /// stubbed again (its stub may be in the target already), whatever the limit says now.
+    /// The stub stored for `message` by an earlier delivery to this sink, if any: a message
+    /// stubbed once is stubbed again (its stub may be in the target already), whatever the
+    /// limit says now.
     pub async fn earlier(
         &self,
         message: &SpooledMessage,

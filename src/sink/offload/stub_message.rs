@@ -104,7 +104,7 @@ pub fn attachments(raw: &[u8]) -> Vec<Attachment> {
         .map(|a| Attachment {
             name: a
                 .attachment_name()
-                .map_or_else(|| "(no name)".to_string(), |n| one_line(n)),
+                .map_or_else(|| "(no name)".to_string(), one_line),
             content_type: a.content_type().map_or_else(
                 || "application/octet-stream".to_string(),
                 |ct| match ct.subtype() {
