@@ -406,6 +406,44 @@ fn gmail_sink(
     GmailSink::new("gmail", s).unwrap()
 }
 
+/// Two Gmail sinks share the offload bucket: `small` (a low limit) stubs a message, `large`
+/// (Gmail's own 150 MB) must import the original even on a retry of a message it may have
+/// imported before (`seen_before`), never the other sink's stub.
+#[tokio::test]
+async fn gmail_a_sink_sharing_the_bucket_with_a_higher_limit_imports_the_original() {
+    let (small_server, large_server) = (
+        GmailServer::start(TOKEN).await,
+        GmailServer::start(TOKEN).await,
+    );
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let big = big_message("<gbig-3@example.org>", 200_000, 13);
+    let key = IdempotencyKey::derive("alice", "big");
+    let sink = |server: &GmailServer, name: &str, max: u64| {
+        std::fs::write(dir.path().join("alice.token"), format!("{TOKEN}\n")).unwrap();
+        let s = GmailSettings::new(
+            server.base.parse().unwrap(),
+            "{mailbox}@example.com",
+            dir.path().join("{mailbox}.token"),
+        )
+        .with_stubs(max, offload(&s3, Duration::from_secs(3600)));
+        GmailSink::new(name, s).unwrap()
+    };
+    let stubbed = sink(&small_server, "small", LIMIT)
+        .deliver(&gmail_spool(dir.path(), &big, false), &key)
+        .await
+        .unwrap();
+    assert!(stubbed.stub.is_some(), "{stubbed:?}");
+    let imported = sink(&large_server, "large", 157_286_400)
+        .deliver(&gmail_spool(dir.path(), &big, true), &key)
+        .await
+        .unwrap();
+    assert!(imported.stub.is_none(), "{imported:?}");
+    let held = large_server.messages(GMAIL_USER);
+    assert_eq!(held.len(), 1);
+    assert!(held[0].raw == big, "the original, byte for byte");
+}
+
 fn gmail_spool(dir: &Path, body: &[u8], seen_before: bool) -> popbridge::sink::SpooledMessage {
     let mut m = spool(dir, "big", body, seen_before);
     m.mailbox = "alice".into();
