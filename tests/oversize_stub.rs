@@ -385,6 +385,144 @@ async fn once_delivers_the_stub_and_says_so() {
     assert_eq!(dc.list_server_messages(&dst).len(), 2);
 }
 
+/// A proxy to `upstream` that passes everything until the tagged answer to the first APPEND,
+/// then goes silent and keeps both connections open: the server stored the message, the client
+/// waits for an answer that never comes (until it is killed).
+async fn silencing_proxy(upstream: u16) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                .await
+                .unwrap();
+            let (cr, mut cw) = client.into_split();
+            let (sr, mut sw) = server.into_split();
+            let tag = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+            let t = tag.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(cr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&line).to_string();
+                    let mut words = text.split(' ');
+                    if let (Some(tg), Some(cmd)) = (words.next(), words.next()) {
+                        let mut t = t.lock().unwrap();
+                        if cmd.eq_ignore_ascii_case("APPEND") && t.is_none() {
+                            *t = Some(format!("{tg} "));
+                        }
+                    }
+                    if sw.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut r = BufReader::new(sr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let answer = tag
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|t| line.starts_with(t.as_bytes()));
+                    if answer {
+                        // Silence, with the connection open: the client hangs.
+                        std::future::pending::<()>().await;
+                    }
+                    if cw.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn imap_stub_sinks(port: u16, dst: &common::dovecot::User, s3: &S3Server, expiry: &str) -> String {
+    format!(
+        "sinks:\n  - name: archive\n    type: imap\n    host: 127.0.0.1\n    port: {port}\n    tls: none\n    \
+         allow_plaintext_auth: true\n    username: {}\n    password: \"{}\"\n    timeout: 60s\n    oversize: stub\n    \
+         offload:\n      s3:\n        bucket: {BUCKET}\n        endpoint: {}\n        access_key_id: {ACCESS_KEY}\n        \
+         secret_access_key: \"{SECRET_KEY}\"\n      link_expiry: {expiry}\n    \
+         retry: {{ attempts_per_poll: 2, initial_backoff: 5ms, max_backoff: 20ms, window: 1h }}\n",
+        dst.name, dst.password, s3.url
+    )
+}
+
+/// kill -9 while Dovecot holds the stub and its OK is withheld (the receipt never written),
+/// then `once` again with other link settings: exactly one stub, and the message leaves the
+/// POP3 server only after that.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_after_the_stub_was_appended_leaves_exactly_one_stub() {
+    let dc = limited_or_skip!();
+    let (src, dst) = (dc.add_user("killsrc"), dc.add_user("killdst"));
+    let big = big_message("<big-5@example.org>", 200_000, 5);
+    dc.seed(&src, std::slice::from_ref(&big));
+    let s3 = S3Server::start().await;
+    let mailbox = Mailbox {
+        delete: "after_delivery",
+        ..Mailbox::new("alice", &src)
+    };
+    let bridge = Bridge::new(dc, &[mailbox]);
+    let proxy = silencing_proxy(dc.imap_port).await;
+    bridge.replace_sinks(&imap_stub_sinks(proxy, &dst, &s3, "1h"));
+    let mut child = bridge.spawn(&["once"]);
+    // Until Dovecot holds the stub (the process then waits for the withheld answer).
+    for _ in 0..600 {
+        if !dc.list_server_messages(&dst).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        dc.list_server_messages(&dst).len(),
+        1,
+        "the stub was appended"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting for the answer"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(
+        dc.list_server_messages(&src).len(),
+        1,
+        "not deleted without a receipt"
+    );
+    // The restarted process goes straight to Dovecot, with other link settings.
+    let yaml = std::fs::read_to_string(&bridge.config).unwrap().replace(
+        &imap_stub_sinks(proxy, &dst, &s3, "1h"),
+        &imap_stub_sinks(dc.imap_port, &dst, &s3, "2h"),
+    );
+    std::fs::write(&bridge.config, yaml).unwrap();
+    let run = bridge.run(&["once"]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    let held = held(dc, &dst);
+    assert_eq!(
+        held.iter().filter(|m| is_stub(m)).count(),
+        1,
+        "stubbed twice"
+    );
+    assert_eq!(held.len(), 1);
+    check_stub(&held[0], &big, &s3).await;
+    assert!(
+        dc.list_server_messages(&src).is_empty(),
+        "deleted once delivered"
+    );
+}
+
 const TOKEN: &str = "ya29.stub-token";
 const GMAIL_USER: &str = "alice@example.com";
 
