@@ -201,6 +201,24 @@ mod tests {
     }
 
     #[test]
+    fn stubbed_messages_are_named_in_the_table_and_the_json() {
+        let r = PollReport {
+            mailbox: "alice".into(),
+            listed: 2,
+            delivered: 2,
+            stubbed: 1,
+            ..Default::default()
+        };
+        let t = table(std::slice::from_ref(&r));
+        assert!(
+            t.contains("alice: 1 message(s) over a target's size limit delivered as a stub"),
+            "{t}"
+        );
+        assert!(serde_json::to_string(&r).unwrap().contains("\"stubbed\":1"));
+        assert!(!table(&[PollReport::default()]).contains("stub"));
+    }
+
+    #[test]
     fn the_report_file_has_a_row_per_mailbox_and_quotes_errors() {
         let ok = PollReport {
             mailbox: "alice".into(),
