@@ -154,6 +154,8 @@ pub struct Metrics {
 pub enum Outcome {
     Delivered,
     Duplicate,
+    /// Delivered as a stub, the original in the offload bucket (`oversize: stub`).
+    Stubbed,
     Retried,
     DeadLettered,
 }
@@ -163,6 +165,7 @@ impl Outcome {
         match self {
             Self::Delivered => "delivered",
             Self::Duplicate => "duplicate",
+            Self::Stubbed => "stubbed",
             Self::Retried => "retried",
             Self::DeadLettered => "dead_lettered",
         }

@@ -11,6 +11,19 @@ pub struct Receipt {
     /// True when the sink found the message already there (a repeat after a crash).
     #[serde(default)]
     pub duplicate: bool,
+    /// The message was over the target's size limit: a stub went in its place, and this is
+    /// where the original is (`oversize: stub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stub: Option<StubbedOriginal>,
+}
+
+/// Where the original of a stubbed message is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StubbedOriginal {
+    /// `s3://bucket/key`.
+    pub object: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 impl Receipt {
@@ -18,6 +31,7 @@ impl Receipt {
         Self {
             detail: detail.into(),
             duplicate: false,
+            stub: None,
         }
     }
 
@@ -25,6 +39,7 @@ impl Receipt {
         Self {
             detail: detail.into(),
             duplicate: true,
+            stub: None,
         }
     }
 }

@@ -83,6 +83,13 @@ pub fn table(reports: &[PollReport]) -> String {
         for f in &r.failures {
             let _ = writeln!(out, "{}: {}", r.mailbox, f);
         }
+        if r.stubbed > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} message(s) over a target's size limit delivered as a stub with a link; the original(s) are in the offload bucket",
+                r.mailbox, r.stubbed
+            );
+        }
         if r.dead_earlier > 0 {
             let _ = writeln!(
                 out,
@@ -191,6 +198,24 @@ mod tests {
             "{t}"
         );
         assert!(csv(&[r]).contains("alice,paused,5,"));
+    }
+
+    #[test]
+    fn stubbed_messages_are_named_in_the_table_and_the_json() {
+        let r = PollReport {
+            mailbox: "alice".into(),
+            listed: 2,
+            delivered: 2,
+            stubbed: 1,
+            ..Default::default()
+        };
+        let t = table(std::slice::from_ref(&r));
+        assert!(
+            t.contains("alice: 1 message(s) over a target's size limit delivered as a stub"),
+            "{t}"
+        );
+        assert!(serde_json::to_string(&r).unwrap().contains("\"stubbed\":1"));
+        assert!(!table(&[PollReport::default()]).contains("stub"));
     }
 
     #[test]

@@ -387,8 +387,8 @@ impl RawSinkKind {
                 .validate(base)
                 .map(|(s, w)| (SinkKind::S3(Box::new(s)), w)),
             RawSinkKind::Imap(c) => c
-                .validate(base)
-                .map(|s| (SinkKind::Imap(Box::new(s)), vec![])),
+                .validate_with_warnings(base)
+                .map(|(s, w)| (SinkKind::Imap(Box::new(s)), w)),
             RawSinkKind::Gmail(c) => c
                 .validate(base)
                 .map(|(s, w)| (SinkKind::Gmail(Box::new(s)), w)),

@@ -259,6 +259,7 @@ pub async fn deliver_to_sink(
         }
     };
     let kind = match &result {
+        OutcomeResult::Delivered(r) if r.stub.is_some() => metrics::Outcome::Stubbed,
         OutcomeResult::Delivered(r) if r.duplicate => metrics::Outcome::Duplicate,
         OutcomeResult::Delivered(_) => metrics::Outcome::Delivered,
         OutcomeResult::Retry { .. } => metrics::Outcome::Retried,

@@ -106,6 +106,9 @@ pub struct PollReport {
     pub delivered: usize,
     /// Of those, how many the sink already had (a repeat after a crash).
     pub duplicates: usize,
+    /// Of the delivered pairs, how many went as a stub (the message over the target's size
+    /// limit, the original in the offload bucket: `oversize: stub`).
+    pub stubbed: usize,
     /// Messages recognised by content under a new UIDL, not sent again.
     pub matched_by_content: usize,
     /// (message, sink) pairs that failed retryably and wait for a later poll.

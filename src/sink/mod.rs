@@ -13,7 +13,7 @@ pub mod s3;
 pub mod webhook;
 
 use crate::key::IdempotencyKey;
-pub use crate::receipt::Receipt;
+pub use crate::receipt::{Receipt, StubbedOriginal};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;

@@ -120,33 +120,38 @@ fn sweep_stale(parent: &Path) {
 impl Dovecot {
     /// Starts a fresh instance; panics with Dovecot's own log if it does not come up.
     pub fn start() -> Dovecot {
-        Self::start_with(false)
+        Self::start_with(false, "")
+    }
+
+    /// [`Dovecot::start`] with `extra` appended to its configuration (plugins, limits).
+    pub fn start_with_config(extra: &str) -> Dovecot {
+        Self::start_with(false, extra)
     }
 
     /// [`Dovecot::start`] that also accepts XOAUTH2 and OAUTHBEARER logins, validating JWTs
     /// locally (`passdb oauth2`, `introspection_mode = local`) with an HS256 key of its own
     /// ([`Dovecot::oauth2_key`]); the token's `email` must be the user name.
     pub fn start_oauth2() -> Dovecot {
-        Self::start_with(true)
+        Self::start_with(true, "")
     }
 
-    fn start_with(oauth2: bool) -> Dovecot {
+    fn start_with(oauth2: bool, extra: &str) -> Dovecot {
         let parent = std::env::temp_dir().join("popbridge-tests");
         fs::create_dir_all(&parent).expect("create temp dir");
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).expect("chmod");
         sweep_stale(&parent);
         // The free ports are only free until Dovecot binds them: someone may take one first.
         for _ in 0..2 {
-            match Self::try_start(&parent, oauth2) {
+            match Self::try_start(&parent, oauth2, extra) {
                 Ok(dovecot) => return dovecot,
                 Err(why) => eprintln!("dovecot did not start, retrying with other ports:\n{why}"),
             }
         }
-        Self::try_start(&parent, oauth2)
+        Self::try_start(&parent, oauth2, extra)
             .unwrap_or_else(|why| panic!("dovecot did not start:\n{why}"))
     }
 
-    fn try_start(parent: &Path, oauth2: bool) -> Result<Dovecot, String> {
+    fn try_start(parent: &Path, oauth2: bool, extra: &str) -> Result<Dovecot, String> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -167,6 +172,7 @@ impl Dovecot {
         let conf = root.join("dovecot.conf");
         let mut text = config(&root, &leaf, pop3_port, pop3s_port, imap_port);
         let oauth2_key = oauth2.then(|| oauth2_setup(&root, &mut text));
+        text.push_str(extra);
         fs::write(&conf, text).expect("write dovecot.conf");
         let log = fs::File::create(root.join("dovecot.out")).expect("dovecot.out");
         let status = Command::new(find_binary().expect("dovecot binary"))

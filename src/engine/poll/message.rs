@@ -476,6 +476,11 @@ fn settle(
                 if receipt.duplicate {
                     r.duplicates += 1;
                 }
+                if let Some(stub) = &receipt.stub {
+                    r.stubbed += 1;
+                    tracing::info!(mailbox = name, sink, key, original = %stub.object,
+                        size = stub.size, "Delivered a stub: the message is over the target's size limit");
+                }
                 tracing::debug!(mailbox = name, sink, key,
                     receipt = %receipt.detail, duplicate = receipt.duplicate, "Delivered");
                 after.deliveries.insert(

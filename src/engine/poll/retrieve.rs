@@ -153,6 +153,7 @@ fn merge_report(into: &mut PollReport, from: &PollReport) {
     into.bytes += from.bytes;
     into.delivered += from.delivered;
     into.duplicates += from.duplicates;
+    into.stubbed += from.stubbed;
     into.matched_by_content += from.matched_by_content;
     into.retry_later += from.retry_later;
     into.dead_lettered += from.dead_lettered;

@@ -95,6 +95,16 @@ pub struct GmailSinkConfig {
     /// Units one quiet account may spend at once (default 250: ten imports).
     #[serde(default)]
     pub quota_burst_units: Option<u32>,
+    /// The largest message imported (default and most: 157286400, Gmail's 150 MB).
+    #[serde(default)]
+    pub max_message_bytes: Option<u64>,
+    /// A message over the limit: `refuse` (default, dead-lettered with the reason) or `stub`
+    /// (the original to the `offload` bucket, a stub with a link imported instead).
+    #[serde(default)]
+    pub oversize: Option<crate::sink::offload::Oversize>,
+    /// The bucket for originals with `oversize: stub` (as the webhook's `offload`).
+    #[serde(default)]
+    pub offload: Option<crate::sink::offload::OffloadConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +154,10 @@ pub struct GmailSettings {
     /// Pacing per account (see `quota.rs`); 0 units per minute: no pacing.
     pub quota_units_per_minute: u32,
     pub quota_burst_units: u32,
+    /// The largest message imported (at most [`MAX_IMPORT_BYTES`]).
+    pub max_message_bytes: u64,
+    /// `oversize: stub`: where originals go. `None`: a message over the limit is refused.
+    pub stub_offload: Option<crate::sink::offload::OffloadSettings>,
 }
 
 /// Resumable chunks must be multiples of this (Google's upload protocol).
@@ -175,7 +189,20 @@ impl GmailSettings {
             oauth2: None,
             quota_units_per_minute: super::quota::USER_UNITS_PER_MINUTE,
             quota_burst_units: super::quota::DEFAULT_BURST_UNITS,
+            max_message_bytes: MAX_IMPORT_BYTES,
+            stub_offload: None,
         }
+    }
+
+    /// Stubs for messages over `max_message_bytes` (tests, embedders).
+    pub fn with_stubs(
+        mut self,
+        max_message_bytes: u64,
+        offload: crate::sink::offload::OffloadSettings,
+    ) -> Self {
+        self.max_message_bytes = max_message_bytes;
+        self.stub_offload = Some(offload);
+        self
     }
 
     /// Replaces the label names of the template (tests, embedders).
@@ -295,6 +322,14 @@ impl GmailSinkConfig {
                  `quota_units_per_minute`"
             ));
         }
+        let max_message_bytes = self.max_message_bytes.unwrap_or(MAX_IMPORT_BYTES);
+        if max_message_bytes == 0 || max_message_bytes > MAX_IMPORT_BYTES {
+            return Err(format!(
+                "`max_message_bytes` must be between 1 and {MAX_IMPORT_BYTES} (Gmail's 150 MB)"
+            ));
+        }
+        let (stub_offload, mut warnings) =
+            crate::sink::offload::config::stub_settings(self.oversize, self.offload, base)?;
         let user = self.user.map(Interpolated::into_string);
         let token_file = self.access_token_file.map(|f| resolve(base, &f));
         let mut accounts = BTreeMap::new();
@@ -352,7 +387,10 @@ impl GmailSinkConfig {
             oauth2: None,
             quota_units_per_minute,
             quota_burst_units,
+            max_message_bytes,
+            stub_offload,
         };
-        Ok((settings, warning.into_iter().collect()))
+        warnings.extend(warning);
+        Ok((settings, warnings))
     }
 }

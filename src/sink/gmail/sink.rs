@@ -10,6 +10,7 @@ use super::quota::{cost, Pacer, Pauses};
 use super::service::{build_client, classify_error, error_and_body, is_rate_limit, url};
 use crate::key::IdempotencyKey;
 use crate::secret::Secret;
+use crate::sink::offload::Failed;
 use crate::sink::{DeliveryError, Receipt, Sink, SinkPause, SpooledMessage};
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
@@ -57,6 +58,8 @@ pub struct GmailSink {
     pacer: Pacer,
     /// Accounts whose daily quota is used up, until it resets.
     pauses: Pauses,
+    /// `oversize: stub`: stubs for messages over the limit.
+    stubs: Option<crate::sink::offload::Stubs>,
 }
 
 #[derive(Deserialize)]
@@ -128,14 +131,18 @@ fn next_offset(resp: &Response) -> u64 {
         .map_or(0, |n| n + 1)
 }
 
-/// The Gmail sink's one size-limit decision: `Some` refusal when `messages.import` cannot
-/// take a message of `size` bytes (over 150 MB, or empty). This is where a "store it
-/// elsewhere and import a stub with a link" path hooks in for the messages over the limit.
-pub fn size_limit_refusal(size: u64) -> Option<DeliveryError> {
-    if size > MAX_IMPORT_BYTES {
-        return Some(DeliveryError::permanent(format!(
-            "the message is {size} bytes: Gmail imports at most {MAX_IMPORT_BYTES} (150 MB)"
-        )));
+/// The Gmail sink's one size-limit decision: `Some` refusal when the sink will not import a
+/// message of `size` bytes (over `limit`, at most Gmail's 150 MB, or empty). With
+/// `oversize: stub` a message over the limit is stubbed instead (see `deliver`).
+pub fn size_limit_refusal(size: u64, limit: u64) -> Option<DeliveryError> {
+    if size > limit {
+        return Some(DeliveryError::permanent(if limit == MAX_IMPORT_BYTES {
+            format!(
+                "the message is {size} bytes: Gmail imports at most {MAX_IMPORT_BYTES} (150 MB)"
+            )
+        } else {
+            format!("the message is {size} bytes, over `max_message_bytes` ({limit})")
+        }));
     }
     (size == 0).then(|| DeliveryError::permanent("the message is empty"))
 }
@@ -153,8 +160,14 @@ impl GmailSink {
         tokens: Arc<dyn AccessToken>,
     ) -> Result<Self, String> {
         let pacer = Pacer::new(settings.quota_units_per_minute, settings.quota_burst_units);
+        let name: String = name.into();
+        let stubs = match &settings.stub_offload {
+            Some(o) => Some(crate::sink::offload::Stubs::new(&name, o.clone())?),
+            None => None,
+        };
         Ok(Self {
-            name: name.into(),
+            stubs,
+            name,
             client: build_client(&settings)?,
             limit: Semaphore::new(settings.concurrency),
             pacer,
@@ -612,26 +625,25 @@ impl GmailSink {
     }
 }
 
-#[async_trait]
-impl Sink for GmailSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn deliver(
+impl GmailSink {
+    /// One import of `message` (the original or a stub); `too_big` on a size refusal.
+    async fn import(
         &self,
         message: &SpooledMessage,
         key: &IdempotencyKey,
-    ) -> Result<Receipt, DeliveryError> {
+    ) -> Result<Receipt, Failed> {
         let account = self
             .settings
             .account_for(&message.mailbox)
             .map_err(DeliveryError::permanent)?;
-        if let Some(refusal) = size_limit_refusal(message.size) {
-            return Err(refusal);
+        if let Some(refusal) = size_limit_refusal(message.size, self.settings.max_message_bytes) {
+            return Err(Failed {
+                too_big: message.size > 0,
+                error: refusal,
+            });
         }
         if let Some(paused) = self.paused(&account) {
-            return Err(paused);
+            return Err(paused.into());
         }
         let _permit = self
             .limit
@@ -664,7 +676,11 @@ impl Sink for GmailSink {
             self.import_multipart(&account, message, &meta).await?
         };
         if !resp.status().is_success() {
-            return Err(self.fail(resp, &account).await);
+            let too_big = resp.status() == StatusCode::PAYLOAD_TOO_LARGE;
+            return Err(Failed {
+                error: self.fail(resp, &account).await,
+                too_big,
+            });
         }
         let imported: MessageRef =
             json(resp, crate::sink::http::BODY_CAP, "messages.import").await?;
@@ -677,6 +693,49 @@ impl Sink for GmailSink {
         )))
     }
 
+    async fn import_stub(
+        &self,
+        stub: crate::sink::offload::Stubbed,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let receipt = self.import(&stub.message, key).await.map_err(|f| f.error)?;
+        Ok(stub.receipt(receipt))
+    }
+}
+
+#[async_trait]
+impl Sink for GmailSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A message over the limit becomes its stub (with `oversize: stub`), and so does one
+    /// stubbed before: its stub may be in the account already, and only the stored stub's
+    /// bytes let the duplicate search recognise it.
+    async fn deliver(
+        &self,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let Some(stubs) = &self.stubs else {
+            return self.import(message, key).await.map_err(|f| f.error);
+        };
+        if message.seen_before {
+            if let Some(stub) = stubs.earlier(message).await? {
+                return self.import_stub(stub, key).await;
+            }
+        }
+        if message.size > self.settings.max_message_bytes {
+            return self.import_stub(stubs.stub(message).await?, key).await;
+        }
+        match self.import(message, key).await {
+            Err(f) if f.too_big => {
+                tracing::info!(sink = %self.name, size = message.size, "Gmail refused the message as too large; importing a stub");
+                self.import_stub(stubs.stub(message).await?, key).await
+            }
+            other => other.map_err(|f| f.error),
+        }
+    }
     /// The target account of `mailbox` while its daily quota is used up.
     fn paused_until(&self, mailbox: &str) -> Option<SinkPause> {
         let account = self.settings.account_for(mailbox).ok()?;
@@ -689,13 +748,18 @@ impl Sink for GmailSink {
         })
     }
 
-    /// Can we reach the API? A TCP connect to its host and port: no token is spent.
+    /// Can we reach the API? A TCP connect to its host and port: no token is spent. With
+    /// `oversize: stub`, the offload bucket too (a HEAD).
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         crate::sink::http::reachable(
             &self.settings.api_base,
             self.settings.timeout,
             DeliveryError::sink_down("Gmail api_base has no host"),
         )
-        .await
+        .await?;
+        match &self.stubs {
+            Some(stubs) => stubs.healthcheck().await,
+            None => Ok(()),
+        }
     }
 }

@@ -86,6 +86,17 @@ pub struct ImapSinkConfig {
     /// no budget.
     #[serde(default)]
     pub daily_upload_limit: Option<u64>,
+    /// The largest message the target takes, when it does not say so itself (`APPENDLIMIT`,
+    /// RFC 7889, is honoured when the server announces it). Default: no limit of our own.
+    #[serde(default)]
+    pub max_message_bytes: Option<u64>,
+    /// A message over the target's limit: `refuse` (default, dead-lettered with the reason)
+    /// or `stub` (the original to the `offload` bucket, a stub with a link to the mailbox).
+    #[serde(default)]
+    pub oversize: Option<crate::sink::offload::Oversize>,
+    /// The bucket for originals with `oversize: stub` (as the webhook's `offload`).
+    #[serde(default)]
+    pub offload: Option<crate::sink::offload::OffloadConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +141,10 @@ pub struct ImapSettings {
     pub max_connections: usize,
     /// Bytes per account per UTC day (`None`: no budget).
     pub daily_upload_limit: Option<u64>,
+    /// Our own size limit (`max_message_bytes`), besides the server's `APPENDLIMIT`.
+    pub max_message_bytes: Option<u64>,
+    /// `oversize: stub`: where originals go. `None`: a message over the limit is refused.
+    pub stub_offload: Option<crate::sink::offload::OffloadSettings>,
     /// The `oauth2:` credential named, resolved into [`Self::oauth2`] by the config validator.
     pub oauth2_credential: Option<String>,
     pub oauth2: Option<std::sync::Arc<crate::oauth2::TokenSource>>,
@@ -176,6 +191,21 @@ fn password_source(
 impl ImapSinkConfig {
     /// Validate; `base` is the config file's directory, for relative paths.
     pub fn validate(self, base: &Path) -> Result<ImapSettings, String> {
+        self.validate_with_warnings(base).map(|(s, _)| s)
+    }
+
+    /// [`Self::validate`], with what the operator should be warned about.
+    pub fn validate_with_warnings(
+        self,
+        base: &Path,
+    ) -> Result<(ImapSettings, Vec<String>), String> {
+        if self.max_message_bytes == Some(0) {
+            return Err(
+                "`max_message_bytes` must be at least 1 byte (leave it out for no limit)".into(),
+            );
+        }
+        let (stub_offload, warnings) =
+            crate::sink::offload::config::stub_settings(self.oversize, self.offload, base)?;
         let tls = self.tls.unwrap_or(ImapTls::Implicit);
         let allow_plaintext_auth = self.allow_plaintext_auth.unwrap_or(false);
         if tls == ImapTls::None && !allow_plaintext_auth {
@@ -253,7 +283,7 @@ impl ImapSinkConfig {
         let port = self
             .port
             .unwrap_or(if tls == ImapTls::Implicit { 993 } else { 143 });
-        Ok(ImapSettings {
+        let settings = ImapSettings {
             server: ImapConfig {
                 host: self.host.0,
                 port,
@@ -272,8 +302,11 @@ impl ImapSinkConfig {
             internaldate: self.internaldate.unwrap_or_default(),
             max_connections,
             daily_upload_limit: self.daily_upload_limit,
+            max_message_bytes: self.max_message_bytes,
+            stub_offload,
             oauth2_credential: self.oauth2,
             oauth2: None,
-        })
+        };
+        Ok((settings, warnings))
     }
 }

@@ -13,6 +13,7 @@ use super::{compare, headers};
 use crate::imap::{AppendItem, ImapError, ImapTls, Session};
 use crate::key::IdempotencyKey;
 use crate::secret::Secret;
+use crate::sink::offload::{Failed, Stubbed, Stubs};
 use crate::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ struct Job {
     message: SpooledMessage,
     key: IdempotencyKey,
     fields: headers::Fields,
-    reply: oneshot::Sender<Result<Receipt, DeliveryError>>,
+    reply: oneshot::Sender<Result<Receipt, Failed>>,
 }
 
 /// A target account: its session, and the deliveries waiting for it.
@@ -79,6 +80,8 @@ pub struct ImapSink {
     budget: Option<super::budget::UploadBudget>,
     /// Accounts whose login was refused, not tried again for a while.
     logins: LoginBackoff,
+    /// `oversize: stub`: stubs for messages over the target's limit.
+    stubs: Option<Stubs>,
 }
 
 impl ImapSink {
@@ -91,8 +94,14 @@ impl ImapSink {
                     .map_err(|e| e.to_string())?,
             ),
         };
+        let name: String = name.into();
+        let stubs = match &settings.stub_offload {
+            Some(o) => Some(Stubs::new(&name, o.clone())?),
+            None => None,
+        };
         Ok(Self {
-            name: name.into(),
+            stubs,
+            name,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             tls,
@@ -447,7 +456,11 @@ impl ImapSink {
                         again.push(job);
                     }
                     Err(e) => {
-                        let _ = job.reply.send(Err(classify(e)));
+                        let too_big = is_too_big(&e);
+                        let _ = job.reply.send(Err(Failed {
+                            error: classify(e),
+                            too_big,
+                        }));
                     }
                 }
             }
@@ -485,8 +498,15 @@ impl ImapSink {
 
 fn answer_all(jobs: Vec<Job>, e: &DeliveryError) {
     for job in jobs {
-        let _ = job.reply.send(Err(e.clone()));
+        let _ = job.reply.send(Err(e.clone().into()));
     }
+}
+
+/// The server refused the APPEND for the message's size (`TOOBIG`, RFC 4469/7889, also what
+/// we answer ourselves over `APPENDLIMIT`): the refusal a stub can cure.
+fn is_too_big(e: &ImapError) -> bool {
+    matches!(e, ImapError::Refused { command, code: Some(code), .. }
+        if command == "APPEND" && code.eq_ignore_ascii_case("TOOBIG"))
 }
 
 /// Candidates looked at, newest first, before deciding the message is not there.
@@ -581,6 +601,40 @@ fn classify(e: ImapError) -> DeliveryError {
 }
 
 impl ImapSink {
+    /// One APPEND of `message` (the original or a stub) within the day's budget.
+    async fn append(
+        &self,
+        account: &Account,
+        message: &SpooledMessage,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, Failed> {
+        let fields = headers::read(&message.path).map_err(|e| {
+            DeliveryError::retryable(format!("cannot read the spooled message: {e}"))
+        })?;
+        self.reserve(account, message)?;
+        let result = self.deliver_queued(account, message, key, fields).await;
+        if let Some(b) = &self.budget {
+            // Nothing was uploaded: a failure, or the copy was already there.
+            if result.as_ref().map_or(true, |r| r.duplicate) {
+                b.release(&account.username, message.size);
+            }
+        }
+        result
+    }
+
+    async fn append_stub(
+        &self,
+        account: &Account,
+        stub: Stubbed,
+        key: &IdempotencyKey,
+    ) -> Result<Receipt, DeliveryError> {
+        let receipt = self
+            .append(account, &stub.message, key)
+            .await
+            .map_err(|f| f.error)?;
+        Ok(stub.receipt(receipt))
+    }
+
     /// One delivery with its budget reserved: queued beside the account's session; whoever
     /// holds the session next takes the queue as one window.
     async fn deliver_queued(
@@ -589,7 +643,7 @@ impl ImapSink {
         message: &SpooledMessage,
         key: &IdempotencyKey,
         fields: headers::Fields,
-    ) -> Result<Receipt, DeliveryError> {
+    ) -> Result<Receipt, Failed> {
         let slot = self.slot(&account.username);
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
@@ -599,7 +653,7 @@ impl ImapSink {
             reply,
         };
         if !slot.push(job) {
-            return Err(DeliveryError::retryable("IMAP delivery queue poisoned"));
+            return Err(DeliveryError::retryable("IMAP delivery queue poisoned").into());
         }
         let mut guard = slot.session.lock().await;
         // Deliveries started together (the engine polls its in-flight messages in one task)
@@ -612,15 +666,14 @@ impl ImapSink {
                 Err(oneshot::error::TryRecvError::Closed) => {
                     return Err(DeliveryError::retryable(
                         "the IMAP delivery carrying this message was interrupted",
-                    ))
+                    )
+                    .into())
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             let jobs = slot.take();
             if jobs.is_empty() {
-                return Err(DeliveryError::retryable(
-                    "IMAP delivery lost its queue entry",
-                ));
+                return Err(DeliveryError::retryable("IMAP delivery lost its queue entry").into());
             }
             self.run_window(&mut guard, account, jobs).await;
         }
@@ -637,6 +690,10 @@ impl Sink for ImapSink {
         self.close_sessions().await;
     }
 
+    /// With `oversize: stub`, a message over the limit (`max_message_bytes`, or refused as
+    /// `TOOBIG`, which the server's `APPENDLIMIT` makes us answer without sending) goes as
+    /// its stub, and so does one stubbed before: its stub may be in the folder already, and
+    /// only the stored stub's bytes let the duplicate search recognise it.
     async fn deliver(
         &self,
         message: &SpooledMessage,
@@ -646,18 +703,41 @@ impl Sink for ImapSink {
             .settings
             .account_for(&message.mailbox)
             .map_err(DeliveryError::permanent)?;
-        let fields = headers::read(&message.path).map_err(|e| {
-            DeliveryError::retryable(format!("cannot read the spooled message: {e}"))
-        })?;
-        self.reserve(&account, message)?;
-        let result = self.deliver_queued(&account, message, key, fields).await;
-        if let Some(b) = &self.budget {
-            // Nothing was uploaded: a failure, or the copy was already there.
-            if result.as_ref().map_or(true, |r| r.duplicate) {
-                b.release(&account.username, message.size);
+        let over = self
+            .settings
+            .max_message_bytes
+            .filter(|max| message.size > *max);
+        let Some(stubs) = &self.stubs else {
+            if let Some(max) = over {
+                return Err(DeliveryError::permanent(format!(
+                    "the message is {} bytes, over `max_message_bytes` ({max})",
+                    message.size
+                )));
+            }
+            return self
+                .append(&account, message, key)
+                .await
+                .map_err(|f| f.error);
+        };
+        if message.seen_before {
+            if let Some(stub) = stubs.earlier(message).await? {
+                return self.append_stub(&account, stub, key).await;
             }
         }
-        result
+        if over.is_some() {
+            return self
+                .append_stub(&account, stubs.stub(message).await?, key)
+                .await;
+        }
+        match self.append(&account, message, key).await {
+            Err(f) if f.too_big => {
+                tracing::info!(sink = %self.name, size = message.size, error = %f.error,
+                    "The IMAP server refused the message as too big; appending a stub");
+                self.append_stub(&account, stubs.stub(message).await?, key)
+                    .await
+            }
+            other => other.map_err(|f| f.error),
+        }
     }
 
     fn seed_daily_usage(&self, by_mailbox: &HashMap<String, u64>) {
@@ -684,7 +764,10 @@ impl Sink for ImapSink {
             DeliveryError::retryable(format!("IMAP {}:{}: connect timed out", s.host, s.port))
         })?
         .map_err(|e| DeliveryError::retryable(format!("IMAP {}:{}: {e}", s.host, s.port)))?;
-        Ok(())
+        match &self.stubs {
+            Some(stubs) => stubs.healthcheck().await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -94,6 +94,44 @@ impl OffloadConfig {
     }
 }
 
+/// What a mailbox sink (IMAP, Gmail) does with a message over its target's size limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Refuse it: a permanent failure, dead-lettered with the reason (the default).
+    #[default]
+    Refuse,
+    /// Store it whole in the `offload` bucket and deliver a stub with a link instead.
+    Stub,
+}
+
+/// A mailbox sink's `oversize` and `offload` keys together: the offload settings when stubs
+/// are on.
+pub fn stub_settings(
+    oversize: Option<Oversize>,
+    offload: Option<OffloadConfig>,
+    base: &Path,
+) -> Result<(Option<OffloadSettings>, Vec<String>), String> {
+    match (oversize.unwrap_or_default(), offload) {
+        (Oversize::Refuse, None) => Ok((None, Vec::new())),
+        (Oversize::Refuse, Some(_)) => {
+            Err("`offload` is used only with `oversize: stub`: add it, or remove `offload`".into())
+        }
+        (Oversize::Stub, None) => {
+            Err("`oversize: stub` needs an `offload` bucket for the originals".into())
+        }
+        (Oversize::Stub, Some(o)) => {
+            if o.raw.is_some() {
+                return Err(
+                    "`offload.raw` is a webhook key: a stub always links the whole message".into(),
+                );
+            }
+            let (settings, warnings) = o.validate(base)?;
+            Ok((Some(settings), warnings))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{load_str_with_env, SinkKind};
@@ -152,5 +190,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("format: json"), "{err}");
+    }
+
+    const IMAP: &str = "state:\n  path: /tmp/pb.db\nmailboxes:\n  - name: a\n    pop3:\n      host: h\n      username: u\n      password: p\n    schedule: { every: 60s }\n    sinks: [box]\nsinks:\n  - name: box\n    type: imap\n    host: imap.example.com\n    username: u\n    password: p\n";
+
+    fn load_imap(extra: &str) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+        load_str_with_env(
+            &format!("{IMAP}{extra}"),
+            Path::new("/etc/popbridge/config.yaml"),
+            |name| (name == "S3_SECRET").then(|| "sekrit-s3-key".into()),
+        )
+    }
+
+    #[test]
+    fn oversize_stub_needs_an_offload_bucket_and_is_off_by_default() {
+        let SinkKind::Imap(i) = &load_imap("").unwrap().config.sinks[0].kind else {
+            panic!("expected imap")
+        };
+        assert!(i.stub_offload.is_none() && i.max_message_bytes.is_none());
+        let loaded = load_imap(&format!(
+            "    oversize: stub\n    max_message_bytes: 1000\n{S3}"
+        ))
+        .unwrap();
+        let SinkKind::Imap(i) = &loaded.config.sinks[0].kind else {
+            panic!("expected imap")
+        };
+        assert_eq!(i.stub_offload.as_ref().unwrap().s3.bucket, "mail-files");
+        assert_eq!(i.max_message_bytes, Some(1000));
+        for (extra, why) in [
+            ("    oversize: stub\n".to_string(), "needs an `offload`"),
+            (S3.to_string(), "only with `oversize: stub`"),
+            (
+                format!("    oversize: stub\n{S3}      raw: true\n"),
+                "webhook key",
+            ),
+            ("    oversize: shrink\n".to_string(), "shrink"),
+            ("    max_message_bytes: 0\n".to_string(), "at least 1"),
+        ] {
+            let err = load_imap(&extra).unwrap_err().to_string();
+            assert!(err.contains(why), "{extra}: {err}");
+        }
     }
 }

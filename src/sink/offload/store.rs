@@ -19,6 +19,9 @@ pub struct Link {
     pub expires_at: Option<String>,
 }
 
+/// The most a small object read whole may hold.
+const MAX_SMALL: usize = 4 << 20;
+
 pub struct OffloadStore {
     svc: Service,
     prefix: String,
@@ -100,6 +103,88 @@ impl OffloadStore {
             s if s.is_success() || s == StatusCode::PRECONDITION_FAILED => Ok(key),
             s => Err(classify(&format!("PUT {key}"), s, &answer.body)),
         }
+    }
+
+    /// A small object (a stub) whole, or `None` when there is none. Read capped at
+    /// [`MAX_SMALL`]: anything larger under our stub keys is not ours.
+    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, DeliveryError> {
+        let resp = self
+            .svc
+            .send_streamed(Call {
+                method: Method::GET,
+                key: Some(key),
+                query: &[],
+                headers: Vec::new(),
+                body: reqwest::Body::from(""),
+                payload_sha256: crate::sink::s3::sigv4::EMPTY_SHA256,
+            })
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = crate::sink::http::read_capped(resp, MAX_SMALL)
+            .await
+            .map_err(|e| crate::sink::s3::service::transport_error(&e))?;
+        if !status.is_success() {
+            return Err(classify(
+                &format!("GET {key}"),
+                status,
+                &String::from_utf8_lossy(&body),
+            ));
+        }
+        Ok(Some(body))
+    }
+
+    /// Store `bytes` under `key` only if nothing is there (`If-None-Match: *`): `true` when
+    /// ours was stored, `false` when an object was there first (it is left as it is).
+    pub async fn create(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<bool, DeliveryError> {
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let s = &self.svc.settings;
+        let mut headers = vec![
+            ("content-type", content_type.to_string()),
+            ("content-length", bytes.len().to_string()),
+            ("if-none-match", "*".to_string()),
+            ("x-amz-meta-sha256", sha256.clone()),
+        ];
+        if let Some(sse) = s.sse {
+            headers.push(("x-amz-server-side-encryption", sse.header_value().into()));
+        }
+        if let Some(k) = &s.sse_kms_key_id {
+            headers.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
+        }
+        let answer = self
+            .svc
+            .send(Call {
+                method: Method::PUT,
+                key: Some(key),
+                query: &[],
+                headers,
+                body: reqwest::Body::from(bytes),
+                payload_sha256: &sha256,
+            })
+            .await?;
+        match answer.status {
+            s if s.is_success() => Ok(true),
+            StatusCode::PRECONDITION_FAILED => Ok(false),
+            s => Err(classify(&format!("PUT {key}"), s, &answer.body)),
+        }
+    }
+
+    /// `s3://bucket/key`, for receipts and logs.
+    pub fn address(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.svc.settings.bucket)
+    }
+
+    /// The key prefix of this store.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Is the object there with this content? One with other content under a content address
