@@ -422,9 +422,14 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
     );
     let paused_log = std::fs::read_to_string(&log_paths[1]).unwrap();
     let fenced = paused_log.matches(FENCED).count();
+    // Woken up, it tried to write and was refused: fenced, or, when the SIGSTOP fell inside a
+    // transaction (holding the lease row FOR SHARE), that transaction was ended by the server's
+    // idle_in_transaction_session_timeout (popbridge sets it on its connections) so the
+    // takeover could go on, and the poll failed on that state write.
+    let cut_off = paused_log.contains("kind=\"state\"");
     assert!(
-        fenced > 0,
-        "the paused replica never had a write fenced:\n{all_logs}"
+        fenced > 0 || cut_off,
+        "the paused replica never had a write refused:\n{all_logs}"
     );
     eprintln!(
         "paused replica: {fenced} fenced write(s) logged; took over {paused:?}; \
