@@ -43,6 +43,15 @@ fn the_daily_upload_budget_stops_the_sink_and_leaves_the_rest_on_the_server() {
         run.output()
     );
     assert_eq!(dc.list_server_messages(&dst).len(), 2);
+    // Shown as a pause of the account until midnight UTC, not as an error.
+    assert!(
+        run.stdout.contains("budget: sink archive paused until ")
+            && run
+                .stdout
+                .contains("T00:00:00Z (the daily upload budget of"),
+        "{}",
+        run.output()
+    );
     // The rest waits on the POP3 server, not deleted, not dead-lettered (the retry window of
     // 1s does not apply to a budget).
     assert_eq!(dc.list_server_messages(&src).len(), 3);
