@@ -113,8 +113,9 @@ impl Progress {
             _ if !self.begun.load(Ordering::Relaxed) => State::Waiting,
             None => State::Running,
             Some(Ended::Failed(why)) => State::Failed(why),
-            Some(_) if paused_until.is_some() => State::Paused,
+            // A paused sink with nothing left for it is no pause of this account.
             Some(Ended::Complete) => State::Done,
+            Some(Ended::Incomplete(_)) if paused_until.is_some() => State::Paused,
             Some(Ended::Incomplete(why)) => State::Failed(format!("incomplete: {why}")),
         };
         fleet::Account {
@@ -385,6 +386,11 @@ mod tests {
         let s = paused.snapshot("d");
         assert_eq!(s.state, State::Paused);
         assert_eq!((s.paused_until, s.deferred.bytes), (Some(until), 4000));
+        // The same target paused, but nothing was left for it: done.
+        let idle = Progress::default();
+        idle.paused("gmail", until);
+        idle.finish(Ended::Complete);
+        assert_eq!(idle.snapshot("e").state, State::Done);
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Account {
     /// When the account can be complete if that is later than this run: the end of a sink's
     /// pause, or the start of the last day its daily budget needs for the remaining bytes.
     pub fn complete_after(&self) -> Option<DateTime<Utc>> {
-        if matches!(self.state, State::Failed(_)) {
+        if matches!(self.state, State::Failed(_) | State::Done) {
             return None;
         }
         let mut after = self.paused_until;
@@ -621,8 +621,11 @@ mod tests {
         };
         let mut running = listed("gm2", State::Running, 4000, 1000);
         running.paused_until = Some(until);
+        // Done with the same target paused: nothing of it waits.
+        let mut idle = listed("idle", State::Done, 0, 0);
+        idle.paused_until = Some(until);
         let f = fleet(
-            vec![listed("a", State::Done, 1000, 1000), paused, running],
+            vec![listed("a", State::Done, 1000, 1000), paused, running, idle],
             1,
         );
         let t = totals(&f);
