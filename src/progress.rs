@@ -233,7 +233,6 @@ async fn draw_until(mailboxes: &[(String, Arc<Progress>)], stop: &AtomicBool) {
         .and_then(|c| c.parse::<usize>().ok())
         .filter(|&c| c >= 40)
         .unwrap_or(120);
-    let mut drawn = 0usize;
     loop {
         let last = stop.load(Ordering::Relaxed);
         let lines = match mailboxes {
@@ -245,16 +244,24 @@ async fn draw_until(mailboxes: &[(String, Arc<Progress>)], stop: &AtomicBool) {
                 MAX_FAILED,
             ),
         };
-        let mut frame = String::new();
-        if drawn > 0 {
-            // Move up over the previous frame and clear it (it may have had more lines).
-            let _ = write!(frame, "\x1b[{drawn}A\x1b[J");
-        }
-        for l in &lines {
-            let _ = writeln!(frame, "\x1b[2K{l}");
-        }
-        drawn = lines.len();
         {
+            // Shared with the log writer, which clears the frame before a log line.
+            let mut drawn = crate::telemetry::LIVE_FRAME
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Autowrap off while drawing: a line wider than the terminal is cut by the
+            // terminal instead of taking two rows, so moving up by the line count is exact.
+            let mut frame = String::from("\x1b[?7l");
+            if *drawn > 0 {
+                // Move up over the previous frame and clear it (it may have had more lines).
+                let _ = write!(frame, "\x1b[{}A\x1b[J", *drawn);
+            }
+            for l in &lines {
+                let _ = writeln!(frame, "\x1b[2K{l}");
+            }
+            frame.push_str("\x1b[?7h");
+            // The last frame stays on the screen, above the summary.
+            *drawn = if last { 0 } else { lines.len() };
             let mut err = std::io::stderr().lock();
             let _ = err.write_all(frame.as_bytes());
             let _ = err.flush();
