@@ -534,7 +534,7 @@ async fn once(
             .iter()
             .map(|m| (m.mailbox.name.clone(), m.progress.clone()))
             .collect(),
-        popbridge::progress::Display {
+        popbridge::progress::Settings {
             status_every: files.status_every,
         },
     );

@@ -186,7 +186,7 @@ impl Progress {
 
 /// How `once` shows progress.
 #[derive(Clone, Copy, Debug)]
-pub struct Display {
+pub struct Settings {
     /// Log a fleet status line this often when stderr is not a terminal (`None`: never).
     pub status_every: Option<Duration>,
 }
@@ -200,10 +200,11 @@ const MAX_FAILED: usize = 5;
 /// terminal, a logged status line at an interval otherwise.
 pub fn spawn_renderer(
     mailboxes: Vec<(String, Arc<Progress>)>,
-    display: Display,
+    settings: Settings,
 ) -> Option<RendererGuard> {
     let terminal = std::io::stderr().is_terminal();
-    if !terminal && display.status_every.is_none() {
+    let every = settings.status_every;
+    if !terminal && every.is_none() {
         return None;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -211,8 +212,8 @@ pub fn spawn_renderer(
     let handle = tokio::spawn(async move {
         if terminal {
             draw_until(&mailboxes, &flag).await;
-        } else {
-            log_until(&mailboxes, display.status_every, &flag).await;
+        } else if let Some(every) = every {
+            log_until(&mailboxes, every, &flag).await;
         }
     });
     Some(RendererGuard { stop, handle })
@@ -275,24 +276,20 @@ async fn draw_until(mailboxes: &[(String, Arc<Progress>)], stop: &AtomicBool) {
 
 /// A status line every `every`, and a last one at the end when there are several mailboxes
 /// or a line was logged already (a short run of one mailbox adds nothing to its summary).
-async fn log_until(
-    mailboxes: &[(String, Arc<Progress>)],
-    every: Option<Duration>,
-    stop: &AtomicBool,
-) {
+async fn log_until(mailboxes: &[(String, Arc<Progress>)], every: Duration, stop: &AtomicBool) {
     let started = Instant::now();
-    let every = every
-        .unwrap_or(Duration::MAX)
-        .max(Duration::from_millis(10));
+    let every = every.max(Duration::from_millis(10));
     let tick = every.min(Duration::from_millis(100));
-    let mut next = started + every;
+    // `None`: an interval too long to ever come.
+    let mut next = started.checked_add(every);
     let mut logged = false;
     loop {
         let last = stop.load(Ordering::Relaxed);
-        if (last && (logged || mailboxes.len() > 1)) || (!last && Instant::now() >= next) {
+        let due = next.is_some_and(|n| Instant::now() >= n);
+        if (last && (logged || mailboxes.len() > 1)) || (!last && due) {
             log_status(&fleet::status(&snapshot(mailboxes, started)), last);
             logged = true;
-            next = Instant::now() + every;
+            next = Instant::now().checked_add(every);
         }
         if last {
             return;
