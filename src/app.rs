@@ -360,6 +360,14 @@ impl App {
                 }
             })
             .collect();
+        for m in mailboxes
+            .iter()
+            .filter(|m| skipped.contains(&m.mailbox.name))
+        {
+            m.progress.finish(crate::progress::Ended::Failed(
+                "leased: a replica holds its lease".into(),
+            ));
+        }
         let mailboxes: Vec<_> = mailboxes
             .iter()
             .filter(|m| !skipped.contains(&m.mailbox.name))
@@ -369,11 +377,15 @@ impl App {
             let (ctx, limiter, shutdown) = (ctx.clone(), self.limiter.clone(), shutdown.clone());
             async move {
                 let name = ctx.mailbox.name.clone();
+                let progress = ctx.progress.clone();
                 let task = tokio::spawn(async move { poll_limited(&ctx, &limiter, &shutdown).await });
-                let failed = |kind: &str, message: String| PollReport {
-                    mailbox: name.clone(),
-                    error: Some((kind.into(), message)),
-                    ..Default::default()
+                let failed = |kind: &str, message: String| {
+                    progress.finish(crate::progress::Ended::Failed(format!("{kind}: {message}")));
+                    PollReport {
+                        mailbox: name.clone(),
+                        error: Some((kind.into(), message)),
+                        ..Default::default()
+                    }
                 };
                 match task.await {
                     Ok(Some(report)) => report,

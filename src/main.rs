@@ -82,6 +82,9 @@ enum Command {
         /// Skip the mailboxes that this earlier report (JSON, from --report) says are done.
         #[arg(long, value_name = "FILE")]
         resume: Option<PathBuf>,
+        /// When stderr is not a terminal: log a one-line fleet status this often (`off`: never).
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        status_every: String,
     },
     /// What a run would do to each listed message, with no side effect: no RETR, no DELE, no
     /// sink called, no state written.
@@ -373,6 +376,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             wait_lock,
             report,
             resume,
+            status_every,
         } => {
             let wait = match wait_lock
                 .as_deref()
@@ -385,7 +389,21 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     return Ok(exit::CONFIG);
                 }
             };
-            let files = ReportFiles { report, resume };
+            let status_every = match status_every.as_str() {
+                "off" | "0" => None,
+                d => match popbridge::config_value::duration::parse_duration(d) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        eprintln!("error: --status-every: {e}");
+                        return Ok(exit::CONFIG);
+                    }
+                },
+            };
+            let files = ReportFiles {
+                report,
+                resume,
+                status_every,
+            };
             once(config_or_exit!(&config.config), mailbox, json, wait, files).await
         }
         Command::Check { config, connect } => check(config_or_exit!(&config.config), connect).await,
@@ -442,10 +460,11 @@ fn shutdown_token() -> CancellationToken {
     token
 }
 
-/// `once --report` / `--resume`.
+/// `once --report` / `--resume`, and how often to log the fleet status.
 struct ReportFiles {
     report: Option<PathBuf>,
     resume: Option<PathBuf>,
+    status_every: Option<std::time::Duration>,
 }
 
 /// Mailboxes an earlier `--report FILE.json` lists as complete.
@@ -515,6 +534,9 @@ async fn once(
             .iter()
             .map(|m| (m.mailbox.name.clone(), m.progress.clone()))
             .collect(),
+        popbridge::progress::Settings {
+            status_every: files.status_every,
+        },
     );
     let reports = app.run_once(&selected, &shutdown).await;
     app.close_sinks().await;
@@ -528,7 +550,7 @@ async fn once(
     }
     if let Some(path) = &files.report {
         let text = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::to_string_pretty(&reports)?
+            serde_json::to_string_pretty(&popbridge::summary::json(&reports))?
         } else {
             popbridge::summary::csv(&reports)
         };

@@ -11,30 +11,65 @@ pub fn csv(reports: &[PollReport]) -> String {
         "mailbox,status,listed,fetched,bytes,delivered,duplicates,pending,dead,deleted,duration_ms,error\n",
     );
     for r in reports {
-        let status = match (&r.error, r.complete()) {
-            (Some(_), _) => "failed",
-            (None, true) => "ok",
-            (None, false) if !r.paused.is_empty() => "paused",
-            (None, false) => "incomplete",
-        };
         let error = r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or("");
         let _ = writeln!(
             out,
-            "{},{status},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
             field(&r.mailbox),
+            status(r),
             r.listed,
             r.fetched,
             r.bytes,
             r.delivered,
             r.duplicates,
-            r.retry_later + r.waiting,
-            r.dead_lettered + r.dead_earlier,
+            pending(r),
+            dead(r),
             r.deleted,
             r.duration_ms,
             field(error)
         );
     }
     out
+}
+
+/// The JSON report file: each `PollReport` as `once --json` prints it, plus the CSV's derived
+/// columns `status`, `pending` and `dead` (added fields only, so readers of the plain
+/// `PollReport` JSON, such as `--resume`, keep working).
+pub fn json(reports: &[PollReport]) -> serde_json::Value {
+    serde_json::Value::Array(
+        reports
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("status".into(), status(r).into());
+                    o.insert("pending".into(), pending(r).into());
+                    o.insert("dead".into(), dead(r).into());
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// `ok`, `failed`, `paused` or `incomplete`.
+fn status(r: &PollReport) -> &'static str {
+    match (&r.error, r.complete()) {
+        (Some(_), _) => "failed",
+        (None, true) => "ok",
+        (None, false) if !r.paused.is_empty() => "paused",
+        (None, false) => "incomplete",
+    }
+}
+
+/// Deliveries still owed: to retry, or waiting for their time or a paused sink.
+fn pending(r: &PollReport) -> usize {
+    r.retry_later + r.waiting
+}
+
+/// Dead-lettered deliveries, of this poll and earlier ones.
+fn dead(r: &PollReport) -> usize {
+    r.dead_lettered + r.dead_earlier
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
@@ -70,8 +105,8 @@ pub fn table(reports: &[PollReport]) -> String {
             r.bytes,
             r.delivered,
             r.duplicates,
-            r.retry_later + r.waiting,
-            r.dead_lettered + r.dead_earlier,
+            pending(r),
+            dead(r),
             r.deleted,
             status
         );
@@ -216,6 +251,35 @@ mod tests {
         );
         assert!(serde_json::to_string(&r).unwrap().contains("\"stubbed\":1"));
         assert!(!table(&[PollReport::default()]).contains("stub"));
+    }
+
+    #[test]
+    fn the_json_report_adds_status_pending_and_dead_to_every_field_of_the_poll() {
+        let partial = PollReport {
+            mailbox: "bob".into(),
+            listed: 4,
+            delivered: 2,
+            retry_later: 1,
+            waiting: 1,
+            dead_earlier: 1,
+            duration_ms: 7,
+            ..Default::default()
+        };
+        let failed = PollReport {
+            mailbox: "carol".into(),
+            error: Some(("auth".into(), "login refused".into())),
+            ..Default::default()
+        };
+        let v = json(&[partial, failed]);
+        assert_eq!(v[0]["status"], "incomplete");
+        assert_eq!(v[0]["pending"], 2);
+        assert_eq!(v[0]["dead"], 1);
+        // The PollReport's own fields are all still there.
+        assert_eq!(v[0]["retry_later"], 1);
+        assert_eq!(v[0]["duration_ms"], 7);
+        assert_eq!(v[0]["listed"], 4);
+        assert_eq!(v[1]["status"], "failed");
+        assert_eq!(v[1]["error"][1], "login refused");
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
@@ -33,6 +33,29 @@ pub fn init(format: LogFormat, level: &str) {
     };
     // Already initialised (tests): keep the first.
     drop(result);
+}
+
+/// Lines of the live progress frame now on the terminal (see `progress`): a log line
+/// clears the frame first, so the next frame is drawn below the log instead of over it.
+pub static LIVE_FRAME: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Stderr, clearing the live progress frame before a log line.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut frame = LIVE_FRAME.lock().unwrap_or_else(|e| e.into_inner());
+        let mut err = std::io::stderr().lock();
+        if *frame > 0 {
+            write!(err, "\x1b[{}A\x1b[J", *frame)?;
+            *frame = 0;
+        }
+        err.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Colour only for a person at a terminal: escape codes in a file, journald or a log

@@ -195,3 +195,102 @@ fn a_report_file_lists_each_mailbox_and_resume_skips_the_done_ones() {
     assert_eq!(polled, ["bad"]);
     assert_eq!(bridge.delivered("bad").len(), 3);
 }
+
+/// A batch run whose stderr is not a terminal (a Kubernetes Job, CI) logs a one-line fleet
+/// status at the `--status-every` interval and once at the end; its counts and the failing
+/// account's reason agree with the report file.
+#[test]
+fn the_fleet_status_log_counts_done_and_failed_accounts_and_agrees_with_the_report() {
+    let dc = dovecot_or_skip!();
+    let users: Vec<_> = (0..4).map(|_| dc.add_user("fleet")).collect();
+    for (i, u) in users.iter().enumerate() {
+        dc.seed(u, &mail::corpus(&format!("fleet{i}"), i + 1));
+    }
+    let names = ["fleet-a", "fleet-b", "fleet-c", "fleet-bad"];
+    let mut mailboxes: Vec<Mailbox> = names
+        .iter()
+        .zip(&users)
+        .map(|(n, u)| Mailbox::new(n, u))
+        .collect();
+    mailboxes[3].password = Some("wrong");
+    let bridge = Bridge::new(dc, &mailboxes);
+    let report = bridge.dir.path().join("report.json");
+    let run = bridge.run(&[
+        "--log-format",
+        "json",
+        "once",
+        "--status-every",
+        "100ms",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+
+    let status: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "Fleet status")
+        .collect();
+    let last = status.last().expect("no fleet status line logged");
+    assert_eq!(last["last"], true, "{}", run.output());
+    // Earlier lines (if the run lasted past 100 ms) never count more than the end.
+    for s in &status {
+        assert_eq!(s["accounts"], 4, "{s}");
+        assert!(
+            s["done"].as_u64() <= Some(3) && s["failed"].as_u64() <= Some(1),
+            "{s}"
+        );
+    }
+    let counts = |k: &str| last[k].as_u64().unwrap();
+    assert_eq!(
+        (
+            counts("done"),
+            counts("running"),
+            counts("waiting"),
+            counts("failed"),
+            counts("paused")
+        ),
+        (3, 0, 0, 1, 0),
+        "{last}"
+    );
+    // Messages 1 + 2 + 3 of the good accounts, all known (no "≈": everything was listed).
+    assert_eq!(last["messages"], "6/6", "{last}");
+    assert_eq!(last["eta"], "finished", "{last}");
+
+    let reports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 4);
+    let by_name = |n: &str| reports.iter().find(|r| r["mailbox"] == n).unwrap();
+    let bad = by_name("fleet-bad");
+    assert_eq!(bad["status"], "failed", "{bad}");
+    assert_eq!(bad["error"][0], "auth", "{bad}");
+    let reason = format!("fleet-bad (auth: {}", bad["error"][1].as_str().unwrap());
+    let failures = last["failures"].as_str().unwrap();
+    assert!(
+        failures.starts_with(&reason[..reason.len().min(60)]),
+        "status {failures:?} vs report {reason:?}"
+    );
+    let ok: Vec<&serde_json::Value> = reports.iter().filter(|r| r["status"] == "ok").collect();
+    assert_eq!(ok.len() as u64, counts("done"));
+    let delivered: u64 = ok.iter().map(|r| r["delivered"].as_u64().unwrap()).sum();
+    assert_eq!(delivered, 6);
+    for r in reports {
+        for k in [
+            "listed",
+            "delivered",
+            "bytes",
+            "duplicates",
+            "pending",
+            "dead",
+            "duration_ms",
+        ] {
+            assert!(r[k].is_u64(), "{k} missing in {r}");
+        }
+    }
+    for (i, n) in names[..3].iter().enumerate() {
+        assert_eq!(by_name(n)["delivered"], i as u64 + 1);
+        assert_eq!(bridge.delivered(n).len(), i + 1);
+    }
+}

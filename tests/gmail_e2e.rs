@@ -102,6 +102,24 @@ async fn a_used_up_daily_quota_pauses_that_account_keeps_its_mail_and_the_other_
         .unwrap();
     assert_eq!(alice["paused"][0]["sink"], "archive");
     assert_eq!(alice["paused"][0]["until"], midnight.as_str());
+    assert_eq!(alice["status"], "paused");
+    // The fleet status logged at the end (stderr is not a terminal): Bob done, Alice paused,
+    // and the ETA of her mail is "after" the quota's reset.
+    let fleet = run
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("Fleet status"))
+        .unwrap_or_else(|| panic!("no fleet status\n{}", run.output()));
+    let reset = chrono::DateTime::parse_from_rfc3339(&midnight)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M UTC")
+        .to_string();
+    for part in [
+        "accounts=2 done=1 running=0 waiting=0 failed=0 paused=1".to_string(),
+        format!("blocked=1 account(s) complete after {reset}"),
+    ] {
+        assert!(fleet.contains(&part), "{part:?} not in {fleet}");
+    }
 
     // A later run (a fresh process that does not know about the pause) does not download
     // Alice's mail again or knock at her account before the reset: they wait, undeleted.

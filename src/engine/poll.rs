@@ -185,6 +185,7 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         ..Default::default()
     };
     let clock = std::time::Instant::now();
+    ctx.progress.begin();
     // A server sending one byte per read timeout must not hold a poll slot for days. Dropping
     // the poll mid-way is what a kill -9 does, which the state is built to survive.
     let result = match tokio::time::timeout(
@@ -201,7 +202,7 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         report.error = Some((e.kind().to_string(), e.to_string()));
     }
     note_pauses(ctx, &mut report);
-    ctx.progress.finish();
+    ctx.progress.finish(ended(&report));
     report.duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     crate::metrics::poll_finished(&report.event(clock.elapsed()));
     match ctx.store.backlog(&ctx.mailbox.name).await {
@@ -220,6 +221,23 @@ pub async fn poll(ctx: &MailboxContext, shutdown: &CancellationToken) -> PollRep
         }
     }
     report
+}
+
+/// How the poll ended, for the fleet view: the error, or the first reason it is incomplete.
+fn ended(report: &PollReport) -> crate::progress::Ended {
+    use crate::progress::Ended;
+    if let Some((kind, message)) = &report.error {
+        return Ended::Failed(format!("{kind}: {message}"));
+    }
+    if report.complete() {
+        return Ended::Complete;
+    }
+    let pending = report.retry_later + report.waiting;
+    let dead = report.dead_lettered + report.dead_earlier;
+    Ended::Incomplete(match report.failures.first() {
+        Some(f) => f.clone(),
+        None => format!("{pending} delivery(ies) pending, {dead} dead-lettered"),
+    })
 }
 
 /// The sinks paused for this mailbox's target at the end of the poll: in the report (summary,

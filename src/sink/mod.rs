@@ -184,6 +184,23 @@ pub trait Sink: Send + Sync {
     /// Bytes the state says were delivered to this sink since [`Sink::daily_usage_since`], by
     /// mailbox: uploads of earlier processes today count against the budget.
     fn seed_daily_usage(&self, _by_mailbox: &std::collections::HashMap<String, u64>) {}
+
+    /// The daily budget of `mailbox`'s target and what is left of it today, so the progress
+    /// display can say how many days the remaining bytes need. Default: no budget.
+    fn daily_budget(&self, _mailbox: &str) -> Option<DailyBudget> {
+        None
+    }
+}
+
+/// A target's daily byte budget as it stands now (IMAP `daily_upload_limit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DailyBudget {
+    /// Bytes per day.
+    pub limit: u64,
+    /// Bytes still allowed today.
+    pub left_today: u64,
+    /// When the next day's budget starts.
+    pub resets_at: DateTime<Utc>,
 }
 
 /// A target of a sink that refuses deliveries until a known time.

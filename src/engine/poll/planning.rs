@@ -127,6 +127,12 @@ pub(super) async fn plan_poll(
     skip_too_large(ctx, &mut fetch, report);
     ctx.progress
         .plan(fetch.len() as u64, fetch.iter().map(|f| f.size).sum());
+    ctx.progress.budgets(
+        ctx.sinks
+            .iter()
+            .filter_map(|h| h.sink.daily_budget(name))
+            .collect(),
+    );
     // Only a message gone from the listing can come back under a new UIDL; without one,
     // skip the per-message lookup by content.
     let some_vanished =
@@ -181,17 +187,32 @@ fn skip_sinks_that_are_down(
     if down.is_empty() {
         return;
     }
+    // Paused sinks have a known end, so the progress can say when their messages go.
+    let pauses: Vec<_> = ctx
+        .sinks
+        .iter()
+        .filter_map(|h| Some((h.name.as_str(), h.sink.paused_until(&ctx.mailbox.name)?)))
+        .collect();
+    for (sink, p) in &pauses {
+        ctx.progress.paused(sink, p.until);
+    }
     let before = fetch.len();
     let mut waiting = 0;
+    let (mut deferred, mut deferred_bytes) = (0u64, 0u64);
     fetch.retain_mut(|f| {
         if f.prior != Prior::Plain || !matches!(f.identity, Identity::Uidl(_)) {
             return true;
         }
         let n = f.sinks.len();
+        if f.sinks.iter().any(|s| pauses.iter().any(|(p, _)| p == s)) {
+            deferred += 1;
+            deferred_bytes += f.size;
+        }
         f.sinks.retain(|s| !down.contains(&s.as_str()));
         waiting += n - f.sinks.len();
         !f.sinks.is_empty()
     });
+    ctx.progress.deferred(deferred, deferred_bytes);
     report.waiting += waiting;
     let text = format!(
         "sink(s) {} down or paused: {} message(s) wait on the server for them, not fetched this poll",

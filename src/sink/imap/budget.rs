@@ -19,7 +19,26 @@ pub struct UploadBudget {
     limit: u64,
     clock: Clock,
     /// Per account: the UTC day counted, and bytes uploaded (or reserved) on it.
-    used: Mutex<HashMap<String, (NaiveDate, u64)>>,
+    used: Mutex<HashMap<String, Day>>,
+}
+
+/// One account's count for one UTC day.
+#[derive(Clone, Copy)]
+struct Day {
+    date: NaiveDate,
+    bytes: u64,
+    /// A message was refused today: the account is paused until the next UTC midnight.
+    refused: bool,
+}
+
+impl Day {
+    fn new(date: NaiveDate) -> Self {
+        Self {
+            date,
+            bytes: 0,
+            refused: false,
+        }
+    }
 }
 
 /// Why an upload may not go now.
@@ -60,11 +79,13 @@ impl UploadBudget {
     pub fn seed(&self, account: &str, bytes: u64) {
         let today = (self.clock)().date_naive();
         if let Ok(mut used) = self.used.lock() {
-            let entry = used.entry(account.to_string()).or_insert((today, 0));
-            if entry.0 != today {
-                *entry = (today, 0);
+            let entry = used
+                .entry(account.to_string())
+                .or_insert_with(|| Day::new(today));
+            if entry.date != today {
+                *entry = Day::new(today);
             }
-            entry.1 = entry.1.saturating_add(bytes);
+            entry.bytes = entry.bytes.saturating_add(bytes);
         }
     }
 
@@ -78,28 +99,57 @@ impl UploadBudget {
         let Ok(mut used) = self.used.lock() else {
             return Ok(());
         };
-        let entry = used.entry(account.to_string()).or_insert((today, 0));
-        if entry.0 != today {
+        let entry = used
+            .entry(account.to_string())
+            .or_insert_with(|| Day::new(today));
+        if entry.date != today {
             // A new day: a new budget.
-            *entry = (today, 0);
+            *entry = Day::new(today);
         }
-        if entry.1.saturating_add(size) > self.limit {
-            let midnight = today
-                .succ_opt()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map_or(now, |t| t.and_utc());
-            let wait = (midnight - now).to_std().unwrap_or(Duration::ZERO);
+        if entry.bytes.saturating_add(size) > self.limit {
+            entry.refused = true;
+            let wait = (self.next_reset() - now).to_std().unwrap_or(Duration::ZERO);
             return Err(Refusal::Tomorrow(wait));
         }
-        entry.1 += size;
+        entry.bytes += size;
         Ok(())
+    }
+
+    /// The next UTC midnight, when every account's budget starts again.
+    pub fn next_reset(&self) -> DateTime<Utc> {
+        let now = (self.clock)();
+        now.date_naive()
+            .succ_opt()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(now, |t| t.and_utc())
+    }
+
+    /// Bytes `account` may still upload today.
+    pub fn left_today(&self, account: &str) -> u64 {
+        let today = (self.clock)().date_naive();
+        let used = self
+            .used
+            .lock()
+            .ok()
+            .and_then(|u| u.get(account).copied())
+            .filter(|d| d.date == today)
+            .map_or(0, |d| d.bytes);
+        self.limit.saturating_sub(used)
+    }
+
+    /// Until when `account` is paused: the next UTC midnight once a message was refused
+    /// today, so later polls of the day do not download what cannot be uploaded.
+    pub fn spent_until(&self, account: &str) -> Option<DateTime<Utc>> {
+        let today = (self.clock)().date_naive();
+        let day = self.used.lock().ok()?.get(account).copied()?;
+        (day.date == today && day.refused).then(|| self.next_reset())
     }
 
     /// Give back a reservation that uploaded nothing (failed, or the message was there).
     pub fn release(&self, account: &str, size: u64) {
         if let Ok(mut used) = self.used.lock() {
             if let Some(entry) = used.get_mut(account) {
-                entry.1 = entry.1.saturating_sub(size);
+                entry.bytes = entry.bytes.saturating_sub(size);
             }
         }
     }
@@ -137,6 +187,26 @@ mod tests {
         clock.store(1_796_166_000 + 3600, Ordering::SeqCst);
         assert_eq!(b.reserve("ann", 1000), Ok(()));
         assert_eq!(b.today_start().timestamp(), 1_796_166_000 + 3600);
+    }
+
+    #[test]
+    fn a_refusal_pauses_the_account_until_midnight_and_says_what_is_left() {
+        // 2026-12-01 23:00:00 UTC
+        let clock = Arc::new(AtomicI64::new(1_796_166_000));
+        let b = UploadBudget::with_clock(1000, at(&clock));
+        b.seed("ann", 300);
+        assert_eq!(b.left_today("ann"), 700);
+        assert_eq!(b.left_today("bob"), 1000);
+        assert_eq!(b.spent_until("ann"), None, "nothing refused yet");
+        assert!(b.reserve("ann", 800).is_err());
+        let midnight = DateTime::from_timestamp(1_796_166_000 + 3600, 0).unwrap();
+        assert_eq!(b.spent_until("ann"), Some(midnight));
+        assert_eq!(b.next_reset(), midnight);
+        assert_eq!(b.spent_until("bob"), None);
+        // The next day the pause is over and the budget whole again.
+        clock.store(1_796_166_000 + 3600, Ordering::SeqCst);
+        assert_eq!(b.spent_until("ann"), None);
+        assert_eq!(b.left_today("ann"), 1000);
     }
 
     #[test]

@@ -753,6 +753,30 @@ impl Sink for ImapSink {
         self.budget.as_ref().map(|b| b.today_start())
     }
 
+    fn paused_until(&self, mailbox: &str) -> Option<crate::sink::SinkPause> {
+        let b = self.budget.as_ref()?;
+        let account = self.settings.account_for(mailbox).ok()?;
+        let until = b.spent_until(&account.username)?;
+        Some(crate::sink::SinkPause {
+            until,
+            reason: format!(
+                "the daily upload budget of {} bytes of {} is used up",
+                b.limit(),
+                account.username
+            ),
+        })
+    }
+
+    fn daily_budget(&self, mailbox: &str) -> Option<crate::sink::DailyBudget> {
+        let b = self.budget.as_ref()?;
+        let account = self.settings.account_for(mailbox).ok()?;
+        Some(crate::sink::DailyBudget {
+            limit: b.limit(),
+            left_today: b.left_today(&account.username),
+            resets_at: b.next_reset(),
+        })
+    }
+
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         let s = &self.settings.server;
         tokio::time::timeout(
