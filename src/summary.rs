@@ -14,7 +14,7 @@ pub fn csv(reports: &[PollReport]) -> String {
         let status = match (&r.error, r.complete()) {
             (Some(_), _) => "failed",
             (None, true) => "ok",
-            (None, false) if !r.paused.is_empty() => "paused",
+            (None, false) if !r.paused.is_empty() || r.download_held.is_some() => "paused",
             (None, false) => "incomplete",
         };
         let error = r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or("");
@@ -27,7 +27,7 @@ pub fn csv(reports: &[PollReport]) -> String {
             r.bytes,
             r.delivered,
             r.duplicates,
-            r.retry_later + r.waiting,
+            r.retry_later + r.waiting + r.download_held.as_ref().map_or(0, |h| h.messages),
             r.dead_lettered + r.dead_earlier,
             r.deleted,
             r.duration_ms,
@@ -58,7 +58,9 @@ pub fn table(reports: &[PollReport]) -> String {
         let status = match (&r.error, r.complete()) {
             (Some((kind, _)), _) => format!("FAILED ({kind})"),
             (None, true) => "ok".to_string(),
-            (None, false) if !r.paused.is_empty() => "PAUSED".to_string(),
+            (None, false) if !r.paused.is_empty() || r.download_held.is_some() => {
+                "PAUSED".to_string()
+            }
             (None, false) => "INCOMPLETE".to_string(),
         };
         let _ = writeln!(
@@ -116,6 +118,13 @@ pub fn table(reports: &[PollReport]) -> String {
                 out,
                 "{}: sink {} paused until {} ({}); its messages wait on the server, not deleted, and go at the first poll after that",
                 r.mailbox, p.sink, p.until, p.reason
+            );
+        }
+        if let Some(h) = &r.download_held {
+            let _ = writeln!(
+                out,
+                "{}: {} message(s) wait on the server: the daily download budget of {} ({} bytes, servers.{}.bytes_per_day) is spent; fetched from {} (the next UTC day)",
+                r.mailbox, h.messages, h.host, h.budget, h.host, h.until
             );
         }
         for w in &r.warnings {
