@@ -228,6 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn mail_held_by_a_hosts_daily_download_budget_is_paused_with_its_reason() {
+        let r = PollReport {
+            mailbox: "alice".into(),
+            listed: 5,
+            fetched: 2,
+            download_held: Some(crate::engine::poll::DownloadHeld {
+                host: "pop.example.com".into(),
+                messages: 3,
+                until: "2026-12-02T00:00:00Z".into(),
+                budget: 5000,
+            }),
+            ..Default::default()
+        };
+        assert!(!r.complete(), "held mail is not done: `once` exits 1");
+        let t = table(std::slice::from_ref(&r));
+        assert!(t.lines().nth(1).unwrap().ends_with("PAUSED"), "{t}");
+        assert!(
+            t.contains("alice: 3 message(s) wait on the server: the daily download budget of pop.example.com (5000 bytes, servers.pop.example.com.bytes_per_day) is spent; fetched from 2026-12-02T00:00:00Z"),
+            "{t}"
+        );
+        assert!(csv(&[r]).contains("alice,paused,5,2,0,0,0,3,"));
+    }
+
+    #[test]
     fn the_report_file_has_a_row_per_mailbox_and_quotes_errors() {
         let ok = PollReport {
             mailbox: "alice".into(),
