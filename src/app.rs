@@ -430,8 +430,12 @@ async fn seed_download_budgets(
             .map(|(_, bytes)| *bytes)
             .sum();
         budget.seed(used);
-        tracing::info!(host = h.host(), fetched_today = used, budget = budget.limit(),
-            "Daily download budget: counting what the state says was fetched today");
+        tracing::info!(
+            host = h.host(),
+            fetched_today = used,
+            budget = budget.limit(),
+            "Daily download budget: counting what the state says was fetched today"
+        );
     }
     Ok(())
 }

@@ -379,7 +379,11 @@ pub fn sink_paused(mailbox: &str, sink: &str, until: Option<chrono::DateTime<chr
 
 /// A host's daily download budget after a poll planned its fetches: bytes counted today and,
 /// when spent, when it starts again. Labelled by host: bounded by the `servers:` entries.
-pub fn server_download(server: &str, used: u64, paused_until: Option<chrono::DateTime<chrono::Utc>>) {
+pub fn server_download(
+    server: &str,
+    used: u64,
+    paused_until: Option<chrono::DateTime<chrono::Utc>>,
+) {
     let Some(m) = get() else { return };
     m.server_downloaded
         .with_label_values(&[server])

@@ -15,12 +15,16 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A TCP proxy to Dovecot's plain POP3 port that records when each session opened and closed
+/// A TCP proxy to Dovecot's plain POP3 port that records when each session opened and ended
 /// and delays every server-to-client chunk by `delay` (so sessions last long enough to
 /// overlap when nothing keeps them apart).
+///
+/// A session ends when the proxy reads the client's `QUIT` (recorded before it is forwarded,
+/// so before the client can see `+OK` and start its next session: the order is causal, not a
+/// race between threads), or when the client hangs up.
 struct Proxy {
     port: u16,
-    /// (opened, closed) per session, in accept order.
+    /// (opened, ended) per session, in accept order.
     sessions: Arc<Mutex<Vec<(Instant, Option<Instant>)>>>,
 }
 
@@ -42,17 +46,32 @@ impl Proxy {
                 std::thread::spawn(move || {
                     let server = TcpStream::connect(("127.0.0.1", target)).unwrap();
                     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                    let up = std::thread::spawn(move || pump(c2, s2, Duration::ZERO));
-                    pump(server, client, delay);
+                    let end = move || {
+                        let mut s = log.lock().unwrap();
+                        s[index].1.get_or_insert_with(Instant::now);
+                    };
+                    let end2 = end.clone();
+                    let up = std::thread::spawn(move || {
+                        pump(c2, s2, Duration::ZERO, |chunk| {
+                            if chunk
+                                .windows(6)
+                                .any(|w| w.eq_ignore_ascii_case(b"QUIT\r\n"))
+                            {
+                                end2();
+                            }
+                        });
+                        end2();
+                    });
+                    pump(server, client, delay, |_| {});
                     let _ = up.join();
-                    log.lock().unwrap()[index].1 = Some(Instant::now());
+                    end();
                 });
             }
         });
         Proxy { port, sessions }
     }
 
-    /// Sessions so far: (opened, closed).
+    /// Sessions so far: (opened, ended).
     fn sessions(&self) -> Vec<(Instant, Option<Instant>)> {
         self.sessions.lock().unwrap().clone()
     }
@@ -63,7 +82,7 @@ impl Proxy {
         let mut events: Vec<(Instant, i32)> = Vec::new();
         for (open, close) in &s {
             events.push((*open, 1));
-            events.push((close.expect("every session closed"), -1));
+            events.push((close.expect("every session ended"), -1));
         }
         // At equal times, a close comes before an open (touching is not overlapping).
         events.sort_by_key(|(t, d)| (*t, *d));
@@ -76,14 +95,15 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` (sleeping `delay` before each chunk) until `from` ends, then closes
-/// `to`'s write side so the other end sees the end too.
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+/// Copies `from` to `to` (showing each chunk to `seen` first, then sleeping `delay`) until
+/// `from` ends, then closes `to`'s write side so the other end sees the end too.
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, mut seen: impl FnMut(&[u8])) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                seen(&buf[..n]);
                 if !delay.is_zero() {
                     std::thread::sleep(delay);
                 }
@@ -134,7 +154,9 @@ fn min_poll_interval_spaces_the_polls_of_run() {
     let check = bridge.run(&["check"]);
     assert!(check.ok(), "{}", check.output());
     assert!(
-        check.output().contains("mailboxes[interval].schedule.every")
+        check
+            .output()
+            .contains("mailboxes[interval].schedule.every")
             && check.output().contains("min_poll_interval"),
         "one warning names the mailbox and the limit:\n{}",
         check.output()
@@ -151,6 +173,13 @@ fn min_poll_interval_spaces_the_polls_of_run() {
         (2..=3).contains(&opened.len()),
         "{} sessions in 7.5 s",
         opened.len()
+    );
+    eprintln!(
+        "INTERVAL gaps {:?}; load {}",
+        opened.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     for w in opened.windows(2) {
         let gap = w[1] - w[0];
@@ -234,6 +263,12 @@ fn bytes_per_second_bounds_how_fast_messages_are_read() {
     assert!(run.ok(), "{}", run.output());
     common::assert_exactly_once(&msgs, &bridge.delivered("rate"));
     let floor = Duration::from_secs_f64((total - rate) as f64 / rate as f64);
+    eprintln!(
+        "RATE {total} bytes at {rate} B/s: took {took:?}, floor {floor:?}; load {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     assert!(
         took >= floor,
         "{total} bytes at {rate}/s took {took:?}, under the floor {floor:?}"
@@ -273,7 +308,8 @@ fn bytes_per_day_leaves_the_rest_on_the_server_until_the_next_utc_day() {
         run.output()
     );
     assert!(
-        run.stderr.contains("Daily download budget of the host spent"),
+        run.stderr
+            .contains("Daily download budget of the host spent"),
         "{}",
         run.output()
     );

@@ -70,7 +70,11 @@ pub const PROFILES: &[Profile] = &[
     },
     Profile {
         name: "outlook",
-        hosts: &["outlook.office365.com", "pop-mail.outlook.com", "pop3.live.com"],
+        hosts: &[
+            "outlook.office365.com",
+            "pop-mail.outlook.com",
+            "pop3.live.com",
+        ],
         // Microsoft publishes no POP3 poll interval, connection, rate or daily limit for
         // Outlook.com / Exchange Online that we could find: nothing set.
         min_poll_interval: None,
@@ -152,9 +156,7 @@ pub(crate) fn validate(
                 .map(Duration::from)
                 .or(prof.and_then(|p| p.min_poll_interval)),
             max_connections: r.max_connections.or(prof.and_then(|p| p.max_connections)),
-            bytes_per_second: r
-                .bytes_per_second
-                .or(prof.and_then(|p| p.bytes_per_second)),
+            bytes_per_second: r.bytes_per_second.or(prof.and_then(|p| p.bytes_per_second)),
             bytes_per_day: r.bytes_per_day.or(prof.and_then(|p| p.bytes_per_day)),
         };
         if limits.min_poll_interval == Some(Duration::ZERO) {

@@ -815,7 +815,8 @@ fn bad_server_entries_are_refused() {
         "  pop.example.com:\n    profile: hotmale\n",
     ));
     assert!(
-        shown.contains("servers[pop.example.com].profile") && shown.contains("gmail, outlook, yahoo"),
+        shown.contains("servers[pop.example.com].profile")
+            && shown.contains("gmail, outlook, yahoo"),
         "{shown}"
     );
     let shown = invalid(&with_servers(
@@ -859,7 +860,12 @@ fn every_profile_cites_something_or_sets_nothing() {
     for name in ["outlook", "yahoo"] {
         let p = servers::profile(name).unwrap();
         assert_eq!(
-            (p.min_poll_interval, p.max_connections, p.bytes_per_second, p.bytes_per_day),
+            (
+                p.min_poll_interval,
+                p.max_connections,
+                p.bytes_per_second,
+                p.bytes_per_day
+            ),
             (None, None, None, None),
             "{name}"
         );

@@ -105,6 +105,10 @@ mod tests {
             t.take(1000).await;
         }
         // 50,000 bytes at 10,000/s with a 10,000-byte burst: at least 4 s.
-        assert!(start.elapsed() >= Duration::from_secs(4), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

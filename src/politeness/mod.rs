@@ -49,7 +49,9 @@ impl HostLimits {
 
     /// The host's name for messages and metrics.
     pub fn host(&self) -> &str {
-        self.entry.as_ref().map_or(self.key.as_str(), |e| e.host.as_str())
+        self.entry
+            .as_ref()
+            .map_or(self.key.as_str(), |e| e.host.as_str())
     }
 }
 

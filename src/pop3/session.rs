@@ -120,7 +120,10 @@ impl Transaction {
 
     /// Message bodies (RETR, TOP) are read no faster than `throttle` allows, shared with every
     /// other session to the same host.
-    pub fn throttle_reads(&mut self, throttle: Option<std::sync::Arc<crate::net::throttle::Throttle>>) {
+    pub fn throttle_reads(
+        &mut self,
+        throttle: Option<std::sync::Arc<crate::net::throttle::Throttle>>,
+    ) {
         self.conn.throttle = throttle;
     }
 
