@@ -24,15 +24,17 @@ use std::time::{Duration, Instant};
 /// race between threads), or when the client hangs up.
 struct Proxy {
     port: u16,
-    /// (opened, ended) per session, in accept order.
-    sessions: Arc<Mutex<Vec<(Instant, Option<Instant>)>>>,
+    sessions: Sessions,
 }
+
+/// (opened, ended) per session, in accept order.
+type Sessions = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
 
 impl Proxy {
     fn start(target: u16, delay: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let sessions: Arc<Mutex<Vec<(Instant, Option<Instant>)>>> = Arc::default();
+        let sessions: Sessions = Arc::default();
         let log = sessions.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {

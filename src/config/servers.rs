@@ -186,12 +186,24 @@ pub(crate) fn validate(
 }
 
 /// Apply each host's `min_poll_interval` to its mailboxes: an `every:` below it is raised,
-/// with one warning per mailbox; a host matching a profile without an entry is suggested one.
+/// with one warning per mailbox; a host matching a profile without an entry is suggested one;
+/// an entry no mailbox uses (a typo in the host) is warned about.
 pub(crate) fn apply(
     servers: &[ServerLimits],
     mailboxes: &mut [MailboxConfig],
     warnings: &mut Vec<String>,
 ) {
+    for s in servers {
+        if !mailboxes
+            .iter()
+            .any(|m| m.pop3.host.eq_ignore_ascii_case(&s.host))
+        {
+            warnings.push(format!(
+                "servers[{}]: no mailbox polls this host (the key must be the host name as the mailboxes write it)",
+                s.host
+            ));
+        }
+    }
     let mut suggested = std::collections::BTreeSet::new();
     for m in mailboxes.iter_mut() {
         let host = m.pop3.host.to_ascii_lowercase();

@@ -842,6 +842,21 @@ fn bad_server_entries_are_refused() {
 }
 
 #[test]
+fn an_entry_no_mailbox_uses_is_warned_about() {
+    let Loaded { warnings, .. } = load(&with_servers(
+        "{ every: 1h }",
+        "  pop.exmaple.com:\n    max_connections: 1\n",
+    ))
+    .unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("servers[pop.exmaple.com]: no mailbox polls this host"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
 fn a_known_provider_host_without_an_entry_gets_a_suggestion_not_a_change() {
     let text = MINIMAL.replace("host: pop.example.com", "host: pop.gmail.com");
     let Loaded { config, warnings } = load(&text).unwrap();

@@ -333,3 +333,34 @@ async fn caps_are_divided_among_live_replicas() {
     limiter.share(1);
     settled((4, 3)).await;
 }
+
+/// A host's own `max_connections` is its cap, divided among replicas like the global one; a
+/// host without one keeps `limits.max_connections_per_server`.
+#[tokio::test]
+async fn a_hosts_own_cap_is_divided_among_replicas_too() {
+    let limiter = Limiter::with_caps(
+        8,
+        2,
+        [("pop.big.example".to_string(), 6), ("b:110".to_string(), 2)],
+        None,
+    );
+    let settled = |server: &'static str, want: usize| {
+        let limiter = &limiter;
+        async move {
+            for _ in 0..1000 {
+                if limiter.available(server).1 == want {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("{server}: {:?}, want {want}", limiter.available(server));
+        }
+    };
+    settled("pop.big.example", 6).await;
+    settled("b:110", 2).await;
+    limiter.share(3);
+    settled("pop.big.example", 2).await;
+    settled("b:110", 1).await;
+    limiter.share(1);
+    settled("pop.big.example", 6).await;
+}
