@@ -316,6 +316,18 @@ fn bytes_per_day_leaves_the_rest_on_the_server_until_the_next_utc_day() {
         run.output()
     );
 
+    // `plan` says the same, without fetching anything.
+    let plan = bridge.run(&["plan"]);
+    assert!(plan.ok(), "{}", plan.output());
+    assert_eq!(
+        plan.stdout
+            .matches("the daily download budget of 127.0.0.1 is spent")
+            .count(),
+        3,
+        "{}",
+        plan.output()
+    );
+
     // A second process the same day: the state says two messages were fetched today.
     let run = bridge.once();
     assert_eq!(run.code, Some(1), "{}", run.output());

@@ -89,20 +89,39 @@ impl DownloadBudget {
 
     /// Reserve `size` bytes of today's budget.
     pub fn reserve(&self, size: u64) -> Result<(), Held> {
+        self.check(size, true)
+    }
+
+    /// Whether `size` more bytes would fit after `planned` bytes, without reserving anything
+    /// (for `popbridge plan`).
+    pub fn would_fit(&self, planned: u64, size: u64) -> Result<(), Held> {
+        let used = self.used().saturating_add(planned);
+        self.check_against(used, size)
+    }
+
+    fn check(&self, size: u64, reserve: bool) -> Result<(), Held> {
+        let mut used = self.lock();
+        self.check_against(used.1, size)?;
+        if reserve {
+            used.1 += size;
+        }
+        Ok(())
+    }
+
+    fn check_against(&self, used: u64, size: u64) -> Result<(), Held> {
         let limit = self.limit();
         if size > limit {
             return Err(Held::TooLarge);
         }
-        let mut used = self.lock();
-        if used.1.saturating_add(size) > limit {
-            let midnight = used
-                .0
+        if used.saturating_add(size) > limit {
+            let now = (self.clock)();
+            let midnight = now
+                .date_naive()
                 .succ_opt()
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map_or_else(|| (self.clock)(), |t| t.and_utc());
+                .map_or(now, |t| t.and_utc());
             return Err(Held::Until(midnight));
         }
-        used.1 += size;
         Ok(())
     }
 }
@@ -128,6 +147,10 @@ mod tests {
         assert_eq!(b.reserve(600), Ok(()));
         let midnight = DateTime::from_timestamp(1_796_166_000 + 3600, 0).unwrap();
         assert_eq!(b.reserve(200), Err(Held::Until(midnight)));
+        assert_eq!(b.used(), 900);
+        // `plan` asks without reserving.
+        assert_eq!(b.would_fit(0, 100), Ok(()));
+        assert_eq!(b.would_fit(50, 100), Err(Held::Until(midnight)));
         assert_eq!(b.used(), 900);
         // Next day.
         clock.store(1_796_166_000 + 3600, Ordering::SeqCst);
