@@ -172,6 +172,8 @@ impl App {
                 h.sink.seed_daily_usage(&used);
             }
         }
+        let hosts = Arc::new(crate::politeness::Hosts::build(&config));
+        seed_download_budgets(&config, &hosts, store.as_ref()).await?;
         let mut mailboxes = Vec::new();
         for m in &config.mailboxes {
             // Every sink the mailbox may route to: its own, plus those its rules name.
@@ -212,13 +214,14 @@ impl App {
                 poll_timeout: config.limits.poll_timeout,
                 last_prune: Default::default(),
                 owner,
+                host: hosts.for_mailbox(&m.pop3, &config),
             }));
         }
-        let servers: Vec<String> = config.mailboxes.iter().map(|m| m.pop3.server()).collect();
-        let limiter = Arc::new(Limiter::new(
+        let limiter = Arc::new(Limiter::with_caps(
             config.limits.max_concurrent_polls,
             config.limits.max_connections_per_server,
-            servers.iter().map(String::as_str),
+            hosts.caps(config.limits.max_connections_per_server),
+            Some(hosts.clone()),
         ));
         Ok(Self {
             config,
@@ -414,6 +417,39 @@ impl App {
     pub async fn close_sinks(&self) {
         futures_util::future::join_all(self.sinks.iter().map(|h| h.sink.close())).await;
     }
+}
+
+/// Daily download budgets count what earlier processes fetched from their host today (the
+/// state's fetch times and sizes), so a second run the same day does not start from zero.
+async fn seed_download_budgets(
+    config: &Config,
+    hosts: &crate::politeness::Hosts,
+    store: &dyn Store,
+) -> Result<(), BuildError> {
+    let mut fetched = None;
+    for h in hosts.budgeted() {
+        let Some(budget) = &h.budget else { continue };
+        if fetched.is_none() {
+            let since = budget.today_start().timestamp_millis();
+            fetched = Some(store.fetched_bytes_since(since).await?);
+        }
+        let by_mailbox = fetched.as_ref().map_or(&[][..], |f| f.as_slice());
+        let used: u64 = config
+            .mailboxes
+            .iter()
+            .filter(|m| m.pop3.host.eq_ignore_ascii_case(h.host()))
+            .filter_map(|m| by_mailbox.iter().find(|(name, _)| *name == m.name))
+            .map(|(_, bytes)| *bytes)
+            .sum();
+        budget.seed(used);
+        tracing::info!(
+            host = h.host(),
+            fetched_today = used,
+            budget = budget.limit(),
+            "Daily download budget: counting what the state says was fetched today"
+        );
+    }
+    Ok(())
 }
 
 /// The owner name of `once` runs' leases.

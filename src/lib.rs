@@ -14,6 +14,7 @@ pub mod key;
 pub mod metrics;
 pub mod net;
 pub mod oauth2;
+pub mod politeness;
 pub mod pop3;
 pub mod progress;
 pub mod receipt;

@@ -147,6 +147,8 @@ pub struct Metrics {
     oauth2_relogin: IntGaugeVec,
     sasl_logins: IntCounterVec,
     sink_paused: GaugeVec,
+    server_downloaded: IntGaugeVec,
+    server_download_paused: GaugeVec,
 }
 
 /// Delivery outcomes, the values of the `outcome` label.
@@ -339,6 +341,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "When a sink's target for a mailbox accepts deliveries again (Unix time; a used-up Gmail daily quota); 0 when not paused.",
             &["mailbox", "sink"],
         )?,
+        server_downloaded: int_gauge(
+            "popbridge_server_downloaded_bytes_today",
+            "Message bytes counted against a POP3 host's daily download budget today (UTC), hosts with `bytes_per_day` only.",
+            &["server"],
+        )?,
+        server_download_paused: gauge(
+            "popbridge_server_download_paused_until_timestamp_seconds",
+            "When a POP3 host's spent daily download budget starts again (Unix time, the next UTC midnight); 0 while it has room.",
+            &["server"],
+        )?,
         registry,
     })
 }
@@ -363,6 +375,22 @@ pub fn sink_paused(mailbox: &str, sink: &str, until: Option<chrono::DateTime<chr
     m.sink_paused
         .with_label_values(&[ALL_MAILBOXES, sink])
         .set(latest as f64);
+}
+
+/// A host's daily download budget after a poll planned its fetches: bytes counted today and,
+/// when spent, when it starts again. Labelled by host: bounded by the `servers:` entries.
+pub fn server_download(
+    server: &str,
+    used: u64,
+    paused_until: Option<chrono::DateTime<chrono::Utc>>,
+) {
+    let Some(m) = get() else { return };
+    m.server_downloaded
+        .with_label_values(&[server])
+        .set(i64::try_from(used).unwrap_or(i64::MAX));
+    m.server_download_paused
+        .with_label_values(&[server])
+        .set(paused_until.map_or(0.0, |t| t.timestamp() as f64));
 }
 
 /// A state write was refused: the mailbox's lease is no longer ours.
@@ -624,9 +652,16 @@ mod tests {
             "gmail",
             chrono::DateTime::from_timestamp(1_764_662_400, 0),
         );
+        server_download(
+            "pop.example.com",
+            2048,
+            chrono::DateTime::from_timestamp(1_764_662_400, 0),
+        );
         let text = render();
         for name in [
             "popbridge_build_info",
+            "popbridge_server_downloaded_bytes_today{server=\"pop.example.com\"} 2048",
+            "popbridge_server_download_paused_until_timestamp_seconds{server=\"pop.example.com\"} 1764662400",
             "popbridge_deliveries_total{mailbox=\"alice\",outcome=\"delivered\",sink=\"archive\"} 1",
             "popbridge_messages_fetched_total{mailbox=\"alice\"} 2",
             "popbridge_fetched_bytes_total{mailbox=\"alice\"} 10",

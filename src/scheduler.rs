@@ -1,6 +1,7 @@
 //! When each mailbox is polled: one tokio task per mailbox (so never two polls of the same
 //! mailbox at once), an interval or a 5-field cron (croner) plus random jitter, a global cap on
-//! polls at once and a cap on connections per POP3 server.
+//! polls at once, a cap on connections per POP3 server (per host with a `servers:` entry,
+//! which may set its own) and the host's minimum poll interval.
 //!
 //! Each poll runs in its own task, so a panic ends that poll only; the mailbox is retried with
 //! backoff and [`Health`] tells `/readyz`. Auth and TLS failures back off exponentially (a wrong
@@ -25,8 +26,12 @@ use tokio_util::sync::CancellationToken;
 pub struct Limiter {
     global: Arc<Semaphore>,
     global_cap: usize,
-    per_server: HashMap<String, Arc<Semaphore>>,
+    /// Per server (cap key): its semaphore and its configured cap.
+    per_server: HashMap<String, (Arc<Semaphore>, usize)>,
+    /// The cap of a server not listed at start.
     per_server_cap: usize,
+    /// The hosts' rates and budgets, shared across replicas like the caps.
+    hosts: Option<Arc<crate::politeness::Hosts>>,
     /// Tasks holding back permits while replicas share the caps (see [`Limiter::share`]).
     held_back: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     replicas: std::sync::atomic::AtomicUsize,
@@ -38,15 +43,29 @@ impl Limiter {
         per_server: usize,
         servers: impl IntoIterator<Item = &'a str>,
     ) -> Self {
-        let per_server_cap = per_server.max(1);
+        let caps = servers.into_iter().map(|s| (s.to_string(), per_server));
+        Self::with_caps(max_polls, per_server, caps, None)
+    }
+
+    /// Each server (cap key) with its own cap; `default_cap` for any other.
+    pub fn with_caps(
+        max_polls: usize,
+        default_cap: usize,
+        caps: impl IntoIterator<Item = (String, usize)>,
+        hosts: Option<Arc<crate::politeness::Hosts>>,
+    ) -> Self {
         Self {
             global: Arc::new(Semaphore::new(max_polls.max(1))),
             global_cap: max_polls.max(1),
-            per_server: servers
+            per_server: caps
                 .into_iter()
-                .map(|s| (s.to_string(), Arc::new(Semaphore::new(per_server_cap))))
+                .map(|(s, cap)| {
+                    let cap = cap.max(1);
+                    (s, (Arc::new(Semaphore::new(cap)), cap))
+                })
                 .collect(),
-            per_server_cap,
+            per_server_cap: default_cap.max(1),
+            hosts,
             held_back: Default::default(),
             replicas: std::sync::atomic::AtomicUsize::new(1),
         }
@@ -80,8 +99,11 @@ impl Limiter {
             }));
         };
         hold_back(&self.global, self.global_cap);
-        for sem in self.per_server.values() {
-            hold_back(sem, self.per_server_cap);
+        for (sem, cap) in self.per_server.values() {
+            hold_back(sem, *cap);
+        }
+        if let Some(hosts) = &self.hosts {
+            hosts.share(n);
         }
     }
 
@@ -92,7 +114,7 @@ impl Limiter {
             self.global.available_permits(),
             self.per_server
                 .get(server)
-                .map_or(0, |s| s.available_permits()),
+                .map_or(0, |(s, _)| s.available_permits()),
         )
     }
 
@@ -103,7 +125,7 @@ impl Limiter {
         let sem = self
             .per_server
             .get(server)
-            .cloned()
+            .map(|(s, _)| s.clone())
             .unwrap_or_else(|| Arc::new(Semaphore::new(self.per_server_cap)));
         if let Ok(p) = sem.acquire_owned().await {
             permits.push(p);
@@ -164,7 +186,7 @@ pub async fn poll_limited(
     limiter: &Limiter,
     shutdown: &CancellationToken,
 ) -> Option<PollReport> {
-    let server = ctx.mailbox.pop3.server();
+    let server = ctx.host.key.clone();
     let _permits = tokio::select! {
         p = limiter.acquire(&server) => p,
         _ = shutdown.cancelled() => return None,
@@ -202,6 +224,9 @@ pub struct Policy {
     /// connections): polite to providers that throttle, and the mailbox may be locked by
     /// another client.
     pub busy: Backoff,
+    /// No poll starts sooner than this after the previous one began (the host's
+    /// `min_poll_interval`; a cron schedule may fire more often than it).
+    pub min_interval: Duration,
 }
 
 impl Default for Policy {
@@ -219,6 +244,7 @@ impl Default for Policy {
                 base: Duration::from_secs(30),
                 cap: Duration::from_secs(900),
             },
+            min_interval: Duration::ZERO,
         }
     }
 }
@@ -314,6 +340,10 @@ pub async fn run_mailbox(
 ) {
     let name = ctx.mailbox.name.clone();
     let schedule = ctx.mailbox.schedule.clone();
+    let policy = Policy {
+        min_interval: ctx.host.min_poll_interval,
+        ..Policy::default()
+    };
     let token = shutdown.clone();
     let poll_once = move || {
         let (ctx, limiter, token) = (ctx.clone(), limiter.clone(), token.clone());
@@ -322,7 +352,7 @@ pub async fn run_mailbox(
     drive(
         &name,
         &schedule,
-        Policy::default(),
+        policy,
         &shutdown,
         poll_once,
         on_report.as_ref(),
@@ -391,8 +421,20 @@ pub async fn drive<F, Fut>(
     // The earliest start of the next poll (backoff, LOGIN-DELAY), whatever the schedule says.
     let mut not_before: Option<(Instant, &'static str)> = None;
     let (mut auth_failures, mut panics, mut busy) = (0u32, 0u32, 0u32);
+    let mut last_start: Option<Instant> = None;
     loop {
         let mut delay = next_delay(schedule, previous, Utc::now());
+        if let Some(last) = last_start {
+            let floor = (last + policy.min_interval).saturating_duration_since(Instant::now());
+            if floor > delay {
+                tracing::debug!(
+                    mailbox = name,
+                    wait_secs = floor.as_secs_f64(),
+                    "Waiting for the server's min_poll_interval"
+                );
+                delay = floor;
+            }
+        }
         if let Some((at, why)) = not_before {
             let wait = at.saturating_duration_since(Instant::now());
             if wait > delay {
@@ -411,6 +453,7 @@ pub async fn drive<F, Fut>(
         }
         previous = Some(Utc::now());
         let started = Instant::now();
+        last_start = Some(started);
         not_before = None;
         // Its own task: a panic ends this poll, not the mailbox's loop.
         match tokio::spawn(poll_once()).await {

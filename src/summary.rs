@@ -57,14 +57,14 @@ fn status(r: &PollReport) -> &'static str {
     match (&r.error, r.complete()) {
         (Some(_), _) => "failed",
         (None, true) => "ok",
-        (None, false) if !r.paused.is_empty() => "paused",
+        (None, false) if !r.paused.is_empty() || r.download_held.is_some() => "paused",
         (None, false) => "incomplete",
     }
 }
 
 /// Deliveries still owed: to retry, or waiting for their time or a paused sink.
 fn pending(r: &PollReport) -> usize {
-    r.retry_later + r.waiting
+    r.retry_later + r.waiting + r.download_held.as_ref().map_or(0, |h| h.messages)
 }
 
 /// Dead-lettered deliveries, of this poll and earlier ones.
@@ -93,7 +93,9 @@ pub fn table(reports: &[PollReport]) -> String {
         let status = match (&r.error, r.complete()) {
             (Some((kind, _)), _) => format!("FAILED ({kind})"),
             (None, true) => "ok".to_string(),
-            (None, false) if !r.paused.is_empty() => "PAUSED".to_string(),
+            (None, false) if !r.paused.is_empty() || r.download_held.is_some() => {
+                "PAUSED".to_string()
+            }
             (None, false) => "INCOMPLETE".to_string(),
         };
         let _ = writeln!(
@@ -151,6 +153,13 @@ pub fn table(reports: &[PollReport]) -> String {
                 out,
                 "{}: sink {} paused until {} ({}); its messages wait on the server, not deleted, and go at the first poll after that",
                 r.mailbox, p.sink, p.until, p.reason
+            );
+        }
+        if let Some(h) = &r.download_held {
+            let _ = writeln!(
+                out,
+                "{}: {} message(s) wait on the server: the daily download budget of {} ({} bytes, servers.{}.bytes_per_day) is spent; fetched from {} (the next UTC day)",
+                r.mailbox, h.messages, h.host, h.budget, h.host, h.until
             );
         }
         for w in &r.warnings {
@@ -280,6 +289,30 @@ mod tests {
         assert_eq!(v[0]["listed"], 4);
         assert_eq!(v[1]["status"], "failed");
         assert_eq!(v[1]["error"][1], "login refused");
+    }
+
+    #[test]
+    fn mail_held_by_a_hosts_daily_download_budget_is_paused_with_its_reason() {
+        let r = PollReport {
+            mailbox: "alice".into(),
+            listed: 5,
+            fetched: 2,
+            download_held: Some(crate::engine::poll::DownloadHeld {
+                host: "pop.example.com".into(),
+                messages: 3,
+                until: "2026-12-02T00:00:00Z".into(),
+                budget: 5000,
+            }),
+            ..Default::default()
+        };
+        assert!(!r.complete(), "held mail is not done: `once` exits 1");
+        let t = table(std::slice::from_ref(&r));
+        assert!(t.lines().nth(1).unwrap().ends_with("PAUSED"), "{t}");
+        assert!(
+            t.contains("alice: 3 message(s) wait on the server: the daily download budget of pop.example.com (5000 bytes, servers.pop.example.com.bytes_per_day) is spent; fetched from 2026-12-02T00:00:00Z"),
+            "{t}"
+        );
+        assert!(csv(&[r]).contains("alice,paused,5,2,0,0,0,3,"));
     }
 
     #[test]

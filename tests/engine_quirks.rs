@@ -43,6 +43,7 @@ fn config(root: &Path, port: u16, delete: DeletePolicy) -> Config {
             max_retrieval_failures: 3,
             poll_timeout: Duration::from_secs(600),
         },
+        servers: Vec::new(),
         mailboxes: vec![MailboxConfig {
             name: "alice".into(),
             pop3: ClientConfig {

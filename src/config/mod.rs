@@ -5,6 +5,7 @@ pub mod batch;
 pub mod error;
 pub mod model;
 pub mod raw;
+pub mod servers;
 mod validate;
 
 pub use error::{ConfigError, Problem};

@@ -16,6 +16,8 @@ pub struct Config {
     pub state: StateConfig,
     pub http: HttpConfig,
     pub limits: Limits,
+    /// Limits per POP3 host (`servers:`), shared by every mailbox on it.
+    pub servers: Vec<ServerLimits>,
     pub mailboxes: Vec<MailboxConfig>,
     pub sinks: Vec<SinkConfig>,
 }
@@ -40,6 +42,31 @@ pub struct Limits {
     pub max_retrieval_failures: u32,
     /// Longest time one poll may take before it is abandoned (as if killed: nothing lost).
     pub poll_timeout: Duration,
+}
+
+/// One host's entry of `servers:`, its provider profile applied. `None` is "no limit".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// The host name, lowercase, as the mailboxes write it.
+    pub host: String,
+    /// The provider profile its defaults came from.
+    pub profile: Option<&'static str>,
+    /// No mailbox on the host is polled more often than this.
+    pub min_poll_interval: Option<Duration>,
+    /// POP3 connections at once to the host, over every mailbox on it.
+    pub max_connections: Option<usize>,
+    /// Message bytes read per second from the host, over every session.
+    pub bytes_per_second: Option<u64>,
+    /// Message bytes fetched from the host per UTC day.
+    pub bytes_per_day: Option<u64>,
+}
+
+impl Config {
+    /// The `servers:` entry of a POP3 host, if it has one.
+    pub fn server_limits(&self, host: &str) -> Option<&ServerLimits> {
+        let host = host.to_ascii_lowercase();
+        self.servers.iter().find(|s| s.host == host)
+    }
 }
 
 #[derive(Clone, Debug)]

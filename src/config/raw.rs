@@ -21,6 +21,9 @@ pub struct RawConfig {
     /// Concurrency limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Limits per POP3 host, shared by every mailbox on it (politeness towards providers).
+    #[serde(default)]
+    pub servers: std::collections::BTreeMap<String, super::servers::RawServer>,
     /// The POP3 mailboxes to poll.
     #[serde(default)]
     pub mailboxes: Vec<RawMailbox>,

@@ -510,6 +510,18 @@ fn example_config_loads() {
     );
     let debug = format!("{:?}", imap.account_for("carol").unwrap());
     assert!(!debug.contains("pw-CAROL"), "{debug}");
+    // carol's host has per-server limits; her default 60s schedule is raised to them.
+    let net = c.server_limits("pop.example.net").unwrap();
+    assert_eq!(net.max_connections, Some(1));
+    assert_eq!(net.bytes_per_day, Some(1_000_000_000));
+    assert!(matches!(
+        c.mailboxes[2].schedule,
+        Schedule::Every { interval, .. } if interval == Duration::from_secs(300)
+    ));
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("mailboxes[carol].schedule.every")));
 }
 
 #[test]
@@ -731,4 +743,151 @@ fn a_rule_naming_an_unknown_sink_or_set_is_refused() {
         msg.contains("mailboxes[alice].routes.rules[0].to[0]: unknown sink \"archiv\""),
         "{msg}"
     );
+}
+
+/// MINIMAL with a `servers:` block (written after the mailboxes, as a user would).
+fn with_servers(schedule: &str, servers: &str) -> String {
+    format!("{}servers:\n{servers}", with_schedule(schedule))
+}
+
+#[test]
+fn a_profile_gives_its_documented_defaults_and_raises_a_short_every_with_one_warning() {
+    let text = with_schedule("{ every: 60s }")
+        .replace("host: pop.example.com", "host: POP.Gmail.com")
+        + "servers:\n  pop.gmail.com:\n    profile: gmail\n    bytes_per_day: 1000000\n";
+    let Loaded { config, warnings } = load(&text).unwrap();
+    let s = config.server_limits("pop.gmail.com").unwrap();
+    assert_eq!(s.profile, Some("gmail"));
+    // Google's "Request limits" page: once every 15 minutes.
+    assert_eq!(s.min_poll_interval, Some(Duration::from_secs(900)));
+    // Google publishes nothing we could read for these: not invented.
+    assert_eq!(s.max_connections, None);
+    assert_eq!(s.bytes_per_second, None);
+    // Written in the entry: kept.
+    assert_eq!(s.bytes_per_day, Some(1_000_000));
+    assert!(matches!(
+        config.mailboxes[0].schedule,
+        Schedule::Every { interval, .. } if interval == Duration::from_secs(900)
+    ));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert!(
+        w.contains("mailboxes[alice].schedule.every")
+            && w.contains("profile gmail")
+            && w.contains("900s"),
+        "{w}"
+    );
+}
+
+#[test]
+fn an_entry_overrides_its_profile_and_a_longer_every_is_left_alone() {
+    let text = with_servers(
+        "{ every: 1h }",
+        "  pop.example.com:\n    profile: gmail\n    min_poll_interval: 20m\n    max_connections: 1\n    bytes_per_second: 50000\n",
+    );
+    let Loaded { config, warnings } = load(&text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let s = &config.servers[0];
+    assert_eq!(s.min_poll_interval, Some(Duration::from_secs(1200)));
+    assert_eq!(s.max_connections, Some(1));
+    assert_eq!(s.bytes_per_second, Some(50_000));
+    assert!(matches!(
+        config.mailboxes[0].schedule,
+        Schedule::Every { interval, .. } if interval == Duration::from_secs(3600)
+    ));
+}
+
+#[test]
+fn an_unknown_key_in_a_server_entry_is_located() {
+    let text = with_servers(
+        "{ every: 1h }",
+        "  pop.example.com:\n    max_conections: 1\n",
+    );
+    let (at, msg) = parse_err(&text);
+    assert_eq!(at, (17, 5), "{msg}");
+    assert!(msg.contains("unknown field `max_conections`"), "{msg}");
+}
+
+#[test]
+fn bad_server_entries_are_refused() {
+    let shown = invalid(&with_servers(
+        "{ every: 1h }",
+        "  pop.example.com:\n    profile: hotmale\n",
+    ));
+    assert!(
+        shown.contains("servers[pop.example.com].profile")
+            && shown.contains("gmail, outlook, yahoo"),
+        "{shown}"
+    );
+    let shown = invalid(&with_servers(
+        "{ every: 1h }",
+        "  pop.example.com:\n    max_connections: 0\n    bytes_per_second: 0\n    bytes_per_day: 0\n    min_poll_interval: 0s\n",
+    ));
+    for key in [
+        "max_connections",
+        "bytes_per_second",
+        "bytes_per_day",
+        "min_poll_interval",
+    ] {
+        assert!(
+            shown.contains(&format!("servers[pop.example.com].{key}")),
+            "{key}: {shown}"
+        );
+    }
+    let shown = invalid(&with_servers(
+        "{ every: 1h }",
+        "  \"pop.example.com:995\":\n    max_connections: 1\n",
+    ));
+    assert!(shown.contains("no port"), "{shown}");
+}
+
+#[test]
+fn an_entry_no_mailbox_uses_is_warned_about() {
+    let Loaded { warnings, .. } = load(&with_servers(
+        "{ every: 1h }",
+        "  pop.exmaple.com:\n    max_connections: 1\n",
+    ))
+    .unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("servers[pop.exmaple.com]: no mailbox polls this host"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn a_known_provider_host_without_an_entry_gets_a_suggestion_not_a_change() {
+    let text = MINIMAL.replace("host: pop.example.com", "host: pop.gmail.com");
+    let Loaded { config, warnings } = load(&text).unwrap();
+    assert!(config.servers.is_empty());
+    assert!(matches!(
+        config.mailboxes[0].schedule,
+        Schedule::Every { interval, .. } if interval == Duration::from_secs(60)
+    ));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("profile: gmail"), "{}", warnings[0]);
+}
+
+#[test]
+fn every_profile_cites_something_or_sets_nothing() {
+    // Outlook and Yahoo publish no POP limits we could find: their profiles set nothing.
+    for name in ["outlook", "yahoo"] {
+        let p = servers::profile(name).unwrap();
+        assert_eq!(
+            (
+                p.min_poll_interval,
+                p.max_connections,
+                p.bytes_per_second,
+                p.bytes_per_day
+            ),
+            (None, None, None, None),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        servers::profile_for_host("pop.gmail.com").map(|p| p.name),
+        Some("gmail")
+    );
+    assert!(servers::profile_for_host("pop.example.com").is_none());
 }

@@ -69,6 +69,8 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
         .collect();
     let mut mailboxes = v.mailboxes(raw.mailboxes, &sink_names);
     v.routes(&mut mailboxes, raw.routes, &sink_types);
+    let servers = super::servers::validate(raw.servers, &mut v.problems);
+    super::servers::apply(&servers, &mut mailboxes, &mut v.warnings);
 
     let all_sinks: Vec<(usize, Vec<String>)> = mailboxes
         .iter()
@@ -114,6 +116,7 @@ pub(crate) fn validate(raw: RawConfig, origin: &Path) -> Result<Validated, Vec<P
             state,
             http,
             limits,
+            servers,
             mailboxes,
             sinks,
         };

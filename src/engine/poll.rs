@@ -54,6 +54,9 @@ pub struct MailboxContext {
     pub last_prune: AtomicI64,
     /// Whether this process still owns the mailbox (its lease on PostgreSQL), for the sinks.
     pub owner: crate::sink::Ownership,
+    /// What every mailbox on this POP3 host shares: connection cap key, minimum poll
+    /// interval, bytes per second, daily download budget.
+    pub host: Arc<crate::politeness::HostLimits>,
 }
 
 /// Prune a mailbox's history at most this often.
@@ -141,6 +144,23 @@ pub struct PollReport {
     pub paused: Vec<PausedSink>,
     /// New messages the routing rules kept on the server (`unmatched: keep`), not fetched.
     pub kept_by_rules: usize,
+    /// Messages left on the server because the host's daily download budget is spent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_held: Option<DownloadHeld>,
+}
+
+/// Messages a host's daily download budget keeps on the server, as the summary, the report
+/// file and the log show them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DownloadHeld {
+    /// The POP3 host (its `servers:` key).
+    pub host: String,
+    /// Messages not fetched in this poll.
+    pub messages: usize,
+    /// RFC 3339, UTC: the next UTC midnight, when the budget starts again.
+    pub until: String,
+    /// `servers.<host>.bytes_per_day` (this process's share of it).
+    pub budget: u64,
 }
 
 /// One sink paused for a mailbox, as the summary, the report file and the progress show it.
@@ -167,7 +187,8 @@ impl PollReport {
         }
     }
 
-    /// Every listed message is in every sink (nothing failed, waits, or is dead-lettered);
+    /// Every listed message is in every sink (nothing failed, waits — for a retry or the host's
+    /// daily download budget —, or is dead-lettered);
     /// dropped dead letters were given up on purpose and do not count.
     pub fn complete(&self) -> bool {
         self.error.is_none()
@@ -176,6 +197,7 @@ impl PollReport {
             && self.dead_lettered == 0
             && self.dead_earlier == 0
             && self.waiting == 0
+            && self.download_held.is_none()
     }
 }
 

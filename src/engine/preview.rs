@@ -82,7 +82,7 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
     let fetch: HashMap<u32, &plan::FetchItem> = p.fetch.iter().map(|f| (f.msgno, f)).collect();
     let delete: Vec<u32> = p.delete.iter().map(|d| d.msgno).collect();
     let cap = ctx.mailbox.pop3.max_message_bytes;
-    let steps = listing
+    let mut steps: Vec<Step> = listing
         .iter()
         .map(|l| Step {
             msgno: l.msgno,
@@ -106,11 +106,47 @@ pub async fn preview(ctx: &MailboxContext) -> Result<Preview, PollError> {
             ),
         })
         .collect();
+    let order: Vec<u32> = p.fetch.iter().map(|f| f.msgno).collect();
+    hold_over_download_budget(ctx, &order, &mut steps);
     Ok(Preview {
         mailbox: name.to_string(),
         steps,
         warnings: p.warnings.iter().map(super::poll::describe).collect(),
     })
+}
+
+/// What a run would leave on the server for the host's daily download budget: fetches in
+/// the order a run reserves them, against what the budget has left (nothing is reserved).
+fn hold_over_download_budget(ctx: &MailboxContext, order: &[u32], steps: &mut [Step]) {
+    use crate::politeness::budget::Held;
+    let Some(budget) = &ctx.host.budget else {
+        return;
+    };
+    let host = ctx.host.host();
+    let mut planned = 0u64;
+    for msgno in order {
+        let Some(step) = steps.iter_mut().find(|s| s.msgno == *msgno) else {
+            continue;
+        };
+        if !matches!(step.action, Action::Fetch { .. }) {
+            continue;
+        }
+        let why = match budget.would_fit(planned, step.size) {
+            Ok(()) => {
+                planned += step.size;
+                continue;
+            }
+            Err(Held::Until(t)) => format!(
+                "the daily download budget of {host} is spent (servers.{host}.bytes_per_day); fetched from {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Err(Held::TooLarge) => format!(
+                "{} bytes, over the whole daily download budget of {host} (servers.{host}.bytes_per_day)",
+                step.size
+            ),
+        };
+        step.action = Action::Keep { why };
+    }
 }
 
 /// The routing side of a step: the decision for a new message (kept ones are not fetched),

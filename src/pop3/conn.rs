@@ -21,6 +21,8 @@ pub(crate) struct Conn {
     pub(crate) max_message_bytes: u64,
     /// When the server's certificate expires (Unix seconds), once TLS is up.
     pub(crate) cert_not_after: Option<i64>,
+    /// The host's bytes-per-second bucket, charged for every read of a message body.
+    pub(crate) throttle: Option<std::sync::Arc<crate::net::throttle::Throttle>>,
 }
 
 impl Conn {
@@ -45,6 +47,7 @@ impl Conn {
             server,
             max_message_bytes: cfg.max_message_bytes,
             cert_not_after: None,
+            throttle: None,
         };
         if let Some(connector) = tls {
             conn.handshake(connector, &cfg.host)
@@ -175,8 +178,16 @@ impl Conn {
                 .await
                 .map_err(|e| self.err(command, e))?;
         }
-        dec.decode_buf(self.net.buf(), out)
-            .map_err(|e| self.protocol(command, e))
+        let before = self.net.buf().len();
+        let done = dec
+            .decode_buf(self.net.buf(), out)
+            .map_err(|e| self.protocol(command, e))?;
+        // Body bytes only, each counted once; the next read waits until the host's rate
+        // allows it (the socket is read later, nothing is buffered).
+        if let Some(t) = &self.throttle {
+            t.take(before.saturating_sub(self.net.buf().len())).await;
+        }
+        Ok(done)
     }
 
     /// Closes the write side politely; errors do not matter any more.

@@ -118,6 +118,15 @@ impl Transaction {
         &self.caps
     }
 
+    /// Message bodies (RETR, TOP) are read no faster than `throttle` allows, shared with every
+    /// other session to the same host.
+    pub fn throttle_reads(
+        &mut self,
+        throttle: Option<std::sync::Arc<crate::net::throttle::Throttle>>,
+    ) {
+        self.conn.throttle = throttle;
+    }
+
     /// Whether `UTF8` mode is on: without it a server may serve a down-converted substitute
     /// of a message with raw UTF-8 headers ([`crate::pop3::substitute`]).
     pub fn utf8_mode(&self) -> bool {

@@ -24,12 +24,18 @@ fn policy() -> Policy {
             base: Duration::from_secs(3),
             cap: Duration::from_secs(5),
         },
+        min_interval: Duration::ZERO,
     }
 }
 
 /// Runs the loop over scripted polls (one per entry; `None` panics) and returns the
 /// seconds between consecutive poll starts, on tokio's paused clock.
 async fn gaps(script: Vec<Option<PollReport>>, health: &Health) -> Vec<u64> {
+    gaps_with(policy(), script, health).await
+}
+
+/// [`gaps`] under another policy.
+async fn gaps_with(policy: Policy, script: Vec<Option<PollReport>>, health: &Health) -> Vec<u64> {
     let starts = Arc::new(Mutex::new(Vec::new()));
     let script = Arc::new(Mutex::new(script.into_iter()));
     let shutdown = CancellationToken::new();
@@ -52,7 +58,7 @@ async fn gaps(script: Vec<Option<PollReport>>, health: &Health) -> Vec<u64> {
     drive(
         "alice",
         &every_second(),
-        policy(),
+        policy,
         &shutdown,
         poll_once,
         &|_| {},
@@ -73,6 +79,29 @@ fn report(error: Option<&str>, login_delay: Option<u64>) -> Option<PollReport> {
         login_delay: login_delay.map(Duration::from_secs),
         ..Default::default()
     })
+}
+
+/// A host's `min_poll_interval` spaces polls whatever the schedule says; a longer
+/// LOGIN-DELAY still wins.
+#[tokio::test(start_paused = true)]
+async fn the_hosts_min_poll_interval_spaces_polls_and_a_longer_login_delay_wins() {
+    let health = Health::default();
+    let p = Policy {
+        min_interval: Duration::from_secs(3),
+        ..policy()
+    };
+    let g = gaps_with(
+        p,
+        vec![
+            report(None, None),
+            report(None, Some(5)),
+            report(None, None),
+            report(None, None),
+        ],
+        &health,
+    )
+    .await;
+    assert_eq!(g, [3, 5, 3, 3]);
 }
 
 #[test]
@@ -303,4 +332,35 @@ async fn caps_are_divided_among_live_replicas() {
     settled((2, 1)).await;
     limiter.share(1);
     settled((4, 3)).await;
+}
+
+/// A host's own `max_connections` is its cap, divided among replicas like the global one; a
+/// host without one keeps `limits.max_connections_per_server`.
+#[tokio::test]
+async fn a_hosts_own_cap_is_divided_among_replicas_too() {
+    let limiter = Limiter::with_caps(
+        8,
+        2,
+        [("pop.big.example".to_string(), 6), ("b:110".to_string(), 2)],
+        None,
+    );
+    let settled = |server: &'static str, want: usize| {
+        let limiter = &limiter;
+        async move {
+            for _ in 0..1000 {
+                if limiter.available(server).1 == want {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("{server}: {:?}, want {want}", limiter.available(server));
+        }
+    };
+    settled("pop.big.example", 6).await;
+    settled("b:110", 2).await;
+    limiter.share(3);
+    settled("pop.big.example", 2).await;
+    settled("b:110", 1).await;
+    limiter.share(1);
+    settled("pop.big.example", 6).await;
 }

@@ -66,6 +66,7 @@ pub async fn run_all(s: &dyn Store) {
     broken_retrievals_become_a_dead_letter(s).await;
     the_first_recorded_route_stays_with_the_message(s).await;
     delivered_bytes_count_since_a_time_without_duplicates(s).await;
+    fetched_bytes_count_per_mailbox_since_a_time(s).await;
     listed_state_is_compact_only_for_messages_every_sink_holds(s).await;
     s.sync().await.unwrap();
     s.ping().await.unwrap();
@@ -272,6 +273,27 @@ async fn delivered_bytes_count_since_a_time_without_duplicates(s: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn fetched_bytes_count_per_mailbox_since_a_time(s: &dyn Store) {
+    let sinks = vec!["a".to_string()];
+    for (uidl, at) in [("f1", 10_000), ("f2", 20_000), ("f3", 30_000)] {
+        s.record_fetched(&FetchRecord {
+            mailbox: "fetcher",
+            fetched_at: at,
+            ..fetch(uidl, &sinks)
+        })
+        .await
+        .unwrap();
+    }
+    let of = |rows: Vec<(String, u64)>| {
+        rows.into_iter()
+            .find(|(m, _)| m == "fetcher")
+            .map(|(_, b)| b)
+    };
+    assert_eq!(of(s.fetched_bytes_since(15_000).await.unwrap()), Some(84));
+    assert_eq!(of(s.fetched_bytes_since(0).await.unwrap()), Some(126));
+    assert_eq!(of(s.fetched_bytes_since(40_000).await.unwrap()), None);
 }
 
 async fn backlog_counts_pending_and_dead_by_sink(s: &dyn Store) {

@@ -481,6 +481,10 @@ pub trait Store: Send + Sync {
         since: Millis,
     ) -> Result<HashMap<String, u64>, StoreError>;
 
+    /// Bytes (stored message sizes) fetched since `since`, per mailbox: what counts against a
+    /// host's daily download budget. A message fetched again counts once, at its last fetch.
+    async fn fetched_bytes_since(&self, since: Millis) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Cheap liveness query for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -994,6 +994,23 @@ impl Store for PgStore {
         .await
     }
 
+    async fn fetched_bytes_since(&self, since: Millis) -> Result<Vec<(String, u64)>, StoreError> {
+        self.timed("fetched_bytes_since", async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT mailbox, COALESCE(SUM(size), 0)::BIGINT FROM messages
+                  WHERE fetched_at >= $1 GROUP BY mailbox",
+            )
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(m, b)| (m, u64::try_from(b).unwrap_or(0)))
+                .collect())
+        })
+        .await
+    }
+
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {
         self.timed("backlog", async {
             let rows = sqlx::query(

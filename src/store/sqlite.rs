@@ -658,6 +658,20 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn fetched_bytes_since(&self, since: Millis) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT mailbox, COALESCE(SUM(size), 0) FROM messages
+              WHERE fetched_at >= ? GROUP BY mailbox",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(m, b)| (m, u64::try_from(b).unwrap_or(0)))
+            .collect())
+    }
+
     async fn backlog(&self, mailbox: &str) -> Result<Vec<Backlog>, StoreError> {
         let rows = sqlx::query(
             "SELECT sink, SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead

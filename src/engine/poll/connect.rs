@@ -36,7 +36,8 @@ pub(super) async fn open(
     report: &mut PollReport,
 ) -> Result<pop3::Transaction, PollError> {
     let name = ctx.mailbox.name.as_str();
-    let session = connect_after_login_delay(ctx, shutdown, report).await?;
+    let mut session = connect_after_login_delay(ctx, shutdown, report).await?;
+    session.throttle_reads(ctx.host.throttle.clone());
     if let Some(t) = session.certificate_expiry() {
         crate::metrics::certificate_expiry(name, t);
     }

@@ -125,6 +125,7 @@ pub(super) async fn plan_poll(
     };
     skip_sinks_that_are_down(ctx, &mut fetch, report);
     skip_too_large(ctx, &mut fetch, report);
+    skip_over_download_budget(ctx, &mut fetch, report);
     ctx.progress
         .plan(fetch.len() as u64, fetch.iter().map(|f| f.size).sum());
     ctx.progress.budgets(
@@ -165,6 +166,51 @@ fn skip_too_large(ctx: &MailboxContext, fetch: &mut Vec<FetchItem>, report: &mut
             report.failures.push(text);
         }
         f.size <= cap
+    });
+}
+
+/// The host's daily download budget: each message is reserved by its LIST size, in plan order;
+/// one that does not fit stays on the server (waiting, never dead-lettered) until the next UTC
+/// midnight, and the poll says so (log, summary, report file, metric).
+fn skip_over_download_budget(
+    ctx: &MailboxContext,
+    fetch: &mut Vec<FetchItem>,
+    report: &mut PollReport,
+) {
+    use crate::politeness::budget::Held;
+    let Some(budget) = &ctx.host.budget else {
+        return;
+    };
+    let host = ctx.host.host().to_string();
+    let (mut held, mut until) = (0usize, None);
+    fetch.retain(|f| match budget.reserve(f.size) {
+        Ok(()) => true,
+        Err(Held::Until(t)) => {
+            held += 1;
+            until = Some(t);
+            false
+        }
+        Err(Held::TooLarge) => {
+            report.failures.push(format!(
+                "message {} is {} bytes, over the whole daily download budget of {host} ({} bytes, servers.{host}.bytes_per_day); left on the server",
+                f.msgno, f.size, budget.limit()
+            ));
+            false
+        }
+    });
+    crate::metrics::server_download(&host, budget.used(), until);
+    let Some(until) = until else { return };
+    // The fleet view counts the account as paused until then, like a sink's daily quota.
+    ctx.progress
+        .paused(&format!("download budget of {host}"), until);
+    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    tracing::warn!(mailbox = %ctx.mailbox.name, host = %host, held, budget = budget.limit(), until = %until,
+        "Daily download budget of the host spent: messages wait on the server until then");
+    report.download_held = Some(super::DownloadHeld {
+        host,
+        messages: held,
+        until,
+        budget: budget.limit(),
     });
 }
 
