@@ -453,6 +453,58 @@ fn syntax_errors_are_located() {
     assert!(at.0 >= 9, "{at:?}");
 }
 
+/// The example's commented `mailboxes_from:` block, uncommented, loads `examples/accounts.csv`
+/// as it is written: one entry per row, the template filled in.
+#[test]
+fn example_batch_file_loads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("carol-password");
+    std::fs::write(&secret_file, "carol-secret\n").unwrap();
+    for name in ["dave", "erin"] {
+        std::fs::write(dir.path().join(name), "pw\n").unwrap();
+    }
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        if line.starts_with("# mailboxes_from:") {
+            in_block = true;
+        } else if !line.starts_with("#  ") {
+            in_block = false;
+        }
+        out.push(match line.strip_prefix("# ") {
+            Some(l) if in_block => l.to_string(),
+            _ => line.to_string(),
+        });
+    }
+    let text = out
+        .join("\n")
+        .replace(
+            "/run/secrets/carol-pop3-password",
+            &secret_file.to_string_lossy(),
+        )
+        .replace("/run/secrets/pop/", &format!("{}/", dir.path().display()));
+    assert!(
+        text.contains("\nmailboxes_from:\n"),
+        "the block is in the example"
+    );
+    let loaded = load_str_with_env(&text, &path, |name| match name {
+        "APP_WEBHOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        _ => Some(format!("pw-{name}")),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = loaded
+        .config
+        .mailboxes
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol", "dave", "erin"]);
+    let erin = &loaded.config.mailboxes[4];
+    assert_eq!(erin.pop3.username, "erin@old.example");
+}
+
 #[test]
 fn example_config_loads() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
