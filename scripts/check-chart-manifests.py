@@ -55,6 +55,8 @@ KNOWN_METRICS = {
     "popbridge_oauth2_relogin_needed",
     "popbridge_sasl_logins_total",
     "popbridge_sink_paused_until_timestamp_seconds",
+    "popbridge_server_downloaded_bytes_today",
+    "popbridge_server_download_paused_until_timestamp_seconds",
     "popbridge_build_info",
 }
 HISTOGRAMS = {"popbridge_delivery_duration_seconds", "popbridge_poll_duration_seconds"}
