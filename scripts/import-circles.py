@@ -200,6 +200,10 @@ def main():
                 p = os.path.join(root, name)
                 if name == "tests.rs" or os.sep + "tests" + os.sep in p:
                     continue
+                # The binary is its own crate (`crate::` means its main.rs there): it uses
+                # the library and nothing uses it.
+                if os.path.relpath(p, SRC).startswith("bin" + os.sep):
+                    continue
                 files[module_of(p)] = p
     modules = set(files)
     texts = {mod: strip_tests(open(p, encoding="utf-8").read()) for mod, p in files.items()}
