@@ -124,6 +124,42 @@ async fn large_message_is_imported_by_resumable_chunks_byte_identical() {
     );
 }
 
+/// A replica paused past its lease (here: the lease lost while the import waited) imports
+/// nothing, multipart or resumable; once owned again the message goes in once.
+#[tokio::test]
+async fn a_message_whose_mailbox_changed_owner_is_not_imported() {
+    use popbridge::sink::{DeliveryError, Ownership};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let owned = Arc::new(AtomicBool::new(false));
+    for (i, (n, size)) in [("small", 500), ("large", 700 * 1024)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut m = spool(dir.path(), n, &mail(n, size), false);
+        let flag = owned.clone();
+        m.owner = Ownership::new(move || flag.load(Ordering::SeqCst));
+        owned.store(false, Ordering::SeqCst);
+        match sink.deliver(&m, &key(n)).await {
+            Err(DeliveryError::Retryable { message, .. }) => {
+                assert!(message.contains("lease"), "{message}")
+            }
+            other => panic!("{n}: expected a retryable refusal, got {other:?}"),
+        }
+        assert_eq!(
+            server.messages(USER).len(),
+            i,
+            "{n}: imported without the lease"
+        );
+        owned.store(true, Ordering::SeqCst);
+        sink.deliver(&m, &key(n)).await.unwrap();
+    }
+    assert_eq!(server.messages(USER).len(), 2);
+}
+
 #[tokio::test]
 async fn labels_are_created_once_and_applied_with_skip_inbox_and_mark_read() {
     let server = GmailServer::start(TOKEN).await;

@@ -131,6 +131,17 @@ fn next_offset(resp: &Response) -> u64 {
         .map_or(0, |n| n + 1)
 }
 
+/// Checked right before an import is sent, after the quota wait and the token: a replica
+/// paused past its lease meanwhile must not import what the new owner imports (see
+/// `sink::Ownership`).
+fn still_owned(message: &SpooledMessage) -> Result<(), DeliveryError> {
+    if message.owner.is_current() {
+        Ok(())
+    } else {
+        Err(crate::sink::Ownership::lost())
+    }
+}
+
 /// The Gmail sink's one size-limit decision: `Some` refusal when the sink will not import a
 /// message of `size` bytes (over `limit`, at most Gmail's 150 MB, or empty). With
 /// `oversize: stub` a message over the limit is stubbed instead (see `deliver`).
@@ -501,6 +512,7 @@ impl GmailSink {
         self.call(account, cost::IMPORT, |t| {
             let (u, framing, path) = (u.clone(), &framing, &message.path);
             async move {
+                still_owned(message)?;
                 let file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| spool_error("open the spooled message", e))?;
@@ -542,6 +554,7 @@ impl GmailSink {
         let u = self.upload_url(account, "resumable")?;
         let resp = self
             .call(account, cost::IMPORT, |t| {
+                let owned = still_owned(message);
                 let rb = self
                     .client
                     .post(u.clone())
@@ -550,7 +563,7 @@ impl GmailSink {
                     .header("X-Upload-Content-Type", "message/rfc822")
                     .header("X-Upload-Content-Length", size)
                     .body(meta.to_vec());
-                async move { Ok(rb) }
+                async move { owned.map(|()| rb) }
             })
             .await?;
         if !resp.status().is_success() {
@@ -574,6 +587,9 @@ impl GmailSink {
                 .call(account, 0, |t| {
                     let session = session.clone();
                     async move {
+                        // The last chunk creates the message: not from a replica that lost
+                        // the mailbox while this upload went on.
+                        still_owned(message)?;
                         let body = file_body(&message.path, offset, len).await?;
                         let mut rb = self
                             .client
