@@ -26,34 +26,12 @@ pub struct Loaded {
 
 /// Read, parse and validate the config file at `path`; `${VAR}` comes from the process
 /// environment.
-///
-/// The YAML parser holds every event of the document at once: about 25 bytes of garbage per
-/// byte of YAML (50 MB for 10,000 mailboxes). Parsing on a short-lived thread of its own puts
-/// that garbage in a malloc arena of its own, and the validated config is copied out of it, so
-/// the arena is left empty and given back to the system instead of staying resident for the
-/// life of the daemon.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let parse = || -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        load_str(&text, path)
-    };
-    let parsed = std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("config".into())
-            .spawn_scoped(scope, parse)
-            .map(|thread| thread.join())
-    });
-    match parsed {
-        Ok(Ok(Ok(loaded))) => Ok(loaded.clone()),
-        Ok(Ok(Err(e))) => Err(e),
-        // A panic while parsing is a bug; show it as it would have been shown without the thread.
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        // No thread to be had: parse here.
-        Err(_) => parse(),
-    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path)
 }
 
 /// Parse and validate `text` as if read from `origin` (used for messages and to resolve
