@@ -354,7 +354,8 @@ mod tests {
         while conn.buf().is_empty() {
             conn.fill("r").await.unwrap();
         }
-        let connector = tokio_native_tls::TlsConnector::from(native_tls::TlsConnector::new().unwrap());
+        let connector =
+            tokio_native_tls::TlsConnector::from(native_tls::TlsConnector::new().unwrap());
         let err = conn.start_tls(&connector, "localhost").await.unwrap_err();
         assert!(matches!(err, NetError::Injection), "{err:?}");
         assert!(conn.is_broken());

@@ -188,11 +188,12 @@ mod tests {
         let result = t
             .tops(&[1, 2, 3], 0, 1024, |n, head| got.push((n, head)))
             .await;
-        server.await.unwrap();
         assert!(result.is_err(), "{result:?}");
         assert_eq!(got, vec![(1, b"Subject: one\r\n\r\n".to_vec())]);
         // Nothing more may be read from or written to that connection.
         assert!(t.top(3, 0, 1024).await.is_err());
+        drop(t);
+        server.await.unwrap();
     }
 
     #[tokio::test]
