@@ -2,8 +2,8 @@
 //! mailbox at once), an interval or a 5-field cron (croner) plus random jitter, a global cap on
 //! polls at once and a cap on connections per POP3 server.
 //!
-//! Each poll runs in its own task, so a panic ends that poll only; the mailbox is retried with
-//! backoff and [`Health`] tells `/readyz`. Auth and TLS failures back off exponentially (a wrong
+//! A panic in a poll is caught where the poll runs, so it ends that poll only; the mailbox is
+//! retried with backoff and [`Health`] tells `/readyz`. Auth and TLS failures back off exponentially (a wrong
 //! password polled every minute locks accounts and trips fail2ban), and the server's
 //! LOGIN-DELAY is honoured whatever the schedule says.
 
