@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Bench-only POP3 server that lists N messages and retrieves none (for idle polls of a huge
-mailbox, which Dovecot is too slow to seed). Usage: big_listing.py PORT N"""
+mailbox, which Dovecot is too slow to seed). Usage: big_listing.py PORT N [CERT KEY]
+(with CERT and KEY: implicit TLS, POP3S)"""
 import asyncio
+import ssl
 import sys
 
 PORT, N = int(sys.argv[1]), int(sys.argv[2])
@@ -35,7 +37,11 @@ async def session(reader, writer):
 
 
 async def main():
-    server = await asyncio.start_server(session, "127.0.0.1", PORT)
+    tls = None
+    if len(sys.argv) > 4:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(sys.argv[3], sys.argv[4])
+    server = await asyncio.start_server(session, "127.0.0.1", PORT, ssl=tls)
     async with server:
         await server.serve_forever()
 

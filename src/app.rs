@@ -30,6 +30,8 @@ pub enum BuildError {
 }
 
 pub struct App {
+    /// The config the service was built from, without its mailboxes: each mailbox's settings
+    /// live in its context (`mailboxes`), once.
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub sinks: Vec<SinkHandle>,
@@ -118,7 +120,7 @@ impl App {
     /// `lock_wait`: take the one-poller lock of a SQLite state, waiting up to this long;
     /// `None` only for read-only use.
     async fn build_with(
-        config: Config,
+        mut config: Config,
         lock_wait: Option<std::time::Duration>,
     ) -> Result<Self, BuildError> {
         crate::metrics::configure(config.http.per_mailbox_metrics);
@@ -174,10 +176,11 @@ impl App {
         }
         let hosts = Arc::new(crate::politeness::Hosts::build(&config));
         seed_download_budgets(&config, &hosts, store.as_ref()).await?;
-        let mut mailboxes = Vec::new();
-        for m in &config.mailboxes {
+        // Each mailbox's settings move into its context: kept once, not also in `config`.
+        let mut mailboxes = Vec::with_capacity(config.mailboxes.len());
+        for m in std::mem::take(&mut config.mailboxes) {
             // Every sink the mailbox may route to: its own, plus those its rules name.
-            let handles = m
+            let mut handles = m
                 .all_sinks()
                 .iter()
                 .map(|name| {
@@ -191,6 +194,8 @@ impl App {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            // A collected Vec has room for 4 at least; at 10,000 mailboxes that matters.
+            handles.shrink_to_fit();
             // On PostgreSQL each mailbox writes through a handle fenced by its lease.
             let (mailbox_store, owner): (Arc<dyn Store>, _) = match &pg {
                 Some(pg) => {
@@ -202,11 +207,12 @@ impl App {
                 }
                 None => (store.clone(), crate::sink::Ownership::default()),
             };
+            let host = hosts.for_mailbox(&m.pop3, &config);
             mailboxes.push(Arc::new(MailboxContext {
-                mailbox: m.clone(),
+                spool_dir: config.state.spool_dir.join(&m.name),
+                mailbox: m,
                 sinks: handles,
                 store: mailbox_store,
-                spool_dir: config.state.spool_dir.join(&m.name),
                 max_in_flight: config.limits.max_in_flight,
                 progress: Default::default(),
                 retention: config.state.retention,
@@ -214,7 +220,7 @@ impl App {
                 poll_timeout: config.limits.poll_timeout,
                 last_prune: Default::default(),
                 owner,
-                host: hosts.for_mailbox(&m.pop3, &config),
+                host,
             }));
         }
         let limiter = Arc::new(Limiter::with_caps(

@@ -40,38 +40,53 @@ fn label(mailbox: &str) -> &str {
 }
 
 /// Per-mailbox values behind the bounded gauges: a few dozen bytes per mailbox, never a
-/// series each.
+/// series each. Mailbox and sink names are kept once each and referred to by number, so
+/// 10,000 mailboxes do not hold each name once per gauge.
 #[derive(Default)]
 struct Rollup {
+    /// Every mailbox and sink name seen, by number.
+    names: HashMap<Box<str>, u32>,
     /// Last value per (gauge, mailbox, sink), so a sum moves by the difference.
-    last: HashMap<(&'static str, String, String), i64>,
+    last: HashMap<(&'static str, u32, u32), i64>,
     /// Per gauge: the value of each mailbox, and the same ordered, for the minimum/maximum.
     extremes: HashMap<String, Ranked>,
 }
 
-/// Each mailbox's value, and the same values in order.
-type Ranked = (HashMap<String, i64>, BTreeSet<(i64, String)>);
+/// Each mailbox's value, and the same values in order (mailboxes by number).
+type Ranked = (HashMap<u32, i64>, BTreeSet<(i64, u32)>);
 
 impl Rollup {
+    /// The number of `name`, given at its first use.
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.names.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.insert(name.into(), id);
+        id
+    }
+
     /// The change of the sum of `gauge` over mailboxes when `mailbox` now has `value`.
     fn delta(&mut self, gauge: &'static str, mailbox: &str, sink: &str, value: i64) -> i64 {
-        let old = self
-            .last
-            .insert((gauge, mailbox.to_string(), sink.to_string()), value)
-            .unwrap_or(0);
+        let key = (gauge, self.id(mailbox), self.id(sink));
+        let old = self.last.insert(key, value).unwrap_or(0);
         value - old
     }
 
     /// `mailbox` now has `value` (`None`: no value any more); returns the (minimum, maximum)
     /// over mailboxes.
     fn extreme(&mut self, gauge: &str, mailbox: &str, value: Option<i64>) -> Option<(i64, i64)> {
-        let (by_mailbox, ordered) = self.extremes.entry(gauge.to_string()).or_default();
-        if let Some(old) = by_mailbox.remove(mailbox) {
-            ordered.remove(&(old, mailbox.to_string()));
+        let id = self.id(mailbox);
+        if !self.extremes.contains_key(gauge) {
+            self.extremes.insert(gauge.to_string(), Ranked::default());
+        }
+        let (by_mailbox, ordered) = self.extremes.get_mut(gauge)?;
+        if let Some(old) = by_mailbox.remove(&id) {
+            ordered.remove(&(old, id));
         }
         if let Some(v) = value {
-            by_mailbox.insert(mailbox.to_string(), v);
-            ordered.insert((v, mailbox.to_string()));
+            by_mailbox.insert(id, v);
+            ordered.insert((v, id));
         }
         Some((ordered.first()?.0, ordered.last()?.0))
     }

@@ -37,7 +37,7 @@ const END: &str = "-----END CERTIFICATE-----";
 pub fn connector(
     ca_file: Option<&Path>,
     danger_accept_invalid_certs: bool,
-) -> Result<async_native_tls::TlsConnector, TlsError> {
+) -> Result<tokio_native_tls::TlsConnector, TlsError> {
     let mut builder = native_tls::TlsConnector::builder();
     if let Some(path) = ca_file {
         for cert in read_pem_bundle(path)? {
@@ -51,9 +51,10 @@ pub fn connector(
         builder.danger_accept_invalid_certs(true);
         builder.danger_accept_invalid_hostnames(true);
     }
-    // Build once now so a broken setup fails at startup, not at the first connection.
-    builder.build().map_err(TlsError::Build)?;
-    Ok(async_native_tls::TlsConnector::from(builder))
+    // Built here, once: building parses the system CA bundle (about a million instructions),
+    // which a connector kept as a builder would do again at every handshake.
+    let built = builder.build().map_err(TlsError::Build)?;
+    Ok(tokio_native_tls::TlsConnector::from(built))
 }
 
 /// The connector for this TLS setup, built at its first use and shared after that: a poll
@@ -62,9 +63,9 @@ pub fn connector(
 pub fn shared_connector(
     ca_file: Option<&Path>,
     danger_accept_invalid_certs: bool,
-) -> Result<Arc<async_native_tls::TlsConnector>, TlsError> {
+) -> Result<Arc<tokio_native_tls::TlsConnector>, TlsError> {
     type Key = (Option<PathBuf>, bool);
-    static BUILT: OnceLock<Mutex<HashMap<Key, Arc<async_native_tls::TlsConnector>>>> =
+    static BUILT: OnceLock<Mutex<HashMap<Key, Arc<tokio_native_tls::TlsConnector>>>> =
         OnceLock::new();
     let key = (ca_file.map(Path::to_path_buf), danger_accept_invalid_certs);
     let cache = BUILT.get_or_init(Default::default);

@@ -73,7 +73,7 @@ impl Peer {
     }
 
     /// Wraps the connection in TLS (after STLS, or at once for implicit TLS).
-    async fn start_tls(&mut self, acceptor: &async_native_tls::TlsAcceptor) -> Result<(), String> {
+    async fn start_tls(&mut self, acceptor: &tokio_native_tls::TlsAcceptor) -> Result<(), String> {
         let (dummy, _) = tokio::io::duplex(1);
         let tcp = std::mem::replace(&mut self.stream, Box::new(dummy));
         let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
@@ -592,7 +592,7 @@ async fn top_keeps_at_most_max_bytes_and_stays_in_step() {
 /// advises: a self-signed certificate used directly is rejected by some stacks).
 struct Pki {
     dir: tempfile::TempDir,
-    acceptor: async_native_tls::TlsAcceptor,
+    acceptor: tokio_native_tls::TlsAcceptor,
 }
 
 impl Pki {

@@ -40,16 +40,24 @@ pub async fn decide_by_headers(
     if rules.needs_body() {
         return Ok(out);
     }
-    for item in items.iter().filter(|i| decided_by_rules(i, known)) {
-        let raw = session.top(item.msgno, 0, MAX_HEADER_BYTES).await?;
-        let headers = Headers::parse(&raw);
-        let facts = Facts {
-            headers: &headers,
-            size: item.size,
-            has_attachment: None,
-        };
-        out.insert(item.msgno, decision::decide(rules, mailbox, &facts));
-    }
+    let decided: Vec<&FetchItem> = items
+        .iter()
+        .filter(|i| decided_by_rules(i, known))
+        .collect();
+    let msgnos: Vec<u32> = decided.iter().map(|i| i.msgno).collect();
+    let sizes: HashMap<u32, u64> = decided.iter().map(|i| (i.msgno, i.size)).collect();
+    // Pipelined; each header is decided as it arrives and dropped, so memory holds one.
+    session
+        .tops(&msgnos, 0, MAX_HEADER_BYTES, |msgno, raw| {
+            let headers = Headers::parse(&raw);
+            let facts = Facts {
+                headers: &headers,
+                size: sizes.get(&msgno).copied().unwrap_or(0),
+                has_attachment: None,
+            };
+            out.insert(msgno, decision::decide(rules, mailbox, &facts));
+        })
+        .await?;
     Ok(out)
 }
 

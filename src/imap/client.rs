@@ -50,7 +50,7 @@ impl Session {
     /// Connects, secures the connection as configured and logs in.
     pub async fn connect(
         cfg: &ImapConfig,
-        tls: Option<&async_native_tls::TlsConnector>,
+        tls: Option<&tokio_native_tls::TlsConnector>,
         username: &str,
         password: &crate::secret::Secret,
     ) -> Result<Self, ImapError> {
@@ -124,7 +124,7 @@ impl Session {
 
     async fn handshake(
         &mut self,
-        tls: Option<&async_native_tls::TlsConnector>,
+        tls: Option<&tokio_native_tls::TlsConnector>,
         host: &str,
     ) -> Result<(), ImapError> {
         let connector = tls.ok_or_else(|| ImapError::Protocol {

@@ -148,7 +148,7 @@ impl LineConn {
     /// upgrade once the server said go ahead.
     pub(crate) async fn start_tls(
         &mut self,
-        connector: &async_native_tls::TlsConnector,
+        connector: &tokio_native_tls::TlsConnector,
         host: &str,
     ) -> Result<(), NetError> {
         self.check()?;
@@ -167,6 +167,7 @@ impl LineConn {
         match tokio::time::timeout(self.timeout, connector.connect(host, tcp)).await {
             Ok(Ok(tls)) => {
                 self.cert_not_after = tls
+                    .get_ref()
                     .peer_certificate()
                     .ok()
                     .flatten()
@@ -353,7 +354,8 @@ mod tests {
         while conn.buf().is_empty() {
             conn.fill("r").await.unwrap();
         }
-        let connector = async_native_tls::TlsConnector::new();
+        let connector =
+            tokio_native_tls::TlsConnector::from(native_tls::TlsConnector::new().unwrap());
         let err = conn.start_tls(&connector, "localhost").await.unwrap_err();
         assert!(matches!(err, NetError::Injection), "{err:?}");
         assert!(conn.is_broken());

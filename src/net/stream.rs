@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 /// TCP or TLS over TCP.
 pub(crate) enum Stream {
     Plain(TcpStream),
-    Tls(Box<async_native_tls::TlsStream<TcpStream>>),
+    Tls(Box<tokio_native_tls::TlsStream<TcpStream>>),
     /// Only while the TCP stream is inside a TLS handshake (or after one failed).
     Gone,
 }

@@ -29,7 +29,7 @@ impl Conn {
     /// Opens TCP, and TLS straight away when `tls` is given (implicit TLS).
     pub(crate) async fn open(
         cfg: &ClientConfig,
-        tls: Option<&async_native_tls::TlsConnector>,
+        tls: Option<&tokio_native_tls::TlsConnector>,
     ) -> Result<Self, Pop3Error> {
         let server = cfg.server();
         let net = LineConn::connect(
@@ -70,7 +70,7 @@ impl Conn {
     /// come unprotected, so they are refused (the STARTTLS injection attack).
     pub(crate) async fn handshake(
         &mut self,
-        connector: &async_native_tls::TlsConnector,
+        connector: &tokio_native_tls::TlsConnector,
         host: &str,
     ) -> Result<(), Pop3Error> {
         self.net

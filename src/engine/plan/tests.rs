@@ -53,7 +53,7 @@ fn plan(
     sinks: &[String],
     policy: DeletePolicy,
     now: Millis,
-) -> Plan {
+) -> Plan<'static> {
     plan_with(
         listing,
         listed,
@@ -65,6 +65,8 @@ fn plan(
     )
 }
 
+/// The listing is leaked so that a test can build it inline and keep the plan, which borrows
+/// from it.
 fn plan_with(
     listing: &[Listed],
     listed: &HashMap<String, KnownMessage>,
@@ -73,7 +75,8 @@ fn plan_with(
     sinks: &[String],
     policy: DeletePolicy,
     now: Millis,
-) -> Plan {
+) -> Plan<'static> {
+    let listing: &'static [Listed] = Box::leak(listing.to_vec().into_boxed_slice());
     super::plan(
         listing,
         &Known {
@@ -227,7 +230,7 @@ fn duplicate_uidls_are_identified_by_content_and_warned_about() {
         .map(|f| f.msgno)
         .collect();
     assert_eq!(by_content, vec![1, 2]);
-    assert_eq!(p.listed, vec!["y".to_string()]);
+    assert_eq!(p.listed, vec!["y"]);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::engine::plan::{
 };
 use crate::engine::routing;
 use crate::store::{KnownMessage, ListedState};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 /// What the rest of the poll works from.
@@ -91,14 +91,12 @@ pub(super) async fn plan_poll(
         tracing::warn!(mailbox = name, "{text}");
         report.warnings.push(text);
     }
-    let listed: HashSet<&str> = plan.listed.iter().map(String::as_str).collect();
     let gone: Vec<String> = known
         .keys()
         .chain(settled.keys())
-        .filter(|u| !listed.contains(u.as_str()))
+        .filter(|u| !plan.is_listed(u))
         .cloned()
         .collect();
-    drop(listed);
     ctx.store.record_presence(name, &[], &gone, now).await?;
     prune(ctx, now).await;
     report.waiting = plan.waiting;

@@ -8,7 +8,7 @@ use crate::pop3::response::Capabilities;
 pub(crate) async fn stls(
     conn: &mut Conn,
     caps: &Capabilities,
-    connector: &async_native_tls::TlsConnector,
+    connector: &tokio_native_tls::TlsConnector,
     host: &str,
 ) -> Result<(), Pop3Error> {
     if !caps.stls() {

@@ -67,7 +67,7 @@ type Slot = Arc<AccountSlot>;
 pub struct ImapSink {
     name: String,
     settings: ImapSettings,
-    tls: Option<async_native_tls::TlsConnector>,
+    tls: Option<tokio_native_tls::TlsConnector>,
     /// Target accounts by user name.
     sessions: Mutex<HashMap<String, Slot>>,
     /// Deliveries (so connections in use) to the server at once.
