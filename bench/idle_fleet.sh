@@ -24,7 +24,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| mailboxes | RSS after the first round MB | peak RSS MB |"
 echo "|---|---|---|"
-first_n= first_rss=
+first_n='' first_rss=''
 for n in "${COUNTS[@]}"; do
     run=$WORK/$n
     mkdir -p "$run"
