@@ -59,17 +59,25 @@ impl Peer {
         assert_eq!(got, want, "server expected {want:?}");
     }
 
+    /// Asserts the client's next line is `want`, then sends `reply`: one exchange of a script.
+    async fn answer(&mut self, want: &str, reply: &[u8]) {
+        self.expect(want).await;
+        self.send(reply).await;
+    }
+
+    /// The greeting and the answer to the first CAPA (`caps`, or an `-ERR`).
+    async fn greet(&mut self, caps: &[u8]) {
+        self.send(b"+OK ready\r\n").await;
+        self.answer("CAPA", caps).await;
+    }
+
     /// Greeting, CAPA, USER/PASS, CAPA: the usual way into the transaction state.
     async fn login(&mut self) {
-        self.send(b"+OK ready\r\n").await;
-        self.expect("CAPA").await;
-        self.send(CAPS).await;
-        self.expect("USER alice").await;
-        self.send(b"+OK\r\n").await;
-        self.expect(&format!("PASS {PASSWORD}")).await;
-        self.send(b"+OK logged in\r\n").await;
-        self.expect("CAPA").await;
-        self.send(CAPS).await;
+        self.greet(CAPS).await;
+        self.answer("USER alice", b"+OK\r\n").await;
+        self.answer(&format!("PASS {PASSWORD}"), b"+OK logged in\r\n")
+            .await;
+        self.answer("CAPA", CAPS).await;
     }
 
     /// Wraps the connection in TLS (after STLS, or at once for implicit TLS).
@@ -180,8 +188,7 @@ async fn pipelines_retr_and_trusts_terminator_not_list_size() {
         )
         .await;
         p.send(b"+OK\r\n.\r\n").await;
-        p.expect("QUIT").await;
-        p.send(b"+OK bye\r\n").await;
+        p.answer("QUIT", b"+OK bye\r\n").await;
         p.drain().await;
         p
     })
@@ -267,12 +274,10 @@ async fn works_when_server_drips_one_byte_at_a_time() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        p.expect("USER alice").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("USER alice", b"+OK\r\n").await;
         p.line().await;
         p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR\r\n").await;
+        p.answer("CAPA", b"-ERR\r\n").await;
         p.expect("RETR 1").await;
         for b in b"+OK\r\n..a\r\nb\r\n.\r\n" {
             p.send(&[*b]).await;
@@ -399,8 +404,7 @@ async fn one_dele_error_does_not_stop_the_others() {
 async fn quit_without_ok_is_an_error() {
     let (cfg, server) = serve(|mut p| async move {
         p.login().await;
-        p.expect("DELE 1").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("DELE 1", b"+OK\r\n").await;
         p.expect("QUIT").await;
         p
     })
@@ -416,12 +420,9 @@ async fn quit_without_ok_is_an_error() {
 async fn uidl_unsupported_is_none() {
     let (cfg, server) = serve(|mut p| async move {
         p.login().await;
-        p.expect("UIDL").await;
-        p.send(b"-ERR unknown command\r\n").await;
-        p.expect("UIDL").await;
-        p.send(b"+OK\r\n1 abc\r\n2 def\r\n.\r\n").await;
-        p.expect("STAT").await;
-        p.send(b"+OK 2 320\r\n").await;
+        p.answer("UIDL", b"-ERR unknown command\r\n").await;
+        p.answer("UIDL", b"+OK\r\n1 abc\r\n2 def\r\n.\r\n").await;
+        p.answer("STAT", b"+OK 2 320\r\n").await;
         p.drain().await;
         p
     })
@@ -440,9 +441,7 @@ async fn uidl_unsupported_is_none() {
 #[tokio::test]
 async fn plaintext_without_allow_refuses_before_sending_password() {
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(CAPS).await;
+        p.greet(CAPS).await;
         p.drain().await;
         p
     })
@@ -458,9 +457,7 @@ async fn plaintext_without_allow_refuses_before_sending_password() {
 #[tokio::test]
 async fn starttls_without_stls_advertised_is_an_error() {
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(CAPS).await;
+        p.greet(CAPS).await;
         p.drain().await;
         p
     })
@@ -498,11 +495,8 @@ async fn wrong_password_is_final_but_in_use_is_temporary() {
         ),
     ] {
         let (cfg, server) = serve(move |mut p| async move {
-            p.send(b"+OK ready\r\n").await;
-            p.expect("CAPA").await;
-            p.send(CAPS).await;
-            p.expect("USER alice").await;
-            p.send(b"+OK\r\n").await;
+            p.greet(CAPS).await;
+            p.answer("USER alice", b"+OK\r\n").await;
             p.line().await;
             p.send(reply).await;
             p.drain().await;
@@ -521,14 +515,11 @@ async fn wrong_password_is_final_but_in_use_is_temporary() {
 #[tokio::test]
 async fn auto_auth_uses_sasl_plain_when_advertised() {
     let (cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nSASL PLAIN LOGIN\r\nUSER\r\n.\r\n").await;
+        p.greet(b"+OK\r\nSASL PLAIN LOGIN\r\nUSER\r\n.\r\n").await;
         // base64("\0alice\0s3cret-pw")
-        p.expect("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==").await;
-        p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR\r\n").await;
+        p.answer("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==", b"+OK\r\n")
+            .await;
+        p.answer("CAPA", b"-ERR\r\n").await;
         p.drain().await;
         p
     })
@@ -543,18 +534,14 @@ async fn auto_auth_uses_sasl_plain_when_advertised() {
 async fn xoauth2_failure_answers_challenge_with_empty_line() {
     let token = "t".repeat(300);
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nSASL PLAIN XOAUTH2\r\n.\r\n").await;
+        p.greet(b"+OK\r\nSASL PLAIN XOAUTH2\r\n.\r\n").await;
         // Too long for one 255-octet AUTH line: the initial response waits for `+`.
-        p.expect("AUTH XOAUTH2").await;
-        p.send(b"+ \r\n").await;
+        p.answer("AUTH XOAUTH2", b"+ \r\n").await;
         assert!(!p.line().await.is_empty());
         // {"status":"401","schemes":"bearer"}
         p.send(b"+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0=\r\n")
             .await;
-        p.expect("").await;
-        p.send(b"-ERR Authentication failure\r\n").await;
+        p.answer("", b"-ERR Authentication failure\r\n").await;
         p.drain().await;
         p
     })
@@ -575,8 +562,7 @@ async fn top_keeps_at_most_max_bytes_and_stays_in_step() {
         p.expect("TOP 1 0").await;
         p.send(b"+OK\r\nSubject: long header line\r\nFrom: a\r\n\r\n.\r\n")
             .await;
-        p.expect("NOOP").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("NOOP", b"+OK\r\n").await;
         p.drain().await;
         p
     })
@@ -678,21 +664,16 @@ async fn starttls_with_private_ca_sends_password_only_encrypted() {
     let pki = pki();
     let acceptor = pki.acceptor.clone();
     let (mut cfg, server) = serve(move |mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(STLS_CAPS).await;
-        p.expect("STLS").await;
-        p.send(b"+OK begin TLS\r\n").await;
+        p.greet(STLS_CAPS).await;
+        p.answer("STLS", b"+OK begin TLS\r\n").await;
         let plaintext = p.seen.clone();
         p.start_tls(&acceptor).await.unwrap();
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n").await;
-        p.expect("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==").await;
-        p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nPIPELINING\r\n.\r\n").await;
-        p.expect("QUIT").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("CAPA", b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
+            .await;
+        p.answer("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==", b"+OK\r\n")
+            .await;
+        p.answer("CAPA", b"+OK\r\nPIPELINING\r\n.\r\n").await;
+        p.answer("QUIT", b"+OK\r\n").await;
         p.seen = plaintext;
         p
     })
@@ -752,9 +733,7 @@ async fn implicit_tls_with_private_ca_works() {
 #[tokio::test]
 async fn data_injected_before_tls_handshake_is_refused() {
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(STLS_CAPS).await;
+        p.greet(STLS_CAPS).await;
         p.expect("STLS").await;
         // A man in the middle appends a plaintext answer to the STLS reply.
         p.send(b"+OK begin TLS\r\n+OK logged in\r\n").await;
@@ -782,8 +761,7 @@ async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
         p.expect("RETR 1").await;
         p.expect("RETR 2").await;
         p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
-        p.expect("NOOP").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("NOOP", b"+OK\r\n").await;
         p.drain().await;
         p
     })
@@ -811,8 +789,7 @@ async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
         p.expect("RETR 2").await;
         p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
         // RETR 3 must never come: the next command is NOOP.
-        p.expect("NOOP").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("NOOP", b"+OK\r\n").await;
         p.drain().await;
         p
     })
@@ -836,15 +813,11 @@ async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
 #[tokio::test]
 async fn without_pipelining_sends_one_command_at_a_time() {
     let (cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR no CAPA here\r\n").await;
-        p.expect("USER alice").await;
-        p.send(b"+OK\r\n").await;
+        p.greet(b"-ERR no CAPA here\r\n").await;
+        p.answer("USER alice", b"+OK\r\n").await;
         p.line().await;
         p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR\r\n").await;
+        p.answer("CAPA", b"-ERR\r\n").await;
         for n in 1..=3 {
             p.expect(&format!("DELE {n}")).await;
             // Nothing else may be waiting: the client must wait for this answer.
