@@ -10,30 +10,14 @@ use popbridge::key::IdempotencyKey;
 use popbridge::sink::s3::credentials::{Source, WebIdentity};
 use popbridge::sink::s3::key::KeyTemplate;
 use popbridge::sink::s3::S3Sink;
-use popbridge::sink::{DeliveryError, Sink, SpooledMessage};
-use sha2::{Digest, Sha256};
+use popbridge::sink::{DeliveryError, Sink};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use support::s3::{creds, free_port, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support::spool::spool;
 
 const DATE_HEADER: &str = "Date: Tue, 10 Nov 2026 08:00:00 +0000\r\n";
-
-fn spool(dir: &Path, uidl: &str, body: &[u8]) -> SpooledMessage {
-    let path = dir.join(uidl);
-    std::fs::write(&path, body).unwrap();
-    SpooledMessage {
-        mailbox: "alice".into(),
-        uidl: uidl.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
-        seen_before: false,
-        owner: Default::default(),
-        params: Default::default(),
-    }
-}
 
 fn small(n: u32) -> Vec<u8> {
     format!("From: a@example.com\r\n{DATE_HEADER}Message-ID: <m{n}@example.com>\r\nSubject: {n}\r\n\r\nHello {n}\r\n.leading dot\r\n")
