@@ -14,7 +14,6 @@ use popbridge::secret::Secret;
 use popbridge::sink::gmail::config::Account;
 use popbridge::sink::gmail::{AccessToken, GmailSettings, GmailSink, TokenError};
 use popbridge::sink::{DeliveryError, Sink, SpooledMessage};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,18 +24,9 @@ const TOKEN: &str = "ya29.test-token";
 const USER: &str = "alice@example.com";
 
 fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessage {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
     SpooledMessage {
-        mailbox: "alice".into(),
-        uidl: name.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
         seen_before,
-        owner: Default::default(),
-        params: Default::default(),
+        ..support::spool::spool(dir, name, body)
     }
 }
 
