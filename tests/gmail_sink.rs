@@ -62,15 +62,22 @@ fn settings(server: &GmailServer, dir: &Path) -> GmailSettings {
     s
 }
 
+/// The Gmail test server, a directory for the token and the spool files, and a sink with
+/// [`settings`] unchanged.
+async fn start() -> (GmailServer, tempfile::TempDir, GmailSink) {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    (server, dir, sink)
+}
+
 fn key(n: &str) -> IdempotencyKey {
     IdempotencyKey::derive("alice", n)
 }
 
 #[tokio::test]
 async fn small_message_is_imported_multipart_byte_identical_into_inbox_unread() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     let body = mail("small1", 2000);
     let receipt = sink
         .deliver(&spool(dir.path(), "1", &body, false), &key("1"))
@@ -91,9 +98,7 @@ async fn small_message_is_imported_multipart_byte_identical_into_inbox_unread() 
 
 #[tokio::test]
 async fn large_message_is_imported_by_resumable_chunks_byte_identical() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     let body = mail("large1", 700 * 1024);
     sink.deliver(&spool(dir.path(), "1", &body, false), &key("1"))
         .await
@@ -185,9 +190,7 @@ async fn an_unanswered_import_retried_leaves_exactly_one_copy() {
 
 #[tokio::test]
 async fn a_message_without_message_id_is_found_by_size_and_content() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     let body = b"From: a@example.org\r\nSubject: no id\r\n\r\nhello\r\n".to_vec();
     let other = b"From: a@example.org\r\nSubject: no id\r\n\r\nhellO\r\n".to_vec();
     sink.deliver(&spool(dir.path(), "o", &other, false), &key("o"))
@@ -219,9 +222,7 @@ async fn a_message_without_message_id_is_found_by_size_and_content() {
 
 #[tokio::test]
 async fn rate_limit_is_retryable_with_retry_after_then_succeeds() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     server.fault(Fault::Error(429, "rateLimitExceeded", Some("3")));
     let msg = spool(dir.path(), "1", &mail("rl", 800), false);
     match sink.deliver(&msg, &key("1")).await.unwrap_err() {
@@ -341,9 +342,7 @@ async fn imports_to_one_account_are_paced_to_its_quota_units() {
 
 #[tokio::test]
 async fn a_rate_limit_holds_the_account_back_for_retry_after() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     server.fault(Fault::Error(403, "userRateLimitExceeded", Some("1")));
     let msg = spool(dir.path(), "1", &mail("rl403", 800), false);
     match sink.deliver(&msg, &key("1")).await.unwrap_err() {
@@ -418,9 +417,7 @@ async fn a_401_invalidates_the_token_and_the_refreshed_one_is_used() {
 
 #[tokio::test]
 async fn the_token_file_is_read_again_at_each_request() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     sink.deliver(&spool(dir.path(), "1", &mail("f1", 800), false), &key("1"))
         .await
         .unwrap();
@@ -462,9 +459,7 @@ async fn a_resumable_chunk_without_answer_is_resumed_where_the_session_stands() 
 
 #[tokio::test]
 async fn too_large_is_permanent_with_the_reason() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     server.fault(Fault::Error(413, "uploadTooLarge", None));
     let e = sink
         .deliver(&spool(dir.path(), "1", &mail("big", 800), false), &key("1"))
