@@ -116,6 +116,22 @@ where
     (config(port), handle)
 }
 
+/// [`serve`], then a session logged in with the default [`config`].
+async fn connected<F, Fut>(script: F) -> (Transaction, JoinHandle<String>)
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: Future<Output = Peer> + Send,
+{
+    let (cfg, server) = serve(script).await;
+    (pop3::connect(&cfg).await.unwrap(), server)
+}
+
+/// Closes the session without QUIT and waits for the server's script to end.
+async fn close(t: Transaction, server: JoinHandle<String>) {
+    drop(t);
+    server.await.unwrap();
+}
+
 fn config(port: u16) -> ClientConfig {
     ClientConfig {
         host: "127.0.0.1".into(),
@@ -175,7 +191,7 @@ async fn retr(
 
 #[tokio::test]
 async fn pipelines_retr_and_trusts_terminator_not_list_size() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("LIST").await;
         // Sizes that lie: message 1 is much longer than 10 octets.
@@ -193,7 +209,6 @@ async fn pipelines_retr_and_trusts_terminator_not_list_size() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert!(t.capabilities().pipelining() && t.capabilities().uidl());
     assert_eq!(t.list().await.unwrap(), vec![(1, 10), (2, 999999)]);
     let (got, result) = retr(&mut t, &[1, 2]).await;
@@ -214,7 +229,7 @@ async fn pipelines_retr_and_trusts_terminator_not_list_size() {
 
 #[tokio::test]
 async fn one_retr_error_does_not_stop_the_others() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         for _ in 0..3 {
             let cmd = p.line().await;
@@ -227,7 +242,6 @@ async fn one_retr_error_does_not_stop_the_others() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1, 2, 3]).await;
     result.unwrap();
     let outcome: Vec<(u32, bool)> = got.iter().map(|(n, r)| (*n, r.is_ok())).collect();
@@ -235,13 +249,12 @@ async fn one_retr_error_does_not_stop_the_others() {
     let err = got[1].1.as_ref().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
     assert!(err.to_string().contains("RETR 2"));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn disconnect_mid_retr_is_a_connection_error() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("RETR 1").await;
         p.expect("RETR 2").await;
@@ -249,7 +262,6 @@ async fn disconnect_mid_retr_is_a_connection_error() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1, 2]).await;
     assert_eq!(got.len(), 1, "the complete first message is delivered");
     assert!(got[0].1.is_ok());
@@ -263,7 +275,7 @@ async fn disconnect_mid_retr_is_a_connection_error() {
 
 #[tokio::test]
 async fn works_when_server_drips_one_byte_at_a_time() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         let script: &[&[u8]] = &[b"+OK ready\r\n", CAPS];
         for (i, chunk) in script.iter().enumerate() {
             if i > 0 {
@@ -287,13 +299,11 @@ async fn works_when_server_drips_one_byte_at_a_time() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1]).await;
     result.unwrap();
     let m = got[0].1.as_ref().unwrap();
     assert_eq!(std::fs::read(&m.file).unwrap(), b".a\r\nb\r\n");
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
@@ -356,14 +366,13 @@ async fn endless_greeting_line_is_rejected() {
 
 #[tokio::test]
 async fn endless_line_in_message_is_rejected() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("RETR 1").await;
         endless(&mut p, b"+OK\r\nSubject: ").await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1]).await;
     assert!(got.is_empty());
     let err = result.unwrap_err();
@@ -372,13 +381,12 @@ async fn endless_line_in_message_is_rejected() {
         err.to_string().contains("larger than max_message_bytes"),
         "{err}"
     );
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn one_dele_error_does_not_stop_the_others() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         for _ in 0..3 {
             match p.line().await.as_str() {
@@ -390,26 +398,23 @@ async fn one_dele_error_does_not_stop_the_others() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let results = t.dele_many(&[1, 2, 3]).await.unwrap();
     assert_eq!(results.len(), 3);
     assert!(results[0].1.is_ok() && results[2].1.is_ok());
     let err = results[1].1.as_ref().unwrap_err();
     assert_eq!((results[1].0, err.kind()), (2, ErrorKind::Temporary));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn quit_without_ok_is_an_error() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.answer("DELE 1", b"+OK\r\n").await;
         p.expect("QUIT").await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert!(t.dele_many(&[1]).await.unwrap()[0].1.is_ok());
     let err = t.quit().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Network, "{err}");
@@ -418,7 +423,7 @@ async fn quit_without_ok_is_an_error() {
 
 #[tokio::test]
 async fn uidl_unsupported_is_none() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.answer("UIDL", b"-ERR unknown command\r\n").await;
         p.answer("UIDL", b"+OK\r\n1 abc\r\n2 def\r\n.\r\n").await;
@@ -427,15 +432,13 @@ async fn uidl_unsupported_is_none() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert_eq!(t.uidl().await.unwrap(), None);
     assert_eq!(
         t.uidl().await.unwrap(),
         Some(vec![(1, "abc".to_owned()), (2, "def".to_owned())])
     );
     assert_eq!(t.stat().await.unwrap(), (2, 320));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
@@ -514,7 +517,7 @@ async fn wrong_password_is_final_but_in_use_is_temporary() {
 
 #[tokio::test]
 async fn auto_auth_uses_sasl_plain_when_advertised() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (t, server) = connected(|mut p| async move {
         p.greet(b"+OK\r\nSASL PLAIN LOGIN\r\nUSER\r\n.\r\n").await;
         // base64("\0alice\0s3cret-pw")
         p.answer("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==", b"+OK\r\n")
@@ -524,10 +527,8 @@ async fn auto_auth_uses_sasl_plain_when_advertised() {
         p
     })
     .await;
-    let t = pop3::connect(&cfg).await.unwrap();
     assert!(!t.capabilities().pipelining());
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
@@ -557,7 +558,7 @@ async fn xoauth2_failure_answers_challenge_with_empty_line() {
 
 #[tokio::test]
 async fn top_keeps_at_most_max_bytes_and_stays_in_step() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("TOP 1 0").await;
         p.send(b"+OK\r\nSubject: long header line\r\nFrom: a\r\n\r\n.\r\n")
@@ -567,11 +568,9 @@ async fn top_keeps_at_most_max_bytes_and_stays_in_step() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert_eq!(t.top(1, 0, 7).await.unwrap(), b"Subject");
     t.noop().await.unwrap();
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 /// A private CA and a `localhost` leaf signed by it, made with the openssl CLI (as LAB.md
@@ -726,8 +725,7 @@ async fn implicit_tls_with_private_ca_works() {
     cfg.ca_file = Some(pki.ca_file());
     let t = pop3::connect(&cfg).await.unwrap();
     assert!(t.capabilities().uidl());
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
@@ -756,7 +754,7 @@ async fn data_injected_before_tls_handshake_is_refused() {
 
 #[tokio::test]
 async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("RETR 1").await;
         p.expect("RETR 2").await;
@@ -766,7 +764,6 @@ async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let missing = std::path::Path::new("/nonexistent/spool");
     t.retr_to_spool(&[1, 2], missing, tx).await.unwrap();
@@ -777,8 +774,7 @@ async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
         assert!(err.to_string().contains("/nonexistent/spool"));
     }
     t.noop().await.unwrap();
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
@@ -806,13 +802,12 @@ async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
         0,
         "no files left behind"
     );
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn without_pipelining_sends_one_command_at_a_time() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.greet(b"-ERR no CAPA here\r\n").await;
         p.answer("USER alice", b"+OK\r\n").await;
         p.line().await;
@@ -834,10 +829,8 @@ async fn without_pipelining_sends_one_command_at_a_time() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert!(!t.capabilities().pipelining());
     let results = t.dele_many(&[1, 2, 3]).await.unwrap();
     assert!(results.iter().all(|(_, r)| r.is_ok()));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
