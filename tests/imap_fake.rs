@@ -322,6 +322,14 @@ async fn deliver_once(port: u16, body: &[u8]) -> Result<Receipt, DeliveryError> 
     sink(port).deliver(&spool(dir.path(), body), &key).await
 }
 
+/// `body` delivered once to a server in `mode` is stored as sent, with the APPENDUID receipt.
+async fn appended_as_sent(mode: Mode, body: &[u8]) {
+    let (port, store) = serve(mode).await;
+    let r = deliver_once(port, body).await.unwrap();
+    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
+    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+}
+
 /// Every message delivered at once through `sink` (the engine keeps many in flight).
 async fn deliver_all(
     sink: &ImapSink,
@@ -359,11 +367,8 @@ async fn an_endless_response_line_is_a_retryable_error() {
 
 #[tokio::test]
 async fn without_literal_plus_append_waits_for_the_continuation() {
-    let (port, store) = serve(Mode::NoLiteralPlus).await;
     let body = b"Message-ID: <sync@test>\r\nSubject: x\r\n\r\nbody\r\n";
-    let r = deliver_once(port, body).await.unwrap();
-    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
-    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+    appended_as_sent(Mode::NoLiteralPlus, body).await;
 }
 
 #[tokio::test]
@@ -415,11 +420,8 @@ const DATE: &str = "02-Mar-2026 10:11:12 +0100";
 
 #[tokio::test]
 async fn untagged_lines_before_the_continuation_are_skipped() {
-    let (port, store) = serve(Mode::UntaggedBeforeContinuation).await;
     let body = b"Message-ID: <chatty@test>\r\nSubject: x\r\n\r\nbody\r\n";
-    let r = deliver_once(port, body).await.unwrap();
-    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
-    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+    appended_as_sent(Mode::UntaggedBeforeContinuation, body).await;
 }
 
 #[tokio::test]
