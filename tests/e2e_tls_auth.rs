@@ -23,30 +23,21 @@ fn delivers_over(dc: &Dovecot, tls: Tls, name: &str) {
     assert_exactly_once(&messages, &bridge.delivered(name));
 }
 
-#[test]
-fn plain_pop3_delivers() {
-    let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::None, "plain");
+/// One test per transport mode: `$check(dc, tls, user prefix)` on the shared Dovecot.
+macro_rules! per_mode {
+    ($check:ident: $($test:ident($tls:expr, $name:literal);)*) => {$(
+        #[test]
+        fn $test() {
+            let dc = dovecot_or_skip!();
+            $check(dc, $tls, $name);
+        }
+    )*};
 }
 
-#[test]
-fn implicit_tls_with_a_private_ca_delivers() {
-    let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::Implicit, "pop3s");
-}
-
-#[test]
-fn stls_with_a_private_ca_delivers() {
-    let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::Stls, "stls");
-}
-
-/// Lines of Dovecot's log about a failed password for `user`.
-fn failed_logins(dc: &Dovecot, user: &str) -> usize {
-    dc.log()
-        .lines()
-        .filter(|l| l.contains(&format!("({user},")) && l.contains("Password mismatch"))
-        .count()
+per_mode! { delivers_over:
+    plain_pop3_delivers(Tls::None, "plain");
+    implicit_tls_with_a_private_ca_delivers(Tls::Implicit, "pop3s");
+    stls_with_a_private_ca_delivers(Tls::Stls, "stls");
 }
 
 #[test]
@@ -78,11 +69,11 @@ fn a_wrong_password_fails_clearly_after_a_single_login_attempt() {
 
     // Dovecot logs each failed attempt; the log is written asynchronously, so wait for it.
     let start = std::time::Instant::now();
-    while failed_logins(dc, &user.name) == 0 && start.elapsed().as_secs() < 10 {
+    while dc.failed_logins(&user.name) == 0 && start.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(
-        failed_logins(dc, &user.name),
+        dc.failed_logins(&user.name),
         1,
         "expected exactly one login attempt"
     );
@@ -124,16 +115,9 @@ fn rejects_untrusted_certificate(dc: &Dovecot, tls: Tls, name: &str) {
     );
 }
 
-#[test]
-fn implicit_tls_with_the_wrong_ca_fails_with_a_certificate_error() {
-    let dc = dovecot_or_skip!();
-    rejects_untrusted_certificate(dc, Tls::Implicit, "wrongca");
-}
-
-#[test]
-fn stls_with_the_wrong_ca_fails_with_a_certificate_error() {
-    let dc = dovecot_or_skip!();
-    rejects_untrusted_certificate(dc, Tls::Stls, "wrongcastls");
+per_mode! { rejects_untrusted_certificate:
+    implicit_tls_with_the_wrong_ca_fails_with_a_certificate_error(Tls::Implicit, "wrongca");
+    stls_with_the_wrong_ca_fails_with_a_certificate_error(Tls::Stls, "wrongcastls");
 }
 
 #[test]
