@@ -71,6 +71,14 @@ async fn start() -> (GmailServer, tempfile::TempDir, GmailSink) {
     (server, dir, sink)
 }
 
+/// The `Retry-After` of a retryable error; any other error fails the test.
+fn retry_after(e: DeliveryError) -> Option<Duration> {
+    match e {
+        DeliveryError::Retryable { retry_after, .. } => retry_after,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn key(n: &str) -> IdempotencyKey {
     IdempotencyKey::derive("alice", n)
 }
@@ -225,12 +233,8 @@ async fn rate_limit_is_retryable_with_retry_after_then_succeeds() {
     let (server, dir, sink) = start().await;
     server.fault(Fault::Error(429, "rateLimitExceeded", Some("3")));
     let msg = spool(dir.path(), "1", &mail("rl", 800), false);
-    match sink.deliver(&msg, &key("1")).await.unwrap_err() {
-        DeliveryError::Retryable { retry_after, .. } => {
-            assert_eq!(retry_after, Some(Duration::from_secs(3)))
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = sink.deliver(&msg, &key("1")).await.unwrap_err();
+    assert_eq!(retry_after(e), Some(Duration::from_secs(3)));
     assert!(server.messages(USER).is_empty());
     sink.deliver(&msg, &key("1")).await.unwrap();
     assert_eq!(server.messages(USER).len(), 1);
@@ -345,12 +349,8 @@ async fn a_rate_limit_holds_the_account_back_for_retry_after() {
     let (server, dir, sink) = start().await;
     server.fault(Fault::Error(403, "userRateLimitExceeded", Some("1")));
     let msg = spool(dir.path(), "1", &mail("rl403", 800), false);
-    match sink.deliver(&msg, &key("1")).await.unwrap_err() {
-        DeliveryError::Retryable { retry_after, .. } => {
-            assert_eq!(retry_after, Some(Duration::from_secs(1)))
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = sink.deliver(&msg, &key("1")).await.unwrap_err();
+    assert_eq!(retry_after(e), Some(Duration::from_secs(1)));
     // Tried again at once (as another message would be): the sink holds it back itself.
     sink.deliver(&msg, &key("1")).await.unwrap();
     let times = server.import_times(USER);
