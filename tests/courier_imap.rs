@@ -7,12 +7,13 @@
 
 mod common;
 
-use common::imap_target::{create_folder, one_copy, plain_sink, spool};
+use common::imap_target::{
+    create_folder, inside_the_namespace_is_stored, one_copy, outside_the_namespace_is_refused,
+    plain_sink,
+};
 
 use common::courier::{courier_or_skip, Courier};
-use popbridge::key::IdempotencyKey;
 use popbridge::sink::imap::ImapSink;
-use popbridge::sink::Sink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -50,28 +51,8 @@ async fn courier_folder_outside_the_personal_namespace_names_the_one_to_use() {
     let Some(courier) = courier_or_skip() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(
-        dir.path(),
-        "n",
-        b"Message-ID: <ns@x>\r\n\r\nbody\r\n",
-        false,
-    );
-    let err = sink(courier.port, "Migrated/2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("use folder: \"INBOX.Migrated.2026\""),
-        "{err}"
-    );
-    let r = sink(courier.port, "INBOX.Migrated.2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap();
-    assert!(!r.duplicate);
-    assert_eq!(courier.stored("INBOX.Migrated.2026").len(), 1);
+    outside_the_namespace_is_refused(&courier, sink).await;
+    inside_the_namespace_is_stored(&courier, sink).await;
 }
 
 /// A raw look at what the tests above rely on, so a Courier upgrade that changes it shows here.

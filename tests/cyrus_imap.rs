@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::imap_target::{create_folder, one_copy, plain_sink, spool};
+use common::imap_target::{
+    create_folder, inside_the_namespace_is_stored, one_copy, outside_the_namespace_is_refused,
+    plain_sink, spool,
+};
 
 use common::cyrus::{cyrus_or_skip, MAX_MESSAGE, PASSWORD, USER};
 use popbridge::key::IdempotencyKey;
@@ -142,22 +145,7 @@ async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use_also_a
     let Some(cyrus) = cyrus_or_skip() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(
-        dir.path(),
-        "n",
-        b"Message-ID: <ns@x>\r\n\r\nbody\r\n",
-        false,
-    );
-    let err = sink(cyrus.imap_port, "Migrated/2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("use folder: \"INBOX.Migrated.2026\""),
-        "{err}"
-    );
+    outside_the_namespace_is_refused(&cyrus, sink).await;
     // `check --connect` says the same before anything is delivered, and is content with the
     // right name.
     let check = sink(cyrus.imap_port, "Migrated/2026")
@@ -172,12 +160,7 @@ async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use_also_a
         .check_login("m")
         .await
         .unwrap();
-    let r = sink(cyrus.imap_port, "INBOX.Migrated.2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cyrus.log()));
-    assert!(!r.duplicate);
-    assert_eq!(cyrus.stored("INBOX.Migrated.2026").len(), 1);
+    inside_the_namespace_is_stored(&cyrus, sink).await;
 }
 
 /// `reject8bit: yes`: Cyrus refuses 8-bit header bytes with a bare `NO` (no response code);

@@ -185,3 +185,50 @@ pub async fn one_copy(
     assert_eq!(stored.len(), before.len() + 1, "appended twice: {again:?}");
     stored.into_iter().find(|m| !before.contains(m)).unwrap()
 }
+
+/// The folder a namespace test asks for, outside the personal namespace `INBOX.` of Courier
+/// and Debian's Cyrus, and the one both servers name instead.
+pub const OUTSIDE: &str = "Migrated/2026";
+pub const INSIDE: &str = "INBOX.Migrated.2026";
+
+/// The message the namespace tests deliver (UIDL `n` of mailbox `m`), spooled in `dir`.
+fn namespace_message(dir: &Path) -> SpooledMessage {
+    spool(dir, "n", b"Message-ID: <ns@x>\r\n\r\nbody\r\n", false)
+}
+
+/// A delivery into [`OUTSIDE`] fails and its error names [`INSIDE`].
+pub async fn outside_the_namespace_is_refused(
+    target: &impl Target,
+    sink: impl Fn(u16, &str) -> ImapSink,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let err = sink(target.imap_port(), OUTSIDE)
+        .deliver(
+            &namespace_message(dir.path()),
+            &IdempotencyKey::derive("m", "n"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("use folder: \"{INSIDE}\"")),
+        "{err}"
+    );
+}
+
+/// The same message delivered into [`INSIDE`] is stored there, once, not as a duplicate.
+pub async fn inside_the_namespace_is_stored(
+    target: &impl Target,
+    sink: impl Fn(u16, &str) -> ImapSink,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = sink(target.imap_port(), INSIDE)
+        .deliver(
+            &namespace_message(dir.path()),
+            &IdempotencyKey::derive("m", "n"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", target.log()));
+    assert!(!r.duplicate);
+    assert_eq!(target.stored(INSIDE).len(), 1);
+}
