@@ -752,18 +752,20 @@ async fn data_injected_before_tls_handshake_is_refused() {
     assert!(!server.await.unwrap().contains("PASS"));
 }
 
+/// Answers RETR 1 and RETR 2 (pipelined), then expects NOOP and nothing else in between.
+async fn two_retrs_then_noop(mut p: Peer) -> Peer {
+    p.login().await;
+    p.expect("RETR 1").await;
+    p.expect("RETR 2").await;
+    p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
+    p.answer("NOOP", b"+OK\r\n").await;
+    p.drain().await;
+    p
+}
+
 #[tokio::test]
 async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
-    let (mut t, server) = connected(|mut p| async move {
-        p.login().await;
-        p.expect("RETR 1").await;
-        p.expect("RETR 2").await;
-        p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
-        p.answer("NOOP", b"+OK\r\n").await;
-        p.drain().await;
-        p
-    })
-    .await;
+    let (mut t, server) = connected(two_retrs_then_noop).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let missing = std::path::Path::new("/nonexistent/spool");
     t.retr_to_spool(&[1, 2], missing, tx).await.unwrap();
@@ -779,17 +781,8 @@ async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
 
 #[tokio::test]
 async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
-    let (mut cfg, server) = serve(|mut p| async move {
-        p.login().await;
-        p.expect("RETR 1").await;
-        p.expect("RETR 2").await;
-        p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
-        // RETR 3 must never come: the next command is NOOP.
-        p.answer("NOOP", b"+OK\r\n").await;
-        p.drain().await;
-        p
-    })
-    .await;
+    // RETR 3 must never come: the next command is NOOP.
+    let (mut cfg, server) = serve(two_retrs_then_noop).await;
     cfg.pipeline_window = 2;
     let mut t = pop3::connect(&cfg).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
