@@ -40,6 +40,18 @@ per_mode! { delivers_over:
     stls_with_a_private_ca_delivers(Tls::Stls, "stls");
 }
 
+/// Runs `once` and asserts that it fails (`why` it must) with an error that mentions `word`.
+fn fails_mentioning(bridge: &Bridge, why: &str, word: &str) {
+    let run = bridge.once();
+    assert!(!run.ok(), "{why}:\n{}", run.output());
+    let all = format!("{}{}", run.stdout, run.stderr).to_lowercase();
+    assert!(
+        all.contains(word),
+        "the error does not mention {word:?}:\n{}",
+        run.output()
+    );
+}
+
 #[test]
 fn a_wrong_password_fails_clearly_after_a_single_login_attempt() {
     let dc = dovecot_or_skip!();
@@ -52,18 +64,7 @@ fn a_wrong_password_fails_clearly_after_a_single_login_attempt() {
     };
     let bridge = Bridge::new(dc, &[mailbox]);
 
-    let run = bridge.once();
-    assert!(
-        !run.ok(),
-        "a wrong password must not exit 0:\n{}",
-        run.output()
-    );
-    let all = format!("{}{}", run.stdout, run.stderr).to_lowercase();
-    assert!(
-        all.contains("auth"),
-        "the error does not mention authentication:\n{}",
-        run.output()
-    );
+    fails_mentioning(&bridge, "a wrong password must not exit 0", "auth");
     assert!(bridge.delivered("badpw").is_empty());
     assert_eq!(dc.list_server_messages(&user).len(), 3);
 
@@ -95,17 +96,10 @@ fn rejects_untrusted_certificate(dc: &Dovecot, tls: Tls, name: &str) {
         ..Mailbox::new(name, &user)
     };
     let bridge = Bridge::new(dc, &[mailbox]);
-    let run = bridge.once();
-    assert!(
-        !run.ok(),
-        "an untrusted server certificate must fail:\n{}",
-        run.output()
-    );
-    let all = format!("{}{}", run.stdout, run.stderr).to_lowercase();
-    assert!(
-        all.contains("certificate"),
-        "the error does not mention the certificate:\n{}",
-        run.output()
+    fails_mentioning(
+        &bridge,
+        "an untrusted server certificate must fail",
+        "certificate",
     );
     assert!(bridge.delivered(name).is_empty());
     // The password was never sent, so Dovecot saw no login.
