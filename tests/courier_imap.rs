@@ -7,12 +7,13 @@
 
 mod common;
 
-use common::imap_target::{plain_sink, spool, withholding_proxy};
+use common::imap_target::{
+    create_folder, inside_the_namespace_is_stored, one_copy, outside_the_namespace_is_refused,
+    plain_sink,
+};
 
 use common::courier::{courier_or_skip, Courier};
-use popbridge::key::IdempotencyKey;
 use popbridge::sink::imap::ImapSink;
-use popbridge::sink::Sink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -22,32 +23,12 @@ fn sink(port: u16, folder: &str) -> ImapSink {
 
 const FOLDER: &str = "INBOX.Migrated";
 
-/// Stored through the withholding proxy (no answer), then delivered again by a new sink with
-/// `seen_before` (a restart): exactly one copy, and the second receipt is a duplicate.
-async fn one_copy(courier: &Courier, name: &str, body: &[u8]) {
-    let proxy = withholding_proxy(courier.port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = IdempotencyKey::derive("m", name);
-    let before = courier.stored(FOLDER).len();
-    let first = sink(proxy, FOLDER)
-        .deliver(&spool(dir.path(), name, body, false), &key)
-        .await;
-    assert!(first.unwrap_err().is_retryable());
-    assert_eq!(
-        courier.stored(FOLDER).len(),
-        before + 1,
-        "Courier stored it"
-    );
-    let again = sink(courier.port, FOLDER)
-        .deliver(&spool(dir.path(), name, body, true), &key)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", courier.log()));
-    assert!(again.duplicate, "{again:?}");
-    let stored = courier.stored(FOLDER);
-    assert_eq!(stored.len(), before + 1, "appended twice: {again:?}");
+/// [`one_copy`] on Courier, which keeps the message with LF line ends.
+async fn one_copy_lf(courier: &Courier, name: &str, body: &[u8]) {
+    one_copy(courier, sink, FOLDER, name, body).await;
     let lf = String::from_utf8_lossy(body).replace("\r\n", "\n");
     assert!(
-        stored.iter().any(|m| m == lf.as_bytes()),
+        courier.stored(FOLDER).iter().any(|m| m == lf.as_bytes()),
         "Courier keeps the message with LF line ends"
     );
 }
@@ -58,23 +39,11 @@ async fn courier_crash_after_append_leaves_exactly_one_copy() {
         return;
     };
     // Create the folder first (not through the proxy).
-    let dir = tempfile::tempdir().unwrap();
-    sink(courier.port, FOLDER)
-        .deliver(
-            &spool(
-                dir.path(),
-                "seed",
-                b"Message-ID: <seed@x>\r\n\r\nseed\r\n",
-                false,
-            ),
-            &IdempotencyKey::derive("m", "seed"),
-        )
-        .await
-        .unwrap();
+    create_folder(&courier, sink, FOLDER).await;
     let with_id = "Message-ID: <courier-1@example.org>\r\nDate: Mon, 2 Mar 2026 10:11:12 +0100\r\nSubject: Gr\u{fc}\u{df}e\r\n\r\nline one\r\nline two\r\n";
-    one_copy(&courier, "with-id", with_id.as_bytes()).await;
+    one_copy_lf(&courier, "with-id", with_id.as_bytes()).await;
     let without_id = "From: a@example.org\r\nSubject: no id\r\n\r\nonly content\r\ndecides\r\n";
-    one_copy(&courier, "without-id", without_id.as_bytes()).await;
+    one_copy_lf(&courier, "without-id", without_id.as_bytes()).await;
 }
 
 #[tokio::test]
@@ -82,28 +51,8 @@ async fn courier_folder_outside_the_personal_namespace_names_the_one_to_use() {
     let Some(courier) = courier_or_skip() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(
-        dir.path(),
-        "n",
-        b"Message-ID: <ns@x>\r\n\r\nbody\r\n",
-        false,
-    );
-    let err = sink(courier.port, "Migrated/2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("use folder: \"INBOX.Migrated.2026\""),
-        "{err}"
-    );
-    let r = sink(courier.port, "INBOX.Migrated.2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap();
-    assert!(!r.duplicate);
-    assert_eq!(courier.stored("INBOX.Migrated.2026").len(), 1);
+    outside_the_namespace_is_refused(&courier, sink).await;
+    inside_the_namespace_is_stored(&courier, sink).await;
 }
 
 /// A raw look at what the tests above rely on, so a Courier upgrade that changes it shows here.

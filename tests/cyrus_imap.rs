@@ -8,9 +8,12 @@
 
 mod common;
 
-use common::imap_target::{plain_sink, spool, withholding_proxy};
+use common::imap_target::{
+    create_folder, inside_the_namespace_is_stored, one_copy, outside_the_namespace_is_refused,
+    plain_sink, spool,
+};
 
-use common::cyrus::{cyrus_or_skip, Cyrus, MAX_MESSAGE, PASSWORD, USER};
+use common::cyrus::{cyrus_or_skip, MAX_MESSAGE, PASSWORD, USER};
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::imap::ImapSink;
 use popbridge::sink::Sink;
@@ -21,60 +24,16 @@ fn sink(port: u16, folder: &str) -> ImapSink {
 
 const FOLDER: &str = "INBOX.Migrated";
 
-/// Stored through the withholding proxy (no answer), then delivered again by a new sink with
-/// `seen_before` (a restart): exactly one copy, and the second receipt is a duplicate.
-/// Returns the stored copy.
-async fn one_copy(cyrus: &Cyrus, name: &str, body: &[u8]) -> Vec<u8> {
-    let proxy = withholding_proxy(cyrus.imap_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = IdempotencyKey::derive("m", name);
-    let before = cyrus.stored(FOLDER);
-    let first = sink(proxy, FOLDER)
-        .deliver(&spool(dir.path(), name, body, false), &key)
-        .await;
-    assert!(first.unwrap_err().is_retryable());
-    assert_eq!(
-        cyrus.stored(FOLDER).len(),
-        before.len() + 1,
-        "Cyrus stored it"
-    );
-    let again = sink(cyrus.imap_port, FOLDER)
-        .deliver(&spool(dir.path(), name, body, true), &key)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cyrus.log()));
-    assert!(again.duplicate, "{again:?}");
-    let stored = cyrus.stored(FOLDER);
-    assert_eq!(stored.len(), before.len() + 1, "appended twice: {again:?}");
-    stored.into_iter().find(|m| !before.contains(m)).unwrap()
-}
-
-/// Creates the folder (not through the proxy).
-async fn create_folder(cyrus: &Cyrus) {
-    let dir = tempfile::tempdir().unwrap();
-    sink(cyrus.imap_port, FOLDER)
-        .deliver(
-            &spool(
-                dir.path(),
-                "seed",
-                b"Message-ID: <seed@x>\r\n\r\nseed\r\n",
-                false,
-            ),
-            &IdempotencyKey::derive("m", "seed"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cyrus.log()));
-}
-
 #[tokio::test]
 async fn cyrus_crash_after_append_leaves_exactly_one_copy() {
     let Some(cyrus) = cyrus_or_skip() else {
         return;
     };
-    create_folder(&cyrus).await;
+    create_folder(&cyrus, sink, FOLDER).await;
     let with_id = "Message-ID: <cyrus-1@example.org>\r\nDate: Mon, 2 Mar 2026 10:11:12 +0100\r\nSubject: plain\r\n\r\nline one\r\nline two\r\n";
-    one_copy(&cyrus, "with-id", with_id.as_bytes()).await;
+    one_copy(&cyrus, sink, FOLDER, "with-id", with_id.as_bytes()).await;
     let without_id = "From: a@example.org\r\nSubject: no id\r\n\r\nonly content\r\ndecides\r\n";
-    one_copy(&cyrus, "without-id", without_id.as_bytes()).await;
+    one_copy(&cyrus, sink, FOLDER, "without-id", without_id.as_bytes()).await;
 }
 
 /// `munge8bit`: the stored copy has `X` where our header had 8-bit bytes, and is still
@@ -84,7 +43,7 @@ async fn cyrus_munged_8bit_headers_are_recognised_as_our_copy() {
     let Some(cyrus) = cyrus_or_skip() else {
         return;
     };
-    create_folder(&cyrus).await;
+    create_folder(&cyrus, sink, FOLDER).await;
     for (name, id) in [
         ("8bit-id", "Message-ID: <cyrus-8bit@example.org>\r\n"),
         ("8bit-noid", ""),
@@ -92,7 +51,7 @@ async fn cyrus_munged_8bit_headers_are_recognised_as_our_copy() {
         let body = format!(
             "{id}From: J\u{fc}rgen <j@example.org>\r\nSubject: Gr\u{fc}\u{df}e {name}\r\n\r\nK\u{f6}rper bleibt 8-bit\r\n"
         );
-        let stored = one_copy(&cyrus, name, body.as_bytes()).await;
+        let stored = one_copy(&cyrus, sink, FOLDER, name, body.as_bytes()).await;
         let text = String::from_utf8_lossy(&stored);
         assert!(
             text.contains(&format!("Subject: GrXXXXe {name}")) && text.contains("K\u{f6}rper"),
@@ -108,7 +67,7 @@ async fn cyrus_too_big_is_permanent_and_refused_before_sending() {
     let Some(cyrus) = cyrus_or_skip() else {
         return;
     };
-    create_folder(&cyrus).await;
+    create_folder(&cyrus, sink, FOLDER).await;
     let dir = tempfile::tempdir().unwrap();
     let big = |n: u64, id: &str| {
         let mut m = format!("Message-ID: <{id}@example.org>\r\nSubject: big\r\n\r\n").into_bytes();
@@ -186,22 +145,7 @@ async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use_also_a
     let Some(cyrus) = cyrus_or_skip() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(
-        dir.path(),
-        "n",
-        b"Message-ID: <ns@x>\r\n\r\nbody\r\n",
-        false,
-    );
-    let err = sink(cyrus.imap_port, "Migrated/2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("use folder: \"INBOX.Migrated.2026\""),
-        "{err}"
-    );
+    outside_the_namespace_is_refused(&cyrus, sink).await;
     // `check --connect` says the same before anything is delivered, and is content with the
     // right name.
     let check = sink(cyrus.imap_port, "Migrated/2026")
@@ -216,12 +160,7 @@ async fn cyrus_folder_outside_the_personal_namespace_names_the_one_to_use_also_a
         .check_login("m")
         .await
         .unwrap();
-    let r = sink(cyrus.imap_port, "INBOX.Migrated.2026")
-        .deliver(&msg, &IdempotencyKey::derive("m", "n"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cyrus.log()));
-    assert!(!r.duplicate);
-    assert_eq!(cyrus.stored("INBOX.Migrated.2026").len(), 1);
+    inside_the_namespace_is_stored(&cyrus, sink).await;
 }
 
 /// `reject8bit: yes`: Cyrus refuses 8-bit header bytes with a bare `NO` (no response code);

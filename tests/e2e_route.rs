@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{mail, read_maildir, Bridge, Mailbox};
+use common::{mail, read_maildir, Bridge, Dovecot, Mailbox, User};
 use std::path::Path;
 
 /// A message as delivered to `envelope` (the server's header on top), with `extra` header
@@ -44,6 +44,21 @@ fn reconfigure(bridge: &Bridge, tail: &str) {
     std::fs::write(&bridge.config, format!("{}\n{tail}", &yaml[..at])).unwrap();
 }
 
+/// The harness bridge for the one mailbox `name`, deleting each message after its delivery.
+fn deleting_bridge(dc: &Dovecot, name: &str, user: &User) -> Bridge {
+    let mut mb = Mailbox::new(name, user);
+    mb.delete = "after_delivery";
+    Bridge::new(dc, &[mb])
+}
+
+/// The ids of the messages still on the server for `user`.
+fn left_on_server(dc: &Dovecot, user: &User) -> Vec<String> {
+    dc.list_server_messages(user)
+        .iter()
+        .map(|m| mail::id_of(m))
+        .collect()
+}
+
 fn ids(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = read_maildir(dir)
         .iter()
@@ -53,11 +68,15 @@ fn ids(dir: &Path) -> Vec<String> {
     v
 }
 
-const SINKS: &str = "sinks:
+/// The `sinks:` block with the mailbox's own Maildir sink, `archive`.
+const ARCHIVE: &str = "sinks:
   - name: archive
     type: maildir
     path: ./mail/{mailbox}
-  - name: junk
+";
+
+/// A second Maildir sink, `junk`, to follow [`ARCHIVE`].
+const JUNK: &str = "  - name: junk
     type: maildir
     path: ./junk/{mailbox}
 ";
@@ -86,7 +105,7 @@ fn catch_all_split_fans_out_and_ignores_a_forged_envelope_header() {
         &bridge,
         "split",
         &format!(
-            "{SINKS}routes:
+            "{ARCHIVE}{JUNK}routes:
   split:
     envelope_header: Delivered-To
     rules:
@@ -132,14 +151,12 @@ fn unmatched_messages_stay_on_the_server_with_a_reason_and_are_never_retrieved()
             delivered_to(None, "kept2", "Delivered-To: sales@example.com\r\n"),
         ],
     );
-    let mut mb = Mailbox::new("keep", &user);
-    mb.delete = "after_delivery";
-    let bridge = Bridge::new(dc, &[mb]);
+    let bridge = deleting_bridge(dc, "keep", &user);
     configure(
         &bridge,
         "only-sales",
         &format!(
-            "{SINKS}routes:
+            "{ARCHIVE}{JUNK}routes:
   only-sales:
     unmatched: keep
     rules:
@@ -182,11 +199,7 @@ fn unmatched_messages_stay_on_the_server_with_a_reason_and_are_never_retrieved()
         run.output()
     );
     assert_eq!(ids(&bridge.maildir("keep")), vec!["wanted"]);
-    let left: Vec<String> = dc
-        .list_server_messages(&user)
-        .iter()
-        .map(|m| mail::id_of(m))
-        .collect();
+    let left = left_on_server(dc, &user);
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains(&"kept1".to_string()) && left.contains(&"kept2".to_string()));
     // Only the routed message was retrieved; the others were read with TOP (headers only).
@@ -218,11 +231,9 @@ fn a_retry_routes_as_recorded_even_after_the_rules_changed() {
             delivered_to(Some("spam@example.com"), "second", "X-Spam-Flag: YES\r\n"),
         ],
     );
-    let mut mb = Mailbox::new("retry", &user);
-    mb.delete = "after_delivery";
-    let bridge = Bridge::new(dc, &[mb]);
+    let bridge = deleting_bridge(dc, "retry", &user);
     let quick = "    retry: { attempts_per_poll: 1, initial_backoff: 10ms, max_backoff: 10ms }\n";
-    let sinks = SINKS.replace(
+    let sinks = format!("{ARCHIVE}{JUNK}").replace(
         "    path: ./mail/{mailbox}\n",
         &format!("    path: ./mail/{{mailbox}}\n{quick}"),
     );
@@ -264,17 +275,15 @@ fn a_retry_routes_as_recorded_even_after_the_rules_changed() {
     // The rules change meanwhile: another folder, and the junk sink is removed.
     reconfigure(
         &bridge,
-        "sinks:
-  - name: archive
-    type: maildir
-    path: ./mail/{mailbox}
-routes:
+        &format!(
+            "{ARCHIVE}routes:
   v1:
     rules:
       - name: v2
-        match: { envelope: '^(?P<user>[a-z]+)@example\\.com$' }
-        to: [{ sink: archive, subfolder: 'v2-{user}' }]
-",
+        match: {{ envelope: '^(?P<user>[a-z]+)@example\\.com$' }}
+        to: [{{ sink: archive, subfolder: 'v2-{{user}}' }}]
+"
+        ),
     );
     std::fs::remove_file(v1_sales.join("new")).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -298,11 +307,7 @@ routes:
         "{}",
         run.output()
     );
-    let left: Vec<String> = dc
-        .list_server_messages(&user)
-        .iter()
-        .map(|m| mail::id_of(m))
-        .collect();
+    let left = left_on_server(dc, &user);
     assert_eq!(left, vec!["second"]);
 }
 
@@ -352,20 +357,14 @@ fn a_delivery_killed_mid_way_is_routed_as_recorded_after_the_rules_changed() {
         &user,
         &[delivered_to(Some("sales@example.com"), "killed", "")],
     );
-    let mut mb = Mailbox::new("kill", &user);
-    mb.delete = "after_delivery";
-    let bridge = Bridge::new(dc, &[mb]);
+    let bridge = deleting_bridge(dc, "kill", &user);
     // A receiver that accepts and never answers: popbridge connects only after it recorded the
     // attempt and its route, and is killed while waiting for the answer.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let tail = |port: u16, version: &str| {
         format!(
-            "sinks:
-  - name: archive
-    type: maildir
-    path: ./mail/{{mailbox}}
-  - name: hook
+            "{ARCHIVE}  - name: hook
     type: webhook
     url: http://127.0.0.1:{port}/in
     format: raw
@@ -438,18 +437,12 @@ fn a_rule_on_attachments_decides_after_retrieval_and_sets_the_imap_folder() {
             delivered_to(Some("sales@example.com"), "plain", ""),
         ],
     );
-    let mut mb = Mailbox::new("body", &user);
-    mb.delete = "after_delivery";
-    let bridge = Bridge::new(dc, &[mb]);
+    let bridge = deleting_bridge(dc, "body", &user);
     configure(
         &bridge,
         "files",
         &format!(
-            "sinks:
-  - name: archive
-    type: maildir
-    path: ./mail/{{mailbox}}
-  - name: newhome
+            "{ARCHIVE}  - name: newhome
     type: imap
     host: localhost
     port: {port}
@@ -493,10 +486,6 @@ routes:
     assert!(dc.list_server_messages(&dst).is_empty());
     // The routed one is deleted (in a second session: a kept message was retrieved), the
     // other stays.
-    let left: Vec<String> = dc
-        .list_server_messages(&user)
-        .iter()
-        .map(|m| mail::id_of(m))
-        .collect();
+    let left = left_on_server(dc, &user);
     assert_eq!(left, vec!["plain"]);
 }

@@ -23,30 +23,33 @@ fn delivers_over(dc: &Dovecot, tls: Tls, name: &str) {
     assert_exactly_once(&messages, &bridge.delivered(name));
 }
 
-#[test]
-fn plain_pop3_delivers() {
-    let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::None, "plain");
+/// One test per transport mode: `$check(dc, tls, user prefix)` on the shared Dovecot.
+macro_rules! per_mode {
+    ($check:ident: $($test:ident($tls:expr, $name:literal);)*) => {$(
+        #[test]
+        fn $test() {
+            let dc = dovecot_or_skip!();
+            $check(dc, $tls, $name);
+        }
+    )*};
 }
 
-#[test]
-fn implicit_tls_with_a_private_ca_delivers() {
-    let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::Implicit, "pop3s");
+per_mode! { delivers_over:
+    plain_pop3_delivers(Tls::None, "plain");
+    implicit_tls_with_a_private_ca_delivers(Tls::Implicit, "pop3s");
+    stls_with_a_private_ca_delivers(Tls::Stls, "stls");
 }
 
-#[test]
-fn stls_with_a_private_ca_delivers() {
-    let dc = dovecot_or_skip!();
-    delivers_over(dc, Tls::Stls, "stls");
-}
-
-/// Lines of Dovecot's log about a failed password for `user`.
-fn failed_logins(dc: &Dovecot, user: &str) -> usize {
-    dc.log()
-        .lines()
-        .filter(|l| l.contains(&format!("({user},")) && l.contains("Password mismatch"))
-        .count()
+/// Runs `once` and asserts that it fails (`why` it must) with an error that mentions `word`.
+fn fails_mentioning(bridge: &Bridge, why: &str, word: &str) {
+    let run = bridge.once();
+    assert!(!run.ok(), "{why}:\n{}", run.output());
+    let all = format!("{}{}", run.stdout, run.stderr).to_lowercase();
+    assert!(
+        all.contains(word),
+        "the error does not mention {word:?}:\n{}",
+        run.output()
+    );
 }
 
 #[test]
@@ -61,28 +64,17 @@ fn a_wrong_password_fails_clearly_after_a_single_login_attempt() {
     };
     let bridge = Bridge::new(dc, &[mailbox]);
 
-    let run = bridge.once();
-    assert!(
-        !run.ok(),
-        "a wrong password must not exit 0:\n{}",
-        run.output()
-    );
-    let all = format!("{}{}", run.stdout, run.stderr).to_lowercase();
-    assert!(
-        all.contains("auth"),
-        "the error does not mention authentication:\n{}",
-        run.output()
-    );
+    fails_mentioning(&bridge, "a wrong password must not exit 0", "auth");
     assert!(bridge.delivered("badpw").is_empty());
     assert_eq!(dc.list_server_messages(&user).len(), 3);
 
     // Dovecot logs each failed attempt; the log is written asynchronously, so wait for it.
     let start = std::time::Instant::now();
-    while failed_logins(dc, &user.name) == 0 && start.elapsed().as_secs() < 10 {
+    while dc.failed_logins(&user.name) == 0 && start.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(
-        failed_logins(dc, &user.name),
+        dc.failed_logins(&user.name),
         1,
         "expected exactly one login attempt"
     );
@@ -104,17 +96,10 @@ fn rejects_untrusted_certificate(dc: &Dovecot, tls: Tls, name: &str) {
         ..Mailbox::new(name, &user)
     };
     let bridge = Bridge::new(dc, &[mailbox]);
-    let run = bridge.once();
-    assert!(
-        !run.ok(),
-        "an untrusted server certificate must fail:\n{}",
-        run.output()
-    );
-    let all = format!("{}{}", run.stdout, run.stderr).to_lowercase();
-    assert!(
-        all.contains("certificate"),
-        "the error does not mention the certificate:\n{}",
-        run.output()
+    fails_mentioning(
+        &bridge,
+        "an untrusted server certificate must fail",
+        "certificate",
     );
     assert!(bridge.delivered(name).is_empty());
     // The password was never sent, so Dovecot saw no login.
@@ -124,16 +109,9 @@ fn rejects_untrusted_certificate(dc: &Dovecot, tls: Tls, name: &str) {
     );
 }
 
-#[test]
-fn implicit_tls_with_the_wrong_ca_fails_with_a_certificate_error() {
-    let dc = dovecot_or_skip!();
-    rejects_untrusted_certificate(dc, Tls::Implicit, "wrongca");
-}
-
-#[test]
-fn stls_with_the_wrong_ca_fails_with_a_certificate_error() {
-    let dc = dovecot_or_skip!();
-    rejects_untrusted_certificate(dc, Tls::Stls, "wrongcastls");
+per_mode! { rejects_untrusted_certificate:
+    implicit_tls_with_the_wrong_ca_fails_with_a_certificate_error(Tls::Implicit, "wrongca");
+    stls_with_the_wrong_ca_fails_with_a_certificate_error(Tls::Stls, "wrongcastls");
 }
 
 #[test]

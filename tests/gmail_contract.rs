@@ -51,18 +51,11 @@ async fn sink_traffic_and_test_server_follow_the_official_client() {
         .enumerate()
     {
         let body = message(id, *len);
-        let path = dir.path().join(format!("{n}.eml"));
-        std::fs::write(&path, &body).unwrap();
         let msg = SpooledMessage {
             mailbox: "carol".into(),
             uidl: n.to_string(),
-            path,
-            size: body.len() as u64,
-            sha256: hex::encode(Sha256::digest(&body)),
-            fetched_at: chrono::Utc::now(),
             seen_before: n == 1,
-            owner: Default::default(),
-            params: Default::default(),
+            ..support::spool::spool(dir.path(), &format!("{n}.eml"), &body)
         };
         sink.deliver(&msg, &IdempotencyKey::derive("carol", &n.to_string()))
             .await

@@ -13,7 +13,6 @@ mod token_endpoint;
 
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::SpooledMessage;
-use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use support::gmail::GmailServer;
@@ -119,18 +118,9 @@ async fn check_result(s: &Setup, code: Option<i32>, stdout: &str, stderr: &str) 
     let sink = popbridge::app::build_sink(&loaded.config.sinks[0]).unwrap();
     let body =
         b"From: bob@example.org\r\nMessage-ID: <setup@example.org>\r\nSubject: hi\r\n\r\nhello\r\n";
-    let path = s.dir.path().join("m.eml");
-    std::fs::write(&path, body).unwrap();
     let msg = SpooledMessage {
-        mailbox: "alice".into(),
         uidl: "1".into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
-        seen_before: false,
-        owner: Default::default(),
-        params: Default::default(),
+        ..support::spool::spool(s.dir.path(), "m.eml", body)
     };
     sink.deliver(&msg, &IdempotencyKey::derive("alice", "1"))
         .await

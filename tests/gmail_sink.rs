@@ -14,7 +14,6 @@ use popbridge::secret::Secret;
 use popbridge::sink::gmail::config::Account;
 use popbridge::sink::gmail::{AccessToken, GmailSettings, GmailSink, TokenError};
 use popbridge::sink::{DeliveryError, Sink, SpooledMessage};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,18 +24,9 @@ const TOKEN: &str = "ya29.test-token";
 const USER: &str = "alice@example.com";
 
 fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessage {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
     SpooledMessage {
-        mailbox: "alice".into(),
-        uidl: name.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
         seen_before,
-        owner: Default::default(),
-        params: Default::default(),
+        ..support::spool::spool(dir, name, body)
     }
 }
 
@@ -72,15 +62,30 @@ fn settings(server: &GmailServer, dir: &Path) -> GmailSettings {
     s
 }
 
+/// The Gmail test server, a directory for the token and the spool files, and a sink with
+/// [`settings`] unchanged.
+async fn start() -> (GmailServer, tempfile::TempDir, GmailSink) {
+    let server = GmailServer::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    (server, dir, sink)
+}
+
+/// The `Retry-After` of a retryable error; any other error fails the test.
+fn retry_after(e: DeliveryError) -> Option<Duration> {
+    match e {
+        DeliveryError::Retryable { retry_after, .. } => retry_after,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn key(n: &str) -> IdempotencyKey {
     IdempotencyKey::derive("alice", n)
 }
 
 #[tokio::test]
 async fn small_message_is_imported_multipart_byte_identical_into_inbox_unread() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     let body = mail("small1", 2000);
     let receipt = sink
         .deliver(&spool(dir.path(), "1", &body, false), &key("1"))
@@ -101,9 +106,7 @@ async fn small_message_is_imported_multipart_byte_identical_into_inbox_unread() 
 
 #[tokio::test]
 async fn large_message_is_imported_by_resumable_chunks_byte_identical() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     let body = mail("large1", 700 * 1024);
     sink.deliver(&spool(dir.path(), "1", &body, false), &key("1"))
         .await
@@ -231,9 +234,7 @@ async fn an_unanswered_import_retried_leaves_exactly_one_copy() {
 
 #[tokio::test]
 async fn a_message_without_message_id_is_found_by_size_and_content() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     let body = b"From: a@example.org\r\nSubject: no id\r\n\r\nhello\r\n".to_vec();
     let other = b"From: a@example.org\r\nSubject: no id\r\n\r\nhellO\r\n".to_vec();
     sink.deliver(&spool(dir.path(), "o", &other, false), &key("o"))
@@ -265,17 +266,11 @@ async fn a_message_without_message_id_is_found_by_size_and_content() {
 
 #[tokio::test]
 async fn rate_limit_is_retryable_with_retry_after_then_succeeds() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     server.fault(Fault::Error(429, "rateLimitExceeded", Some("3")));
     let msg = spool(dir.path(), "1", &mail("rl", 800), false);
-    match sink.deliver(&msg, &key("1")).await.unwrap_err() {
-        DeliveryError::Retryable { retry_after, .. } => {
-            assert_eq!(retry_after, Some(Duration::from_secs(3)))
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = sink.deliver(&msg, &key("1")).await.unwrap_err();
+    assert_eq!(retry_after(e), Some(Duration::from_secs(3)));
     assert!(server.messages(USER).is_empty());
     sink.deliver(&msg, &key("1")).await.unwrap();
     assert_eq!(server.messages(USER).len(), 1);
@@ -387,17 +382,11 @@ async fn imports_to_one_account_are_paced_to_its_quota_units() {
 
 #[tokio::test]
 async fn a_rate_limit_holds_the_account_back_for_retry_after() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     server.fault(Fault::Error(403, "userRateLimitExceeded", Some("1")));
     let msg = spool(dir.path(), "1", &mail("rl403", 800), false);
-    match sink.deliver(&msg, &key("1")).await.unwrap_err() {
-        DeliveryError::Retryable { retry_after, .. } => {
-            assert_eq!(retry_after, Some(Duration::from_secs(1)))
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = sink.deliver(&msg, &key("1")).await.unwrap_err();
+    assert_eq!(retry_after(e), Some(Duration::from_secs(1)));
     // Tried again at once (as another message would be): the sink holds it back itself.
     sink.deliver(&msg, &key("1")).await.unwrap();
     let times = server.import_times(USER);
@@ -464,9 +453,7 @@ async fn a_401_invalidates_the_token_and_the_refreshed_one_is_used() {
 
 #[tokio::test]
 async fn the_token_file_is_read_again_at_each_request() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     sink.deliver(&spool(dir.path(), "1", &mail("f1", 800), false), &key("1"))
         .await
         .unwrap();
@@ -508,9 +495,7 @@ async fn a_resumable_chunk_without_answer_is_resumed_where_the_session_stands() 
 
 #[tokio::test]
 async fn too_large_is_permanent_with_the_reason() {
-    let server = GmailServer::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = GmailSink::new("gmail", settings(&server, dir.path())).unwrap();
+    let (server, dir, sink) = start().await;
     server.fault(Fault::Error(413, "uploadTooLarge", None));
     let e = sink
         .deliver(&spool(dir.path(), "1", &mail("big", 800), false), &key("1"))

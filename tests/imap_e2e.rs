@@ -301,14 +301,6 @@ fn with_the_imap_server_down_nothing_leaves_pop3_until_it_is_back() {
     assert!(dc.list_server_messages(&src).is_empty());
 }
 
-/// Lines of Dovecot's log about a refused password for `user`.
-fn failed_logins(dc: &Dovecot, user: &str) -> usize {
-    dc.log()
-        .lines()
-        .filter(|l| l.contains(&format!("({user},")) && l.contains("Password mismatch"))
-        .count()
-}
-
 /// A wrong target password costs one login for the whole run, not one per message (servers
 /// add a penalty per failure: Courier's 5 s made a run of 150 messages take 13 minutes), is
 /// logged at once, keeps every message on the POP3 server, and leaves the other account
@@ -364,12 +356,12 @@ fn a_wrong_target_password_is_one_login_a_clear_error_and_keeps_the_mail() {
     );
     // Dovecot writes its log asynchronously.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while failed_logins(dc, &dst.name) == 0 && std::time::Instant::now() < deadline {
+    while dc.failed_logins(&dst.name) == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        failed_logins(dc, &dst.name),
+        dc.failed_logins(&dst.name),
         1,
         "one login for 20 messages, then the account backs off"
     );
@@ -403,7 +395,7 @@ fn a_wrong_target_password_is_one_login_a_clear_error_and_keeps_the_mail() {
     assert!(!check.output().contains("not-the-password"));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        failed_logins(dc, &dst.name),
+        dc.failed_logins(&dst.name),
         2,
         "check --connect really logged in (one more refusal at Dovecot)"
     );

@@ -4,9 +4,11 @@
 //! challenges, an echoed SASL response, floods of untagged lines or literals, BINARY.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
-use popbridge::sink::{Sink, SpooledMessage};
+use popbridge::sink::{DeliveryError, Receipt, Sink, SpooledMessage};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -287,29 +289,53 @@ async fn serve_logged(mode: Mode) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>, Log) {
     (port, store, log)
 }
 
+/// The sink on the fake server at `port`, plain TCP, logging in as the mailbox.
 fn sink(port: u16) -> ImapSink {
-    let yaml = format!(
-        "host: 127.0.0.1\nport: {port}\ntls: none\nallow_plaintext_auth: true\nusername: \"{{mailbox}}\"\npassword: pw\ntimeout: 2s\n"
-    );
-    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
+    sink_with(port, "")
+}
+
+/// [`sink`] with `extra` YAML lines.
+fn sink_with(port: u16, extra: &str) -> ImapSink {
+    build(&format!(
+        "host: 127.0.0.1\nport: {port}\ntls: none\nallow_plaintext_auth: true\nusername: \"{{mailbox}}\"\npassword: pw-that-is-long\ntimeout: 2s\n{extra}"
+    ))
+}
+
+fn build(yaml: &str) -> ImapSink {
+    let raw: ImapSinkConfig = yaml_serde::from_str(yaml).unwrap();
     ImapSink::new("fake", raw.validate(Path::new("/")).unwrap()).unwrap()
 }
 
+/// `body` spooled in `dir` as UIDL `u1` of mailbox `user`.
 fn spool(dir: &Path, body: &[u8]) -> SpooledMessage {
-    use sha2::Digest;
-    let path = dir.join("m.eml");
-    std::fs::write(&path, body).unwrap();
     SpooledMessage {
         mailbox: "user".into(),
         uidl: "u1".into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(sha2::Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
-        seen_before: false,
-        owner: Default::default(),
-        params: Default::default(),
+        ..support::spool::spool(dir, "m.eml", body)
     }
+}
+
+/// `body` delivered once, as UIDL `u1`, by a new [`sink`] on `port`.
+async fn deliver_once(port: u16, body: &[u8]) -> Result<Receipt, DeliveryError> {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdempotencyKey::derive("user", "u1");
+    sink(port).deliver(&spool(dir.path(), body), &key).await
+}
+
+/// `body` delivered once to a server in `mode` is stored as sent, with the APPENDUID receipt.
+async fn appended_as_sent(mode: Mode, body: &[u8]) {
+    let (port, store) = serve(mode).await;
+    let r = deliver_once(port, body).await.unwrap();
+    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
+    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+}
+
+/// Every message delivered at once through `sink` (the engine keeps many in flight).
+async fn deliver_all(
+    sink: &ImapSink,
+    msgs: &[(SpooledMessage, IdempotencyKey)],
+) -> Vec<Result<Receipt, DeliveryError>> {
+    futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await
 }
 
 #[tokio::test]
@@ -332,10 +358,7 @@ async fn connection_dropped_after_append_then_redelivery_finds_the_message() {
 #[tokio::test]
 async fn an_endless_response_line_is_a_retryable_error() {
     let (port, _) = serve(Mode::EndlessLine).await;
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
-    let err = sink(port)
-        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+    let err = deliver_once(port, b"Subject: x\r\n\r\nbody\r\n")
         .await
         .unwrap_err();
     assert!(err.is_retryable());
@@ -344,16 +367,8 @@ async fn an_endless_response_line_is_a_retryable_error() {
 
 #[tokio::test]
 async fn without_literal_plus_append_waits_for_the_continuation() {
-    let (port, store) = serve(Mode::NoLiteralPlus).await;
-    let dir = tempfile::tempdir().unwrap();
     let body = b"Message-ID: <sync@test>\r\nSubject: x\r\n\r\nbody\r\n";
-    let msg = spool(dir.path(), body);
-    let r = sink(port)
-        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
-        .await
-        .unwrap();
-    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
-    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+    appended_as_sent(Mode::NoLiteralPlus, body).await;
 }
 
 #[tokio::test]
@@ -383,14 +398,6 @@ async fn without_message_id_or_date_the_copy_is_found_by_size_and_content() {
     assert_eq!(store.lock().unwrap().len(), 2);
 }
 
-fn sink_with(port: u16, extra: &str) -> ImapSink {
-    let yaml = format!(
-        "host: 127.0.0.1\nport: {port}\ntls: none\nallow_plaintext_auth: true\nusername: \"{{mailbox}}\"\npassword: pw-that-is-long\ntimeout: 2s\n{extra}"
-    );
-    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
-    ImapSink::new("fake", raw.validate(Path::new("/")).unwrap()).unwrap()
-}
-
 /// A session straight from the library, for what the sink never lets happen (a spool file
 /// that vanishes or cannot be read between its checks).
 async fn session(port: u16) -> popbridge::imap::Session {
@@ -413,18 +420,8 @@ const DATE: &str = "02-Mar-2026 10:11:12 +0100";
 
 #[tokio::test]
 async fn untagged_lines_before_the_continuation_are_skipped() {
-    let (port, store) = serve(Mode::UntaggedBeforeContinuation).await;
-    let dir = tempfile::tempdir().unwrap();
     let body = b"Message-ID: <chatty@test>\r\nSubject: x\r\n\r\nbody\r\n";
-    let r = sink(port)
-        .deliver(
-            &spool(dir.path(), body),
-            &IdempotencyKey::derive("user", "u1"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
-    assert_eq!(store.lock().unwrap().as_slice(), &[body.to_vec()]);
+    appended_as_sent(Mode::UntaggedBeforeContinuation, body).await;
 }
 
 #[tokio::test]
@@ -492,15 +489,8 @@ async fn a_spool_read_error_after_the_announcement_breaks_the_session() {
 #[tokio::test]
 async fn preauth_skips_the_login() {
     let (port, store, log) = serve_logged(Mode::PreAuth).await;
-    let dir = tempfile::tempdir().unwrap();
     let body = b"Message-ID: <pre@test>\r\n\r\nbody\r\n";
-    let r = sink(port)
-        .deliver(
-            &spool(dir.path(), body),
-            &IdempotencyKey::derive("user", "u1"),
-        )
-        .await
-        .unwrap();
+    let r = deliver_once(port, body).await.unwrap();
     assert_eq!(r.detail, "APPENDUID 7 1 in INBOX of user");
     assert_eq!(store.lock().unwrap().len(), 1);
     let log = log.lock().unwrap();
@@ -517,8 +507,7 @@ async fn preauth_where_starttls_was_required_is_refused() {
     let yaml = format!(
         "host: 127.0.0.1\nport: {port}\ntls: starttls\nusername: u\npassword: pw\ntimeout: 2s\n"
     );
-    let raw: ImapSinkConfig = yaml_serde::from_str(&yaml).unwrap();
-    let s = ImapSink::new("fake", raw.validate(Path::new("/")).unwrap()).unwrap();
+    let s = build(&yaml);
     let dir = tempfile::tempdir().unwrap();
     let err = s
         .deliver(
@@ -539,11 +528,9 @@ async fn preauth_where_starttls_was_required_is_refused() {
 #[tokio::test]
 async fn endless_authenticate_challenges_end_in_a_clear_error() {
     let (port, _, log) = serve_logged(Mode::EndlessChallenges).await;
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
     let err = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        sink(port).deliver(&msg, &IdempotencyKey::derive("user", "u1")),
+        deliver_once(port, b"Subject: x\r\n\r\nbody\r\n"),
     )
     .await
     .expect("bounded")
@@ -567,10 +554,7 @@ async fn endless_authenticate_challenges_end_in_a_clear_error() {
 async fn an_echoed_sasl_response_never_reaches_the_error() {
     use base64::Engine;
     let (port, _) = serve(Mode::EchoesAuth).await;
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
-    let err = sink_with(port, "")
-        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+    let err = deliver_once(port, b"Subject: x\r\n\r\nbody\r\n")
         .await
         .unwrap_err();
     let sent = base64::engine::general_purpose::STANDARD.encode("\0user\0pw-that-is-long");
@@ -584,10 +568,7 @@ async fn an_echoed_sasl_response_never_reaches_the_error() {
 #[tokio::test]
 async fn an_endless_stream_of_untagged_lines_is_an_error() {
     let (port, store) = serve(Mode::UntaggedFlood).await;
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
-    let err = sink(port)
-        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+    let err = deliver_once(port, b"Subject: x\r\n\r\nbody\r\n")
         .await
         .unwrap_err();
     assert!(err.is_retryable());
@@ -602,10 +583,7 @@ async fn an_endless_stream_of_untagged_lines_is_an_error() {
 #[tokio::test]
 async fn a_response_line_of_endless_literals_is_an_error() {
     let (port, store) = serve(Mode::LiteralFlood).await;
-    let dir = tempfile::tempdir().unwrap();
-    let msg = spool(dir.path(), b"Subject: x\r\n\r\nbody\r\n");
-    let err = sink(port)
-        .deliver(&msg, &IdempotencyKey::derive("user", "u1"))
+    let err = deliver_once(port, b"Subject: x\r\n\r\nbody\r\n")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("with its literals"), "{err}");
@@ -655,15 +633,8 @@ async fn a_message_with_nul_goes_as_a_binary_literal_where_the_server_has_binary
 #[tokio::test]
 async fn without_binary_a_message_with_nul_goes_as_a_normal_literal() {
     let (port, store, log) = serve_logged(Mode::Normal).await;
-    let dir = tempfile::tempdir().unwrap();
     let with_nul = b"Subject: x\r\n\r\nnul \0 here\r\n";
-    sink(port)
-        .deliver(
-            &spool(dir.path(), with_nul),
-            &IdempotencyKey::derive("user", "u1"),
-        )
-        .await
-        .unwrap();
+    deliver_once(port, with_nul).await.unwrap();
     assert_eq!(store.lock().unwrap().as_slice(), &[with_nul.to_vec()]);
     let log = log.lock().unwrap();
     let append = log.iter().find(|l| l.contains("APPEND")).unwrap();
@@ -787,8 +758,7 @@ async fn appends_to_one_account_are_in_flight_together() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(port);
     let msgs = spool_many(dir.path(), 16);
-    let results =
-        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let results = deliver_all(&sink, &msgs).await;
     for r in &results {
         let receipt = r.as_ref().unwrap();
         assert!(receipt.detail.starts_with("APPENDUID 7 "), "{receipt:?}");
@@ -816,8 +786,7 @@ async fn a_window_dropped_unanswered_leaves_each_message_once() {
     let sink = sink(port);
     let msgs = spool_many(dir.path(), 8);
     // Queue all eight behind one delivery, so they go as one window.
-    let results =
-        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let results = deliver_all(&sink, &msgs).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
     assert!(failed >= 3, "the unanswered ones failed: {results:?}");
     assert!(results.iter().flatten().all(|r| !r.duplicate));
@@ -852,8 +821,7 @@ async fn a_window_goes_as_one_multiappend_where_offered() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(port);
     let msgs = spool_many(dir.path(), 10);
-    let results =
-        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let results = deliver_all(&sink, &msgs).await;
     let mut uids: Vec<String> = results
         .iter()
         .map(|r| {
@@ -886,8 +854,7 @@ async fn a_multiappend_without_an_answer_leaves_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(port);
     let msgs = spool_many(dir.path(), 6);
-    let results =
-        futures_util::future::join_all(msgs.iter().map(|(m, k)| sink.deliver(m, k))).await;
+    let results = deliver_all(&sink, &msgs).await;
     assert!(results.iter().all(|r| r.is_err()), "{results:?}");
     assert_eq!(store.lock().unwrap().len(), 6, "stored before the drop");
     for (m, k) in &msgs {

@@ -4,6 +4,8 @@
 //! `Received:`/`Return-Path:`. Each must still leave exactly one copy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
 use popbridge::sink::{Sink, SpooledMessage};
@@ -229,20 +231,12 @@ fn sink(port: u16) -> ImapSink {
     ImapSink::new("scripted", raw.validate(Path::new("/")).unwrap()).unwrap()
 }
 
+/// `body` spooled in `dir` as UIDL `name` of mailbox `user`.
 fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledMessage {
-    use sha2::Digest;
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
     SpooledMessage {
         mailbox: "user".into(),
-        uidl: name.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(sha2::Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
         seen_before,
-        owner: Default::default(),
-        params: Default::default(),
+        ..support::spool::spool(dir, name, body)
     }
 }
 

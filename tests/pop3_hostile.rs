@@ -59,17 +59,25 @@ impl Peer {
         assert_eq!(got, want, "server expected {want:?}");
     }
 
+    /// Asserts the client's next line is `want`, then sends `reply`: one exchange of a script.
+    async fn answer(&mut self, want: &str, reply: &[u8]) {
+        self.expect(want).await;
+        self.send(reply).await;
+    }
+
+    /// The greeting and the answer to the first CAPA (`caps`, or an `-ERR`).
+    async fn greet(&mut self, caps: &[u8]) {
+        self.send(b"+OK ready\r\n").await;
+        self.answer("CAPA", caps).await;
+    }
+
     /// Greeting, CAPA, USER/PASS, CAPA: the usual way into the transaction state.
     async fn login(&mut self) {
-        self.send(b"+OK ready\r\n").await;
-        self.expect("CAPA").await;
-        self.send(CAPS).await;
-        self.expect("USER alice").await;
-        self.send(b"+OK\r\n").await;
-        self.expect(&format!("PASS {PASSWORD}")).await;
-        self.send(b"+OK logged in\r\n").await;
-        self.expect("CAPA").await;
-        self.send(CAPS).await;
+        self.greet(CAPS).await;
+        self.answer("USER alice", b"+OK\r\n").await;
+        self.answer(&format!("PASS {PASSWORD}"), b"+OK logged in\r\n")
+            .await;
+        self.answer("CAPA", CAPS).await;
     }
 
     /// Wraps the connection in TLS (after STLS, or at once for implicit TLS).
@@ -106,6 +114,22 @@ where
         String::from_utf8_lossy(&peer.seen).into_owned()
     });
     (config(port), handle)
+}
+
+/// [`serve`], then a session logged in with the default [`config`].
+async fn connected<F, Fut>(script: F) -> (Transaction, JoinHandle<String>)
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: Future<Output = Peer> + Send,
+{
+    let (cfg, server) = serve(script).await;
+    (pop3::connect(&cfg).await.unwrap(), server)
+}
+
+/// Closes the session without QUIT and waits for the server's script to end.
+async fn close(t: Transaction, server: JoinHandle<String>) {
+    drop(t);
+    server.await.unwrap();
 }
 
 fn config(port: u16) -> ClientConfig {
@@ -167,7 +191,7 @@ async fn retr(
 
 #[tokio::test]
 async fn pipelines_retr_and_trusts_terminator_not_list_size() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("LIST").await;
         // Sizes that lie: message 1 is much longer than 10 octets.
@@ -180,13 +204,11 @@ async fn pipelines_retr_and_trusts_terminator_not_list_size() {
         )
         .await;
         p.send(b"+OK\r\n.\r\n").await;
-        p.expect("QUIT").await;
-        p.send(b"+OK bye\r\n").await;
+        p.answer("QUIT", b"+OK bye\r\n").await;
         p.drain().await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert!(t.capabilities().pipelining() && t.capabilities().uidl());
     assert_eq!(t.list().await.unwrap(), vec![(1, 10), (2, 999999)]);
     let (got, result) = retr(&mut t, &[1, 2]).await;
@@ -207,7 +229,7 @@ async fn pipelines_retr_and_trusts_terminator_not_list_size() {
 
 #[tokio::test]
 async fn one_retr_error_does_not_stop_the_others() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         for _ in 0..3 {
             let cmd = p.line().await;
@@ -220,7 +242,6 @@ async fn one_retr_error_does_not_stop_the_others() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1, 2, 3]).await;
     result.unwrap();
     let outcome: Vec<(u32, bool)> = got.iter().map(|(n, r)| (*n, r.is_ok())).collect();
@@ -228,13 +249,12 @@ async fn one_retr_error_does_not_stop_the_others() {
     let err = got[1].1.as_ref().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
     assert!(err.to_string().contains("RETR 2"));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn disconnect_mid_retr_is_a_connection_error() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("RETR 1").await;
         p.expect("RETR 2").await;
@@ -242,7 +262,6 @@ async fn disconnect_mid_retr_is_a_connection_error() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1, 2]).await;
     assert_eq!(got.len(), 1, "the complete first message is delivered");
     assert!(got[0].1.is_ok());
@@ -256,7 +275,7 @@ async fn disconnect_mid_retr_is_a_connection_error() {
 
 #[tokio::test]
 async fn works_when_server_drips_one_byte_at_a_time() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         let script: &[&[u8]] = &[b"+OK ready\r\n", CAPS];
         for (i, chunk) in script.iter().enumerate() {
             if i > 0 {
@@ -267,12 +286,10 @@ async fn works_when_server_drips_one_byte_at_a_time() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        p.expect("USER alice").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("USER alice", b"+OK\r\n").await;
         p.line().await;
         p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR\r\n").await;
+        p.answer("CAPA", b"-ERR\r\n").await;
         p.expect("RETR 1").await;
         for b in b"+OK\r\n..a\r\nb\r\n.\r\n" {
             p.send(&[*b]).await;
@@ -282,13 +299,11 @@ async fn works_when_server_drips_one_byte_at_a_time() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1]).await;
     result.unwrap();
     let m = got[0].1.as_ref().unwrap();
     assert_eq!(std::fs::read(&m.file).unwrap(), b".a\r\nb\r\n");
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
@@ -351,14 +366,13 @@ async fn endless_greeting_line_is_rejected() {
 
 #[tokio::test]
 async fn endless_line_in_message_is_rejected() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("RETR 1").await;
         endless(&mut p, b"+OK\r\nSubject: ").await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let (got, result) = retr(&mut t, &[1]).await;
     assert!(got.is_empty());
     let err = result.unwrap_err();
@@ -367,13 +381,12 @@ async fn endless_line_in_message_is_rejected() {
         err.to_string().contains("larger than max_message_bytes"),
         "{err}"
     );
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn one_dele_error_does_not_stop_the_others() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         for _ in 0..3 {
             match p.line().await.as_str() {
@@ -385,27 +398,23 @@ async fn one_dele_error_does_not_stop_the_others() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     let results = t.dele_many(&[1, 2, 3]).await.unwrap();
     assert_eq!(results.len(), 3);
     assert!(results[0].1.is_ok() && results[2].1.is_ok());
     let err = results[1].1.as_ref().unwrap_err();
     assert_eq!((results[1].0, err.kind()), (2, ErrorKind::Temporary));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn quit_without_ok_is_an_error() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
-        p.expect("DELE 1").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("DELE 1", b"+OK\r\n").await;
         p.expect("QUIT").await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert!(t.dele_many(&[1]).await.unwrap()[0].1.is_ok());
     let err = t.quit().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Network, "{err}");
@@ -414,35 +423,28 @@ async fn quit_without_ok_is_an_error() {
 
 #[tokio::test]
 async fn uidl_unsupported_is_none() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
-        p.expect("UIDL").await;
-        p.send(b"-ERR unknown command\r\n").await;
-        p.expect("UIDL").await;
-        p.send(b"+OK\r\n1 abc\r\n2 def\r\n.\r\n").await;
-        p.expect("STAT").await;
-        p.send(b"+OK 2 320\r\n").await;
+        p.answer("UIDL", b"-ERR unknown command\r\n").await;
+        p.answer("UIDL", b"+OK\r\n1 abc\r\n2 def\r\n.\r\n").await;
+        p.answer("STAT", b"+OK 2 320\r\n").await;
         p.drain().await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert_eq!(t.uidl().await.unwrap(), None);
     assert_eq!(
         t.uidl().await.unwrap(),
         Some(vec![(1, "abc".to_owned()), (2, "def".to_owned())])
     );
     assert_eq!(t.stat().await.unwrap(), (2, 320));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn plaintext_without_allow_refuses_before_sending_password() {
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(CAPS).await;
+        p.greet(CAPS).await;
         p.drain().await;
         p
     })
@@ -458,9 +460,7 @@ async fn plaintext_without_allow_refuses_before_sending_password() {
 #[tokio::test]
 async fn starttls_without_stls_advertised_is_an_error() {
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(CAPS).await;
+        p.greet(CAPS).await;
         p.drain().await;
         p
     })
@@ -498,11 +498,8 @@ async fn wrong_password_is_final_but_in_use_is_temporary() {
         ),
     ] {
         let (cfg, server) = serve(move |mut p| async move {
-            p.send(b"+OK ready\r\n").await;
-            p.expect("CAPA").await;
-            p.send(CAPS).await;
-            p.expect("USER alice").await;
-            p.send(b"+OK\r\n").await;
+            p.greet(CAPS).await;
+            p.answer("USER alice", b"+OK\r\n").await;
             p.line().await;
             p.send(reply).await;
             p.drain().await;
@@ -520,41 +517,32 @@ async fn wrong_password_is_final_but_in_use_is_temporary() {
 
 #[tokio::test]
 async fn auto_auth_uses_sasl_plain_when_advertised() {
-    let (cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nSASL PLAIN LOGIN\r\nUSER\r\n.\r\n").await;
+    let (t, server) = connected(|mut p| async move {
+        p.greet(b"+OK\r\nSASL PLAIN LOGIN\r\nUSER\r\n.\r\n").await;
         // base64("\0alice\0s3cret-pw")
-        p.expect("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==").await;
-        p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR\r\n").await;
+        p.answer("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==", b"+OK\r\n")
+            .await;
+        p.answer("CAPA", b"-ERR\r\n").await;
         p.drain().await;
         p
     })
     .await;
-    let t = pop3::connect(&cfg).await.unwrap();
     assert!(!t.capabilities().pipelining());
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn xoauth2_failure_answers_challenge_with_empty_line() {
     let token = "t".repeat(300);
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nSASL PLAIN XOAUTH2\r\n.\r\n").await;
+        p.greet(b"+OK\r\nSASL PLAIN XOAUTH2\r\n.\r\n").await;
         // Too long for one 255-octet AUTH line: the initial response waits for `+`.
-        p.expect("AUTH XOAUTH2").await;
-        p.send(b"+ \r\n").await;
+        p.answer("AUTH XOAUTH2", b"+ \r\n").await;
         assert!(!p.line().await.is_empty());
         // {"status":"401","schemes":"bearer"}
         p.send(b"+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0=\r\n")
             .await;
-        p.expect("").await;
-        p.send(b"-ERR Authentication failure\r\n").await;
+        p.answer("", b"-ERR Authentication failure\r\n").await;
         p.drain().await;
         p
     })
@@ -570,22 +558,19 @@ async fn xoauth2_failure_answers_challenge_with_empty_line() {
 
 #[tokio::test]
 async fn top_keeps_at_most_max_bytes_and_stays_in_step() {
-    let (cfg, server) = serve(|mut p| async move {
+    let (mut t, server) = connected(|mut p| async move {
         p.login().await;
         p.expect("TOP 1 0").await;
         p.send(b"+OK\r\nSubject: long header line\r\nFrom: a\r\n\r\n.\r\n")
             .await;
-        p.expect("NOOP").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("NOOP", b"+OK\r\n").await;
         p.drain().await;
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert_eq!(t.top(1, 0, 7).await.unwrap(), b"Subject");
     t.noop().await.unwrap();
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 /// A private CA and a `localhost` leaf signed by it, made with the openssl CLI (as LAB.md
@@ -678,21 +663,16 @@ async fn starttls_with_private_ca_sends_password_only_encrypted() {
     let pki = pki();
     let acceptor = pki.acceptor.clone();
     let (mut cfg, server) = serve(move |mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(STLS_CAPS).await;
-        p.expect("STLS").await;
-        p.send(b"+OK begin TLS\r\n").await;
+        p.greet(STLS_CAPS).await;
+        p.answer("STLS", b"+OK begin TLS\r\n").await;
         let plaintext = p.seen.clone();
         p.start_tls(&acceptor).await.unwrap();
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n").await;
-        p.expect("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==").await;
-        p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"+OK\r\nPIPELINING\r\n.\r\n").await;
-        p.expect("QUIT").await;
-        p.send(b"+OK\r\n").await;
+        p.answer("CAPA", b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
+            .await;
+        p.answer("AUTH PLAIN AGFsaWNlAHMzY3JldC1wdw==", b"+OK\r\n")
+            .await;
+        p.answer("CAPA", b"+OK\r\nPIPELINING\r\n.\r\n").await;
+        p.answer("QUIT", b"+OK\r\n").await;
         p.seen = plaintext;
         p
     })
@@ -745,16 +725,13 @@ async fn implicit_tls_with_private_ca_works() {
     cfg.ca_file = Some(pki.ca_file());
     let t = pop3::connect(&cfg).await.unwrap();
     assert!(t.capabilities().uidl());
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn data_injected_before_tls_handshake_is_refused() {
     let (mut cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(STLS_CAPS).await;
+        p.greet(STLS_CAPS).await;
         p.expect("STLS").await;
         // A man in the middle appends a plaintext answer to the STLS reply.
         p.send(b"+OK begin TLS\r\n+OK logged in\r\n").await;
@@ -775,20 +752,20 @@ async fn data_injected_before_tls_handshake_is_refused() {
     assert!(!server.await.unwrap().contains("PASS"));
 }
 
+/// Answers RETR 1 and RETR 2 (pipelined), then expects NOOP and nothing else in between.
+async fn two_retrs_then_noop(mut p: Peer) -> Peer {
+    p.login().await;
+    p.expect("RETR 1").await;
+    p.expect("RETR 2").await;
+    p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
+    p.answer("NOOP", b"+OK\r\n").await;
+    p.drain().await;
+    p
+}
+
 #[tokio::test]
 async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
-    let (cfg, server) = serve(|mut p| async move {
-        p.login().await;
-        p.expect("RETR 1").await;
-        p.expect("RETR 2").await;
-        p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
-        p.expect("NOOP").await;
-        p.send(b"+OK\r\n").await;
-        p.drain().await;
-        p
-    })
-    .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
+    let (mut t, server) = connected(two_retrs_then_noop).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let missing = std::path::Path::new("/nonexistent/spool");
     t.retr_to_spool(&[1, 2], missing, tx).await.unwrap();
@@ -799,24 +776,13 @@ async fn spool_failure_fails_that_message_and_keeps_session_in_step() {
         assert!(err.to_string().contains("/nonexistent/spool"));
     }
     t.noop().await.unwrap();
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
-    let (mut cfg, server) = serve(|mut p| async move {
-        p.login().await;
-        p.expect("RETR 1").await;
-        p.expect("RETR 2").await;
-        p.send(b"+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
-        // RETR 3 must never come: the next command is NOOP.
-        p.expect("NOOP").await;
-        p.send(b"+OK\r\n").await;
-        p.drain().await;
-        p
-    })
-    .await;
+    // RETR 3 must never come: the next command is NOOP.
+    let (mut cfg, server) = serve(two_retrs_then_noop).await;
     cfg.pipeline_window = 2;
     let mut t = pop3::connect(&cfg).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -829,22 +795,17 @@ async fn dropped_receiver_stops_new_retr_but_reads_those_in_flight() {
         0,
         "no files left behind"
     );
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }
 
 #[tokio::test]
 async fn without_pipelining_sends_one_command_at_a_time() {
-    let (cfg, server) = serve(|mut p| async move {
-        p.send(b"+OK ready\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR no CAPA here\r\n").await;
-        p.expect("USER alice").await;
-        p.send(b"+OK\r\n").await;
+    let (mut t, server) = connected(|mut p| async move {
+        p.greet(b"-ERR no CAPA here\r\n").await;
+        p.answer("USER alice", b"+OK\r\n").await;
         p.line().await;
         p.send(b"+OK\r\n").await;
-        p.expect("CAPA").await;
-        p.send(b"-ERR\r\n").await;
+        p.answer("CAPA", b"-ERR\r\n").await;
         for n in 1..=3 {
             p.expect(&format!("DELE {n}")).await;
             // Nothing else may be waiting: the client must wait for this answer.
@@ -861,10 +822,8 @@ async fn without_pipelining_sends_one_command_at_a_time() {
         p
     })
     .await;
-    let mut t = pop3::connect(&cfg).await.unwrap();
     assert!(!t.capabilities().pipelining());
     let results = t.dele_many(&[1, 2, 3]).await.unwrap();
     assert!(results.iter().all(|(_, r)| r.is_ok()));
-    drop(t);
-    server.await.unwrap();
+    close(t, server).await;
 }

@@ -9,31 +9,15 @@ mod support;
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::s3::credentials::{Source, WebIdentity};
 use popbridge::sink::s3::key::KeyTemplate;
-use popbridge::sink::s3::S3Sink;
-use popbridge::sink::{DeliveryError, Sink, SpooledMessage};
-use sha2::{Digest, Sha256};
+use popbridge::sink::s3::{S3Settings, S3Sink};
+use popbridge::sink::{DeliveryError, Sink};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use support::s3::{creds, free_port, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support::spool::spool;
 
 const DATE_HEADER: &str = "Date: Tue, 10 Nov 2026 08:00:00 +0000\r\n";
-
-fn spool(dir: &Path, uidl: &str, body: &[u8]) -> SpooledMessage {
-    let path = dir.join(uidl);
-    std::fs::write(&path, body).unwrap();
-    SpooledMessage {
-        mailbox: "alice".into(),
-        uidl: uidl.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
-        seen_before: false,
-        owner: Default::default(),
-        params: Default::default(),
-    }
-}
 
 fn small(n: u32) -> Vec<u8> {
     format!("From: a@example.com\r\n{DATE_HEADER}Message-ID: <m{n}@example.com>\r\nSubject: {n}\r\n\r\nHello {n}\r\n.leading dot\r\n")
@@ -55,6 +39,15 @@ fn large(size: usize, seed: u8) -> Vec<u8> {
     }
     m.truncate(size);
     m
+}
+
+/// The server's settings with 5 MiB parts from 5 MiB on (the smallest part S3 allows), so a
+/// message of a few MiB goes up in parts.
+fn multipart_settings(s3: &S3Server) -> S3Settings {
+    let mut settings = s3.settings();
+    settings.multipart_threshold = 5 << 20;
+    settings.part_size = 5 << 20;
+    settings
 }
 
 fn expected_key(id: &IdempotencyKey) -> String {
@@ -110,9 +103,7 @@ async fn small_messages_arrive_byte_identical_with_metadata() {
 async fn large_messages_go_up_in_parts_byte_identical() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = s3.settings();
-    settings.multipart_threshold = 5 << 20;
-    settings.part_size = 5 << 20;
+    let settings = multipart_settings(&s3);
     let sink = S3Sink::new("archive", settings).unwrap();
     let body = large((12 << 20) + 12345, 1);
     let m = spool(dir.path(), "big", &body);
@@ -142,9 +133,7 @@ async fn large_messages_go_up_in_parts_byte_identical() {
 async fn delivering_the_same_key_again_is_a_duplicate_receipt() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = s3.settings();
-    settings.multipart_threshold = 5 << 20;
-    settings.part_size = 5 << 20;
+    let settings = multipart_settings(&s3);
     let sink = S3Sink::new("archive", settings).unwrap();
     for (uidl, body) in [("s", small(1)), ("l", large(6 << 20, 2))] {
         let m = spool(dir.path(), uidl, &body);
@@ -175,10 +164,8 @@ async fn delivering_the_same_key_again_is_a_duplicate_receipt() {
 async fn a_different_object_under_the_key_is_a_permanent_error_and_left_untouched() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = s3.settings();
+    let mut settings = multipart_settings(&s3);
     settings.key = KeyTemplate::parse("{mailbox}/{id}.eml").unwrap();
-    settings.multipart_threshold = 5 << 20;
-    settings.part_size = 5 << 20;
     let sink = S3Sink::new("archive", settings).unwrap();
     for (uidl, first, other) in [
         ("s", small(1), small(2)),
@@ -259,9 +246,7 @@ async fn a_server_that_is_down_is_retryable_and_delivery_resumes_when_it_is_back
 async fn a_failed_multipart_upload_is_aborted_and_leaves_nothing_behind() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = s3.settings();
-    settings.multipart_threshold = 5 << 20;
-    settings.part_size = 5 << 20;
+    let settings = multipart_settings(&s3);
     let sink = S3Sink::new("archive", settings).unwrap();
     let id = IdempotencyKey::derive("alice", "big");
 

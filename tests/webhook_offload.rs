@@ -11,13 +11,13 @@ use popbridge::secret::Secret;
 use popbridge::sink::offload::{OffloadSettings, OffloadStore};
 use popbridge::sink::webhook::config::decode_secret;
 use popbridge::sink::webhook::{Format, WebhookSettings, WebhookSink};
-use popbridge::sink::{Sink, SpooledMessage};
+use popbridge::sink::Sink;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::time::Duration;
 use support::receiver::{python_oracle, Receiver};
 use support::s3::S3Server;
+use support::spool::spool;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -93,22 +93,6 @@ fn message(big: &[u8], small: &[u8]) -> Vec<u8> {
     }
     m.push_str("--b1--\r\n");
     m.into_bytes()
-}
-
-fn spool(dir: &Path, name: &str, body: &[u8]) -> SpooledMessage {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    SpooledMessage {
-        mailbox: "alice".into(),
-        uidl: name.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
-        seen_before: false,
-        owner: Default::default(),
-        params: Default::default(),
-    }
 }
 
 /// A plain GET, no credentials: what a receiver does with a link.

@@ -9,12 +9,12 @@ use popbridge::key::IdempotencyKey;
 use popbridge::secret::Secret;
 use popbridge::sink::webhook::config::decode_secret;
 use popbridge::sink::webhook::{Format, WebhookSettings, WebhookSink};
-use popbridge::sink::{DeliveryError, Sink, SpooledMessage};
-use sha2::{Digest, Sha256};
+use popbridge::sink::{DeliveryError, Sink};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use support::receiver::{python_oracle, Receiver, Reply};
+use support::spool::spool;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OLD_SECRET: &str = "whsec_c2Vjb25kLXNlY3JldC1rZXktZm9yLXRlc3Rz";
@@ -36,22 +36,6 @@ fn settings(url: &str, format: Format) -> WebhookSettings {
         client_identity: None,
         tls_verify: true,
         offload: None,
-    }
-}
-
-fn spool(dir: &Path, name: &str, body: &[u8]) -> SpooledMessage {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    SpooledMessage {
-        mailbox: "alice".into(),
-        uidl: name.into(),
-        path,
-        size: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(body)),
-        fetched_at: chrono::Utc::now(),
-        seen_before: false,
-        owner: Default::default(),
-        params: Default::default(),
     }
 }
 

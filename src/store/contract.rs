@@ -30,16 +30,27 @@ fn outcome(uidl: &str, sink: &str, result: OutcomeResult) -> Outcome {
     }
 }
 
+/// Records one outcome for `uidl` of `alice` at `sink`.
+async fn record(s: &dyn Store, uidl: &str, sink: &str, result: OutcomeResult) {
+    s.record_outcomes(&[outcome(uidl, sink, result)])
+        .await
+        .unwrap();
+}
+
+fn delivered(detail: &str) -> OutcomeResult {
+    OutcomeResult::Delivered(Receipt::new(detail))
+}
+
+fn dead(error: &str) -> OutcomeResult {
+    OutcomeResult::Dead {
+        error: error.into(),
+    }
+}
+
 pub async fn record_one_delivery(s: &dyn Store) {
     let sinks = vec!["archive".to_string()];
     s.record_fetched(&fetch("u1", &sinks)).await.unwrap();
-    s.record_outcomes(&[outcome(
-        "u1",
-        "archive",
-        OutcomeResult::Delivered(Receipt::new("/m/new/x")),
-    )])
-    .await
-    .unwrap();
+    record(s, "u1", "archive", delivered("/m/new/x")).await;
 }
 
 pub async fn assert_one_delivery(s: &dyn Store) {
@@ -76,13 +87,7 @@ async fn fetched_message_is_pending_for_each_sink(s: &dyn Store) {
     let sinks = vec!["a".to_string(), "b".to_string()];
     s.record_fetched(&fetch("u2", &sinks)).await.unwrap();
     // Recording the fetch again (a re-run) must not reset anything.
-    s.record_outcomes(&[outcome(
-        "u2",
-        "a",
-        OutcomeResult::Delivered(Receipt::new("ok")),
-    )])
-    .await
-    .unwrap();
+    record(s, "u2", "a", delivered("ok")).await;
     s.record_fetched(&fetch("u2", &sinks)).await.unwrap();
     let m = s.load_mailbox("alice").await.unwrap();
     assert!(matches!(
@@ -127,15 +132,7 @@ async fn retries_accumulate_attempts_and_keep_first_attempt(s: &dyn Store) {
 }
 
 async fn dead_letters_can_be_listed_retried_and_dropped(s: &dyn Store) {
-    s.record_outcomes(&[outcome(
-        "u2",
-        "b",
-        OutcomeResult::Dead {
-            error: "HTTP 404".into(),
-        },
-    )])
-    .await
-    .unwrap();
+    record(s, "u2", "b", dead("HTTP 404")).await;
     let dl = s.dead_letters(Some("alice")).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(
@@ -148,15 +145,7 @@ async fn dead_letters_can_be_listed_retried_and_dropped(s: &dyn Store) {
     );
     assert_eq!(s.retry_dead("alice", Some("u2"), None).await.unwrap(), 1);
     assert!(s.dead_letters(None).await.unwrap().is_empty());
-    s.record_outcomes(&[outcome(
-        "u2",
-        "b",
-        OutcomeResult::Dead {
-            error: "HTTP 404".into(),
-        },
-    )])
-    .await
-    .unwrap();
+    record(s, "u2", "b", dead("HTTP 404")).await;
     assert_eq!(s.drop_dead("alice", None, Some("b")).await.unwrap(), 1);
     assert!(s.dead_letters(None).await.unwrap().is_empty());
     let m = s.load_mailbox("alice").await.unwrap();
@@ -300,15 +289,7 @@ async fn backlog_counts_pending_and_dead_by_sink(s: &dyn Store) {
     let sinks = vec!["hook".to_string()];
     s.record_fetched(&fetch("b1", &sinks)).await.unwrap();
     s.record_fetched(&fetch("b2", &sinks)).await.unwrap();
-    s.record_outcomes(&[outcome(
-        "b2",
-        "hook",
-        OutcomeResult::Dead {
-            error: "410".into(),
-        },
-    )])
-    .await
-    .unwrap();
+    record(s, "b2", "hook", dead("410")).await;
     let b = s.backlog("alice").await.unwrap();
     let hook = b.iter().find(|b| b.sink == "hook").unwrap();
     assert_eq!((hook.pending, hook.dead), (1, 1));
@@ -338,13 +319,7 @@ async fn forget_removes_message_and_deliveries(s: &dyn Store) {
 async fn a_receipt_is_never_undone(s: &dyn Store) {
     let sinks = vec!["m".to_string()];
     s.record_fetched(&fetch("mono", &sinks)).await.unwrap();
-    s.record_outcomes(&[outcome(
-        "mono",
-        "m",
-        OutcomeResult::Delivered(Receipt::new("r")),
-    )])
-    .await
-    .unwrap();
+    record(s, "mono", "m", delivered("r")).await;
     s.record_outcomes(&[
         outcome(
             "mono",
@@ -354,13 +329,7 @@ async fn a_receipt_is_never_undone(s: &dyn Store) {
                 next_attempt_at: 9_000,
             },
         ),
-        outcome(
-            "mono",
-            "m",
-            OutcomeResult::Dead {
-                error: "late".into(),
-            },
-        ),
+        outcome("mono", "m", dead("late")),
     ])
     .await
     .unwrap();
@@ -377,13 +346,7 @@ async fn a_receipt_is_never_undone(s: &dyn Store) {
 async fn a_reused_uidl_starts_a_new_message(s: &dyn Store) {
     let sinks = vec!["m".to_string()];
     s.record_fetched(&fetch("re", &sinks)).await.unwrap();
-    s.record_outcomes(&[outcome(
-        "re",
-        "m",
-        OutcomeResult::Delivered(Receipt::new("first")),
-    )])
-    .await
-    .unwrap();
+    record(s, "re", "m", delivered("first")).await;
     s.record_deleted("alice", &["re".to_string()], 7_000)
         .await
         .unwrap();
@@ -465,13 +428,13 @@ async fn listed_state_is_compact_only_for_messages_every_sink_holds(s: &dyn Stor
         .await
         .unwrap();
     }
-    let ok = || OutcomeResult::Delivered(Receipt::new("r"));
+    let ok = || delivered("r");
     s.record_outcomes(&[
         at("c1", "a", 2_000, ok()),
         at("c1", "b", 3_000, ok()),
         at("c2", "a", 2_000, ok()),
         at("c3", "a", 2_000, ok()),
-        at("c3", "b", 2_500, OutcomeResult::Dead { error: "no".into() }),
+        at("c3", "b", 2_500, dead("no")),
         at("c4", "a", 2_000, ok()),
         at("c4", "b", 2_000, ok()),
     ])

@@ -258,6 +258,14 @@ impl Dovecot {
         fs::read_to_string(self.root.join("dovecot.log")).unwrap_or_default()
     }
 
+    /// Lines of the log about a refused password for `user` (one per failed login).
+    pub fn failed_logins(&self, user: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&format!("({user},")) && l.contains("Password mismatch"))
+            .count()
+    }
+
     /// A new user `<prefix><n>` with a random password and an empty Maildir.
     pub fn add_user(&self, prefix: &str) -> User {
         let name = format!("{prefix}{}", seq());

@@ -1,9 +1,10 @@
 //! What the tests of a real IMAP target share: a proxy that withholds the answer to the first
-//! APPEND ("the server stored it, the OK never arrived", deterministic), a spooled message, and
-//! an IMAP sink over plain TCP on loopback.
+//! APPEND ("the server stored it, the OK never arrived", deterministic), a spooled message, an
+//! IMAP sink over plain TCP on loopback, and the one-copy check run against each real target.
 
+use popbridge::key::IdempotencyKey;
 use popbridge::sink::imap::{ImapSink, ImapSinkConfig};
-use popbridge::sink::SpooledMessage;
+use popbridge::sink::{Sink, SpooledMessage};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -97,4 +98,137 @@ pub fn spool(dir: &Path, name: &str, body: &[u8], seen_before: bool) -> SpooledM
         owner: Default::default(),
         params: Default::default(),
     }
+}
+
+/// A real IMAP server as the copy tests see it: where it listens and what it stored.
+pub trait Target {
+    /// The IMAP port (plain TCP).
+    fn imap_port(&self) -> u16;
+    /// The messages in `folder`, as the server stored them.
+    fn stored(&self, folder: &str) -> Vec<Vec<u8>>;
+    /// The server's log, shown when a delivery fails.
+    fn log(&self) -> String;
+}
+
+impl Target for super::courier::Courier {
+    fn imap_port(&self) -> u16 {
+        self.port
+    }
+    fn stored(&self, folder: &str) -> Vec<Vec<u8>> {
+        super::courier::Courier::stored(self, folder)
+    }
+    fn log(&self) -> String {
+        super::courier::Courier::log(self)
+    }
+}
+
+impl Target for super::cyrus::Cyrus {
+    fn imap_port(&self) -> u16 {
+        self.imap_port
+    }
+    fn stored(&self, folder: &str) -> Vec<Vec<u8>> {
+        super::cyrus::Cyrus::stored(self, folder)
+    }
+    fn log(&self) -> String {
+        super::cyrus::Cyrus::log(self)
+    }
+}
+
+/// Creates `folder` on `target` by delivering a seed message straight (not through a proxy).
+pub async fn create_folder(
+    target: &impl Target,
+    sink: impl Fn(u16, &str) -> ImapSink,
+    folder: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = spool(
+        dir.path(),
+        "seed",
+        b"Message-ID: <seed@x>\r\n\r\nseed\r\n",
+        false,
+    );
+    sink(target.imap_port(), folder)
+        .deliver(&seed, &IdempotencyKey::derive("m", "seed"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", target.log()));
+}
+
+/// Stored through the withholding proxy (no answer), then delivered again by a new sink with
+/// `seen_before` (a restart): exactly one copy in `folder`, and the second receipt is a
+/// duplicate. Returns the stored copy.
+pub async fn one_copy(
+    target: &impl Target,
+    sink: impl Fn(u16, &str) -> ImapSink,
+    folder: &str,
+    name: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let proxy = withholding_proxy(target.imap_port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdempotencyKey::derive("m", name);
+    let before = target.stored(folder);
+    let first = sink(proxy, folder)
+        .deliver(&spool(dir.path(), name, body, false), &key)
+        .await;
+    assert!(first.unwrap_err().is_retryable());
+    assert_eq!(
+        target.stored(folder).len(),
+        before.len() + 1,
+        "the server stored it"
+    );
+    let again = sink(target.imap_port(), folder)
+        .deliver(&spool(dir.path(), name, body, true), &key)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", target.log()));
+    assert!(again.duplicate, "{again:?}");
+    let stored = target.stored(folder);
+    assert_eq!(stored.len(), before.len() + 1, "appended twice: {again:?}");
+    stored.into_iter().find(|m| !before.contains(m)).unwrap()
+}
+
+/// The folder a namespace test asks for, outside the personal namespace `INBOX.` of Courier
+/// and Debian's Cyrus, and the one both servers name instead.
+pub const OUTSIDE: &str = "Migrated/2026";
+pub const INSIDE: &str = "INBOX.Migrated.2026";
+
+/// The message the namespace tests deliver (UIDL `n` of mailbox `m`), spooled in `dir`.
+fn namespace_message(dir: &Path) -> SpooledMessage {
+    spool(dir, "n", b"Message-ID: <ns@x>\r\n\r\nbody\r\n", false)
+}
+
+/// A delivery into [`OUTSIDE`] fails and its error names [`INSIDE`].
+pub async fn outside_the_namespace_is_refused(
+    target: &impl Target,
+    sink: impl Fn(u16, &str) -> ImapSink,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let err = sink(target.imap_port(), OUTSIDE)
+        .deliver(
+            &namespace_message(dir.path()),
+            &IdempotencyKey::derive("m", "n"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("use folder: \"{INSIDE}\"")),
+        "{err}"
+    );
+}
+
+/// The same message delivered into [`INSIDE`] is stored there, once, not as a duplicate.
+pub async fn inside_the_namespace_is_stored(
+    target: &impl Target,
+    sink: impl Fn(u16, &str) -> ImapSink,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = sink(target.imap_port(), INSIDE)
+        .deliver(
+            &namespace_message(dir.path()),
+            &IdempotencyKey::derive("m", "n"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", target.log()));
+    assert!(!r.duplicate);
+    assert_eq!(target.stored(INSIDE).len(), 1);
 }

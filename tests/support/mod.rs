@@ -5,3 +5,4 @@ pub mod fake_pop3;
 pub mod gmail;
 pub mod receiver;
 pub mod s3;
+pub mod spool;

@@ -42,39 +42,36 @@ fn delivered(at: Millis) -> DeliveryState {
     }
 }
 
+/// A sink that gave up on the message (a dead letter).
+fn dead_letter() -> DeliveryState {
+    DeliveryState::Dead {
+        attempts: 3,
+        error: "404".into(),
+    }
+}
+
 fn map(ms: Vec<KnownMessage>) -> HashMap<String, KnownMessage> {
     ms.into_iter().map(|m| (m.uidl.clone(), m)).collect()
 }
 
-/// The plan with only listed rows known (shadows `super::plan`).
+/// The plan at `NOW` for [`sinks`] with only listed rows known (shadows `super::plan`).
 fn plan(
     listing: &[Listed],
     listed: &HashMap<String, KnownMessage>,
-    sinks: &[String],
     policy: DeletePolicy,
-    now: Millis,
 ) -> Plan<'static> {
-    plan_with(
-        listing,
-        listed,
-        &HashMap::new(),
-        &HashMap::new(),
-        sinks,
-        policy,
-        now,
-    )
+    plan_with(listing, listed, &HashMap::new(), &HashMap::new(), policy)
 }
 
-/// The listing is leaked so that a test can build it inline and keep the plan, which borrows
-/// from it.
+/// The plan at `NOW` for [`sinks`] with rows not listed and retrieval failures known too. The
+/// listing is leaked so that a test can build it inline and keep the plan, which borrows from
+/// it.
 fn plan_with(
     listing: &[Listed],
     listed: &HashMap<String, KnownMessage>,
     others: &HashMap<String, KnownMessage>,
     failures: &HashMap<String, RetrievalFailure>,
-    sinks: &[String],
     policy: DeletePolicy,
-    now: Millis,
 ) -> Plan<'static> {
     let listing: &'static [Listed] = Box::leak(listing.to_vec().into_boxed_slice());
     super::plan(
@@ -85,9 +82,9 @@ fn plan_with(
             others,
             failures,
         },
-        sinks,
+        &sinks(),
         policy,
-        now,
+        NOW,
     )
 }
 
@@ -100,9 +97,7 @@ fn new_messages_are_fetched_for_every_sink() {
     let p = plan(
         &[listed(1, "u1"), listed(2, "u2")],
         &HashMap::new(),
-        &sinks(),
         DeletePolicy::AfterDelivery,
-        NOW,
     );
     assert_eq!(p.fetch.len(), 2);
     assert_eq!(p.fetch[0].sinks, sinks());
@@ -133,9 +128,7 @@ fn only_missing_sinks_are_retried_and_only_when_due() {
     let p = plan(
         &[listed(1, "u1"), listed(2, "u2")],
         &k,
-        &sinks(),
         DeletePolicy::AfterDelivery,
-        NOW,
     );
     assert_eq!(p.fetch.len(), 1);
     assert_eq!(p.fetch[0].identity, Identity::Uidl("u1".into()));
@@ -157,7 +150,7 @@ fn fully_delivered_messages_are_deleted_per_policy() {
         ],
     )]);
     let l = [listed(7, "u1")];
-    let p = plan(&l, &k, &sinks(), DeletePolicy::AfterDelivery, NOW);
+    let p = plan(&l, &k, DeletePolicy::AfterDelivery);
     assert_eq!(
         p.delete,
         vec![DeleteItem {
@@ -165,43 +158,19 @@ fn fully_delivered_messages_are_deleted_per_policy() {
             uidl: "u1".into()
         }]
     );
-    assert!(plan(&l, &k, &sinks(), DeletePolicy::Never, NOW)
-        .delete
-        .is_empty());
+    assert!(plan(&l, &k, DeletePolicy::Never).delete.is_empty());
     // after_days counts from the last sink's receipt (one day ago).
-    assert!(plan(&l, &k, &sinks(), DeletePolicy::AfterDays(2), NOW)
-        .delete
-        .is_empty());
-    assert_eq!(
-        plan(&l, &k, &sinks(), DeletePolicy::AfterDays(1), NOW)
-            .delete
-            .len(),
-        1
-    );
+    assert!(plan(&l, &k, DeletePolicy::AfterDays(2)).delete.is_empty());
+    assert_eq!(plan(&l, &k, DeletePolicy::AfterDays(1)).delete.len(), 1);
 }
 
 #[test]
 fn dead_letters_are_never_deleted_nor_refetched() {
     let k = map(vec![known(
         "u1",
-        &[
-            ("a", delivered(1)),
-            (
-                "b",
-                DeliveryState::Dead {
-                    attempts: 3,
-                    error: "404".into(),
-                },
-            ),
-        ],
+        &[("a", delivered(1)), ("b", dead_letter())],
     )]);
-    let p = plan(
-        &[listed(1, "u1")],
-        &k,
-        &sinks(),
-        DeletePolicy::AfterDelivery,
-        NOW,
-    );
+    let p = plan(&[listed(1, "u1")], &k, DeletePolicy::AfterDelivery);
     assert!(p.fetch.is_empty());
     assert!(p.delete.is_empty());
     assert_eq!(p.dead, 1);
@@ -212,9 +181,7 @@ fn duplicate_uidls_are_identified_by_content_and_warned_about() {
     let p = plan(
         &[listed(1, "x"), listed(2, "x"), listed(3, "y")],
         &HashMap::new(),
-        &sinks(),
         DeletePolicy::Never,
-        NOW,
     );
     assert_eq!(
         p.warnings,
@@ -240,7 +207,7 @@ fn a_server_without_uidl_is_fetched_by_content() {
         size: 5,
         uidl: None,
     }];
-    let p = plan(&l, &HashMap::new(), &sinks(), DeletePolicy::Never, NOW);
+    let p = plan(&l, &HashMap::new(), DeletePolicy::Never);
     assert_eq!(p.warnings, vec![Warning::NoUidl]);
     assert_eq!(p.fetch[0].identity, Identity::ByContent { uidl: None });
 }
@@ -254,9 +221,7 @@ fn all_known_gone_and_all_listed_new_is_a_uidl_reset() {
     let p = plan(
         &[listed(1, "new1"), listed(2, "new2")],
         &k,
-        &sinks(),
         DeletePolicy::Never,
-        NOW,
     );
     assert!(p
         .warnings
@@ -265,9 +230,7 @@ fn all_known_gone_and_all_listed_new_is_a_uidl_reset() {
     let p = plan(
         &[listed(1, "old1"), listed(2, "new2")],
         &k,
-        &sinks(),
         DeletePolicy::Never,
-        NOW,
     );
     assert!(p.warnings.is_empty());
 }
@@ -296,9 +259,7 @@ fn a_uidl_of_a_deleted_message_is_a_new_message_not_a_deletion() {
         &HashMap::new(),
         &others,
         &HashMap::new(),
-        &sinks(),
         DeletePolicy::AfterDelivery,
-        NOW,
     );
     assert!(
         p.delete.is_empty(),
@@ -318,19 +279,13 @@ fn a_known_uidl_with_another_list_size_is_fetched_not_deleted_or_skipped() {
     let mut l = listed(1, "u1");
     l.size = 11;
     for policy in [DeletePolicy::AfterDelivery, DeletePolicy::Never] {
-        let p = plan(&[l.clone()], &k, &sinks(), policy, NOW);
+        let p = plan(&[l.clone()], &k, policy);
         assert!(p.delete.is_empty());
         assert_eq!(p.fetch.len(), 1, "{policy:?}");
         assert_eq!(p.fetch[0].prior, Prior::Verify);
     }
     // The same size: trusted, deleted without a fetch.
-    let p = plan(
-        &[listed(1, "u1")],
-        &k,
-        &sinks(),
-        DeletePolicy::AfterDelivery,
-        NOW,
-    );
+    let p = plan(&[listed(1, "u1")], &k, DeletePolicy::AfterDelivery);
     assert!(p.fetch.is_empty());
     assert_eq!(p.delete.len(), 1);
 }
@@ -344,9 +299,7 @@ fn a_uidl_back_in_the_listing_is_compared_before_it_is_trusted() {
         &HashMap::new(),
         &map(vec![gone]),
         &HashMap::new(),
-        &sinks(),
         DeletePolicy::AfterDelivery,
-        NOW,
     );
     assert!(p.delete.is_empty());
     assert_eq!(p.fetch[0].prior, Prior::Verify);
@@ -367,9 +320,7 @@ fn a_message_that_breaks_retrieval_goes_last_and_is_skipped_once_dead() {
         &HashMap::new(),
         &HashMap::new(),
         &failures,
-        &sinks(),
         DeletePolicy::Never,
-        NOW,
     );
     let order: Vec<u32> = p.fetch.iter().map(|f| f.msgno).collect();
     assert_eq!(order, vec![2, 3, 1]);
@@ -386,9 +337,7 @@ fn a_message_that_breaks_retrieval_goes_last_and_is_skipped_once_dead() {
         &HashMap::new(),
         &HashMap::new(),
         &dead,
-        &sinks(),
         DeletePolicy::Never,
-        NOW,
     );
     assert_eq!(p.fetch.len(), 2);
     assert_eq!(p.unretrievable, vec![(1, "u1".to_string())]);
@@ -398,13 +347,7 @@ fn dropped_dead_letters_are_counted_apart_from_dead_ones() {
     let k = map(vec![known(
         "u1",
         &[
-            (
-                "a",
-                DeliveryState::Dead {
-                    attempts: 3,
-                    error: "404".into(),
-                },
-            ),
+            ("a", dead_letter()),
             (
                 "b",
                 DeliveryState::Dropped {
@@ -413,13 +356,7 @@ fn dropped_dead_letters_are_counted_apart_from_dead_ones() {
             ),
         ],
     )]);
-    let p = plan(
-        &[listed(1, "u1")],
-        &k,
-        &sinks(),
-        DeletePolicy::AfterDelivery,
-        NOW,
-    );
+    let p = plan(&[listed(1, "u1")], &k, DeletePolicy::AfterDelivery);
     assert!(p.fetch.is_empty() && p.delete.is_empty());
     assert_eq!((p.dead, p.dropped), (1, 1));
 }
