@@ -5,8 +5,7 @@
 //! The text names no target and no limit: one stored stub serves every sink that stubs the
 //! message (see `stub.rs`).
 
-use super::Link;
-use mail_parser::{MessageParser, MimeHeaders};
+use super::{stub_scan, Link};
 use std::fmt::Write;
 
 /// The marker field, present only in stubs.
@@ -39,7 +38,7 @@ pub struct Attachment {
 }
 
 /// The header section of `raw` (up to the first empty line, or all of it), each field with its
-/// continuation lines, line ends as found.
+/// continuation lines, line ends as found: for a stored stub, which is small.
 fn fields(raw: &[u8]) -> Vec<&[u8]> {
     let mut out: Vec<&[u8]> = Vec::new();
     let mut start = 0;
@@ -90,40 +89,6 @@ fn push_crlf(out: &mut Vec<u8>, field: &[u8]) {
     }
 }
 
-/// The attachments of `raw`: name (or `(no name)`), type and decoded size. A message that
-/// does not parse lists none.
-pub fn attachments(raw: &[u8]) -> Vec<Attachment> {
-    // mail-parser must not take the delivery down with it (see the webhook payload).
-    let Some(m) = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
-        .ok()
-        .flatten()
-    else {
-        return Vec::new();
-    };
-    m.attachments()
-        .map(|a| Attachment {
-            name: a
-                .attachment_name()
-                .map_or_else(|| "(no name)".to_string(), one_line),
-            content_type: a.content_type().map_or_else(
-                || "application/octet-stream".to_string(),
-                |ct| match ct.subtype() {
-                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                    None => ct.ctype().to_string(),
-                },
-            ),
-            size: a.contents().len() as u64,
-        })
-        .collect()
-}
-
-/// A name as one line of text: line breaks and other controls become spaces.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 /// `12.3 MB`, `512 bytes`: sizes for people (decimal units, as mail clients show them).
 pub fn human(size: u64) -> String {
     const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
@@ -139,11 +104,28 @@ pub fn human(size: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// The stub of the message `raw` (`size` bytes, SHA-256 `sha256`), stored at `link`. CRLF
-/// line ends; the text part is UTF-8 (8bit when it needs it).
+/// The stub of the message read from `original` (`size` bytes, SHA-256 `sha256`), stored at
+/// `link`. CRLF line ends; the text part is UTF-8 (8bit when it needs it). The original is
+/// streamed ([`stub_scan::scan`]): memory stays bounded whatever its size.
+pub fn build_from(
+    original: impl std::io::BufRead,
+    sha256: &str,
+    size: u64,
+    link: &Link,
+) -> std::io::Result<Vec<u8>> {
+    Ok(build_scanned(&stub_scan::scan(original)?, sha256, size, link))
+}
+
+/// The stub of the message `raw`, held in memory (tests, small messages).
+#[cfg(test)]
 pub fn build(raw: &[u8], sha256: &str, size: u64, link: &Link) -> Vec<u8> {
+    let scanned = stub_scan::scan(raw).unwrap_or_default();
+    build_scanned(&scanned, sha256, size, link)
+}
+
+fn build_scanned(scanned: &stub_scan::Scanned, sha256: &str, size: u64, link: &Link) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
-    for field in fields(raw) {
+    for field in &scanned.fields {
         match name_of(field) {
             Some(name) if DROPPED.contains(&name.as_str()) => {}
             Some(_) => push_crlf(&mut out, field),
@@ -173,14 +155,34 @@ pub fn build(raw: &[u8], sha256: &str, size: u64, link: &Link) -> Vec<u8> {
             let _ = writeln!(text, "(sha256 {sha256})");
         }
     }
-    let list = attachments(raw);
+    if scanned.fields_left_out > 0 {
+        let _ = writeln!(
+            text,
+            "\n{} header field(s) of the original were too large to copy here; the original has them.",
+            scanned.fields_left_out
+        );
+    }
+    let list = &scanned.attachments;
     if list.is_empty() {
         text.push_str("\nNo attachments.\n");
     } else {
         let _ = writeln!(text, "\nAttachments ({}):", list.len());
-        for a in &list {
+        for a in list {
             let _ = writeln!(text, "- {} ({}, {})", a.name, a.content_type, human(a.size));
         }
+    }
+    if scanned.attachments_not_listed > 0 {
+        let _ = writeln!(
+            text,
+            "- and {} more, not listed here.",
+            scanned.attachments_not_listed
+        );
+    }
+    if scanned.incomplete {
+        text.push_str(
+            "The structure of the original is too deep or too large to follow to its end: \
+             it may hold attachments not listed here.\n",
+        );
     }
     out.extend_from_slice(format!("{MARKER}: sha256={sha256}; size={size}\r\n").as_bytes());
     out.extend_from_slice(b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n");
