@@ -53,7 +53,7 @@ struct LineStats {
     content: u64,
     /// Bytes of the line end (0 at the end of the input, 1 or 2).
     eol: u64,
-    base64_chars: u64,
+    base64: Base64Line,
     base64_bad: bool,
     equals: u64,
     last: Option<u8>,
@@ -64,8 +64,11 @@ impl LineStats {
         self.content += chunk.len() as u64;
         for &b in chunk {
             match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => self.base64_chars += 1,
-                b'=' => self.equals += 1,
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => self.base64.char(),
+                b'=' => {
+                    self.equals += 1;
+                    self.base64.pad();
+                }
                 b' ' | b'\t' | b'\r' | b'-' => {}
                 _ => self.base64_bad = true,
             }
@@ -73,6 +76,61 @@ impl LineStats {
         if let Some(&b) = chunk.last() {
             self.last = Some(b);
         }
+    }
+}
+
+/// The decoded size of a line of base64 as mail-parser decodes it (a `=` ends a group of
+/// four, whatever the text after it), whatever the state the line starts in: the characters
+/// before the first `=` depend on it, everything after does not.
+#[derive(Debug, Default, Clone, Copy)]
+struct Base64Line {
+    head: u64,
+    padded: bool,
+    tail_bytes: u64,
+    tail_state: u8,
+}
+
+impl Base64Line {
+    fn char(&mut self) {
+        if !self.padded {
+            self.head += 1;
+            return;
+        }
+        self.tail_state += 1;
+        if self.tail_state == 4 {
+            self.tail_bytes += 3;
+            self.tail_state = 0;
+        }
+    }
+
+    fn pad(&mut self) {
+        if !self.padded {
+            self.padded = true;
+            return;
+        }
+        self.tail_bytes += padded(self.tail_state);
+        self.tail_state = 0;
+    }
+
+    /// Decoded bytes and the state after the line, from `state` (characters of the group
+    /// begun before it).
+    fn apply(&self, state: u8) -> (u64, u8) {
+        let t = u64::from(state) + self.head;
+        let bytes = 3 * (t / 4);
+        let rest = (t % 4) as u8;
+        if !self.padded {
+            return (bytes, rest);
+        }
+        (bytes + padded(rest) + self.tail_bytes, self.tail_state)
+    }
+}
+
+/// Bytes a `=` completes from a group holding `state` characters.
+fn padded(state: u8) -> u64 {
+    match state {
+        1 | 2 => 1,
+        3 => 2,
+        _ => 0,
     }
 }
 
@@ -121,7 +179,8 @@ struct Leaf {
     content_type: String,
     encoding: Encoding,
     raw: u64,
-    base64_chars: u64,
+    base64: u64,
+    base64_state: u8,
     base64_bad: bool,
     qp: u64,
     /// The line end of the last line, counted only if another body line follows.
@@ -245,7 +304,9 @@ impl Scan {
             Phase::Body(mut leaf) if self.boundary(text).is_none() => {
                 leaf.raw += leaf.pending_eol + stats.content;
                 leaf.pending_eol = stats.eol;
-                leaf.base64_chars += stats.base64_chars;
+                let (bytes, state) = stats.base64.apply(leaf.base64_state);
+                leaf.base64 += bytes;
+                leaf.base64_state = state;
                 leaf.base64_bad |= stats.base64_bad;
                 let soft = stats.last == Some(b'=') && stats.content as usize == text.len();
                 let escapes = stats.equals.saturating_sub(u64::from(soft));
@@ -256,8 +317,15 @@ impl Scan {
             Phase::Skip if self.boundary(text).is_none() => Phase::Skip,
             other => {
                 // A boundary line of an open multipart.
-                if let Phase::Body(leaf) = other {
-                    self.close(leaf);
+                match other {
+                    Phase::Body(leaf) => self.close(leaf),
+                    // A part whose header block a boundary ends: a part without a body.
+                    Phase::PartHeader => {
+                        if let Phase::Body(leaf) = self.part_headers() {
+                            self.close(leaf);
+                        }
+                    }
+                    _ => {}
                 }
                 self.at_boundary(text)
             }
@@ -411,7 +479,8 @@ impl Scan {
             content_type: info.content_type,
             encoding: info.encoding,
             raw: 0,
-            base64_chars: 0,
+            base64: 0,
+            base64_state: 0,
             base64_bad: false,
             qp: 0,
             pending_eol: 0,
@@ -424,7 +493,7 @@ impl Scan {
             return;
         }
         let size = match leaf.encoding {
-            Encoding::Base64 if !bad => leaf.base64_chars * 3 / 4,
+            Encoding::Base64 if !bad => leaf.base64,
             Encoding::QuotedPrintable => leaf.qp,
             _ => leaf.raw,
         };
@@ -449,8 +518,7 @@ impl Scan {
                 self.close(leaf);
             }
             Phase::PartHeader => {
-                let block = std::mem::take(&mut self.block);
-                if let Phase::Body(leaf) = self.headers_parsed(&block) {
+                if let Phase::Body(leaf) = self.part_headers() {
                     self.close(leaf);
                 }
             }
@@ -604,11 +672,171 @@ mod tests {
                 let expected = parsed(raw);
                 with_attachments += usize::from(!expected.is_empty());
                 let got = streamed(raw);
-                eprintln!("{}: {:?} vs {:?}", path.display(), got.attachments, expected);
                 assert_eq!(got.attachments, expected, "{}", path.display());
                 assert!(!got.incomplete);
             }
         }
         assert!(with_attachments >= 4, "fixtures with attachments found");
+    }
+
+    /// Parts of every kind, nested: what mail-parser lists, the streamed scan lists.
+    const NESTED: &[u8] = b"From: a@example.org\r\nSubject: nested\r\nContent-Type: multipart/mixed; boundary=\"out\"\r\n\r\npreamble\r\n--out\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n--alt\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nhell=C3=B6 =\r\nworld\r\n--alt\r\nContent-Type: multipart/related; boundary=\"rel\"\r\n\r\n--rel\r\nContent-Type: text/html\r\n\r\n<img src=cid:x>\r\n--rel\r\nContent-Type: image/gif; name=\"x.gif\"\r\nContent-ID: <x>\r\nContent-Transfer-Encoding: base64\r\n\r\nR0lGODlhAQABAAAAACw=\r\n--rel--\r\n--alt\r\nContent-Type: text/calendar\r\n\r\nBEGIN:VCALENDAR\r\n--alt--\r\n--out\r\nContent-Type: text/csv; name=\"=?UTF-8?B?w6l0w6kuY3N2?=\"\r\nContent-Disposition: attachment\r\n\r\na,b\r\n1,2\r\n--out\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment;\r\n filename*0*=UTF-8''long%20;\r\n filename*1=name.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBE\r\nRi0x\r\nLjQ=\r\n--out\r\nContent-Type: text/plain\r\n\r\ninline text after\r\n--out\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=\"inner\"\r\n\r\n--inner\r\nContent-Type: application/zip\r\n\r\nPK\r\n--inner--\r\n--out--\r\nepilogue\r\n";
+
+    #[test]
+    fn follows_nested_multiparts_as_mail_parser_does() {
+        let got = streamed(NESTED);
+        let expected = parsed(NESTED);
+        assert_eq!(got.attachments, expected);
+        let names: Vec<&str> = got.attachments.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x.gif", "(no name)", "\u{e9}t\u{e9}.csv", "long name.pdf", "(no name)"]
+        );
+        assert_eq!(got.attachments[3].size, 8, "base64 decoded exactly");
+        assert!(!got.incomplete);
+        // The same with LF line ends.
+        let lf = String::from_utf8_lossy(NESTED).replace("\r\n", "\n");
+        assert_eq!(streamed(lf.as_bytes()).attachments, parsed(lf.as_bytes()));
+    }
+
+    #[test]
+    fn the_same_list_whatever_the_read_size() {
+        let expected = streamed(NESTED).attachments;
+        for cap in [1, 2, 3, 4, 7, 16, 64, 512] {
+            let reader = std::io::BufReader::with_capacity(cap, NESTED);
+            assert_eq!(scan(reader).unwrap().attachments, expected, "capacity {cap}");
+        }
+    }
+
+    #[test]
+    fn an_inner_multipart_left_open_ends_at_the_outer_boundary() {
+        let raw = b"Content-Type: multipart/mixed; boundary=out\r\n\r\n--out\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\nContent-Type: application/pdf; name=a.pdf\r\n\r\n12345\r\n--out\r\nContent-Type: image/png; name=b.png\r\n\r\n123\r\n--out--\r\n";
+        let got = streamed(raw);
+        let names: Vec<(&str, u64)> = got
+            .attachments
+            .iter()
+            .map(|a| (a.name.as_str(), a.size))
+            .collect();
+        assert_eq!(names, [("a.pdf", 5), ("b.png", 3)]);
+        // Without any closing boundary, the last part runs to the end of the input.
+        let open = b"Content-Type: multipart/mixed; boundary=out\r\n\r\n--out\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\nAAAA\r\n";
+        // mail-parser gives up decoding there and lists the 12 encoded bytes.
+        assert_eq!(parsed(open)[0].size, 12);
+        assert_eq!(streamed(open).attachments[0].size, 6);
+    }
+
+    #[test]
+    fn a_boundary_inside_a_body_is_not_a_boundary_line() {
+        // "LS1iMQ==" is the base64 of "--b1"; " --b1" and "--b1x" are no boundary lines.
+        let raw = b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: application/octet-stream; name=a.bin\r\nContent-Transfer-Encoding: base64\r\n\r\nLS1iMQ==\r\nLS1iMQ==\r\n--b1\r\nContent-Type: text/plain; name=b.txt\r\nContent-Disposition: attachment\r\n\r\n --b1\r\n--b1x\r\n--b1\r\nContent-Type: image/png; name=c.png\r\n\r\nx\r\n--b1--\r\n";
+        let got = streamed(raw);
+        let sizes: Vec<u64> = got.attachments.iter().map(|a| a.size).collect();
+        // mail-parser takes any "--b1" for a boundary and lists b.txt as 1 byte.
+        assert_eq!(sizes, [8, 12, 1]);
+        assert_eq!(parsed(raw)[0], got.attachments[0], "padding mid-body as mail-parser");
+    }
+
+    /// A reader of `head`, then `fill` repeated up to `len` bytes, then `tail`: a big message
+    /// without holding it.
+    struct Endless {
+        head: Vec<u8>,
+        fill: Vec<u8>,
+        len: u64,
+        tail: Vec<u8>,
+        at: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let head = self.head.len() as u64;
+            let (src, off): (&[u8], u64) = if self.at < head {
+                (&self.head, self.at)
+            } else if self.at < head + self.len {
+                let off = (self.at - head) % self.fill.len() as u64;
+                let left = head + self.len - self.at;
+                let n = (self.fill.len() as u64 - off).min(left).min(buf.len() as u64) as usize;
+                buf[..n].copy_from_slice(&self.fill[off as usize..off as usize + n]);
+                self.at += n as u64;
+                return Ok(n);
+            } else {
+                (&self.tail, self.at - head - self.len)
+            };
+            let rest = &src[off as usize..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.at += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn endless(head: &[u8], fill: &[u8], len: u64, tail: &[u8]) -> std::io::BufReader<Endless> {
+        std::io::BufReader::new(Endless {
+            head: head.to_vec(),
+            fill: fill.to_vec(),
+            len,
+            tail: tail.to_vec(),
+            at: 0,
+        })
+    }
+
+    const BOUND: usize = LINE_KEEP + TOP_HEADER_KEEP + PART_HEADER_KEEP + 64 * 1024;
+
+    #[test]
+    fn an_endless_header_line_is_counted_and_left_out() {
+        let reader = endless(
+            b"From: a@example.org\r\nSubject: ",
+            b"x",
+            20 << 20,
+            b"\r\nTo: b@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: image/png; name=p.png\r\n\r\nPNG\r\n--b--\r\n",
+        );
+        let got = scan(reader).unwrap();
+        let fields: Vec<String> = got
+            .fields
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "From: a@example.org\r\n",
+                "To: b@example.org\r\n",
+                "Content-Type: multipart/mixed; boundary=b\r\n"
+            ]
+        );
+        assert_eq!(got.fields_left_out, 1);
+        assert_eq!(got.attachments.len(), 1, "the structure after it is followed");
+        assert!(got.peak_buffered <= BOUND, "{}", got.peak_buffered);
+    }
+
+    #[test]
+    fn a_top_header_section_over_its_cap_keeps_the_fields_that_fit() {
+        let reader = endless(
+            b"From: a@example.org\r\n",
+            b"Received: from somewhere by somewhere else\r\n",
+            1 << 20,
+            b"Subject: late\r\n\r\nbody\r\n",
+        );
+        let got = scan(reader).unwrap();
+        let kept: usize = got.fields.iter().map(Vec::len).sum();
+        assert!(kept <= TOP_HEADER_KEEP, "{kept}");
+        assert!(got.fields_left_out > 10_000, "{}", got.fields_left_out);
+        assert_eq!(got.fields[0], b"From: a@example.org\r\n");
+        // A short field after the cap still fits if room is left; the order stays.
+        assert!(got.peak_buffered <= BOUND, "{}", got.peak_buffered);
+    }
+
+    #[test]
+    fn an_endless_part_header_block_is_counted_and_says_the_list_may_be_incomplete() {
+        let reader = endless(
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/pdf; name=a.pdf\r\n",
+            b"X-Filler: 0123456789abcdef0123456789abcdef\r\n",
+            44 * 700_000,
+            b"\r\nPDF\r\n--b\r\nContent-Type: image/png; name=b.png\r\n\r\nPNG\r\n--b--\r\n",
+        );
+        let got = scan(reader).unwrap();
+        assert!(got.incomplete);
+        let names: Vec<&str> = got.attachments.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a.pdf", "b.png"]);
+        assert!(got.peak_buffered <= BOUND, "{}", got.peak_buffered);
     }
 }
