@@ -113,7 +113,12 @@ pub fn build_from(
     size: u64,
     link: &Link,
 ) -> std::io::Result<Vec<u8>> {
-    Ok(build_scanned(&stub_scan::scan(original)?, sha256, size, link))
+    Ok(build_scanned(
+        &stub_scan::scan(original)?,
+        sha256,
+        size,
+        link,
+    ))
 }
 
 /// The stub of the message `raw`, held in memory (tests, small messages).
@@ -302,5 +307,65 @@ mod tests {
         assert_eq!(human(1000), "1.0 kB");
         assert_eq!(human(36_700_160), "36.7 MB");
         assert_eq!(human(3_000_000_000), "3.0 GB");
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: std::io::Read> std::io::Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_stub_of_a_64_mb_message_holds_a_bounded_buffer() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.eml");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        file.write_all(b"From: a@example.org\r\nSubject: big\r\nMessage-ID: <big@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--b\r\nContent-Type: video/mp4; name=\"film.mp4\"\r\nContent-Transfer-Encoding: base64\r\n\r\n").unwrap();
+        let line = [b'Q'; 76];
+        for _ in 0..860_000 {
+            file.write_all(&line).unwrap();
+            file.write_all(b"\r\n").unwrap();
+        }
+        file.write_all(b"--b\r\nContent-Type: image/png; name=\"p.png\"\r\n\r\nPNG\r\n--b--\r\n")
+            .unwrap();
+        file.into_inner().unwrap().sync_all().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size > 64_000_000, "{size}");
+
+        let mut reader = std::io::BufReader::new(Counting {
+            inner: std::fs::File::open(&path).unwrap(),
+            read: 0,
+        });
+        let scanned = stub_scan::scan(&mut reader).unwrap();
+        assert_eq!(reader.get_ref().read, size, "streamed to the end");
+        assert!(
+            scanned.peak_buffered < 512 * 1024,
+            "held {} bytes at most",
+            scanned.peak_buffered
+        );
+        let stub = String::from_utf8(build_scanned(&scanned, "abc", size, &link())).unwrap();
+        assert!(stub.contains("- film.mp4 (video/mp4, 49.0 MB)"), "{stub}");
+        assert!(stub.contains("- p.png (image/png, 3 bytes)"), "{stub}");
+        assert!(stub.contains("Message-ID: <big@example.org>"), "{stub}");
+        assert_eq!(scanned.attachments[0].size, 860_000 * 57);
+
+        // The file path the sink takes gives the same bytes.
+        let from_file = build_from(
+            std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
+            "abc",
+            size,
+            &link(),
+        )
+        .unwrap();
+        assert_eq!(from_file, stub.into_bytes());
     }
 }

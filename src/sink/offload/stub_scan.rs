@@ -284,7 +284,11 @@ impl Scan {
             + self.top_size
             + self.field.as_ref().map_or(0, Vec::capacity)
             + self.block.capacity()
-            + self.stack.iter().map(|f| f.boundary.capacity()).sum::<usize>();
+            + self
+                .stack
+                .iter()
+                .map(|f| f.boundary.capacity())
+                .sum::<usize>();
         self.out.peak_buffered = self.out.peak_buffered.max(held);
     }
 
@@ -350,9 +354,10 @@ impl Scan {
             return Phase::TopHeader;
         }
         let whole = stats.content as usize == text.len();
-        let fits = self.field.as_ref().is_some_and(|f| {
-            whole && self.top_size + f.len() + text.len() + 2 <= TOP_HEADER_KEEP
-        });
+        let fits = self
+            .field
+            .as_ref()
+            .is_some_and(|f| whole && self.top_size + f.len() + text.len() + 2 <= TOP_HEADER_KEEP);
         if fits {
             if let Some(f) = self.field.as_mut() {
                 f.extend_from_slice(text);
@@ -690,7 +695,13 @@ mod tests {
         let names: Vec<&str> = got.attachments.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(
             names,
-            ["x.gif", "(no name)", "\u{e9}t\u{e9}.csv", "long name.pdf", "(no name)"]
+            [
+                "x.gif",
+                "(no name)",
+                "\u{e9}t\u{e9}.csv",
+                "long name.pdf",
+                "(no name)"
+            ]
         );
         assert_eq!(got.attachments[3].size, 8, "base64 decoded exactly");
         assert!(!got.incomplete);
@@ -704,7 +715,11 @@ mod tests {
         let expected = streamed(NESTED).attachments;
         for cap in [1, 2, 3, 4, 7, 16, 64, 512] {
             let reader = std::io::BufReader::with_capacity(cap, NESTED);
-            assert_eq!(scan(reader).unwrap().attachments, expected, "capacity {cap}");
+            assert_eq!(
+                scan(reader).unwrap().attachments,
+                expected,
+                "capacity {cap}"
+            );
         }
     }
 
@@ -733,7 +748,11 @@ mod tests {
         let sizes: Vec<u64> = got.attachments.iter().map(|a| a.size).collect();
         // mail-parser takes any "--b1" for a boundary and lists b.txt as 1 byte.
         assert_eq!(sizes, [8, 12, 1]);
-        assert_eq!(parsed(raw)[0], got.attachments[0], "padding mid-body as mail-parser");
+        assert_eq!(
+            parsed(raw)[0],
+            got.attachments[0],
+            "padding mid-body as mail-parser"
+        );
     }
 
     /// A reader of `head`, then `fill` repeated up to `len` bytes, then `tail`: a big message
@@ -754,7 +773,9 @@ mod tests {
             } else if self.at < head + self.len {
                 let off = (self.at - head) % self.fill.len() as u64;
                 let left = head + self.len - self.at;
-                let n = (self.fill.len() as u64 - off).min(left).min(buf.len() as u64) as usize;
+                let n = (self.fill.len() as u64 - off)
+                    .min(left)
+                    .min(buf.len() as u64) as usize;
                 buf[..n].copy_from_slice(&self.fill[off as usize..off as usize + n]);
                 self.at += n as u64;
                 return Ok(n);
@@ -804,7 +825,11 @@ mod tests {
             ]
         );
         assert_eq!(got.fields_left_out, 1);
-        assert_eq!(got.attachments.len(), 1, "the structure after it is followed");
+        assert_eq!(
+            got.attachments.len(),
+            1,
+            "the structure after it is followed"
+        );
         assert!(got.peak_buffered <= BOUND, "{}", got.peak_buffered);
     }
 
