@@ -347,8 +347,12 @@ mod tests {
         });
         let scanned = stub_scan::scan(&mut reader).unwrap();
         assert_eq!(reader.get_ref().read, size, "streamed to the end");
+        eprintln!(
+            "read {size} bytes holding at most {} (scanner buffers)",
+            scanned.peak_buffered
+        );
         assert!(
-            scanned.peak_buffered < 512 * 1024,
+            scanned.peak_buffered < 16 * 1024,
             "held {} bytes at most",
             scanned.peak_buffered
         );
@@ -367,5 +371,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_file, stub.into_bytes());
+    }
+
+    #[test]
+    fn the_stub_says_what_a_cap_left_out() {
+        let mut raw = b"From: a@example.org\r\nSubject: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', 300 * 1024));
+        raw.extend_from_slice(b"\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n");
+        // Deeper than the scanner follows, with an attachment at the bottom.
+        for depth in 1..=40 {
+            raw.extend_from_slice(
+                format!(
+                    "--b{}\r\nContent-Type: multipart/mixed; boundary=b{depth}\r\n\r\n",
+                    depth - 1
+                )
+                .as_bytes(),
+            );
+        }
+        raw.extend_from_slice(
+            b"--b40\r\nContent-Type: application/pdf; name=deep.pdf\r\n\r\nPDF\r\n",
+        );
+        let text = String::from_utf8(build(&raw, "abc", 5, &link())).unwrap();
+        assert!(
+            text.starts_with("From: a@example.org\r\nX-Popbridge-Stub:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 header field(s) of the original were too large to copy here"),
+            "{text}"
+        );
+        assert!(
+            text.contains("it may hold attachments not listed here"),
+            "{text}"
+        );
+        // A short message says neither.
+        let text = String::from_utf8(build(MSG, "abc", 5, &link())).unwrap();
+        assert!(
+            !text.contains("too large to copy") && !text.contains("not listed"),
+            "{text}"
+        );
     }
 }
