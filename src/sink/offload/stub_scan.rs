@@ -1,12 +1,13 @@
 //! What a stub needs from a message of any size, read line by line from a stream: the top
 //! header fields and the attachment list (name, type, decoded size), with memory bounded by
-//! the caps below whatever the message holds. A pure line-fed scanner ([`Scan::line`]) and a
+//! the caps below whatever the message holds: a line-fed scanner without I/O (`Scan`) and a
 //! reader loop ([`scan`]) that cuts lines at [`LINE_KEEP`] and counts the rest.
 //!
 //! Which parts are attachments follows mail-parser's rules (what the stub listed when it
 //! parsed the whole message), decided from each part's headers alone: a part is never held.
 //! Sizes: identity bodies exact (the line end before a boundary belongs to the boundary),
-//! base64 exact (alphabet characters × 3/4), quoted-printable approximate (each `=XX` counts
+//! base64 exact (alphabet characters × 3/4, a `=` closing its group of four as mail-parser
+//! decodes it), quoted-printable approximate (each `=XX` counts
 //! one byte, soft line breaks none), a base64 body with characters outside the alphabet as
 //! its raw bytes (mail-parser keeps such a body undecoded).
 
@@ -20,7 +21,7 @@ pub const LINE_KEEP: usize = 64 * 1024;
 pub const TOP_HEADER_KEEP: usize = 256 * 1024;
 /// Bytes of one part's header block held; lines beyond are counted, not parsed.
 pub const PART_HEADER_KEEP: usize = 64 * 1024;
-/// Nested multiparts followed; deeper ones are counted as the body of their parent's part.
+/// Nested multiparts followed; a deeper one is listed as one part holding all it contains.
 pub const MAX_DEPTH: usize = 32;
 /// Longest boundary followed (RFC 2046 allows 70).
 pub const MAX_BOUNDARY: usize = 256;
@@ -199,7 +200,7 @@ enum Phase {
 
 /// The line-fed scanner.
 #[derive(Debug)]
-pub struct Scan {
+struct Scan {
     phase: Phase,
     stack: Vec<Frame>,
     /// Top fields kept so far and their total size.
@@ -525,7 +526,7 @@ impl Scan {
     }
 
     /// The end of the input: a part still open (no closing boundary) ends here.
-    pub fn finish(mut self) -> Scanned {
+    fn finish(mut self) -> Scanned {
         self.peak(0);
         match std::mem::replace(&mut self.phase, Phase::Skip) {
             Phase::TopHeader => self.end_field(),
