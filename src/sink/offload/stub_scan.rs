@@ -27,7 +27,7 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_BOUNDARY: usize = 256;
 /// Attachments listed; more are counted.
 pub const MAX_LISTED: usize = 1000;
-/// Characters of an attachment name kept.
+/// Characters of an attachment's name (and of its type) kept.
 const MAX_NAME: usize = 256;
 
 /// What the stub says about the original.
@@ -606,10 +606,11 @@ impl PartInfo {
             return info;
         };
         info.has_name = ct.has_attribute("name");
-        info.content_type = match ct.subtype() {
+        // Cut like a name: a thousand listed parts stay a few hundred kilobytes at most.
+        info.content_type = one_line(&match ct.subtype() {
             Some(sub) => format!("{}/{}", ct.ctype(), sub),
             None => ct.ctype().to_string(),
-        };
+        });
         let sub = ct.subtype();
         info.kind = match ct.ctype() {
             "multipart" => Kind::Multipart,
