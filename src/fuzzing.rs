@@ -136,3 +136,38 @@ pub fn imap_codec(data: &[u8]) {
         assert_eq!(back, text);
     }
 }
+
+/// The stub of any bytes: the streamed scan never panics, gives the same result whatever the
+/// read size, holds no more than its caps, and the stub carries its marker with CRLF line ends.
+pub fn stub_scan(data: &[u8]) {
+    use crate::sink::offload::{stub_message, stub_scan, Link};
+    let scan = |cap: usize| match stub_scan::scan(std::io::BufReader::with_capacity(cap, data)) {
+        Ok(s) => s,
+        Err(e) => panic!("reading from memory failed: {e}"),
+    };
+    let whole = scan(8192);
+    for cap in [1, 7] {
+        let split = scan(cap);
+        assert_eq!(split.attachments, whole.attachments, "capacity {cap}");
+        assert_eq!(split.fields, whole.fields, "capacity {cap}");
+    }
+    assert!(whole.peak_buffered <= 512 * 1024, "{}", whole.peak_buffered);
+    let link = Link {
+        url: "https://files.example.com/x".into(),
+        expires_at: None,
+    };
+    let stub = match stub_message::build_from(data, "00", data.len() as u64, &link) {
+        Ok(s) => s,
+        Err(e) => panic!("reading from memory failed: {e}"),
+    };
+    assert_eq!(
+        stub_message::marker(&stub),
+        Some(("00".to_string(), data.len() as u64))
+    );
+    for (i, b) in stub.iter().enumerate() {
+        assert!(
+            *b != b'\n' || i > 0 && stub[i - 1] == b'\r',
+            "bare LF at {i}"
+        );
+    }
+}

@@ -50,3 +50,10 @@ fn a_failing_property_fails_the_replay() {
 fn imap_codec_corpus() {
     replay("imap_codec", popbridge::fuzzing::imap_codec);
 }
+
+/// The stub scanner over its own corpus and over every mail the payload fuzzer kept.
+#[test]
+fn stub_scan_corpus() {
+    replay("stub_scan", popbridge::fuzzing::stub_scan);
+    replay("webhook_payload", popbridge::fuzzing::stub_scan);
+}

@@ -7,6 +7,7 @@ pub mod config;
 pub mod store;
 pub mod stub;
 pub mod stub_message;
+pub mod stub_scan;
 
 pub use config::{OffloadConfig, OffloadSettings, Oversize};
 pub use store::{Link, OffloadStore};

@@ -86,7 +86,8 @@ impl Stubs {
                 let (path, sha256, size) =
                     (message.path.clone(), message.sha256.clone(), message.size);
                 let made = tokio::task::spawn_blocking(move || {
-                    std::fs::read(&path).map(|raw| stub_message::build(&raw, &sha256, size, &link))
+                    let file = std::io::BufReader::new(std::fs::File::open(&path)?);
+                    stub_message::build_from(file, &sha256, size, &link)
                 })
                 .await
                 .map_err(|e| spool_error("read the message", e))?

@@ -5,8 +5,7 @@
 //! The text names no target and no limit: one stored stub serves every sink that stubs the
 //! message (see `stub.rs`).
 
-use super::Link;
-use mail_parser::{MessageParser, MimeHeaders};
+use super::{stub_scan, Link};
 use std::fmt::Write;
 
 /// The marker field, present only in stubs.
@@ -39,7 +38,7 @@ pub struct Attachment {
 }
 
 /// The header section of `raw` (up to the first empty line, or all of it), each field with its
-/// continuation lines, line ends as found.
+/// continuation lines, line ends as found: for a stored stub, which is small.
 fn fields(raw: &[u8]) -> Vec<&[u8]> {
     let mut out: Vec<&[u8]> = Vec::new();
     let mut start = 0;
@@ -90,40 +89,6 @@ fn push_crlf(out: &mut Vec<u8>, field: &[u8]) {
     }
 }
 
-/// The attachments of `raw`: name (or `(no name)`), type and decoded size. A message that
-/// does not parse lists none.
-pub fn attachments(raw: &[u8]) -> Vec<Attachment> {
-    // mail-parser must not take the delivery down with it (see the webhook payload).
-    let Some(m) = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
-        .ok()
-        .flatten()
-    else {
-        return Vec::new();
-    };
-    m.attachments()
-        .map(|a| Attachment {
-            name: a
-                .attachment_name()
-                .map_or_else(|| "(no name)".to_string(), one_line),
-            content_type: a.content_type().map_or_else(
-                || "application/octet-stream".to_string(),
-                |ct| match ct.subtype() {
-                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                    None => ct.ctype().to_string(),
-                },
-            ),
-            size: a.contents().len() as u64,
-        })
-        .collect()
-}
-
-/// A name as one line of text: line breaks and other controls become spaces.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 /// `12.3 MB`, `512 bytes`: sizes for people (decimal units, as mail clients show them).
 pub fn human(size: u64) -> String {
     const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
@@ -139,11 +104,33 @@ pub fn human(size: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// The stub of the message `raw` (`size` bytes, SHA-256 `sha256`), stored at `link`. CRLF
-/// line ends; the text part is UTF-8 (8bit when it needs it).
+/// The stub of the message read from `original` (`size` bytes, SHA-256 `sha256`), stored at
+/// `link`. CRLF line ends; the text part is UTF-8 (8bit when it needs it). The original is
+/// streamed ([`stub_scan::scan`]): memory stays bounded whatever its size.
+pub fn build_from(
+    original: impl std::io::BufRead,
+    sha256: &str,
+    size: u64,
+    link: &Link,
+) -> std::io::Result<Vec<u8>> {
+    Ok(build_scanned(
+        &stub_scan::scan(original)?,
+        sha256,
+        size,
+        link,
+    ))
+}
+
+/// The stub of the message `raw`, held in memory (tests, small messages).
+#[cfg(test)]
 pub fn build(raw: &[u8], sha256: &str, size: u64, link: &Link) -> Vec<u8> {
+    let scanned = stub_scan::scan(raw).unwrap_or_default();
+    build_scanned(&scanned, sha256, size, link)
+}
+
+fn build_scanned(scanned: &stub_scan::Scanned, sha256: &str, size: u64, link: &Link) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
-    for field in fields(raw) {
+    for field in &scanned.fields {
         match name_of(field) {
             Some(name) if DROPPED.contains(&name.as_str()) => {}
             Some(_) => push_crlf(&mut out, field),
@@ -173,14 +160,34 @@ pub fn build(raw: &[u8], sha256: &str, size: u64, link: &Link) -> Vec<u8> {
             let _ = writeln!(text, "(sha256 {sha256})");
         }
     }
-    let list = attachments(raw);
+    if scanned.fields_left_out > 0 {
+        let _ = writeln!(
+            text,
+            "\n{} header field(s) of the original were too large to copy here; the original has them.",
+            scanned.fields_left_out
+        );
+    }
+    let list = &scanned.attachments;
     if list.is_empty() {
         text.push_str("\nNo attachments.\n");
     } else {
         let _ = writeln!(text, "\nAttachments ({}):", list.len());
-        for a in &list {
+        for a in list {
             let _ = writeln!(text, "- {} ({}, {})", a.name, a.content_type, human(a.size));
         }
+    }
+    if scanned.attachments_not_listed > 0 {
+        let _ = writeln!(
+            text,
+            "- and {} more, not listed here.",
+            scanned.attachments_not_listed
+        );
+    }
+    if scanned.incomplete {
+        text.push_str(
+            "The structure of the original is too deep or too large to follow to its end: \
+             it may hold attachments not listed here.\n",
+        );
     }
     out.extend_from_slice(format!("{MARKER}: sha256={sha256}; size={size}\r\n").as_bytes());
     out.extend_from_slice(b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n");
@@ -300,5 +307,108 @@ mod tests {
         assert_eq!(human(1000), "1.0 kB");
         assert_eq!(human(36_700_160), "36.7 MB");
         assert_eq!(human(3_000_000_000), "3.0 GB");
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: std::io::Read> std::io::Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_stub_of_a_64_mb_message_holds_a_bounded_buffer() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.eml");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        file.write_all(b"From: a@example.org\r\nSubject: big\r\nMessage-ID: <big@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--b\r\nContent-Type: video/mp4; name=\"film.mp4\"\r\nContent-Transfer-Encoding: base64\r\n\r\n").unwrap();
+        let line = [b'Q'; 76];
+        for _ in 0..860_000 {
+            file.write_all(&line).unwrap();
+            file.write_all(b"\r\n").unwrap();
+        }
+        file.write_all(b"--b\r\nContent-Type: image/png; name=\"p.png\"\r\n\r\nPNG\r\n--b--\r\n")
+            .unwrap();
+        file.into_inner().unwrap().sync_all().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size > 64_000_000, "{size}");
+
+        let mut reader = std::io::BufReader::new(Counting {
+            inner: std::fs::File::open(&path).unwrap(),
+            read: 0,
+        });
+        let scanned = stub_scan::scan(&mut reader).unwrap();
+        assert_eq!(reader.get_ref().read, size, "streamed to the end");
+        eprintln!(
+            "read {size} bytes holding at most {} (scanner buffers)",
+            scanned.peak_buffered
+        );
+        assert!(
+            scanned.peak_buffered < 16 * 1024,
+            "held {} bytes at most",
+            scanned.peak_buffered
+        );
+        let stub = String::from_utf8(build_scanned(&scanned, "abc", size, &link())).unwrap();
+        assert!(stub.contains("- film.mp4 (video/mp4, 49.0 MB)"), "{stub}");
+        assert!(stub.contains("- p.png (image/png, 3 bytes)"), "{stub}");
+        assert!(stub.contains("Message-ID: <big@example.org>"), "{stub}");
+        assert_eq!(scanned.attachments[0].size, 860_000 * 57);
+
+        // The file path the sink takes gives the same bytes.
+        let from_file = build_from(
+            std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
+            "abc",
+            size,
+            &link(),
+        )
+        .unwrap();
+        assert_eq!(from_file, stub.into_bytes());
+    }
+
+    #[test]
+    fn the_stub_says_what_a_cap_left_out() {
+        let mut raw = b"From: a@example.org\r\nSubject: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', 300 * 1024));
+        raw.extend_from_slice(b"\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n");
+        // Deeper than the scanner follows, with an attachment at the bottom.
+        for depth in 1..=40 {
+            raw.extend_from_slice(
+                format!(
+                    "--b{}\r\nContent-Type: multipart/mixed; boundary=b{depth}\r\n\r\n",
+                    depth - 1
+                )
+                .as_bytes(),
+            );
+        }
+        raw.extend_from_slice(
+            b"--b40\r\nContent-Type: application/pdf; name=deep.pdf\r\n\r\nPDF\r\n",
+        );
+        let text = String::from_utf8(build(&raw, "abc", 5, &link())).unwrap();
+        assert!(
+            text.starts_with("From: a@example.org\r\nX-Popbridge-Stub:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 header field(s) of the original were too large to copy here"),
+            "{text}"
+        );
+        assert!(
+            text.contains("it may hold attachments not listed here"),
+            "{text}"
+        );
+        // A short message says neither.
+        let text = String::from_utf8(build(MSG, "abc", 5, &link())).unwrap();
+        assert!(
+            !text.contains("too large to copy") && !text.contains("not listed"),
+            "{text}"
+        );
     }
 }
