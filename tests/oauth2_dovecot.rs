@@ -147,16 +147,7 @@ impl Bridge {
 fn imap_archive(user: &User) -> Vec<Vec<u8>> {
     common::read_maildir(&user.maildir.join(".Archive"))
         .into_iter()
-        .map(|(_, b)| {
-            let mut out = Vec::with_capacity(b.len() + 64);
-            for (i, &c) in b.iter().enumerate() {
-                if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
-                    out.push(b'\r');
-                }
-                out.push(c);
-            }
-            out
-        })
+        .map(|(_, b)| common::crlf(b))
         .collect()
 }
 

@@ -108,17 +108,20 @@ pub fn maildir_bodies(dir: &Path) -> Vec<Vec<u8>> {
 pub fn imap_bodies(user: &User) -> Vec<Vec<u8>> {
     maildir_bodies(&user.maildir)
         .into_iter()
-        .map(|b| {
-            let mut out = Vec::with_capacity(b.len() + b.len() / 40);
-            for (i, &c) in b.iter().enumerate() {
-                if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
-                    out.push(b'\r');
-                }
-                out.push(c);
-            }
-            out
-        })
+        .map(crlf)
         .collect()
+}
+
+/// `b` with every bare LF made CRLF: a message as IMAP serves what Dovecot stored with LF.
+pub fn crlf(b: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + b.len() / 40);
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Asserts `delivered` holds each of `expected` exactly once, byte for byte, and nothing else.
