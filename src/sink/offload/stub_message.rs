@@ -29,14 +29,6 @@ const DROPPED: &[&str] = &[
     "x-popbridge-stub",
 ];
 
-/// One attachment as the stub lists it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Attachment {
-    pub name: String,
-    pub content_type: String,
-    pub size: u64,
-}
-
 /// The header section of `raw` (up to the first empty line, or all of it), each field with its
 /// continuation lines, line ends as found: for a stored stub, which is small.
 fn fields(raw: &[u8]) -> Vec<&[u8]> {

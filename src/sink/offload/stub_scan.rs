@@ -11,7 +11,6 @@
 //! one byte, soft line breaks none), a base64 body with characters outside the alphabet as
 //! its raw bytes (mail-parser keeps such a body undecoded).
 
-use super::stub_message::Attachment;
 use mail_parser::{MessageParser, MimeHeaders};
 use std::io::BufRead;
 
@@ -29,6 +28,14 @@ pub const MAX_BOUNDARY: usize = 256;
 pub const MAX_LISTED: usize = 1000;
 /// Characters of an attachment's name (and of its type) kept.
 const MAX_NAME: usize = 256;
+
+/// One attachment as the stub lists it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+}
 
 /// What the stub says about the original.
 #[derive(Debug, Default)]
