@@ -478,6 +478,38 @@ async fn a_message_with_nul_is_stored_with_its_nul() {
     );
 }
 
+/// A replica takes over a mailbox whose previous owner appended a message and died before
+/// recording it: the new owner's IMAP session, kept open with the folder selected since its
+/// own earlier deliveries, must look in a fresh view of the folder. Dovecot answers SEARCH
+/// from the session's view, which does not show what another session appended since.
+#[tokio::test]
+async fn a_kept_session_finds_a_copy_another_process_appended_since() {
+    use popbridge::sink::Sink;
+    let dc = dovecot_or_skip!();
+    let dst = dc.add_user("imkept");
+    let dir = tempfile::tempdir().unwrap();
+    let new_owner = library_sink(dc, &dst, "");
+    let old_owner = library_sink(dc, &dst, "");
+    let dir2 = tempfile::tempdir().unwrap();
+    let first = spooled(
+        dir.path(),
+        &dst.name,
+        b"Subject: first\r\nMessage-ID: <kept-1@test>\r\n\r\none\r\n",
+    );
+    let key = |n: &str| popbridge::key::IdempotencyKey::derive(&dst.name, n);
+    // The new owner's session: INBOX selected, kept.
+    new_owner.deliver(&first, &key("1")).await.unwrap();
+    // The old owner appends the next message, then its receipt is lost.
+    let body = b"Subject: second\r\nMessage-ID: <kept-2@test>\r\n\r\ntwo\r\n";
+    let mut second = spooled(dir2.path(), &dst.name, body);
+    old_owner.deliver(&second, &key("2")).await.unwrap();
+    // The new owner retries it: the state knew it, so it looks for a copy first.
+    second.seen_before = true;
+    let receipt = new_owner.deliver(&second, &key("2")).await.unwrap();
+    assert!(receipt.duplicate, "appended again: {receipt:?}");
+    assert_eq!(dc.list_server_messages(&dst).len(), 2);
+}
+
 /// A replica paused past its lease wakes up with this delivery queued: it is not appended (the
 /// new owner appends it), and goes out once the mailbox is owned again.
 #[tokio::test]

@@ -387,13 +387,20 @@ async fn replicas_under_kill_pause_and_database_crash_deliver_exactly_once() {
     let (hooked, by_id) = webhook_state(&[&rx, &slow]);
     let expected = expected.into_inner();
     let all: Vec<Vec<u8>> = expected.iter().flatten().cloned().collect();
-    eprintln!("checking S3");
-    assert_exactly_once(&all, &support::s3::objects(&s3.root));
-    for (i, t) in targets.iter().enumerate() {
-        eprintln!("checking the Maildir of mailbox {i}");
-        assert_exactly_once(&expected[i], &maildir_bodies(&bridge.maildir(&t.name)));
-        eprintln!("checking the IMAP account of mailbox {i}");
-        assert_exactly_once(&expected[i], &imap_bodies(t));
+    // A failure here prints every replica's log: which replica sent what, and when.
+    let exactly_once = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eprintln!("checking S3");
+        assert_exactly_once(&all, &support::s3::objects(&s3.root));
+        for (i, t) in targets.iter().enumerate() {
+            eprintln!("checking the Maildir of mailbox {i} ({})", t.name);
+            assert_exactly_once(&expected[i], &maildir_bodies(&bridge.maildir(&t.name)));
+            eprintln!("checking the IMAP account of mailbox {i} ({})", t.name);
+            assert_exactly_once(&expected[i], &imap_bodies(t));
+        }
+    }));
+    if let Err(panic) = exactly_once {
+        eprintln!("{all_logs}");
+        std::panic::resume_unwind(panic);
     }
     for m in &all {
         assert!(hooked.contains(m), "{} never got a 2xx", mail::id_of(m));

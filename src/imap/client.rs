@@ -155,6 +155,18 @@ impl Session {
         if self.selected.as_deref() == Some(folder) {
             return Ok(());
         }
+        self.select_now(folder).await
+    }
+
+    /// SELECT `folder` even when it is selected already. A kept session's view of its folder
+    /// is as of its last command: a server (Dovecot) answers SEARCH from that view, so a
+    /// message another process appended since (a replica that held the mailbox before us)
+    /// would not be found, and would be appended a second time.
+    pub async fn select_fresh(&mut self, folder: &str) -> Result<(), ImapError> {
+        self.select_now(folder).await
+    }
+
+    async fn select_now(&mut self, folder: &str) -> Result<(), ImapError> {
         let name = quote_folder(folder)?;
         self.selected = None;
         let (mut untagged, done) = self.command(&format!("SELECT {name}")).await?;

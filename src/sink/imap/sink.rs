@@ -321,7 +321,20 @@ impl ImapSink {
         jobs: Vec<Job>,
     ) -> Vec<(Job, Result<Receipt, ImapError>)> {
         let at = format!("{folder} of {}", account.username);
-        if let Err(e) = session.select(folder).await {
+        // A job that may already be there is looked for: in a fresh view of the folder.
+        let lookups = jobs.iter().any(|j| {
+            j.message.seen_before
+                || self
+                    .uncertain
+                    .lock()
+                    .map_or(true, |u| u.contains_key(j.key.as_str()))
+        });
+        let selected = if lookups {
+            session.select_fresh(folder).await
+        } else {
+            session.select(folder).await
+        };
+        if let Err(e) = selected {
             return jobs.into_iter().map(|j| (j, Err(e.duplicate()))).collect();
         }
         let mut done = Vec::with_capacity(jobs.len());
