@@ -13,7 +13,7 @@ mod common;
 mod support;
 
 use common::dovecot::Dovecot;
-use common::imap_target::{spool, withholding_proxy};
+use common::imap_target::{spool, withholding_proxy, withholding_proxy_then, AtAnswer};
 use common::{Bridge, Mailbox};
 use popbridge::key::IdempotencyKey;
 use popbridge::sink::gmail::{GmailSettings, GmailSink};
@@ -385,70 +385,6 @@ async fn once_delivers_the_stub_and_says_so() {
     assert_eq!(dc.list_server_messages(&dst).len(), 2);
 }
 
-/// A proxy to `upstream` that passes everything until the tagged answer to the first APPEND,
-/// then goes silent and keeps both connections open: the server stored the message, the client
-/// waits for an answer that never comes (until it is killed).
-async fn silencing_proxy(upstream: u16) -> u16 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
-                .await
-                .unwrap();
-            let (cr, mut cw) = client.into_split();
-            let (sr, mut sw) = server.into_split();
-            let tag = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-            let t = tag.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(cr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let text = String::from_utf8_lossy(&line).to_string();
-                    let mut words = text.split(' ');
-                    if let (Some(tg), Some(cmd)) = (words.next(), words.next()) {
-                        let mut t = t.lock().unwrap();
-                        if cmd.eq_ignore_ascii_case("APPEND") && t.is_none() {
-                            *t = Some(format!("{tg} "));
-                        }
-                    }
-                    if sw.write_all(&line).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            tokio::spawn(async move {
-                let mut r = BufReader::new(sr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let answer = tag
-                        .lock()
-                        .unwrap()
-                        .as_ref()
-                        .is_some_and(|t| line.starts_with(t.as_bytes()));
-                    if answer {
-                        // Silence, with the connection open: the client hangs.
-                        std::future::pending::<()>().await;
-                    }
-                    if cw.write_all(&line).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 fn imap_stub_sinks(port: u16, dst: &common::dovecot::User, s3: &S3Server, expiry: &str) -> String {
     format!(
         "sinks:\n  - name: archive\n    type: imap\n    host: 127.0.0.1\n    port: {port}\n    tls: none\n    \
@@ -475,7 +411,7 @@ async fn kill_9_after_the_stub_was_appended_leaves_exactly_one_stub() {
         ..Mailbox::new("alice", &src)
     };
     let bridge = Bridge::new(dc, &[mailbox]);
-    let proxy = silencing_proxy(dc.imap_port).await;
+    let proxy = withholding_proxy_then(dc.imap_port, AtAnswer::Hang).await;
     bridge.replace_sinks(&imap_stub_sinks(proxy, &dst, &s3, "1h"));
     let mut child = bridge.spawn(&["once"]);
     // Until Dovecot holds the stub (the process then waits for the withheld answer).

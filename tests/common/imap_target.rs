@@ -10,9 +10,23 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// What [`withholding_proxy_then`] does when the withheld answer comes.
+#[derive(Clone, Copy)]
+pub enum AtAnswer {
+    /// Close both connections: the client sees the connection drop.
+    Close,
+    /// Go silent with both connections open: the client waits (until it is killed).
+    Hang,
+}
+
 /// A proxy to `upstream` that forwards everything except the tagged answer to the first
 /// APPEND: when it comes, both connections are closed.
 pub async fn withholding_proxy(upstream: u16) -> u16 {
+    withholding_proxy_then(upstream, AtAnswer::Close).await
+}
+
+/// [`withholding_proxy`], doing `then` at the withheld answer.
+pub async fn withholding_proxy_then(upstream: u16, then: AtAnswer) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let done = Arc::new(Mutex::new(false));
@@ -61,7 +75,10 @@ pub async fn withholding_proxy(upstream: u16) -> u16 {
                         .is_some_and(|t| line.starts_with(t.as_bytes()));
                     if withheld {
                         *d.lock().unwrap() = true;
-                        return; // drops both halves: the client sees the connection close
+                        match then {
+                            AtAnswer::Close => return, // drops both halves
+                            AtAnswer::Hang => std::future::pending::<()>().await,
+                        }
                     }
                     if cw.write_all(&line).await.is_err() {
                         return;
